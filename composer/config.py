@@ -1,0 +1,107 @@
+"""Typed, frozen configs inside; plain mappings (Hydra, JSON) only at the edges.
+
+`from_mapping` is the one gate from a mapping to a dataclass: unknown keys are rejected with the
+list of valid ones, so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from composer.errors import ConfigError
+from composer.pattern import parse_pattern
+from primitives import REGISTRY
+
+T = TypeVar("T")
+
+
+def from_mapping(cls: type[T], data: Mapping[str, Any] | None, *, where: str) -> T:
+    """Build dataclass `cls` from `data`; `where` names the config section in errors."""
+    data = dict(data or {})
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown key {where}.{unknown[0]} (valid keys in {where}: {', '.join(names)})")
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            _check_type(data[f.name], f.type, where=f"{where}.{f.name}")
+    try:
+        return cls(**data)
+    except ConfigError:
+        raise
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+_SCALARS = {"int": int, "float": (int, float), "bool": bool, "str": str}
+
+
+def _check_type(value: Any, annotation: Any, *, where: str) -> None:
+    """Reject a value of the wrong type for the simple annotations configs use (`int`, `float | None`...)."""
+    if not isinstance(annotation, str):
+        return
+    options = [part.strip() for part in annotation.split("|")]
+    if not all(o in _SCALARS or o == "None" for o in options):
+        return  # containers and nested configs are checked by their own constructors
+    if value is None and "None" in options:
+        return
+    for o in options:
+        if o in _SCALARS and isinstance(value, _SCALARS[o]) and not (o != "bool" and isinstance(value, bool)):
+            return
+    raise ConfigError(f"{where} must be {annotation}, got {value!r}")
+
+
+def to_mapping(obj: Any) -> dict[str, Any]:
+    """A dataclass as a plain dict (JSON-ready)."""
+    return dataclasses.asdict(obj)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    pattern: str  # one letter per layer; the only description of the layout
+    vocab_size: int  # the task's or tokenizer's vocabulary
+    d_model: int = 128  # residual width, shared by every layer
+    tie_embeddings: bool = True  # LM head shares the embedding matrix (Llama 3.2 small sizes do)
+    norm_eps: float = 1e-5
+    init_std: float = 0.02  # output projections get init_std / sqrt(n_layers): depth-scaled
+    primitives: Mapping[str, Any] = field(default_factory=dict)  # primitive name -> its config
+
+    def __post_init__(self) -> None:
+        parse_pattern(self.pattern)
+        if self.vocab_size < 1 or self.d_model < 1:
+            raise ValueError(f"vocab_size and d_model must be positive, got {self.vocab_size} and {self.d_model}")
+        # Fill every registered primitive's config, defaults where not given.
+        filled = {p.name: self.primitives.get(p.name) or p.config_cls() for p in REGISTRY.values()}
+        unknown = sorted(set(self.primitives) - set(filled))
+        if unknown:
+            raise ValueError(f"no primitive named {unknown[0]!r} (registered: {', '.join(filled)})")
+        object.__setattr__(self, "primitives", filled)
+        for letter in set(self.pattern):  # catch widths a primitive cannot take before building anything
+            try:
+                self.primitive_config(letter).n_params(self.d_model)
+            except ValueError as exc:
+                raise ConfigError(f"model.{REGISTRY[letter].name}: {exc}") from None
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.pattern)
+
+    def primitive_config(self, letter: str) -> Any:
+        return self.primitives[REGISTRY[letter].name]
+
+
+def model_config_from_mapping(data: Mapping[str, Any], *, where: str = "model") -> ModelConfig:
+    """ModelConfig from a nested mapping whose primitive sections are keyed by primitive name."""
+    data = dict(data)
+    sections = {p.name: p for p in REGISTRY.values()}
+    primitives = {
+        name: from_mapping(p.config_cls, data.pop(name), where=f"{where}.{name}")
+        for name, p in sections.items()
+        if name in data
+    }
+    return from_mapping(ModelConfig, {**data, "primitives": primitives}, where=where)

@@ -1,0 +1,50 @@
+"""Batch streams with a resumable position: the trainer's only view of data."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+
+class Batches(Protocol):
+    """An endless, deterministic stream of (inputs, targets) batches whose position can be saved."""
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def state_dict(self) -> dict[str, int]: ...
+    def load_state_dict(self, state: dict[str, int]) -> None: ...
+
+
+class ArrayBatches:
+    """Epochs over fixed tensors (a MAD training set), reshuffled each epoch from (seed, epoch).
+
+    The position is the number of batches served, so a resumed run sees exactly the batches an
+    uninterrupted one would have. A partial batch at an epoch's end is dropped.
+    """
+
+    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, *, batch_size: int, seed: int) -> None:
+        if len(inputs) < batch_size:
+            raise ValueError(f"batch size {batch_size} is larger than the {len(inputs)} training examples")
+        self.inputs, self.targets = inputs, targets
+        self.batch_size, self.seed = batch_size, seed
+        self.per_epoch = len(inputs) // batch_size
+        self.position = 0
+        self._order: tuple[int, torch.Tensor] | None = None  # (epoch, permutation) cache
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if self._order is None or self._order[0] != epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._order = (epoch, torch.randperm(len(self.inputs), generator=g))
+        return self._order[1]
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, k = divmod(self.position, self.per_epoch)
+        idx = self._permutation(epoch)[k * self.batch_size : (k + 1) * self.batch_size]
+        self.position += 1
+        return self.inputs[idx], self.targets[idx]  # (B, T_in), (B, T_out)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.position = int(state["position"])

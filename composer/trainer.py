@@ -1,0 +1,296 @@
+"""The shared trainer: the one loop behind every proxy and every full run.
+
+It owns optimisation (AdamW parameter groups, schedule, clipping, precision, accumulation), the
+token budget, evaluation, checkpoints with exact resume, and the run folder's records
+(`metrics.jsonl`, `summary.json`, `checkpoint.pt`). The model owns only its forward pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Iterable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from composer.data import Batches
+from composer.errors import ComposerError, ConfigError
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100  # target value of positions that count in neither loss nor accuracy
+CHECKPOINT = "checkpoint.pt"
+
+
+class DivergedError(ComposerError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainerConfig:
+    max_tokens: int = 2_000_000  # the budget: input tokens seen in training
+    batch_size: int = 64  # sequences per optimiser step
+    grad_accum: int = 1  # micro-batches per step (batch_size must divide by it)
+    lr: float = 1e-3  # peak learning rate
+    min_lr_ratio: float = 0.1  # the schedule ends at lr * min_lr_ratio
+    schedule: str = "cosine"  # cosine | wsd (warmup-stable-decay)
+    warmup: float = 0.1  # fraction of steps spent warming up linearly
+    decay: float = 0.2  # wsd only: fraction of steps in the final linear decay
+    weight_decay: float = 0.1  # not applied to norms, biases and the SSM's decay/skip/step params
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    compile: bool = False  # torch.compile the model
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    eval_every: int = 0  # steps between evaluations; 0: only at the end
+    ckpt_every: int = 0  # steps between checkpoints; 0: only at the end
+    log_every: int = 10  # steps between metrics.jsonl records
+    progress: bool = True  # progress bar on stderr
+    wandb: bool = False  # log metrics to Weights & Biases
+    wandb_project: str = "composer"
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("cosine", "wsd"):
+            raise ValueError(f"schedule must be cosine or wsd, got {self.schedule!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.batch_size < 1 or self.grad_accum < 1 or self.batch_size % self.grad_accum:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a positive multiple of grad_accum ({self.grad_accum})")
+        if not 0 <= self.warmup <= 1 or not 0 <= self.decay <= 1:
+            raise ValueError("warmup and decay are fractions of the run, between 0 and 1")
+
+
+def lr_multiplier(step: int, *, total: int, cfg: TrainerConfig) -> float:
+    """Learning-rate multiplier for optimiser step `step` (0-based) of `total`."""
+    warmup = round(cfg.warmup * total)
+    if step < warmup:
+        return (step + 1) / warmup
+    if cfg.schedule == "cosine":
+        progress = (step - warmup) / max(1, total - warmup)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    decay_start = total - round(cfg.decay * total)  # wsd: flat, then linear to the floor
+    if step < decay_start:
+        return 1.0
+    return 1 - (1 - cfg.min_lr_ratio) * (step - decay_start + 1) / max(1, total - decay_start)
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices only: not on norms, biases (1-D) or params flagged `_no_weight_decay`."""
+    decay, no_decay = [], []
+    for p in module.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or getattr(p, "_no_weight_decay", False) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class Objective(nn.Module):
+    """The trained module: the model, plus a task's own output head when the task has one (compression)."""
+
+    def __init__(self, model: nn.Module, head: nn.Module | None = None) -> None:
+        super().__init__()
+        self.model, self.head = model, head
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.head is None:
+            return self.model(tokens)  # (B, T, V)
+        return self.head(self.model.hidden(tokens))  # (B, T_out, V)
+
+
+def loss_and_correct(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy, correct predictions and counted positions, over target positions only."""
+    flat_logits, flat_targets = logits.float().flatten(0, -2), targets.flatten()
+    loss_sum = F.cross_entropy(flat_logits, flat_targets, ignore_index=IGNORE, reduction="sum")
+    counted = flat_targets != IGNORE
+    correct = ((flat_logits.argmax(-1) == flat_targets) & counted).sum()
+    return loss_sum, correct, counted.sum()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device={name} but CUDA is not available on this machine")
+    return device
+
+
+def _autocast(cfg: TrainerConfig, device: torch.device):
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+
+@torch.no_grad()
+def evaluate(
+    module: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, cfg: TrainerConfig, device: torch.device
+) -> dict[str, float]:
+    """Mean loss and accuracy over every target position of the given batches."""
+    was_training = module.training
+    module.eval()
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, counted
+    for inputs, targets in batches:
+        with _autocast(cfg, device):
+            logits = module(inputs.to(device))
+        totals += torch.stack([t.double() for t in loss_and_correct(logits, targets.to(device))])
+    module.train(was_training)
+    loss, correct, counted = totals.tolist()
+    return {"loss": loss / max(counted, 1), "accuracy": correct / max(counted, 1)}
+
+
+class _Records:
+    """metrics.jsonl (append-only, truncated back to the checkpoint on resume) and optional wandb."""
+
+    def __init__(self, run_dir: Path, *, resume_step: int | None, cfg: TrainerConfig, config: dict[str, Any]) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        if resume_step is not None and self.path.exists():  # drop records past the checkpoint
+            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        elif resume_step is None:
+            self.path.write_text("")
+        self.wandb = None
+        if cfg.wandb:
+            import wandb
+
+            self.wandb = wandb.init(project=cfg.wandb_project, dir=str(run_dir), config=config, resume="allow",
+                                    id="composer-" + hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:12])
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.wandb is not None:
+            self.wandb.log(record, step=record["step"])
+
+    def close(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a crash mid-save never leaves a torn checkpoint
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def train(
+    module: nn.Module,
+    *,
+    train_batches: Batches,
+    eval_batches: list[tuple[torch.Tensor, torch.Tensor]],
+    seq_len: int,
+    cfg: TrainerConfig,
+    run_dir: Path,
+    signature: dict[str, Any],
+    summary: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train `module` within the token budget; resume from `run_dir/checkpoint.pt` when present.
+
+    `signature` identifies the run (pattern, task, seed...): resuming a checkpoint with another
+    signature is an error. Returns and writes `summary.json`: `summary` plus the final metrics.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    module.to(device)
+    step_module = torch.compile(module) if cfg.compile else module
+    optimizer = torch.optim.AdamW(param_groups(module, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                  fused=device.type == "cuda")
+    tokens_per_step = cfg.batch_size * seq_len
+    total_steps = max(1, cfg.max_tokens // tokens_per_step)
+    micro = cfg.batch_size // cfg.grad_accum
+    summary = {**(summary or {}), **signature}
+
+    step, ckpt_path = 0, run_dir / CHECKPOINT
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=device, weights_only=True)  # never unpickles objects
+        if state["signature"] != signature:
+            raise ConfigError(f"{ckpt_path} belongs to another run ({state['signature']}); use a new run folder")
+        module.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        train_batches.load_state_dict(state["data"])
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        if device.type == "cuda" and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), device)
+        random.setstate(state["rng"]["python"])
+        step = state["step"]
+        log.info("resumed from %s at step %d of %d", ckpt_path, step, total_steps)
+    records = _Records(run_dir, resume_step=step if ckpt_path.exists() else None, cfg=cfg,
+                       config={**signature, "trainer": asdict(cfg)})
+
+    def checkpoint() -> None:
+        rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        if device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(device)
+        _save_checkpoint(ckpt_path, {"model": module.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                                     "data": train_batches.state_dict(), "rng": rng, "signature": signature})
+
+    def run_eval() -> dict[str, float]:
+        metrics = evaluate(step_module, eval_batches, cfg=cfg, device=device)
+        records.write({"step": step, "tokens": step * tokens_per_step, **{f"eval/{k}": v for k, v in metrics.items()}})
+        log.info("step %d: eval loss %.4f, accuracy %.4f", step, metrics["loss"], metrics["accuracy"])
+        return metrics
+
+    module.train()
+    bar = tqdm(total=total_steps, initial=step, disable=not cfg.progress, desc="train", unit="step", dynamic_ncols=True)
+    started, tic = time.perf_counter(), time.perf_counter()
+    try:
+        while step < total_steps:
+            lr = cfg.lr * lr_multiplier(step, total=total_steps, cfg=cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = torch.zeros((), device=device)
+            for _ in range(cfg.grad_accum):
+                inputs, targets = (t.to(device, non_blocking=True) for t in train_batches.next_batch())
+                with _autocast(cfg, device):
+                    logits = step_module(inputs)
+                micro_loss, _, counted = loss_and_correct(logits, targets)
+                micro_loss = micro_loss / counted.clamp(min=1)
+                (micro_loss / cfg.grad_accum).backward()
+                loss_sum += micro_loss.detach()
+            loss = loss_sum.item() / cfg.grad_accum
+            if not math.isfinite(loss):
+                raise DivergedError(f"loss became {loss} at step {step} (lr {lr:.3g}); lower trainer.lr or raise trainer.warmup")
+            grad_norm = nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip or float("inf")).item()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == total_steps:
+                toc = time.perf_counter()
+                n_steps = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
+                records.write({"step": step, "tokens": step * tokens_per_step, "train/loss": loss, "train/lr": lr,
+                               "train/grad_norm": grad_norm, "train/tokens_per_s": n_steps * tokens_per_step / (toc - tic)})
+                bar.set_postfix(loss=f"{loss:.4f}")
+                tic = toc
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
+                run_eval()
+            if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < total_steps:
+                checkpoint()
+        checkpoint()
+        final = run_eval()
+    except DivergedError as exc:
+        write_json(run_dir / "summary.json", {**summary, "status": "diverged", "error": str(exc), "step": step})
+        raise
+    finally:
+        bar.close()
+        records.close()
+    summary = {**summary, "status": "completed", "step": step, "tokens": step * tokens_per_step,
+               "train_seconds": round(time.perf_counter() - started, 2), "final": final}
+    write_json(run_dir / "summary.json", summary)
+    return summary

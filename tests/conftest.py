@@ -1,0 +1,29 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+# Kernel-parity tests need a GPU; on CPU machines they are not collected (not skipped).
+collect_ignore_glob = [] if torch.cuda.is_available() else ["gpu/*"]
+
+TINY = [  # a small, fast composer-train configuration for CLI tests
+    "model.d_model=32", "model.attention.n_heads=2", "model.mamba2.head_dim=16", "model.mamba2.d_state=16",
+    "task.length=32", "task.n_train=256", "task.n_test=64",
+    "trainer.batch_size=16", "trainer.progress=false", "trainer.device=cpu",
+]
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `composer-train` as a user would, in a subprocess."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": ""}
+    env.pop("HYDRA_FULL_ERROR")
+    return subprocess.run([sys.executable, "-m", "composer.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.fixture
+def tiny() -> list[str]:
+    return list(TINY)

@@ -1,0 +1,72 @@
+"""composer-train end to end, as a user runs it."""
+
+import json
+
+import yaml
+
+from conftest import run_cli
+
+
+def test_single_run_writes_the_run_folder(tmp_path, tiny):
+    run = run_cli(*tiny, "model.pattern=*-M-", "trainer.max_tokens=8192", f"hydra.run.dir={tmp_path}")
+    assert run.returncode == 0, run.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["pattern"] == "*-M-" and summary["n_layers"] == 4 and summary["status"] == "completed"
+    assert summary["layers"] == {"*": 1, "M": 1, "-": 2}
+    assert summary["n_params"] > summary["n_non_embedding_params"] > 0
+    assert set(summary["final"]) == {"loss", "accuracy"} and 0 <= summary["final"]["accuracy"] <= 1
+    assert summary["impl"]["M"].startswith("torch")  # reported, not silent
+    assert summary["environment"]["torch"]
+    config = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert config["model"]["pattern"] == "*-M-" and config["task"]["name"] == "in_context_recall"
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "train/loss" in r] == [10, 16]  # log_every 10, and the last step
+    assert records[-1]["eval/accuracy"] == summary["final"]["accuracy"]
+    assert (tmp_path / "checkpoint.pt").exists()
+
+
+def test_multirun_sweeps_patterns(tmp_path, tiny):
+    run = run_cli("-m", *tiny, "model.pattern=*-,--", "trainer.max_tokens=2048", f"hydra.sweep.dir={tmp_path}")
+    assert run.returncode == 0, run.stderr
+    patterns = {json.loads((tmp_path / str(i) / "summary.json").read_text())["pattern"] for i in (0, 1)}
+    assert patterns == {"*-", "--"}
+
+
+def test_other_tasks_and_trainer_settings(tmp_path, tiny):
+    run = run_cli(*tiny, "task=compression", "task.length=8", "trainer.schedule=wsd", "trainer.grad_accum=2",
+                  "trainer.max_tokens=2000", "model.pattern=M*", f"hydra.run.dir={tmp_path}")
+    assert run.returncode == 0, run.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["task"] == "compression" and summary["task_config"]["length"] == 8
+
+
+def _one_line_error(run) -> str:
+    assert run.returncode == 2, run.stderr
+    assert "Traceback" not in run.stderr
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, run.stderr
+    return lines[0]
+
+
+def test_bad_pattern_is_one_line(tmp_path):
+    line = _one_line_error(run_cli("model.pattern=*-Q-", f"hydra.run.dir={tmp_path}"))
+    assert "'Q' at position 2" in line and "'M' (mamba2)" in line
+
+
+def test_unknown_key_is_one_line(tmp_path):
+    line = _one_line_error(run_cli("trainer.learning_rate=0.1", f"hydra.run.dir={tmp_path}"))
+    assert "unknown config key 'trainer.learning_rate'" in line
+
+
+def test_unknown_task_and_bad_value_are_one_line(tmp_path):
+    assert "in_context_recall" in _one_line_error(run_cli("task=recall", f"hydra.run.dir={tmp_path}"))
+    assert "trainer.lr must be float" in _one_line_error(run_cli("trainer.lr=fast", f"hydra.run.dir={tmp_path}"))
+
+
+def test_divergence_stops_with_a_recorded_error(tmp_path, tiny):
+    run = run_cli(*tiny, "model.pattern=*-", "trainer.lr=1e30", "trainer.warmup=0", "trainer.grad_clip=0",
+                  "trainer.max_tokens=20000", f"hydra.run.dir={tmp_path}")
+    line = _one_line_error(run)
+    assert "loss became" in line
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "diverged" and "loss became" in summary["error"]

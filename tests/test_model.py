@@ -1,0 +1,88 @@
+import math
+
+import pytest
+import torch
+
+from composer.config import ModelConfig, model_config_from_mapping
+from composer.errors import ConfigError, PatternError
+from composer.model import build_model, count_params
+
+MIXED = "*-M-*M--M*"
+
+
+def _cfg(pattern: str = MIXED, **kw) -> ModelConfig:
+    return ModelConfig(pattern=pattern, vocab_size=40, d_model=64, **kw)
+
+
+def test_layers_follow_the_pattern():
+    model = build_model(_cfg())
+    assert "".join(layer.letter for layer in model.layers) == MIXED
+    assert [type(layer.mixer).__name__ for layer in model.layers[:3]] == ["Attention", "MLP", "Mamba2"]
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_analytic_counts_equal_the_module(tied):
+    cfg = _cfg(tie_embeddings=tied)
+    model = build_model(cfg)
+    counts = count_params(cfg)
+    assert counts["n_params"] == sum(p.numel() for p in model.parameters())
+    embedding = sum(p.numel() for n, p in model.named_parameters() if n.startswith(("embed", "head")))
+    assert counts["n_non_embedding_params"] == counts["n_params"] - embedding
+    assert (model.head is None) == tied
+
+
+def test_deterministic_for_a_seed():
+    a, b, c = build_model(_cfg(), seed=3), build_model(_cfg(), seed=3), build_model(_cfg(), seed=4)
+    for (n, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), n
+    assert not torch.equal(a.embed.weight, c.embed.weight)
+    x = torch.randint(0, 40, (2, 16))
+    assert torch.equal(a(x), b(x))
+
+
+def test_build_does_not_disturb_the_global_rng():
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    build_model(_cfg(), seed=123)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_output_projections_are_depth_scaled():
+    cfg = _cfg(pattern="-" * 16)
+    model = build_model(cfg)
+    out_std = torch.cat([layer.mixer.out_proj.weight.flatten() for layer in model.layers]).std().item()
+    assert math.isclose(out_std, cfg.init_std / math.sqrt(16), rel_tol=0.05)
+
+
+def test_generation_with_state_matches_full_forward():
+    """KV cache, conv and SSM state: stepping token by token gives the full pass's logits."""
+    model = build_model(_cfg(primitives={}), seed=1).eval()
+    prompt = torch.randint(0, 40, (3, 11))
+    tokens, step_logits = model.generate(prompt, max_new_tokens=20, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    assert tokens.shape == (3, 31) and step_logits.shape == (3, 30, 40)
+    assert torch.equal(tokens[:, :11], prompt)
+    full = model(tokens)[:, :-1]  # (3, 30, V): logits predicting tokens 1..30
+    torch.testing.assert_close(step_logits, full, rtol=1e-4, atol=1e-4)
+
+
+def test_greedy_generation_is_argmax_of_the_full_pass():
+    model = build_model(_cfg(), seed=2).eval()
+    tokens, _ = model.generate(torch.randint(0, 40, (2, 5)), max_new_tokens=8)
+    logits = model(tokens)
+    assert torch.equal(tokens[:, 5:], logits[:, 4:-1].argmax(-1))
+
+
+def test_config_from_mapping_rejects_unknown_keys_and_bad_values():
+    good = model_config_from_mapping({"pattern": "*-", "vocab_size": 10, "attention": {"n_heads": 2}})
+    assert good.primitives["attention"].n_heads == 2 and good.primitives["mlp"].hidden is None
+    with pytest.raises(ConfigError, match="unknown key model.widht"):
+        model_config_from_mapping({"pattern": "*-", "vocab_size": 10, "widht": 3})
+    with pytest.raises(ConfigError, match="unknown key model.attention.heads"):
+        model_config_from_mapping({"pattern": "*-", "vocab_size": 10, "attention": {"heads": 2}})
+    with pytest.raises(ConfigError, match="model.d_model must be int"):
+        model_config_from_mapping({"pattern": "*-", "vocab_size": 10, "d_model": "big"})
+    with pytest.raises(PatternError, match="position 1"):
+        model_config_from_mapping({"pattern": "*?", "vocab_size": 10})
+    with pytest.raises(ConfigError, match="model.attention: d_model \\(64\\) is not divisible by n_heads \\(5\\)"):
+        model_config_from_mapping({"pattern": "*-", "vocab_size": 10, "d_model": 64, "attention": {"n_heads": 5}})

@@ -1,0 +1,96 @@
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from composer.config import ModelConfig
+from composer.model import build_model
+from composer.trainer import TrainerConfig, lr_multiplier, param_groups
+from conftest import run_cli
+
+
+def test_cosine_schedule_warms_up_then_decays_to_the_floor():
+    cfg = TrainerConfig(warmup=0.1, min_lr_ratio=0.1, schedule="cosine")
+    lrs = [lr_multiplier(s, total=100, cfg=cfg) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a <= b for a, b in zip(lrs[:10], lrs[1:10]))
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_wsd_schedule_is_flat_then_linear():
+    cfg = TrainerConfig(warmup=0.25, decay=0.2, min_lr_ratio=0.0, schedule="wsd")
+    lrs = [lr_multiplier(s, total=100, cfg=cfg) for s in range(100)]
+    assert lrs[24] == 1.0 and all(v == 1.0 for v in lrs[25:80])
+    assert lrs[80] == pytest.approx(0.95) and lrs[99] == pytest.approx(0.0)
+
+
+def test_no_weight_decay_on_norms_biases_and_ssm_parameters():
+    model = build_model(ModelConfig(pattern="*-M", vocab_size=10, d_model=32))
+    decay, no_decay = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay_names = {names[id(p)] for p in no_decay["params"]}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    for needle in ("norm.weight", "A_log", "dt_bias", "mixer.D", "conv1d.bias"):
+        assert any(needle in n for n in no_decay_names), needle
+    assert all(p.ndim >= 2 for p in decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="grad_accum"):
+        TrainerConfig(batch_size=10, grad_accum=3)
+    with pytest.raises(ValueError, match="schedule"):
+        TrainerConfig(schedule="linear")
+
+
+def _losses(run_dir) -> dict[int, float]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["train/loss"] for r in records if "train/loss" in r}
+
+
+def test_killed_run_resumes_exactly(tmp_path, tiny):
+    """SIGKILL mid-run, rerun the same command: the same losses, step for step, as an uninterrupted run."""
+    args = [*tiny, "model.pattern=*-M-", "trainer.max_tokens=40960", "trainer.log_every=1", "trainer.ckpt_every=10",
+            "trainer.eval_every=15"]
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    assert run_cli(*args, f"hydra.run.dir={whole}").returncode == 0
+    expected = _losses(whole)
+    assert len(expected) == 80
+
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "composer.cli", *args, f"hydra.run.dir={broken}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (broken / "checkpoint.pt").exists():
+        time.sleep(0.05)
+    time.sleep(0.5)  # let it run past the checkpoint, so records after it must be dropped
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = max(_losses(broken))
+    assert 10 <= killed_at < 80, "the run was not killed mid-way"
+
+    resumed = run_cli(*args, f"hydra.run.dir={broken}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout + resumed.stderr
+    assert _losses(broken) == expected  # exact equality, every step
+    final = json.loads((broken / "summary.json").read_text())["final"]
+    assert final == json.loads((whole / "summary.json").read_text())["final"]
+
+
+def test_resuming_another_runs_checkpoint_is_refused(tmp_path, tiny):
+    assert run_cli(*tiny, "model.pattern=*-", "trainer.max_tokens=1024", f"hydra.run.dir={tmp_path}").returncode == 0
+    other = run_cli(*tiny, "model.pattern=-*", "trainer.max_tokens=1024", f"hydra.run.dir={tmp_path}")
+    assert other.returncode == 2 and "belongs to another run" in other.stderr
+
+
+def test_checkpoints_load_without_unpickling(tmp_path, tiny):
+    assert run_cli(*tiny, "model.pattern=*-", "trainer.max_tokens=1024", f"hydra.run.dir={tmp_path}").returncode == 0
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)  # raises if any object needs pickle
+    assert state["step"] == 2 and math.isfinite(state["model"]["model.embed.weight"].sum().item())
