@@ -68,7 +68,8 @@ class ModelConfig:
     d_model: int = 128  # residual width, shared by every layer
     tie_embeddings: bool = True  # LM head shares the embedding matrix (Llama 3.2 small sizes do)
     norm_eps: float = 1e-5
-    init_std: float = 0.02  # output projections get init_std / sqrt(n_layers): depth-scaled
+    init_std: float | None = None  # None: 1/sqrt(d_model) (0.022 at 2048, 0.09 at 128); output
+    # projections get init_std / sqrt(n_layers). A fixed 0.02 starves tiny proxies: recall then stalls.
     primitives: Mapping[str, Any] = field(default_factory=dict)  # primitive name -> its config
 
     def __post_init__(self) -> None:
@@ -86,6 +87,10 @@ class ModelConfig:
                 self.primitive_config(letter).n_params(self.d_model)
             except ValueError as exc:
                 raise ConfigError(f"model.{REGISTRY[letter].name}: {exc}") from None
+
+    @property
+    def weight_std(self) -> float:
+        return self.init_std if self.init_std is not None else self.d_model**-0.5
 
     @property
     def n_layers(self) -> int:

@@ -35,9 +35,9 @@ class ComposedModel(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
-        """N(0, init_std) everywhere; output projections scaled by 1/sqrt(n_layers) so the residual
+        """N(0, weight_std) everywhere; output projections scaled by 1/sqrt(n_layers) so the residual
         stream's variance does not grow with depth (GPT-2's rule, one residual branch per layer)."""
-        std = self.cfg.init_std
+        std = self.cfg.weight_std
         nn.init.normal_(self.embed.weight, std=std)
         if self.head is not None:
             nn.init.normal_(self.head.weight, std=std)
@@ -94,11 +94,7 @@ class ComposedModel(nn.Module):
     def impl_report(self) -> dict[str, str]:
         """Which implementation each primitive runs, e.g. {'*': 'sdpa:auto', 'M': 'torch (cpu)'}."""
         device = next(self.parameters()).device
-        report = {}
-        for layer in self.layers:
-            m = layer.mixer
-            report[layer.letter] = m.describe_impl(device) if hasattr(m, "describe_impl") else m.impl
-        return report
+        return {layer.letter: layer.mixer.describe_impl(device) for layer in self.layers}
 
 
 def count_params(cfg: ModelConfig) -> dict[str, int]:

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Iterable
 from contextlib import nullcontext
@@ -41,9 +42,9 @@ class DivergedError(ComposerError):
 @dataclass(frozen=True, kw_only=True)
 class TrainerConfig:
     max_tokens: int = 2_000_000  # the budget: input tokens seen in training
-    batch_size: int = 64  # sequences per optimiser step
+    batch_size: int = 32  # sequences per optimiser step
     grad_accum: int = 1  # micro-batches per step (batch_size must divide by it)
-    lr: float = 1e-3  # peak learning rate
+    lr: float = 3e-3  # peak learning rate
     min_lr_ratio: float = 0.1  # the schedule ends at lr * min_lr_ratio
     schedule: str = "cosine"  # cosine | wsd (warmup-stable-decay)
     warmup: float = 0.1  # fraction of steps spent warming up linearly
@@ -56,9 +57,9 @@ class TrainerConfig:
     compile: bool = False  # torch.compile the model
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     eval_every: int = 0  # steps between evaluations; 0: only at the end
-    ckpt_every: int = 0  # steps between checkpoints; 0: only at the end
+    ckpt_every: int = 100  # steps between checkpoints; 0: only at the end
     log_every: int = 10  # steps between metrics.jsonl records
-    progress: bool = True  # progress bar on stderr
+    progress: bool = True  # a progress bar on a terminal, else a log line every 10% of the run
     wandb: bool = False  # log metrics to Weights & Biases
     wandb_project: str = "composer"
 
@@ -247,8 +248,10 @@ def train(
         return metrics
 
     module.train()
-    bar = tqdm(total=total_steps, initial=step, disable=not cfg.progress, desc="train", unit="step", dynamic_ncols=True)
-    started, tic = time.perf_counter(), time.perf_counter()
+    interactive = cfg.progress and sys.stderr.isatty()
+    bar = tqdm(total=total_steps, initial=step, disable=not interactive, desc="train", unit="step", dynamic_ncols=True)
+    report_every = max(1, total_steps // 10)
+    started, tic, start_step = time.perf_counter(), time.perf_counter(), step
     try:
         while step < total_steps:
             lr = cfg.lr * lr_multiplier(step, total=total_steps, cfg=cfg)
@@ -278,6 +281,10 @@ def train(
                                "train/grad_norm": grad_norm, "train/tokens_per_s": n_steps * tokens_per_step / (toc - tic)})
                 bar.set_postfix(loss=f"{loss:.4f}")
                 tic = toc
+            if cfg.progress and not interactive and (step % report_every == 0 or step == total_steps):
+                elapsed = time.perf_counter() - started
+                log.info("step %d/%d  loss %.4f  lr %.2e  %.0f tokens/s", step, total_steps, loss, lr,
+                         (step - start_step) * tokens_per_step / elapsed)
             if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
                 run_eval()
             if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < total_steps:

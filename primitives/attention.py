@@ -114,7 +114,6 @@ class Attention(nn.Module):
         self.k_norm = nn.RMSNorm(self.hd) if cfg.qk_norm else None
         if cfg.backend == "flash_attn":
             _flash_attn_func()  # fail at build time, not mid-run
-        self.impl = "flash-attn" if cfg.backend == "flash_attn" else f"sdpa:{cfg.backend}"
 
     def forward(self, x: torch.Tensor, state: KVCache | None = None) -> torch.Tensor:
         B, T, _ = x.shape
@@ -148,8 +147,13 @@ class Attention(nn.Module):
         mask = None
         if window is not None or q_offset > 0:
             mask = causal_mask(q.shape[2], k.shape[2], q_offset=q_offset, window=window, device=q.device)
-        kwargs = dict(attn_mask=mask, is_causal=mask is None, enable_gqa=self.n_kv != self.n_heads)
         backend = self.cfg.backend
+        gqa = self.n_kv != self.n_heads
+        if gqa and backend in ("efficient", "cudnn"):  # backends without native GQA: share K/V heads by copy
+            k = k.repeat_interleave(self.n_heads // self.n_kv, dim=1)
+            v = v.repeat_interleave(self.n_heads // self.n_kv, dim=1)
+            gqa = False
+        kwargs = dict(attn_mask=mask, is_causal=mask is None, enable_gqa=gqa)
         if backend == "auto" or (backend == "math" and q.device.type != "cuda"):
             y = F.scaled_dot_product_attention(q, k, v, **kwargs)
         else:
@@ -164,6 +168,9 @@ class Attention(nn.Module):
             with sdpa_kernel([chosen]):
                 y = F.scaled_dot_product_attention(q, k, v, **kwargs)
         return y.transpose(1, 2)  # (B, T, H, hd)
+
+    def describe_impl(self, device: torch.device) -> str:
+        return "flash-attn" if self.cfg.backend == "flash_attn" else f"sdpa:{self.cfg.backend}"
 
     def allocate_state(self, *, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype) -> KVCache:
         shape = (batch_size, max_len, self.n_kv, self.hd)

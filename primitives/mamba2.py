@@ -54,18 +54,18 @@ class Mamba2Config:
         for name in ("d_state", "head_dim", "expand", "d_conv", "n_groups", "chunk_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"mamba2.{name} must be a positive integer, got {value!r}")
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not 0 < self.dt_min <= self.dt_max:
-            raise ValueError(f"mamba2.dt_min and dt_max need 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
+            raise ValueError(f"dt_min and dt_max need 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
         if self.dt_init_floor < 0:
-            raise ValueError(f"mamba2.dt_init_floor must be >= 0, got {self.dt_init_floor}")
+            raise ValueError(f"dt_init_floor must be >= 0, got {self.dt_init_floor}")
         if not 0 < self.a_init_min <= self.a_init_max:
             raise ValueError(
-                f"mamba2.a_init_min and a_init_max need 0 < a_init_min <= a_init_max, "
+                f"a_init_min and a_init_max need 0 < a_init_min <= a_init_max, "
                 f"got {self.a_init_min}, {self.a_init_max}"
             )
         if self.impl not in _IMPLS:
-            raise ValueError(f"mamba2.impl must be one of {', '.join(_IMPLS)}, got {self.impl!r}")
+            raise ValueError(f"impl must be one of {', '.join(_IMPLS)}, got {self.impl!r}")
 
     def d_inner(self, d_model: int) -> int:
         return self.expand * d_model

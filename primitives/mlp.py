@@ -27,8 +27,6 @@ class MLPConfig:
 
 
 class MLP(nn.Module):
-    impl = "torch"
-
     def __init__(self, cfg: MLPConfig, *, d_model: int) -> None:
         super().__init__()
         hidden = cfg.hidden_size(d_model)
@@ -41,6 +39,9 @@ class MLP(nn.Module):
 
     def allocate_state(self, *, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype) -> None:
         return None  # position-wise: nothing to carry between tokens
+
+    def describe_impl(self, device: torch.device) -> str:
+        return "torch"
 
     def init_weights(self, *, std: float, out_std: float) -> None:
         nn.init.normal_(self.gate_up.weight, std=std)

@@ -9,7 +9,7 @@ The module contract (every mixer maps (B, T, D) -> (B, T, D)):
   forward(x, state=None)           state: what allocate_state returned, updated in place
   allocate_state(*, batch_size, max_len, device, dtype) -> object | None
   init_weights(*, std, out_std)    out_std is the depth-scaled std for the output projection
-  impl: str                        which implementation runs, reported in the run folder
+  describe_impl(device) -> str     which implementation runs there, reported in the run folder
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ def test_output_projections_are_depth_scaled():
     cfg = _cfg(pattern="-" * 16)
     model = build_model(cfg)
     out_std = torch.cat([layer.mixer.out_proj.weight.flatten() for layer in model.layers]).std().item()
-    assert math.isclose(out_std, cfg.init_std / math.sqrt(16), rel_tol=0.05)
+    assert math.isclose(out_std, 64**-0.5 / math.sqrt(16), rel_tol=0.05)
 
 
 def test_generation_with_state_matches_full_forward():
