@@ -43,8 +43,8 @@ _SCALARS = {"int": int, "float": (int, float), "bool": bool, "str": str}
 
 def _check_type(value: Any, annotation: Any, *, where: str) -> None:
     """Reject a value of the wrong type for the simple annotations configs use (`int`, `float | None`...)."""
-    if not isinstance(annotation, str):
-        return
+    if not isinstance(annotation, str):  # a real type where the module has no `from __future__ import annotations`
+        annotation = getattr(annotation, "__name__", None) or str(annotation)
     options = [part.strip() for part in annotation.split("|")]
     if not all(o in _SCALARS or o == "None" for o in options):
         return  # containers and nested configs are checked by their own constructors
@@ -67,6 +67,9 @@ class ModelConfig:
     vocab_size: int  # the task's or tokenizer's vocabulary
     d_model: int = 128  # residual width, shared by every layer
     tie_embeddings: bool = True  # LM head shares the embedding matrix (Llama 3.2 small sizes do)
+    scale_embeddings: bool = True  # input embeddings × sqrt(d_model), so the residual stream starts at
+    # unit RMS while the tied head keeps small weights (Vaswani et al. 2017, Gemma). Without it, tiny
+    # hybrids sat on the recall plateau (accuracy 0.31 after 1.6M tokens, against 0.997 after 0.4M).
     norm_eps: float = 1e-5
     init_std: float | None = None  # None: 1/sqrt(d_model) (0.022 at 2048, 0.09 at 128); output
     # projections get init_std / sqrt(n_layers). A fixed 0.02 starves tiny proxies: recall then stalls.

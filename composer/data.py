@@ -6,6 +6,8 @@ from typing import Protocol
 
 import torch
 
+IGNORE = -100  # target of positions that count in neither loss nor accuracy (cross-entropy's ignore_index)
+
 
 class Batches(Protocol):
     """An endless, deterministic stream of (inputs, targets) batches whose position can be saved."""

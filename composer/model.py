@@ -49,6 +49,8 @@ class ComposedModel(nn.Module):
     def hidden(self, tokens: torch.Tensor, states: list | None = None) -> torch.Tensor:
         """tokens (B, T) -> final normed hidden states (B, T, D)."""
         x = self.embed(tokens)  # (B, T, D)
+        if self.cfg.scale_embeddings:
+            x = x * self.cfg.d_model**0.5
         for i, layer in enumerate(self.layers):
             x = layer(x, None if states is None else states[i])
         return self.norm(x)

@@ -21,7 +21,6 @@ A task is `generate(cfg, *, n_examples, seed) -> (inputs, targets)`: `inputs` (N
 tasks T_out == T_in and targets[:, t] is what the model should emit after reading inputs[:, :t+1].
 """
 
-import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,9 +28,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from composer.config import from_mapping
+from composer.data import IGNORE
 from composer.errors import ConfigError
-
-IGNORE = -100  # target value of unscored positions (torch's cross-entropy ignore_index)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -324,23 +323,8 @@ TASKS: dict[str, Task] = {
 }
 
 
-def accuracy_and_count(logits: Tensor, targets: Tensor) -> tuple[int, int]:
-    """Correct argmax predictions and scored positions: logits (..., V), targets (...)."""
-    scored = targets != IGNORE
-    correct = (logits.argmax(-1) == targets) & scored
-    return int(correct.sum()), int(scored.sum())
-
-
 def build_task_config(name: str, overrides: Mapping[str, Any] | None = None) -> Any:
     """The task's config, baseline defaults with `overrides` applied; bad input raises ConfigError."""
     if name not in TASKS:
         raise ConfigError(f"unknown task {name!r} (valid tasks: {', '.join(TASKS)})")
-    fields = {f.name: f for f in dataclasses.fields(TASKS[name].config_cls)}
-    for key, value in (overrides or {}).items():
-        if key not in fields:
-            raise ConfigError(f"unknown key task.{key} for {name} (valid keys: {', '.join(fields)})")
-        kind = type(fields[key].default)
-        ok = isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
-        if isinstance(value, bool) or not ok:
-            raise ConfigError(f"task.{key} must be {kind.__name__}, got {value!r}")
-    return TASKS[name].config_cls(**(overrides or {}))
+    return from_mapping(TASKS[name].config_cls, overrides, where="task")

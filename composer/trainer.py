@@ -26,12 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from composer.data import Batches
+from composer.data import IGNORE, Batches
 from composer.errors import ComposerError, ConfigError
 
 log = logging.getLogger(__name__)
 
-IGNORE = -100  # target value of positions that count in neither loss nor accuracy
 CHECKPOINT = "checkpoint.pt"
 
 

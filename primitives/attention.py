@@ -161,6 +161,11 @@ class Attention(nn.Module):
                 raise KernelUnavailableError(
                     f"attention backend {backend!r} needs CUDA; on {q.device.type} use backend=auto or math"
                 )
+            if backend in ("flash", "cudnn") and q.dtype not in (torch.float16, torch.bfloat16):
+                raise KernelUnavailableError(
+                    f"attention backend {backend!r} takes bf16 or fp16, got {q.dtype} (run under bf16 autocast, "
+                    "trainer.precision=bf16, or use backend=auto|efficient|math)"
+                )
             from torch.nn.attention import SDPBackend, sdpa_kernel
 
             chosen = {"math": SDPBackend.MATH, "flash": SDPBackend.FLASH_ATTENTION,

@@ -239,10 +239,6 @@ class Mamba2(nn.Module):
     def describe_impl(self, device: torch.device | str) -> str:
         return self._resolve(torch.device(device))[1]
 
-    @property
-    def impl(self) -> str:
-        return "mamba-ssm" if self._resolve(self.in_proj.weight.device)[0] else "torch"
-
     def allocate_state(
         self, *, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype
     ) -> Mamba2State:

@@ -16,12 +16,15 @@ TINY = [  # a small, fast composer-train configuration for CLI tests
 ]
 
 
+def cli_env() -> dict[str, str]:
+    """A user's environment: no HYDRA_FULL_ERROR (the CLI sets it itself), one thread per process."""
+    return {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"OMP_NUM_THREADS": "1"}
+
+
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `composer-train` as a user would, in a subprocess."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": ""}
-    env.pop("HYDRA_FULL_ERROR")
     return subprocess.run([sys.executable, "-m", "composer.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+                          timeout=timeout, env=cli_env())
 
 
 @pytest.fixture

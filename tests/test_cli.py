@@ -70,3 +70,17 @@ def test_divergence_stops_with_a_recorded_error(tmp_path, tiny):
     assert "loss became" in line
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "diverged" and "loss became" in summary["error"]
+
+
+def test_wandb_logging_when_enabled(tmp_path, tiny, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")  # the real client, writing its run file locally
+    run = run_cli(*tiny, "model.pattern=*-", "trainer.max_tokens=2048", "trainer.wandb=true", f"hydra.run.dir={tmp_path}")
+    assert run.returncode == 0, run.stderr
+    [record] = list((tmp_path / "wandb").glob("offline-run-*/*.wandb"))
+    data = record.read_bytes()
+    assert b"train/loss" in data and b"eval/accuracy" in data and b"*-" in data  # metrics and the config
+
+
+def test_wandb_is_off_by_default(tmp_path, tiny):
+    assert run_cli(*tiny, "model.pattern=*-", "trainer.max_tokens=2048", f"hydra.run.dir={tmp_path}").returncode == 0
+    assert not (tmp_path / "wandb").exists()

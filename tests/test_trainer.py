@@ -1,6 +1,5 @@
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import torch
 from composer.config import ModelConfig
 from composer.model import build_model
 from composer.trainer import TrainerConfig, lr_multiplier, param_groups
-from conftest import run_cli
+from conftest import cli_env, run_cli
 
 
 def test_cosine_schedule_warms_up_then_decays_to_the_floor():
@@ -64,9 +63,8 @@ def test_killed_run_resumes_exactly(tmp_path, tiny):
     expected = _losses(whole)
     assert len(expected) == 80
 
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "composer.cli", *args, f"hydra.run.dir={broken}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env())
     deadline = time.time() + 120
     while time.time() < deadline and not (broken / "checkpoint.pt").exists():
         time.sleep(0.05)
@@ -94,3 +92,12 @@ def test_checkpoints_load_without_unpickling(tmp_path, tiny):
     assert run_cli(*tiny, "model.pattern=*-", "trainer.max_tokens=1024", f"hydra.run.dir={tmp_path}").returncode == 0
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)  # raises if any object needs pickle
     assert state["step"] == 2 and math.isfinite(state["model"]["model.embed.weight"].sum().item())
+
+
+def test_torch_compile_trains_like_eager(tmp_path, tiny):
+    args = [*tiny, "model.pattern=*-", "trainer.max_tokens=4096", "trainer.log_every=1"]
+    assert run_cli(*args, "trainer.compile=true", f"hydra.run.dir={tmp_path / 'compiled'}").returncode == 0
+    assert run_cli(*args, f"hydra.run.dir={tmp_path / 'eager'}").returncode == 0
+    compiled, eager = _losses(tmp_path / "compiled"), _losses(tmp_path / "eager")
+    assert compiled.keys() == eager.keys() and len(eager) == 8
+    assert all(abs(compiled[s] - eager[s]) < 1e-4 for s in eager)

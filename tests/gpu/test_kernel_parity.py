@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from composer.config import ModelConfig
+from composer.errors import KernelUnavailableError
 from composer.model import build_model
 from primitives.attention import Attention, AttentionConfig
 from primitives.mamba2 import Mamba2, Mamba2Config
@@ -94,5 +95,12 @@ def test_hybrid_model_with_kernels_matches_torch_path_and_generates():
         err = rel_err(fast(tokens).float(), ref(tokens).float())
     print(f"hybrid logits, bf16 autocast, kernels vs torch: {err:.2e}")
     assert err <= TOL[torch.bfloat16]
-    out, step_logits = fast.eval().generate(tokens[:, :20], max_new_tokens=10)
+    with torch.autocast("cuda", dtype=torch.bfloat16):  # cuDNN attention takes bf16 only
+        out, step_logits = fast.eval().generate(tokens[:, :20], max_new_tokens=10)
     assert out.shape == (2, 30) and torch.isfinite(step_logits).all()
+
+
+def test_flash_and_cudnn_backends_refuse_fp32_with_a_clear_error():
+    module = Attention(AttentionConfig(backend="cudnn"), d_model=256).to(DEVICE)
+    with pytest.raises(KernelUnavailableError, match="takes bf16 or fp16"):
+        module(torch.randn(1, 8, 256, device=DEVICE))
