@@ -31,6 +31,7 @@ from primitives.registry import register
 log = logging.getLogger(__name__)
 
 _NORM_EPS = 1e-5
+_REPORTED: set[str] = set()  # implementation choices already logged
 _IMPLS = ("auto", "torch", "kernels")
 _INSTALL_HINT = "pip install 'composer-hybrid[cuda]' (or pip install mamba-ssm causal-conv1d --no-build-isolation)"
 
@@ -254,7 +255,9 @@ class Mamba2(nn.Module):
         device = self.in_proj.weight.device
         use_kernels, description = self._resolve(device)
         if not self._impl_logged:
-            log.info("mamba2 mixer runs %s", description)
+            if description not in _REPORTED:  # once per process and choice, not once per layer
+                log.info("mamba2 mixer runs %s", description)
+                _REPORTED.add(description)
             self._impl_logged = True
         if use_kernels and state is None:  # decoding with a state always takes the torch path
             if device.type != "cuda":

@@ -172,16 +172,21 @@ def test_kernels_requested_but_missing_fails_loudly():
         Mamba2(Mamba2Config(impl="kernels"), d_model=64)
 
 
-def test_auto_on_cpu_runs_torch_and_says_so(caplog):
+def test_auto_on_cpu_runs_torch_and_says_so(caplog, monkeypatch):
+    import primitives.mamba2
+
+    monkeypatch.setattr(primitives.mamba2, "_REPORTED", set())
     module = Mamba2(Mamba2Config(**{**SMALL, "impl": "auto"}), d_model=32)
+    other = Mamba2(Mamba2Config(**{**SMALL, "impl": "auto"}), d_model=32)
     assert module.describe_impl("cpu").startswith("torch")
     assert module.describe_impl(torch.device("cpu")).startswith("torch")
     assert module.describe_impl("cpu") == "torch (cpu)"
     with caplog.at_level(logging.INFO, logger="primitives.mamba2"):
         module(torch.randn(1, 4, 32))
         module(torch.randn(1, 4, 32))
+        other(torch.randn(1, 4, 32))
     messages = [r.getMessage() for r in caplog.records if r.name == "primitives.mamba2"]
-    assert messages == ["mamba2 mixer runs torch (cpu)"]  # once, not per call
+    assert messages == ["mamba2 mixer runs torch (cpu)"]  # once, not per call or per layer
 
 
 def test_torch_impl_is_reported():
