@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,9 +50,6 @@ def run_app(app, prog: str) -> None:
     except (ComposerError, HydraException, OmegaConfBaseException) as exc:
         print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; rerun the same command in the same run folder to resume", file=sys.stderr)
-        sys.exit(130)
 
 
 def _plain(cfg: DictConfig) -> dict[str, Any]:
@@ -97,6 +95,11 @@ def _job(prog: str, body) -> None:
     hc = HydraConfig.get()
     try:
         body(Path(hc.runtime.output_dir))
+    except KeyboardInterrupt:
+        command = [prog, *(o for o in hc.overrides.task if not o.startswith("hydra.run.dir=")),
+                   f"hydra.run.dir={hc.runtime.output_dir}"]
+        print(f"{prog}: interrupted; the last checkpoint is kept. Resume with: {shlex.join(command)}", file=sys.stderr)
+        sys.exit(130)
     except ComposerError as exc:
         if hc.mode != RunMode.MULTIRUN:
             print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)

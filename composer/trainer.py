@@ -177,16 +177,15 @@ class _Records:
             self.wandb.finish()
 
 
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a crash mid-save never leaves a torn checkpoint
+def _write_atomically(path: Path, write: Any) -> None:
+    """write(tmp_path), then rename: a crash mid-write never leaves a torn file behind."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    _write_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
 
 
 def train(
@@ -213,7 +212,6 @@ def train(
                                   fused=device.type == "cuda")
     tokens_per_step = cfg.batch_size * seq_len
     total_steps = max(1, cfg.max_tokens // tokens_per_step)
-    micro = cfg.batch_size // cfg.grad_accum
     summary = {**(summary or {}), **signature}
 
     step, ckpt_path = 0, run_dir / CHECKPOINT
@@ -237,8 +235,9 @@ def train(
         rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
         if device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(device)
-        _save_checkpoint(ckpt_path, {"model": module.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                                     "data": train_batches.state_dict(), "rng": rng, "signature": signature})
+        state = {"model": module.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                 "data": train_batches.state_dict(), "rng": rng, "signature": signature}
+        _write_atomically(ckpt_path, lambda tmp: torch.save(state, tmp))
 
     def run_eval() -> dict[str, float]:
         metrics = evaluate(step_module, eval_batches, cfg=cfg, device=device)
@@ -262,7 +261,7 @@ def train(
                 with _autocast(cfg, device):
                     logits = step_module(inputs)
                 micro_loss, _, counted = loss_and_correct(logits, targets)
-                micro_loss = micro_loss / counted.clamp(min=1)
+                micro_loss = micro_loss / counted.clamp(min=1)  # each micro-batch weighs the same
                 (micro_loss / cfg.grad_accum).backward()
                 loss_sum += micro_loss.detach()
             loss = loss_sum.item() / cfg.grad_accum

@@ -1,5 +1,6 @@
 import json
 import math
+import shlex
 import signal
 import subprocess
 import sys
@@ -101,3 +102,20 @@ def test_torch_compile_trains_like_eager(tmp_path, tiny):
     compiled, eager = _losses(tmp_path / "compiled"), _losses(tmp_path / "eager")
     assert compiled.keys() == eager.keys() and len(eager) == 8
     assert all(abs(compiled[s] - eager[s]) < 1e-4 for s in eager)
+
+
+def test_ctrl_c_prints_the_command_that_resumes(tmp_path, tiny):
+    args = [*tiny, "model.pattern=*-M-", "trainer.max_tokens=40960", "trainer.log_every=1", "trainer.ckpt_every=10"]
+    proc = subprocess.Popen([sys.executable, "-m", "composer.cli", *args, f"hydra.run.dir={tmp_path}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=cli_env())
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tmp_path / "checkpoint.pt").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    command = shlex.split(stderr.split("Resume with: ")[1])
+    assert command[0] == "composer-train" and command[-1] == f"hydra.run.dir={tmp_path}"
+    resumed = run_cli(*command[1:])
+    assert resumed.returncode == 0 and "resumed from" in resumed.stdout + resumed.stderr
+    assert max(_losses(tmp_path)) == 80

@@ -84,20 +84,31 @@ def test_sliding_window_on_cuda(backend):
     _compare(fast, ref, torch.randn(2, 200, 256, device=DEVICE), torch.float32, torch.float64)
 
 
-def test_hybrid_model_with_kernels_matches_torch_path_and_generates():
-    def cfg(impl):
-        return ModelConfig(pattern="*-M-M*-M", vocab_size=100, d_model=256,
-                           primitives={"mamba2": Mamba2Config(impl=impl), "attention": AttentionConfig(backend="cudnn")})
+def _hybrid(impl: str):
+    cfg = ModelConfig(pattern="*-M-M*-M", vocab_size=100, d_model=256,
+                      primitives={"mamba2": Mamba2Config(impl=impl), "attention": AttentionConfig(backend="cudnn")})
+    return build_model(cfg, seed=0).to(DEVICE)
 
-    fast, ref = build_model(cfg("kernels"), seed=0).to(DEVICE), build_model(cfg("torch"), seed=0).to(DEVICE)
+
+def test_hybrid_model_with_kernels_matches_torch_path():
+    fast, ref = _hybrid("kernels"), _hybrid("torch")
     tokens = torch.randint(0, 100, (2, 200), device=DEVICE)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         err = rel_err(fast(tokens).float(), ref(tokens).float())
     print(f"hybrid logits, bf16 autocast, kernels vs torch: {err:.2e}")
     assert err <= TOL[torch.bfloat16]
+
+
+def test_generation_on_cuda_matches_the_full_forward():
+    """Decoding with state (KV cache, conv and SSM state) under bf16 autocast with cuDNN attention."""
+    model = _hybrid("torch").eval()
+    prompt = torch.randint(0, 100, (2, 20), device=DEVICE)
     with torch.autocast("cuda", dtype=torch.bfloat16):  # cuDNN attention takes bf16 only
-        out, step_logits = fast.eval().generate(tokens[:, :20], max_new_tokens=10)
-    assert out.shape == (2, 30) and torch.isfinite(step_logits).all()
+        tokens, step_logits = model.generate(prompt, max_new_tokens=10)
+        full = model(tokens)[:, :-1]
+    err = rel_err(step_logits.float(), full.float())
+    print(f"generation step logits vs full forward, bf16 autocast: {err:.2e}")
+    assert tokens.shape == (2, 30) and err <= TOL[torch.bfloat16]
 
 
 def test_flash_and_cudnn_backends_refuse_fp32_with_a_clear_error():
