@@ -49,14 +49,14 @@ def train_on_task(
             head = task.build_head(task_cfg, model_cfg.d_model)
     micro = trainer_cfg.batch_size // trainer_cfg.grad_accum
     eval_batches = [(test_x[i : i + micro], test_y[i : i + micro]) for i in range(0, len(test_x), micro)]
-    signature = {"pattern": model_cfg.pattern, "task": task_name, "seed": seed}
+    # What defines the run: a checkpoint is only resumed under the same signature.
+    signature = {"pattern": model_cfg.pattern, "task": task_name, "seed": seed, "model": asdict(model_cfg),
+                 "task_config": asdict(task_cfg)}
     summary = {
         **count_params(model_cfg),
         "n_layers": model_cfg.n_layers,
         "layers": count_primitives(model_cfg.pattern),
         "impl": model.impl_report(),
-        "model": asdict(model_cfg),
-        "task_config": asdict(task_cfg),
         "environment": environment(),
     }
     return train(

@@ -177,6 +177,17 @@ class _Records:
             self.wandb.finish()
 
 
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'model': {'d_model': 64}} -> {'model.d_model': 64}"""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def _write_atomically(path: Path, write: Any) -> None:
     """write(tmp_path), then rename: a crash mid-write never leaves a torn file behind."""
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -218,7 +229,10 @@ def train(
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=True)  # never unpickles objects
         if state["signature"] != signature:
-            raise ConfigError(f"{ckpt_path} belongs to another run ({state['signature']}); use a new run folder")
+            saved, now = _flatten(state["signature"]), _flatten(signature)
+            diff = ", ".join(f"{k}: {saved.get(k)!r} there, {now.get(k)!r} here"
+                             for k in sorted(saved.keys() | now.keys()) if saved.get(k) != now.get(k))
+            raise ConfigError(f"{ckpt_path} belongs to another run ({diff}); use a new run folder")
         module.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         train_batches.load_state_dict(state["data"])

@@ -86,7 +86,9 @@ def test_killed_run_resumes_exactly(tmp_path, tiny):
 def test_resuming_another_runs_checkpoint_is_refused(tmp_path, tiny):
     assert run_cli(*tiny, "model.pattern=*-", "trainer.max_tokens=1024", f"hydra.run.dir={tmp_path}").returncode == 0
     other = run_cli(*tiny, "model.pattern=-*", "trainer.max_tokens=1024", f"hydra.run.dir={tmp_path}")
-    assert other.returncode == 2 and "belongs to another run" in other.stderr
+    assert other.returncode == 2 and "belongs to another run (model.pattern: '*-' there, '-*' here" in other.stderr
+    wider = run_cli(*tiny, "model.pattern=*-", "model.d_model=48", "trainer.max_tokens=1024", f"hydra.run.dir={tmp_path}")
+    assert wider.returncode == 2 and "model.d_model: 32 there, 48 here" in wider.stderr
 
 
 def test_checkpoints_load_without_unpickling(tmp_path, tiny):
