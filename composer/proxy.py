@@ -21,13 +21,19 @@ from composer.trainer import Objective, TrainerConfig, resolve_device, train
 
 def environment() -> dict[str, Any]:
     """Code version and environment, recorded in every run folder."""
-    try:
-        root = Path(__file__).resolve().parent.parent
-        git = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        commit = git.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {"git_commit": commit, "python": platform.python_version(), "torch": torch.__version__,
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"git_commit": commit, "git_dirty": bool(dirty) if commit else None,
+            "python": platform.python_version(), "torch": torch.__version__,
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "host": platform.node()}
 
 

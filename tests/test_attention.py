@@ -73,7 +73,8 @@ def test_rope_is_relative():
     """q·k depends only on the distance between positions."""
     q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
     dots = [(rope(q, start=s + 5, theta=1e4) * rope(k, start=s, theta=1e4)).sum() for s in (0, 7, 100)]
-    torch.testing.assert_close(dots[0], dots[1]), torch.testing.assert_close(dots[0], dots[2])
+    torch.testing.assert_close(dots[0], dots[1])
+    torch.testing.assert_close(dots[0], dots[2])
 
 
 def test_sliding_window_forgets_far_tokens():
