@@ -1,23 +1,13 @@
-"""Causal grouped-query self-attention `*`: RoPE or NoPE, optional sliding window and QK-norm.
+"""Causal grouped-query self-attention `*`: the spec (config and counts).
 
-Computed with `scaled_dot_product_attention`; on CUDA its backend is selectable (cuDNN measured
-1.5–1.8× faster than the default flash backend on H200), and the `flash-attn` package is used when
-asked for. The `math` backend is the reference path.
+The module is in primitives/nn/attention.py; this file imports no torch.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-from composer.errors import KernelUnavailableError
 from primitives.registry import register
-
-log = logging.getLogger(__name__)
 
 SDPA_BACKENDS = ("math", "flash", "efficient", "cudnn")
 BACKENDS = ("auto", *SDPA_BACKENDS, "flash_attn")
@@ -60,133 +50,4 @@ class AttentionConfig:
         return qkv + out + (2 * hd if self.qk_norm else 0)
 
 
-@dataclass
-class KVCache:
-    k: torch.Tensor  # (B, max_len, Hkv, hd)
-    v: torch.Tensor  # (B, max_len, Hkv, hd)
-    length: int = 0  # tokens written so far
-
-
-def rope(x: torch.Tensor, *, start: int, theta: float) -> torch.Tensor:
-    """Rotary embedding (Su et al. 2021), rotate-half layout; x (B, T, H, hd), positions start..start+T."""
-    T, hd = x.shape[1], x.shape[-1]
-    inv_freq = 1.0 / theta ** (torch.arange(0, hd, 2, device=x.device, dtype=torch.float32) / hd)  # (hd/2,)
-    pos = torch.arange(start, start + T, device=x.device, dtype=torch.float32)
-    angles = torch.outer(pos, inv_freq)  # (T, hd/2)
-    cos = torch.cat([angles.cos(), angles.cos()], dim=-1)[None, :, None, :]  # (1, T, 1, hd)
-    sin = torch.cat([angles.sin(), angles.sin()], dim=-1)[None, :, None, :]
-    x1, x2 = x.float().chunk(2, dim=-1)
-    rotated = torch.cat([-x2, x1], dim=-1)
-    return (x.float() * cos + rotated * sin).to(x.dtype)
-
-
-def causal_mask(n_q: int, n_k: int, *, q_offset: int, window: int | None, device: torch.device) -> torch.Tensor:
-    """(n_q, n_k) bool, True where query i (at position q_offset + i) may see key j."""
-    qpos = torch.arange(q_offset, q_offset + n_q, device=device)[:, None]
-    kpos = torch.arange(n_k, device=device)[None, :]
-    allowed = kpos <= qpos
-    if window is not None:
-        allowed &= kpos > qpos - window
-    return allowed
-
-
-def _flash_attn_func():
-    try:
-        from flash_attn import flash_attn_func
-    except ImportError as exc:
-        raise KernelUnavailableError(
-            f"attention backend 'flash_attn' needs the flash-attn package ({exc}); install it with "
-            "`pip install 'composer-hybrid[cuda]'` or `pip install flash-attn --no-build-isolation`, "
-            "or use backend=cudnn|flash|auto"
-        ) from None
-    return flash_attn_func
-
-
-class Attention(nn.Module):
-    def __init__(self, cfg: AttentionConfig, *, d_model: int) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.hd = cfg.head_size(d_model)
-        self.n_heads, self.n_kv = cfg.n_heads, cfg.kv_heads
-        self.qkv = nn.Linear(d_model, (self.n_heads + 2 * self.n_kv) * self.hd, bias=False)
-        self.out_proj = nn.Linear(self.n_heads * self.hd, d_model, bias=False)
-        self.q_norm = nn.RMSNorm(self.hd) if cfg.qk_norm else None
-        self.k_norm = nn.RMSNorm(self.hd) if cfg.qk_norm else None
-        if cfg.backend == "flash_attn":
-            _flash_attn_func()  # fail at build time, not mid-run
-
-    def forward(self, x: torch.Tensor, state: KVCache | None = None) -> torch.Tensor:
-        B, T, _ = x.shape
-        q, k, v = self.qkv(x).split([self.n_heads * self.hd, self.n_kv * self.hd, self.n_kv * self.hd], dim=-1)
-        q = q.view(B, T, self.n_heads, self.hd)  # (B, T, H, hd)
-        k = k.view(B, T, self.n_kv, self.hd)  # (B, T, Hkv, hd)
-        v = v.view(B, T, self.n_kv, self.hd)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        start = state.length if state is not None else 0
-        if self.cfg.rope_theta is not None:
-            q, k = rope(q, start=start, theta=self.cfg.rope_theta), rope(k, start=start, theta=self.cfg.rope_theta)
-        if state is not None:
-            if start + T > state.k.shape[1]:
-                raise ValueError(f"KV cache holds {state.k.shape[1]} tokens, asked to reach {start + T}")
-            state.k[:, start : start + T] = k.to(state.k.dtype)
-            state.v[:, start : start + T] = v.to(state.v.dtype)
-            state.length = start + T
-            k, v = state.k[:, : start + T].to(q.dtype), state.v[:, : start + T].to(q.dtype)
-        y = self._attend(q, k, v, q_offset=start)  # (B, T, H, hd)
-        return self.out_proj(y.reshape(B, T, self.n_heads * self.hd))
-
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, q_offset: int) -> torch.Tensor:
-        """q (B, T, H, hd), k and v (B, S, Hkv, hd) with S = q_offset + T -> (B, T, H, hd)."""
-        window = self.cfg.window
-        if self.cfg.backend == "flash_attn":
-            # flash-attn aligns the causal mask bottom-right when S > T, as a KV cache needs.
-            size = (window - 1, 0) if window is not None else (-1, -1)
-            return _flash_attn_func()(q, k, v, causal=True, window_size=size)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, hd)
-        mask = None
-        if window is not None or q_offset > 0:
-            mask = causal_mask(q.shape[2], k.shape[2], q_offset=q_offset, window=window, device=q.device)
-        backend = self.cfg.backend
-        gqa = self.n_kv != self.n_heads
-        if gqa and backend in ("efficient", "cudnn"):  # backends without native GQA: share K/V heads by copy
-            k = k.repeat_interleave(self.n_heads // self.n_kv, dim=1)
-            v = v.repeat_interleave(self.n_heads // self.n_kv, dim=1)
-            gqa = False
-        kwargs = dict(attn_mask=mask, is_causal=mask is None, enable_gqa=gqa)
-        if backend == "auto" or (backend == "math" and q.device.type != "cuda"):
-            y = F.scaled_dot_product_attention(q, k, v, **kwargs)
-        else:
-            if q.device.type != "cuda":
-                raise KernelUnavailableError(
-                    f"attention backend {backend!r} needs CUDA; on {q.device.type} use backend=auto or math"
-                )
-            if backend in ("flash", "cudnn") and q.dtype not in (torch.float16, torch.bfloat16):
-                raise KernelUnavailableError(
-                    f"attention backend {backend!r} takes bf16 or fp16, got {q.dtype} (run under bf16 autocast, "
-                    "trainer.precision=bf16, or use backend=auto|efficient|math)"
-                )
-            from torch.nn.attention import SDPBackend, sdpa_kernel
-
-            chosen = {"math": SDPBackend.MATH, "flash": SDPBackend.FLASH_ATTENTION,
-                      "efficient": SDPBackend.EFFICIENT_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}[backend]
-            with sdpa_kernel([chosen]):
-                y = F.scaled_dot_product_attention(q, k, v, **kwargs)
-        return y.transpose(1, 2)  # (B, T, H, hd)
-
-    def describe_impl(self, device: torch.device) -> str:
-        return "flash-attn" if self.cfg.backend == "flash_attn" else f"sdpa:{self.cfg.backend}"
-
-    def allocate_state(self, *, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype) -> KVCache:
-        shape = (batch_size, max_len, self.n_kv, self.hd)
-        return KVCache(k=torch.zeros(shape, device=device, dtype=dtype), v=torch.zeros(shape, device=device, dtype=dtype))
-
-    def init_weights(self, *, std: float, out_std: float) -> None:
-        nn.init.normal_(self.qkv.weight, std=std)
-        nn.init.normal_(self.out_proj.weight, std=out_std)
-        for norm in (self.q_norm, self.k_norm):
-            if norm is not None:
-                nn.init.ones_(norm.weight)
-
-
-register(letter="*", name="attention", config_cls=AttentionConfig, module_cls=Attention, mixes_sequence=True)
+register(letter="*", name="attention", config_cls=AttentionConfig, module="primitives.nn.attention:Attention", mixes_sequence=True)

@@ -1,12 +1,11 @@
-"""SwiGLU MLP (Shazeer 2020, arXiv 2002.05202): the channel mixer `-`, as in Llama."""
+"""SwiGLU MLP `-` (Shazeer 2020, arXiv 2002.05202), as in Llama: the spec (config and counts).
+
+The module is in primitives/nn/mlp.py; this file imports no torch.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
-import torch.nn.functional as F
-from torch import nn
 
 from primitives.registry import register
 
@@ -26,26 +25,4 @@ class MLPConfig:
         return 3 * d_model * self.hidden_size(d_model)  # gate, up, down; no biases
 
 
-class MLP(nn.Module):
-    def __init__(self, cfg: MLPConfig, *, d_model: int) -> None:
-        super().__init__()
-        hidden = cfg.hidden_size(d_model)
-        self.gate_up = nn.Linear(d_model, 2 * hidden, bias=False)  # gate and up fused into one matmul
-        self.out_proj = nn.Linear(hidden, d_model, bias=False)
-
-    def forward(self, x: torch.Tensor, state: None = None) -> torch.Tensor:
-        gate, up = self.gate_up(x).chunk(2, dim=-1)  # (B, T, H) each
-        return self.out_proj(F.silu(gate) * up)  # (B, T, D)
-
-    def allocate_state(self, *, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype) -> None:
-        return None  # position-wise: nothing to carry between tokens
-
-    def describe_impl(self, device: torch.device) -> str:
-        return "torch"
-
-    def init_weights(self, *, std: float, out_std: float) -> None:
-        nn.init.normal_(self.gate_up.weight, std=std)
-        nn.init.normal_(self.out_proj.weight, std=out_std)
-
-
-register(letter="-", name="mlp", config_cls=MLPConfig, module_cls=MLP, mixes_sequence=False)
+register(letter="-", name="mlp", config_cls=MLPConfig, module="primitives.nn.mlp:MLP", mixes_sequence=False)

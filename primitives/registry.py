@@ -1,9 +1,10 @@
 """The primitive registry: one letter per layer kind. The letters are the pattern's alphabet.
 
-A primitive file defines a frozen config dataclass (with `n_params(d_model)`, the analytic
-parameter count of its mixer) and an `nn.Module` built as `module_cls(cfg, d_model=...)`, then
-calls `register(...)`. Every file in `primitives/` is imported by the package, so adding a
-primitive touches no other file; tests loop over `REGISTRY`.
+A primitive is a spec file `primitives/<name>.py` (its frozen config dataclass with the analytic
+counts, e.g. `n_params(d_model)`; no torch import, so accounting and search constraints run
+without torch) that calls `register(...)`, and its module in `primitives/nn/<name>.py`, an
+`nn.Module` built as `module_cls(cfg, d_model=...)` and imported only when a model is built.
+Every spec file in `primitives/` is imported by the package; tests loop over `REGISTRY`.
 
 The module contract (every mixer maps (B, T, D) -> (B, T, D)):
   forward(x, state=None)           state: what allocate_state returned, updated in place
@@ -14,6 +15,7 @@ The module contract (every mixer maps (B, T, D) -> (B, T, D)):
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 
 
@@ -22,14 +24,20 @@ class Primitive:
     letter: str  # the pattern character (Megatron-LM's alphabet where it has one)
     name: str  # config key of its settings, e.g. `model.attention`
     config_cls: type  # frozen, keyword-only dataclass with n_params(d_model)
-    module_cls: type  # nn.Module: module_cls(cfg, d_model=...)
+    module: str  # "package.module:Class" of its nn.Module, imported on first use
     mixes_sequence: bool  # True for token mixers (attention, SSMs), False for channel mixers
+
+    @property
+    def module_cls(self) -> type:
+        """The nn.Module class: module_cls(cfg, d_model=...). Importing it imports torch."""
+        path, _, name = self.module.partition(":")
+        return getattr(importlib.import_module(path), name)
 
 
 REGISTRY: dict[str, Primitive] = {}
 
 
-def register(*, letter: str, name: str, config_cls: type, module_cls: type, mixes_sequence: bool) -> None:
+def register(*, letter: str, name: str, config_cls: type, module: str, mixes_sequence: bool) -> None:
     if len(letter) != 1 or letter.isspace():
         raise ValueError(f"a primitive letter is one non-space character, got {letter!r}")
     for other in REGISTRY.values():
@@ -38,7 +46,7 @@ def register(*, letter: str, name: str, config_cls: type, module_cls: type, mixe
         if other.name == name and other.letter != letter:
             raise ValueError(f"primitive name {name!r} is already registered as {other.letter!r}")
     REGISTRY[letter] = Primitive(
-        letter=letter, name=name, config_cls=config_cls, module_cls=module_cls, mixes_sequence=mixes_sequence
+        letter=letter, name=name, config_cls=config_cls, module=module, mixes_sequence=mixes_sequence
     )
 
 

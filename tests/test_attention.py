@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from composer.errors import KernelUnavailableError
-from primitives.attention import Attention, AttentionConfig, rope
+from primitives.attention import AttentionConfig
+from primitives.nn.attention import Attention, rope
 
 D_MODEL = 48
 

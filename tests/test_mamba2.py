@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from composer.errors import KernelUnavailableError
-from primitives.mamba2 import Mamba2, Mamba2Config, Mamba2State, ssd_chunked, ssd_sequential
+from primitives.mamba2 import Mamba2Config
+from primitives.nn.mamba2 import Mamba2, Mamba2State, ssd_chunked, ssd_sequential
 from primitives.registry import REGISTRY
 
 HAS_MAMBA_SSM = importlib.util.find_spec("mamba_ssm") is not None
@@ -173,19 +174,19 @@ def test_kernels_requested_but_missing_fails_loudly():
 
 
 def test_auto_on_cpu_runs_torch_and_says_so(caplog, monkeypatch):
-    import primitives.mamba2
+    import primitives.nn.mamba2
 
-    monkeypatch.setattr(primitives.mamba2, "_REPORTED", set())
+    monkeypatch.setattr(primitives.nn.mamba2, "_REPORTED", set())
     module = Mamba2(Mamba2Config(**{**SMALL, "impl": "auto"}), d_model=32)
     other = Mamba2(Mamba2Config(**{**SMALL, "impl": "auto"}), d_model=32)
     assert module.describe_impl("cpu").startswith("torch")
     assert module.describe_impl(torch.device("cpu")).startswith("torch")
     assert module.describe_impl("cpu") == "torch (cpu)"
-    with caplog.at_level(logging.INFO, logger="primitives.mamba2"):
+    with caplog.at_level(logging.INFO, logger="primitives.nn.mamba2"):
         module(torch.randn(1, 4, 32))
         module(torch.randn(1, 4, 32))
         other(torch.randn(1, 4, 32))
-    messages = [r.getMessage() for r in caplog.records if r.name == "primitives.mamba2"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "primitives.nn.mamba2"]
     assert messages == ["mamba2 mixer runs torch (cpu)"]  # once, not per call or per layer
 
 

@@ -94,3 +94,16 @@ def test_init_weights_uses_the_output_std(letter):
     layer.mixer.init_weights(std=0.02, out_std=0.002)
     out = layer.mixer.out_proj.weight
     assert math.isclose(out.std().item(), 0.002, rel_tol=0.1)
+
+
+def test_specs_import_no_torch():
+    """Patterns, configs and analytic counts work without torch: a search can reject before it builds."""
+    import subprocess
+    import sys
+
+    code = ("import sys, primitives, composer.config, composer.pattern; "
+            "cfg = composer.config.ModelConfig(pattern='*-M', vocab_size=10); "
+            "[cfg.primitive_config(c).n_params(cfg.d_model) for c in cfg.pattern]; "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr

@@ -13,8 +13,10 @@ import torch
 from composer.config import ModelConfig
 from composer.errors import KernelUnavailableError
 from composer.model import build_model
-from primitives.attention import Attention, AttentionConfig
-from primitives.mamba2 import Mamba2, Mamba2Config
+from primitives.attention import AttentionConfig
+from primitives.mamba2 import Mamba2Config
+from primitives.nn.attention import Attention
+from primitives.nn.mamba2 import Mamba2
 
 DEVICE = torch.device("cuda")
 TOL = {torch.float32: 5e-3, torch.bfloat16: 2e-2}
