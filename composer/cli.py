@@ -1,4 +1,4 @@
-"""Command-line apps (Hydra lives here and nowhere else): `composer-train`.
+"""Command-line apps (Hydra lives here and nowhere else): `composer-train`, `composer-extrapolate`.
 
 Known errors (bad pattern, unknown key, missing file, diverged run) print one line on stderr and
 exit 2; anything else is a bug and keeps its traceback.
@@ -117,6 +117,106 @@ def _train_app(cfg: DictConfig) -> None:
     _job("composer-train", body)
 
 
+def extrapolate_from_config(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """The `composer-extrapolate` job: grow the pattern, account for it, plan its training, write
+    `pretrain.yaml`, `megatron_args.txt` and `extrapolation.json` into the run folder."""
+    import json
+    from dataclasses import asdict
+
+    import yaml
+
+    from scaling.accounting import account
+    from scaling.extrapolate import extrapolate
+    from scaling.rules import Rules, plan_training
+
+    if cfg["format"] not in ("text", "json"):
+        raise ConfigError(f"format must be text or json, got {cfg['format']!r}")
+    result = extrapolate(cfg["pattern"], target=cfg["target"], method=cfg["method"])
+    model_cfg = result.model_config()
+    acct = account(model_cfg, seq_len=cfg["seq_len"])
+    plan = plan_training(result.n_params, seq_len=cfg["seq_len"], tokens=cfg["tokens"],
+                         rules=Rules(tokens_per_param=cfg["tokens_per_param"]))
+    record = {
+        "pattern": result.pattern, "source_pattern": result.source_pattern, "method": result.method,
+        "target": result.target, "n_layers": result.n_layers, "counts": result.counts, "d_model": result.d_model,
+        "n_params": result.n_params, "n_non_embedding_params": result.n_non_embedding_params,
+        "target_non_embedding_params": result.target_non_embedding_params, "deviation": result.deviation,
+        "s": result.s, "train_flops_per_token": acct.train_flops_per_token,
+        "state_bytes_per_token": {str(k): v for k, v in acct.state_bytes_per_token.items()},
+        "plan": {**asdict(plan), "stable_steps": plan.stable_steps},
+    }
+    model_section = {k: v for k, v in asdict(model_cfg).items() if k != "primitives"}
+    model_section.update(asdict(model_cfg)["primitives"])
+    pretrain = {
+        "model": model_section,
+        "trainer": {"max_tokens": plan.tokens, "batch_size": plan.batch_sequences, "lr": plan.peak_lr,
+                    "schedule": "wsd", "warmup": plan.warmup_steps / plan.steps, "decay": plan.decay_steps / plan.steps,
+                    "min_lr_ratio": 0.0, "eval_every": 1000, "ckpt_every": 1000},
+    }
+    header = (f"# {result.pattern!r}: {result.source_pattern!r} grown to {result.target} by {result.method}.\n"
+              f"# Model and trainer sections for composer's shared trainer, at seq_len {cfg['seq_len']}.\n")
+    (run_dir / "pretrain.yaml").write_text(header + yaml.safe_dump(pretrain, sort_keys=False))
+    args = megatron_args(model_cfg, seq_len=cfg["seq_len"])
+    (run_dir / "megatron_args.txt").write_text(" \\\n".join(args) + "\n")
+    (run_dir / "extrapolation.json").write_text(json.dumps(record, indent=2) + "\n")
+    if cfg["format"] == "json":
+        print(json.dumps(record))
+    else:
+        print(_extrapolation_text(record, run_dir))
+    return record
+
+
+def megatron_args(model_cfg: Any, *, seq_len: int) -> list[str]:
+    """Megatron-LM arguments for the same model (hybrid models: `pretrain_mamba.py`)."""
+    from composer.pattern import to_megatron_args
+
+    attn, mlp, mamba = (model_cfg.primitives[name] for name in ("attention", "mlp", "mamba2"))
+    d = model_cfg.d_model
+    args = [*to_megatron_args(model_cfg.pattern), "--hidden-size", str(d), "--ffn-hidden-size", str(mlp.hidden_size(d)),
+            "--num-attention-heads", str(attn.n_heads), "--group-query-attention", "--num-query-groups",
+            str(attn.kv_heads), "--kv-channels", str(attn.head_size(d)), "--mamba-state-dim", str(mamba.d_state),
+            "--mamba-head-dim", str(mamba.head_dim), "--mamba-num-groups", str(mamba.n_groups),
+            "--seq-length", str(seq_len), "--max-position-embeddings", str(seq_len), "--normalization", "RMSNorm",
+            "--swiglu", "--disable-bias-linear"]
+    if attn.rope_theta is not None:
+        args += ["--position-embedding-type", "rope", "--rotary-base", f"{attn.rope_theta:g}"]
+    if not model_cfg.tie_embeddings:
+        args.append("--untie-embeddings-and-output-weights")
+    return [f"'{a}'" if any(c in a for c in "*|") else a for a in args]
+
+
+def _extrapolation_text(r: dict[str, Any], run_dir: Path) -> str:
+    layers = ", ".join(f"{n} {letter!r}" for letter, n in r["counts"].items() if n)
+    plan = r["plan"]
+    states = ", ".join(f"{float(v):,.0f} B at {int(k) // 1024}K" for k, v in r["state_bytes_per_token"].items())
+    return "\n".join([
+        f"{r['source_pattern']!r} -> {r['target']} by {r['method']} (s = {r['s']:.3f})",
+        f"  pattern      {r['pattern']}",
+        f"  layers       {r['n_layers']} ({layers}), d_model {r['d_model']}",
+        f"  parameters   {r['n_params']:,} total, {r['n_non_embedding_params']:,} non-embedding "
+        f"(target {r['target_non_embedding_params']:,}, deviation {r['deviation']:+.2%})",
+        f"  train FLOPs  {r['train_flops_per_token']:.3e} per token at seq_len {plan['seq_len']}",
+        f"  state/token  {states}",
+        f"  plan         {plan['tokens'] / 1e9:.1f}B tokens, batch {plan['batch_sequences']} x {plan['seq_len']}, "
+        f"{plan['steps']:,} steps (warmup {plan['warmup_steps']:,}, decay {plan['decay_steps']:,}), "
+        f"peak lr {plan['peak_lr']:.2e}",
+        f"  wrote        {run_dir}/pretrain.yaml, megatron_args.txt, extrapolation.json",
+    ])
+
+
+@hydra.main(config_path="pkg://configs", config_name="extrapolate", version_base=None)
+def _extrapolate_app(cfg: DictConfig) -> None:
+    def body(run_dir: Path) -> None:
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        extrapolate_from_config(_plain(cfg), run_dir)
+
+    _job("composer-extrapolate", body)
+
+
+def extrapolate_main() -> None:
+    run_app(_extrapolate_app, "composer-extrapolate")
+
+
 def train_main() -> None:
     run_app(_train_app, "composer-train")
     if _failed_jobs:
@@ -124,5 +224,9 @@ def train_main() -> None:
         sys.exit(2)
 
 
-if __name__ == "__main__":
-    train_main()
+if __name__ == "__main__":  # `python -m composer.cli extrapolate ...` runs the second app
+    if sys.argv[1:2] == ["extrapolate"]:
+        sys.argv.pop(1)
+        extrapolate_main()
+    else:
+        train_main()

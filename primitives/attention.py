@@ -49,5 +49,34 @@ class AttentionConfig:
         out = self.n_heads * hd * d_model
         return qkv + out + (2 * hd if self.qk_norm else 0)
 
+    # Accounting (torch-free; scaling/accounting.py sums these over a pattern). Matmul FLOPs only,
+    # 2 per multiply-add; RoPE, softmax and norms are elementwise and left out, as FlopCounterMode does.
+
+    def attended_keys(self, length: int) -> int:
+        """Keys one query attends at this length: all of them, or the sliding window."""
+        return length if self.window is None else min(length, self.window)
+
+    def forward_flops_per_token(self, d_model: int, *, seq_len: int) -> int:
+        """Forward FLOPs per token when training on sequences of seq_len: 2 × the projection weights,
+        plus QKᵀ and AV, 2 · 2 · n_heads · head_dim · L_eff with L_eff = min(seq_len, window).
+
+        The full L_eff square is counted, not halved for causality (PaLM and Chinchilla count it so;
+        dense-mask kernels compute it). Training is 3 × forward (backward = 2 × forward)."""
+        hd = self.head_size(d_model)
+        weights = self.n_params(d_model) - (2 * hd if self.qk_norm else 0)
+        return 2 * weights + 4 * self.n_heads * hd * self.attended_keys(seq_len)
+
+    def inference_flops_per_token(self, d_model: int, *, context: int) -> int:
+        """FLOPs to decode one token that attends `context` keys (itself included), or the window."""
+        hd = self.head_size(d_model)
+        weights = self.n_params(d_model) - (2 * hd if self.qk_norm else 0)
+        return 2 * weights + 4 * self.n_heads * hd * self.attended_keys(context)
+
+    def state_bytes(self, d_model: int, *, context: int, dtype_bytes: int) -> int:
+        """KV cache of one sequence: 2 · n_kv_heads · head_dim · min(context, window) · dtype_bytes.
+
+        With a window this is the ideal ring buffer; the module's cache holds max_len entries."""
+        return 2 * self.kv_heads * self.head_size(d_model) * self.attended_keys(context) * dtype_bytes
+
 
 register(letter="*", name="attention", config_cls=AttentionConfig, module="primitives.nn.attention:Attention", mixes_sequence=True)

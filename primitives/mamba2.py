@@ -71,5 +71,51 @@ class Mamba2Config:
         per_head = 3 * n_heads  # A_log, dt_bias, D
         return in_proj + conv + per_head + d_inner + d_inner * d_model  # + norm weight, out_proj
 
+    # Accounting (torch-free; scaling/accounting.py sums these over a pattern). Matmul and conv FLOPs
+    # only, 2 per multiply-add; exp, softplus, gating and the norm are elementwise and left out.
+
+    def _projection_flops_per_token(self, d_model: int) -> int:
+        d_inner, n_heads, conv_dim = self.d_inner(d_model), self.n_heads(d_model), self.conv_dim(d_model)
+        in_out = 2 * d_model * (d_inner + conv_dim + n_heads) + 2 * d_inner * d_model  # in_proj, out_proj
+        return in_out + 2 * conv_dim * self.d_conv  # + the depthwise causal conv
+
+    def forward_flops_per_sequence(self, d_model: int, *, seq_len: int) -> int:
+        """Forward FLOPs of one training sequence through the chunked SSD scan of
+        primitives/nn/mamba2.py (`ssd_chunked`), einsum by einsum. The scan runs in chunks of
+        Lc = min(chunk_size, seq_len) over the sequence padded to c · Lc, c = ceil(seq_len / Lc):
+          within-chunk scores C·Bᵀ      2 · H · Lc · N  per padded token
+          within-chunk outputs          2 · H · Lc · P  per padded token
+          chunk states (B ⊗ x summed)   2 · H · P · N   per padded token
+          state passing across chunks   2 · H · (c + 1)² · P · N  per sequence
+          state readout C · state       2 · H · P · N   per padded token
+        plus the projections and the conv (2 · conv_dim · d_conv) per real token."""
+        n_heads, p, n = self.n_heads(d_model), self.head_dim, self.d_state
+        lc = min(self.chunk_size, seq_len)
+        chunks = -(-seq_len // lc)
+        padded = chunks * lc
+        scan = padded * 2 * n_heads * (lc * n + lc * p + 2 * p * n) + 2 * n_heads * (chunks + 1) ** 2 * p * n
+        return seq_len * self._projection_flops_per_token(d_model) + scan
+
+    def forward_flops_per_token(self, d_model: int, *, seq_len: int) -> int:
+        """forward_flops_per_sequence / seq_len, rounded to the nearest integer (exact when the
+        chunk count divides evenly). Grows with seq_len only through the chunk terms.
+        Training is 3 × forward."""
+        return round(self.forward_flops_per_sequence(d_model, seq_len=seq_len) / seq_len)
+
+    def inference_flops_per_token(self, d_model: int, *, context: int) -> int:
+        """The recurrent step, constant in context: projections and conv, the state update
+        (dt · x ⊗ B added to the decayed state, one multiply-add per element, 2 · H · P · N) and the
+        readout C · state (2 · H · P · N)."""
+        state = self.n_heads(d_model) * self.head_dim * self.d_state
+        return self._projection_flops_per_token(d_model) + 4 * state
+
+    def state_bytes(self, d_model: int, *, context: int, dtype_bytes: int) -> int:
+        """Constant in context: the conv tail conv_dim · (d_conv − 1) at dtype_bytes, and the SSM state
+        n_heads · head_dim · d_state kept at float32 or wider (max(dtype_bytes, 4)), as the module
+        keeps it: decays compound over thousands of steps."""
+        conv = self.conv_dim(d_model) * (self.d_conv - 1) * dtype_bytes
+        ssm = self.n_heads(d_model) * self.head_dim * self.d_state * max(dtype_bytes, 4)
+        return conv + ssm
+
 
 register(letter="M", name="mamba2", config_cls=Mamba2Config, module="primitives.nn.mamba2:Mamba2", mixes_sequence=True)

@@ -22,7 +22,7 @@ def cli_env() -> dict[str, str]:
 
 
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run `composer-train` as a user would, in a subprocess."""
+    """Run `composer-train` (or `composer-extrapolate` with "extrapolate" first) as a user would."""
     return subprocess.run([sys.executable, "-m", "composer.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env=cli_env())
 

@@ -1,0 +1,70 @@
+"""composer-extrapolate end to end."""
+
+import json
+
+import yaml
+
+from composer.config import from_mapping, model_config_from_mapping
+from composer.trainer import TrainerConfig
+from conftest import run_cli
+from scaling.accounting import count_parameters
+
+
+def test_text_summary_and_files(tmp_path):
+    run = run_cli("extrapolate", "pattern=**----", "method=stack", "target=1b", f"hydra.run.dir={tmp_path}")
+    assert run.returncode == 0, run.stderr
+    assert "layers       27 (9 '*', 18 '-'), d_model 2048" in run.stdout
+    assert "deviation +2.80%" in run.stdout
+    record = json.loads((tmp_path / "extrapolation.json").read_text())
+    assert record["pattern"] == "**----" * 4 + "*--"
+
+    pretrain = yaml.safe_load((tmp_path / "pretrain.yaml").read_text())
+    model = model_config_from_mapping(pretrain["model"])  # loads into composer's own configs
+    trainer = from_mapping(TrainerConfig, pretrain["trainer"], where="trainer")
+    assert model.pattern == record["pattern"] and model.d_model == 2048
+    assert count_parameters(model)["n_params"] == record["n_params"]
+    assert trainer.schedule == "wsd" and trainer.max_tokens == record["plan"]["tokens"]
+    assert trainer.batch_size * 8192 == record["plan"]["batch_tokens"]
+
+    megatron = (tmp_path / "megatron_args.txt").read_text().replace("\\\n", " ").split()
+    value = {megatron[i]: megatron[i + 1] for i in range(len(megatron) - 1) if megatron[i].startswith("--")}
+    assert value["--hybrid-override-pattern"].strip("'") == record["pattern"]
+    assert value["--num-layers"] == "27" and value["--hidden-size"] == "2048"
+    assert value["--ffn-hidden-size"] == "8192" and value["--num-attention-heads"] == "32"
+    assert value["--num-query-groups"] == "8" and value["--mamba-state-dim"] == "128"
+
+
+def test_json_is_one_object_on_stdout(tmp_path):
+    run = run_cli("extrapolate", "pattern=**-----**---*---", "method=stretch", "target=1b", "format=json",
+                  f"hydra.run.dir={tmp_path}")
+    assert run.returncode == 0, run.stderr
+    record = json.loads(run.stdout)  # nothing else on stdout
+    assert record["n_layers"] == 29 and record["counts"]["*"] == 10
+    for key in ("pattern", "d_model", "n_params", "n_non_embedding_params", "deviation", "counts"):
+        assert key in record
+
+
+def test_hybrid_with_mamba(tmp_path):
+    run = run_cli("extrapolate", "pattern=M-M*-", "target=350m", "format=json", f"hydra.run.dir={tmp_path}")
+    assert run.returncode == 0, run.stderr
+    record = json.loads(run.stdout)
+    assert record["counts"]["M"] > 0 and abs(record["deviation"]) < 0.25
+    assert float(record["state_bytes_per_token"]["32768"]) < float(record["state_bytes_per_token"]["4096"])
+
+
+def _error(*args, tmp_path) -> str:
+    run = run_cli("extrapolate", *args, f"hydra.run.dir={tmp_path}")
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, run.stderr
+    return lines[0]
+
+
+def test_errors_are_one_line(tmp_path):
+    assert "unknown" in _error("target=2b", tmp_path=tmp_path) and "1b" in _error("target=2b", tmp_path=tmp_path)
+    assert "empty pattern" in _error("pattern=''", tmp_path=tmp_path)
+    assert "position 1" in _error("pattern=*Q", tmp_path=tmp_path)
+    assert "method" in _error("method=grow", tmp_path=tmp_path)
+    big = "*-" * 40  # already larger than the 350M reference
+    assert "larger" in _error(f"pattern={big}", "target=350m", tmp_path=tmp_path)
+    assert "unknown config key 'targte'" in _error("targte=1b", tmp_path=tmp_path)
