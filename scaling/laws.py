@@ -26,9 +26,8 @@ _GRID_LOG_E = (-1.0, -0.5, 0.0, 0.5, 1.0)
 _GRID_ALPHA = (0.0, 0.5, 1.0, 1.5, 2.0)
 _GRID_BETA = (0.0, 0.5, 1.0, 1.5, 2.0)
 _GRID = np.array(list(itertools.product(_GRID_LOG_A, _GRID_LOG_B, _GRID_LOG_E, _GRID_ALPHA, _GRID_BETA)))
-_N_LOCAL_STARTS = 4  # best grid points refined by L-BFGS; the rest rarely win
-_N_BOOT_GRID_STARTS = 2  # per bootstrap refit, besides the full fit
-_EXPONENT_BOUNDS = (1e-4, 4.0)  # keeps alpha, beta away from the degenerate 0 and from overflow
+_N_LOCAL_STARTS = 4  # best grid points refined by BFGS; the rest rarely win
+_N_BOOT_GRID_STARTS = 1  # per bootstrap refit, besides the full fit
 
 
 def _positive(name: str, value: float) -> None:
@@ -148,15 +147,14 @@ def _best_grid_starts(log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray, d
 
 
 def _fit_from(starts: np.ndarray, log_n, log_d, log_l, delta: float) -> tuple[np.ndarray, float]:
-    bounds = [(None, None)] * 3 + [_EXPONENT_BOUNDS] * 2
-    low, high = np.array([-np.inf] * 3 + [_EXPONENT_BOUNDS[0]] * 2), np.array([np.inf] * 3 + [_EXPONENT_BOUNDS[1]] * 2)
+    """Best BFGS result over the starts: (theta, objective)."""
     best_theta, best_value = starts[0], math.inf
     for start in starts:
-        result = minimize(
-            _objective, np.clip(start, low, high), args=(log_n, log_d, log_l, delta), jac=True, method="L-BFGS-B",
-            bounds=bounds, options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-12},
-        )
-        if result.fun < best_value:
+        # BFGS, not L-BFGS-B: with 5 parameters its dense update is cheap, and L-BFGS-B's compiled
+        # core runs ~10x slower per step once torch's thread pools are loaded in the process.
+        result = minimize(_objective, start, args=(log_n, log_d, log_l, delta), jac=True, method="BFGS",
+                          options={"maxiter": 2000, "gtol": 1e-12})
+        if np.isfinite(result.fun) and result.fun < best_value:
             best_theta, best_value = result.x, float(result.fun)
     return best_theta, best_value
 
@@ -182,16 +180,11 @@ def fit_chinchilla(runs: Sequence[Run], *, huber_delta: float = HUBER_DELTA) -> 
     """Fit L(N, D) = E + A/N^α + B/D^β as Hoffmann et al. 2022 (arXiv 2203.15556, app. D.2) do.
 
     Minimises the Huber loss (δ = 1e-3) between log L and the log of the predicted loss, written
-    as a log-sum-exp of (log A − α log N, log B − β log D, log E), with L-BFGS from the best
-    points of their initialisation grid (4,500 points, scored in one vectorised pass).
+    as a log-sum-exp of (log A − α log N, log B − β log D, log E), with BFGS (they use L-BFGS;
+    same optimum) from the best points of their initialisation grid (4,500 points, scored in one
+    vectorised pass).
     """
-    runs = tuple(runs)
-    _check_fit_inputs(runs)
-    _positive("huber_delta", huber_delta)
-    n, d, loss = _as_arrays(runs)
-    log_n, log_d, log_l = np.log(n), np.log(d), np.log(loss)
-    theta, value = _fit_from(_best_grid_starts(log_n, log_d, log_l, huber_delta), log_n, log_d, log_l, huber_delta)
-    return _to_fit(theta, value, len(runs))
+    return bootstrap_chinchilla(runs, n_boot=0, huber_delta=huber_delta).fit
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -222,16 +215,18 @@ class ChinchillaBootstrap:
 def bootstrap_chinchilla(
     runs: Sequence[Run], *, n_boot: int = 100, seed: int = 0, huber_delta: float = HUBER_DELTA
 ) -> ChinchillaBootstrap:
-    """Refit fit_chinchilla on n_boot resamples of the runs (with replacement, seeded).
+    """Fit all runs, then refit n_boot resamples of them (with replacement, seeded).
 
     Source: the nonparametric bootstrap (Efron 1979) used for the parameter intervals of
-    Hoffmann et al. 2022 (app. D.2). Each refit starts from the full fit and the two best grid
-    points of the full data; resamples with fewer than 2 distinct sizes or token counts are redrawn.
+    Hoffmann et al. 2022 (app. D.2). Each refit starts from the full fit and the best grid
+    point of the full data; resamples with fewer than 2 distinct sizes or token counts are redrawn.
     """
     runs = tuple(runs)
     _check_fit_inputs(runs)
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 2:
-        raise ConfigError(f"n_boot must be an integer >= 2, got {n_boot!r}")
+    _positive("huber_delta", huber_delta)
+    # n_boot = 0 is the plain fit (fit_chinchilla); one refit gives no spread.
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot == 1 or n_boot < 0:
+        raise ConfigError(f"n_boot must be 0 or an integer >= 2, got {n_boot!r}")
     n, d, loss = _as_arrays(runs)
     log_n, log_d, log_l = np.log(n), np.log(d), np.log(loss)
     grid_starts = _best_grid_starts(log_n, log_d, log_l, huber_delta)
@@ -495,3 +490,30 @@ def _save(fig, plt, path: str | Path) -> Path:
     fig.savefig(path, format="png", dpi=100)
     plt.close(fig)
     return path
+
+
+class PatternGridPoint(NamedTuple):
+    compute: float  # the budget C in FLOPs (6·N·D, N non-embedding)
+    pattern: str  # the searched pattern grown to this size
+    d_model: int
+    n_non_embedding_params: int  # of that model
+    tokens: float  # C / (6 · N)
+
+
+def plan_pattern_isoflop_grid(
+    pattern: str, *, budgets: Sequence[float], n_sizes: int = 5, spread: float = 4.0,
+    tokens_per_param: float = 20.0, method: str = "match",
+) -> list[PatternGridPoint]:
+    """The isoFLOP grid of `plan_isoflop_grid` realised for one pattern: each planned size N (here
+    non-embedding parameters, Kaplan et al. 2020's convention and the extrapolator's) becomes the
+    pattern grown to it (`extrapolate` against `sized_preset(N)`), and its token count is
+    recomputed from the grown model's N so that every point spends exactly its budget."""
+    from scaling.extrapolate import extrapolate
+    from scaling.presets import sized_preset
+
+    points = []
+    for point in plan_isoflop_grid(budgets=budgets, n_sizes=n_sizes, spread=spread, tokens_per_param=tokens_per_param):
+        grown = extrapolate(pattern, target=sized_preset(point.n_params), method=method)
+        n = grown.n_non_embedding_params
+        points.append(PatternGridPoint(point.compute, grown.pattern, grown.d_model, n, point.compute / (6 * n)))
+    return points

@@ -8,8 +8,9 @@ mamba_ssm's defaults: state 128, head dim 64, expand 2, chunk 256).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from composer.config import ModelConfig
 from composer.errors import ConfigError
@@ -17,6 +18,7 @@ from composer.pattern import parse_pattern
 from primitives.attention import AttentionConfig
 from primitives.mamba2 import Mamba2Config
 from primitives.mlp import MLPConfig
+from scaling.accounting import count_parameters
 
 LLAMA3_VOCAB = 128_256
 
@@ -105,3 +107,20 @@ def preset_model_config(preset: str | Preset, pattern: str) -> ModelConfig:
         tie_embeddings=p.tie_embeddings,
         primitives=p.primitive_configs(),
     )
+
+
+def sized_preset(n_non_embedding_params: float) -> Preset:
+    """A Llama-style reference of about `n_non_embedding_params` (sizes between presets, for
+    isoFLOP grids): the widths of the preset nearest in log non-embedding size, with as many `*-`
+    blocks as fit (at least one). Non-embedding, like the extrapolator's s: at a 128K vocabulary
+    the embeddings are 0.2–0.5B parameters whatever the depth."""
+    if not n_non_embedding_params > 0:
+        raise ConfigError(f"n_non_embedding_params must be positive, got {n_non_embedding_params!r}")
+
+    def size(p: Preset) -> int:
+        return count_parameters(preset_model_config(p, reference_pattern(p)))["n_non_embedding_params"]
+
+    base = min((f() for f in PRESETS.values()), key=lambda p: abs(math.log(size(p) / n_non_embedding_params)))
+    one_block = size(replace(base, n_blocks=2)) - size(replace(base, n_blocks=1))
+    n_blocks = max(1, round((n_non_embedding_params - base.d_model) / one_block))  # d_model: the final norm
+    return replace(base, name=f"{base.name}-width-{n_blocks}-blocks", n_blocks=n_blocks)

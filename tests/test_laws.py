@@ -185,6 +185,7 @@ def test_plots_write_png_files(tmp_path):
         (lambda: fit_chinchilla(synthetic_runs()[:4]), "at least 5 runs"),
         (lambda: fit_chinchilla([Run(1e8, d, 3.0) for d in (1e9, 2e9, 3e9, 4e9, 5e9)]), "2 distinct n_params"),
         (lambda: bootstrap_chinchilla(synthetic_runs(), n_boot=1), "n_boot"),
+        (lambda: fit_chinchilla(synthetic_runs(), huber_delta=0), "huber_delta"),
         (lambda: fit_isoflop(isoflop_runs()[:7]), "at least 2 budgets"),
         (lambda: fit_isoflop(isoflop_runs(), min_sizes=2), "min_sizes"),
         (lambda: fit_isoflop(isoflop_runs(), rel_tol=0), "rel_tol"),
