@@ -17,6 +17,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from composer.errors import ConfigError
+from scaling.rules import require_positive
 
 HUBER_DELTA = 1e-3  # Hoffmann et al. 2022, appendix D.2
 # Initialisation grid of Hoffmann et al. 2022 (D.2): log A, log B, log E, alpha, beta.
@@ -30,13 +31,6 @@ _N_LOCAL_STARTS = 4  # best grid points refined by BFGS; the rest rarely win
 _N_BOOT_GRID_STARTS = 1  # per bootstrap refit, besides the full fit
 
 
-def _positive(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ConfigError(f"{name} must be a positive number, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{name} must be a positive finite number, got {value!r}")
-
-
 @dataclass(frozen=True)
 class Run:
     """One finished training run: its size, its tokens and its final validation loss."""
@@ -48,11 +42,11 @@ class Run:
     compute: float | None = None  # training FLOPs; 6·N·D when None
 
     def __post_init__(self) -> None:
-        _positive("n_params", self.n_params)
-        _positive("tokens", self.tokens)
-        _positive("loss", self.loss)
+        require_positive("n_params", self.n_params)
+        require_positive("tokens", self.tokens)
+        require_positive("loss", self.loss)
         if self.compute is not None:
-            _positive("compute", self.compute)
+            require_positive("compute", self.compute)
 
     @property
     def flops(self) -> float:
@@ -97,7 +91,7 @@ class ChinchillaFit:
 
     def optimal_allocation(self, compute: float) -> tuple[float, float]:
         """Loss-minimising (N, D) with 6·N·D = compute (Hoffmann et al. 2022, eq. 4)."""
-        _positive("compute", compute)
+        require_positive("compute", compute)
         g = (self.alpha * self.a / (self.beta * self.b)) ** (1.0 / (self.alpha + self.beta))
         n_opt = g * (compute / 6.0) ** self.n_opt_exponent
         return n_opt, compute / (6.0 * n_opt)
@@ -223,7 +217,7 @@ def bootstrap_chinchilla(
     """
     runs = tuple(runs)
     _check_fit_inputs(runs)
-    _positive("huber_delta", huber_delta)
+    require_positive("huber_delta", huber_delta)
     # n_boot = 0 is the plain fit (fit_chinchilla); one refit gives no spread.
     if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot == 1 or n_boot < 0:
         raise ConfigError(f"n_boot must be 0 or an integer >= 2, got {n_boot!r}")
@@ -254,8 +248,8 @@ def predict_with_uncertainty(
     Source: bootstrap over runs (Efron 1979) of the Hoffmann et al. 2022 fit. To predict many
     points, call bootstrap_chinchilla once and its predict per point.
     """
-    _positive("n_params", n_params)
-    _positive("tokens", tokens)
+    require_positive("n_params", n_params)
+    require_positive("tokens", tokens)
     return bootstrap_chinchilla(runs, n_boot=n_boot, seed=seed).predict(n_params, tokens)
 
 
@@ -306,7 +300,7 @@ class IsoFlopFit:
 
 def group_by_compute(runs: Sequence[Run], *, rel_tol: float = 0.05) -> list[list[Run]]:
     """Runs sorted by FLOPs, grouped while each stays within rel_tol of its group's first run."""
-    _positive("rel_tol", rel_tol)
+    require_positive("rel_tol", rel_tol)
     groups: list[list[Run]] = []
     for run in sorted(runs, key=lambda r: r.flops):
         if groups and run.flops <= groups[-1][0].flops * (1.0 + rel_tol):
@@ -386,13 +380,13 @@ def plan_isoflop_grid(
     if len(budgets) == 0:
         raise ConfigError("budgets must name at least one FLOP budget")
     for i, c in enumerate(budgets):
-        _positive(f"budgets[{i}]", c)
+        require_positive(f"budgets[{i}]", c)
     if isinstance(n_sizes, bool) or not isinstance(n_sizes, int) or n_sizes < 1:
         raise ConfigError(f"n_sizes must be a positive integer, got {n_sizes!r}")
-    _positive("spread", spread)
+    require_positive("spread", spread)
     if spread < 1.0:
         raise ConfigError(f"spread must be >= 1 (the factor each side of the optimum), got {spread!r}")
-    _positive("tokens_per_param", tokens_per_param)
+    require_positive("tokens_per_param", tokens_per_param)
     exponents = np.linspace(-1.0, 1.0, n_sizes) if n_sizes > 1 else np.zeros(1)
     points: list[GridPoint] = []
     for c in sorted(float(c) for c in budgets):

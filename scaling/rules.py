@@ -24,7 +24,8 @@ PUBLISHED_LR_ANCHORS: tuple[tuple[float, float], ...] = (
 PUBLISHED_BATCH_TOKENS = 2**21
 
 
-def _positive(name: str, value: float) -> None:
+def require_positive(name: str, value: float) -> None:
+    """One-line ConfigError unless value is a positive finite real (numpy scalars included)."""
     if not isinstance(value, Real) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
         raise ConfigError(f"{name} must be a positive finite number, got {value!r}")
 
@@ -52,8 +53,8 @@ def _check_anchors(anchors: tuple[tuple[float, float], ...]) -> None:
     for i, pair in enumerate(anchors):
         if len(pair) != 2:
             raise ConfigError(f"lr_anchors[{i}] must be an (n_params, lr) pair, got {pair!r}")
-        _positive(f"lr_anchors[{i}].n_params", pair[0])
-        _positive(f"lr_anchors[{i}].lr", pair[1])
+        require_positive(f"lr_anchors[{i}].n_params", pair[0])
+        require_positive(f"lr_anchors[{i}].lr", pair[1])
     sizes = [n for n, _ in anchors]
     if len(set(sizes)) != len(sizes):
         raise ConfigError(f"lr_anchors has a repeated n_params: {sorted(sizes)}")
@@ -70,7 +71,7 @@ class Rules:
     decay_frac: float = 0.20  # composer recipe: ~20% cooldown
 
     def __post_init__(self) -> None:
-        _positive("tokens_per_param", self.tokens_per_param)
+        require_positive("tokens_per_param", self.tokens_per_param)
         # Sort once so lookups can assume increasing n_params.
         anchors = tuple(sorted((tuple(p) for p in self.lr_anchors), key=lambda p: p[0]))
         _check_anchors(anchors)
@@ -88,8 +89,8 @@ def tokens_for(n_params: float, *, tokens_per_param: float = 20.0) -> int:
     Source: Hoffmann et al. 2022, "Training Compute-Optimal Large Language Models"
     (Chinchilla, arXiv 2203.15556): about 20 tokens per parameter at the compute optimum.
     """
-    _positive("n_params", n_params)
-    _positive("tokens_per_param", tokens_per_param)
+    require_positive("n_params", n_params)
+    require_positive("tokens_per_param", tokens_per_param)
     return round(tokens_per_param * n_params)
 
 
@@ -102,8 +103,8 @@ def fit_power_law(points: tuple[tuple[float, float], ...]) -> tuple[float, float
     if len(points) < 2:
         raise ConfigError(f"points needs at least 2 (x, y) pairs, got {len(points)}")
     for i, (x, y) in enumerate(points):
-        _positive(f"points[{i}].x", x)
-        _positive(f"points[{i}].y", y)
+        require_positive(f"points[{i}].x", x)
+        require_positive(f"points[{i}].y", y)
     log_x = [math.log(x) for x, _ in points]
     log_y = [math.log(y) for _, y in points]
     mean_x, mean_y = sum(log_x) / len(log_x), sum(log_y) / len(log_y)
@@ -123,7 +124,7 @@ def peak_lr_for(n_params: float, *, rules: Rules = DEFAULT_RULES) -> float:
     within their values); beyond the table, the exponent b of the least-squares power law
     lr = a · N^b over all anchors, continued from the nearest anchor so the rule stays continuous.
     """
-    _positive("n_params", n_params)
+    require_positive("n_params", n_params)
     anchors = rules.lr_anchors
     (n_lo, lr_lo), (n_hi, lr_hi) = anchors[0], anchors[-1]
     if n_params <= n_lo or n_params >= n_hi:
@@ -145,7 +146,7 @@ def batch_tokens_for(n_params: float, *, rules: Rules = DEFAULT_RULES) -> int:
     Source: 2M-token batches at every published scale, 100M-3B (arXiv 2510.04800); configurable
     through rules.batch_tokens. Size-independent at these scales, so n_params is only validated.
     """
-    _positive("n_params", n_params)
+    require_positive("n_params", n_params)
     return rules.batch_tokens
 
 
@@ -155,7 +156,7 @@ def sequences_per_step(batch_tokens: int, *, seq_len: int) -> int:
     Source: arithmetic on the 2M-token batch of arXiv 2510.04800 (2**21 / 8192 = 256 sequences
     at the 8K packed context of the composer recipe). At least one sequence.
     """
-    _positive("batch_tokens", batch_tokens)
+    require_positive("batch_tokens", batch_tokens)
     _positive_int("seq_len", seq_len)
     return max(1, round(batch_tokens / seq_len))
 
@@ -184,8 +185,8 @@ def plan_steps(
     under-trained (37.5B tokens at 2**21 -> 17,882 steps); warmup and decay are
     round-half-up(frac · total); stable takes the remainder.
     """
-    _positive("tokens", tokens)
-    _positive("batch_tokens", batch_tokens)
+    require_positive("tokens", tokens)
+    require_positive("batch_tokens", batch_tokens)
     _check_wsd(warmup_frac, decay_frac)
     total = math.ceil(tokens / batch_tokens)
     warmup = math.floor(warmup_frac * total + 0.5)
@@ -223,9 +224,9 @@ def plan_training(
     Sources: tokens_for (arXiv 2203.15556), peak_lr_for and batch_tokens_for (arXiv 2510.04800),
     plan_steps (composer recipe). Pass tokens to train past Chinchilla (e.g. 37.5B at 1B).
     """
-    _positive("n_params", n_params)
+    require_positive("n_params", n_params)
     budget = tokens_for(n_params, tokens_per_param=rules.tokens_per_param) if tokens is None else tokens
-    _positive("tokens", budget)
+    require_positive("tokens", budget)
     sequences = sequences_per_step(batch_tokens_for(n_params, rules=rules), seq_len=seq_len)
     batch = sequences * seq_len
     steps = plan_steps(budget, batch_tokens=batch, warmup_frac=rules.warmup_frac, decay_frac=rules.decay_frac)
