@@ -51,7 +51,7 @@ def register(*, letter: str, name: str, config_cls: type, module: str, mixes_seq
 
 
 def describe_alphabet() -> str:
-    """`'*' (attention), '-' (mlp), 'M' (mamba2)`: for error messages and help text."""
+    """`'*' (attention), 'M' (mamba2), '-' (mlp)` (registration order: spec files by name)."""
     return ", ".join(f"{p.letter!r} ({p.name})" for p in REGISTRY.values())
 
 
