@@ -1,0 +1,390 @@
+"""Storage and fault tolerance for every search strategy: one Optuna study, one pattern per training run.
+
+A study lives in an SQLite file in the run folder (default), any RDB URL, or an Optuna journal file
+(for a shared filesystem without a database server). The canonical pattern is each trial's key
+(user attr "pattern"); a pattern is trained at most once per study, even with several worker
+processes running the same command on the same storage, and a killed worker loses nothing that
+was told.
+
+Duplicate handling (several workers, one study). Each trial goes through three steps:
+  1. claim: `propose(trial)` gives the pattern, stored as the user attr "pattern";
+  2. decide: the trial waits until every lower-numbered live RUNNING trial has decided its "role",
+     then decides its own from what is in storage:
+       "cached"    a COMPLETE result for the pattern exists: told COMPLETE with those values
+                   (user attrs cached=True, cached_from=<trial number>), evaluate is not called;
+                   a pattern whose evaluation raised is told FAIL again, not retried;
+       "duplicate" a lower-numbered live trial is evaluating the pattern right now: told PRUNED
+                   (duplicate_of=<its number>) at once, so the worker moves on rather than idling
+                   for a whole training run; the sampler sees the real value on a later proposal;
+       "budget"    the study-wide `max_trials` is reached counting evaluations in flight: PRUNED;
+       "evaluate"  otherwise: this trial trains the pattern.
+     Decisions are serialised by trial number (storage writes are ordered), so two trials can
+     never both decide "evaluate" for one pattern; the wait is only for lower trials still in
+     `propose`, never for a training run.
+  3. evaluate and tell, one tell per trial (committed when `tell` returns).
+Liveness: a background thread writes the user attr "heartbeat" (unix time) every `heartbeat_s`;
+a RUNNING trial whose worker is gone (same host and its process no longer exists, or no heartbeat
+for `stale_after_s`) is told FAIL by whichever worker notices, and its pattern becomes free again.
+
+Budget: `max_trials` counts evaluations (trials with role "evaluate" that finished COMPLETE or
+FAIL from evaluate); cached, duplicate, interrupted and lost trials train nothing and are not
+counted, so rerunning the same command after a crash finishes the same number of training runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+from composer.errors import ConfigError
+from composer.pattern import parse_pattern
+
+log = logging.getLogger(__name__)
+
+_RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_JOURNAL_SUFFIXES = (".log", ".journal")
+# Attributes this module writes; evaluate's extra metrics may not use these names.
+RESERVED_ATTRS = frozenset({"pattern", "heartbeat", "worker", "role", "cached", "cached_from",
+                            "duplicate_of", "error", "failure", "reason"})
+
+
+# ----------------------------------------------------------------------------------------- storage
+
+def resolve_storage(storage: str | Path | None, *, run_dir: Path) -> optuna.storages.BaseStorage:
+    """The Optuna storage that a `--storage` value names; bad values raise a one-line ConfigError."""
+    if storage is None:
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return _sqlite(f"sqlite:///{(run_dir / 'study.db').resolve()}")
+    text = str(storage).strip()
+    if not text:
+        raise ConfigError("empty storage: give an sqlite:///, postgresql:// or mysql:// URL, or a .log/.journal file")
+    if text.startswith("journal:"):
+        path = text[len("journal:"):]
+        if not path:
+            raise ConfigError(f"storage {text!r}: 'journal:' needs a file path after it")
+        return _journal(Path(path))
+    match = _URL.match(text)
+    if match:
+        scheme = match.group(1).lower()
+        if scheme.split("+")[0] not in _RDB_SCHEMES:
+            raise ConfigError(f"storage {text!r}: unknown URL scheme {scheme!r}; "
+                              f"use one of {', '.join(s + '://' for s in _RDB_SCHEMES)} or a .log/.journal file")
+        if scheme.startswith("sqlite"):
+            return _sqlite(text)
+        try:
+            return RDBStorage(text)
+        except Exception as exc:  # a driver missing or a server unreachable: one line, not a traceback
+            raise ConfigError(f"storage {text!r}: cannot open: {_one_line(exc)}") from exc
+    if text.endswith(_JOURNAL_SUFFIXES):
+        return _journal(Path(text))
+    raise ConfigError(f"storage {text!r}: not a URL (sqlite:///, postgresql://, mysql://) nor a journal file "
+                      f"(ending in .log or .journal, or prefixed 'journal:')")
+
+
+def _sqlite(url: str) -> RDBStorage:
+    path = url.split("://", 1)[1][1:]  # sqlite:///relative or sqlite:////absolute
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    # Several workers on one file: wait for the write lock instead of failing with "database is locked".
+    kwargs = {"connect_args": {"timeout": 120}}
+    for attempt in range(5):  # workers starting together race to create the tables
+        try:
+            return RDBStorage(url, engine_kwargs=kwargs)
+        except Exception as exc:
+            if attempt == 4:
+                raise ConfigError(f"storage {url!r}: cannot open: {_one_line(exc)}") from exc
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _journal(path: Path) -> JournalStorage:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def open_study(*, name: str, storage: str | Path | None, run_dir: Path, sampler: optuna.samplers.BaseSampler | None,
+               directions: Sequence[str] = ("maximize",)) -> optuna.Study:
+    """Create the study `name`, or resume it with all its trials if the storage already holds it."""
+    backend = resolve_storage(storage, run_dir=run_dir)
+    for attempt in range(5):  # workers starting together race to create the study
+        try:
+            return optuna.create_study(study_name=name, storage=backend, sampler=sampler,
+                                       directions=list(directions), load_if_exists=True)
+        except optuna.exceptions.DuplicatedStudyError:
+            time.sleep(0.2 * (attempt + 1))
+        except ValueError as exc:  # e.g. directions differ from the stored study's
+            raise ConfigError(f"study {name!r}: {_one_line(exc)}") from exc
+    return optuna.load_study(study_name=name, storage=backend, sampler=sampler)
+
+
+# ----------------------------------------------------------------------------------------- queries
+
+def completed_results(study: optuna.Study) -> dict[str, dict[str, Any]]:
+    """Pattern -> its result ("values", "score", "trial" and the extra metrics), from evaluated COMPLETE trials."""
+    return _completed(study.get_trials(deepcopy=False))
+
+
+def failed_patterns(study: optuna.Study) -> dict[str, str]:
+    """Pattern -> why its evaluation failed (evaluate raised); patterns with a result are left out."""
+    return _failed(study.get_trials(deepcopy=False))
+
+
+def count_evaluations(study: optuna.Study) -> int:
+    """Training runs that finished (COMPLETE or FAIL from evaluate): what `max_trials` counts."""
+    return sum(_is_evaluation(t) for t in study.get_trials(deepcopy=False))
+
+
+def _completed(trials: Sequence[FrozenTrial]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for t in sorted(trials, key=lambda t: t.number):
+        attrs = t.user_attrs
+        if t.state == TrialState.COMPLETE and attrs.get("role") == "evaluate" and attrs.get("pattern") not in out:
+            metrics = {k: v for k, v in attrs.items() if k not in RESERVED_ATTRS}
+            out[attrs["pattern"]] = {"values": list(t.values), "score": t.values[0] if len(t.values) == 1 else list(t.values),
+                                     "trial": t.number, **metrics}
+    return out
+
+
+def _failed(trials: Sequence[FrozenTrial]) -> dict[str, str]:
+    done = _completed(trials)
+    return {t.user_attrs["pattern"]: t.user_attrs.get("error", "failed")
+            for t in sorted(trials, key=lambda t: t.number)
+            if _is_evaluation(t) and t.state == TrialState.FAIL and t.user_attrs["pattern"] not in done}
+
+
+def _is_evaluation(t: FrozenTrial) -> bool:
+    if t.user_attrs.get("role") != "evaluate":
+        return False
+    return t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and t.user_attrs.get("failure") == "error")
+
+
+# ----------------------------------------------------------------------------------------- the loop
+
+class _Heartbeat:
+    """Writes the user attr "heartbeat" now and every `interval` seconds until stopped."""
+
+    def __init__(self, trial: optuna.Trial, interval: float) -> None:
+        self._trial, self._interval, self._stop = trial, interval, threading.Event()
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr("heartbeat", time.time())
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{trial.number}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._trial.set_user_attr("heartbeat", time.time())
+            except Exception as exc:  # storage hiccup: the next beat retries; staleness needs many misses
+                log.debug("heartbeat of trial %d failed: %s", self._trial.number, exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _is_lost(t: FrozenTrial, *, stale_after_s: float, now: float) -> bool:
+    """A RUNNING trial whose worker is gone: its process is dead (same host) or its heartbeat is stale."""
+    worker = t.user_attrs.get("worker", "")
+    host, _, pid = worker.rpartition(":")
+    if host == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+    beat = t.user_attrs.get("heartbeat")
+    if beat is None:  # asked but not yet beating: measure from its start
+        beat = t.datetime_start.timestamp() if t.datetime_start else now
+    return now - float(beat) > stale_after_s
+
+
+def _decide(study: optuna.Study, trial: optuna.Trial, pattern: str, *, max_trials: int | None,
+            stale_after_s: float, poll_s: float) -> tuple[str, FrozenTrial | None]:
+    """This trial's role and the trial it refers to; waits only for lower trials still proposing."""
+    while True:
+        trials = study.get_trials(deepcopy=False)
+        now = time.time()
+        lower_running, undecided = [], False
+        for t in trials:
+            if t.number >= trial.number or t.state != TrialState.RUNNING:
+                continue
+            if _is_lost(t, stale_after_s=stale_after_s, now=now):
+                log.warning("trial %d (%s) lost its worker %s; marking it FAIL", t.number,
+                            t.user_attrs.get("pattern", "?"), t.user_attrs.get("worker", "?"))
+                study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+                undecided = True  # re-read: its pattern is free again
+                continue
+            if "role" not in t.user_attrs:
+                undecided = True
+            lower_running.append(t)
+        if undecided:
+            time.sleep(poll_s)
+            continue
+        for t in sorted(trials, key=lambda t: t.number):
+            if t.user_attrs.get("pattern") == pattern and t.user_attrs.get("role") == "evaluate" and t.number != trial.number:
+                if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and t.user_attrs.get("failure") == "error"):
+                    return "cached", t
+        for t in lower_running:
+            if t.user_attrs.get("pattern") == pattern and t.user_attrs["role"] == "evaluate":
+                return "duplicate", t
+        if max_trials is not None:
+            in_flight = sum(t.user_attrs["role"] == "evaluate" for t in lower_running)
+            if sum(_is_evaluation(t) for t in trials) + in_flight >= max_trials:
+                return "budget", None
+        return "evaluate", None
+
+
+def run_trials(study: optuna.Study, *, propose: Callable[[optuna.Trial], str], evaluate: Callable[[str], dict],
+               n_trials: int, max_trials: int | None = None, heartbeat_s: float = 30.0, stale_after_s: float = 300.0,
+               poll_s: float = 0.2) -> list[FrozenTrial]:
+    """Ask, propose, evaluate (at most once per pattern in the study), tell; returns this call's trials.
+
+    Stops after `n_trials` trials of this call, or once the study holds `max_trials` evaluations.
+    `evaluate(pattern)` returns {"score": float, or a sequence for a multi-objective study, **metrics}.
+    An exception from evaluate (divergence, CUDA OOM, a bug) fails that trial with a one-line reason
+    and the loop goes on; KeyboardInterrupt fails the trial in flight as "interrupted", then propagates.
+    """
+    if n_trials < 0 or (max_trials is not None and max_trials < 0):
+        raise ConfigError(f"n_trials={n_trials} and max_trials={max_trials} must be >= 0")
+    finished: list[FrozenTrial] = []
+    for _ in range(n_trials):
+        if max_trials is not None and count_evaluations(study) >= max_trials:
+            log.info("study %s has %d evaluations (max_trials=%d): done", study.study_name, max_trials, max_trials)
+            break
+        trial = study.ask()
+        heartbeat = _Heartbeat(trial, heartbeat_s)
+        try:
+            frozen, role = _run_one(study, trial, propose=propose, evaluate=evaluate, max_trials=max_trials,
+                                    stale_after_s=stale_after_s, poll_s=poll_s, heartbeat=heartbeat)
+        except KeyboardInterrupt:
+            heartbeat.stop()
+            trial.set_user_attr("failure", "interrupted")
+            trial.set_user_attr("error", "interrupted")
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            log.warning("trial %d: interrupted; told FAIL. Rerun the same command to resume.", trial.number)
+            raise
+        finally:
+            heartbeat.stop()
+        finished.append(frozen)
+        _log_trial(study, frozen)
+        if role == "budget":
+            break
+    return finished
+
+
+def _run_one(study: optuna.Study, trial: optuna.Trial, *, propose: Callable[[optuna.Trial], str],
+             evaluate: Callable[[str], dict], max_trials: int | None, stale_after_s: float, poll_s: float,
+             heartbeat: _Heartbeat) -> tuple[FrozenTrial, str]:
+    try:
+        pattern = parse_pattern(propose(trial))
+    except Exception as exc:  # a strategy bug or an invalid pattern: record it and let the role wait of later trials go on
+        return _fail(study, trial, heartbeat, role="propose", failure="error", reason=f"propose: {_one_line(exc)}"), "fail"
+    trial.set_user_attr("pattern", pattern)
+    role, other = _decide(study, trial, pattern, max_trials=max_trials, stale_after_s=stale_after_s, poll_s=poll_s)
+    trial.set_user_attr("role", role)
+    if role == "cached":
+        assert other is not None
+        trial.set_user_attr("cached", True)
+        trial.set_user_attr("cached_from", other.number)
+        heartbeat.stop()
+        if other.state == TrialState.COMPLETE:
+            return study.tell(trial, other.values), role
+        trial.set_user_attr("failure", "cached")
+        trial.set_user_attr("error", other.user_attrs.get("error", "failed"))
+        return study.tell(trial, state=TrialState.FAIL), role
+    if role == "duplicate":
+        assert other is not None
+        trial.set_user_attr("duplicate_of", other.number)
+        trial.set_user_attr("reason", f"duplicate: trial {other.number} is evaluating {pattern} now")
+        heartbeat.stop()
+        return study.tell(trial, state=TrialState.PRUNED), role
+    if role == "budget":
+        trial.set_user_attr("reason", f"max_trials={max_trials} reached counting evaluations in flight")
+        heartbeat.stop()
+        return study.tell(trial, state=TrialState.PRUNED), role
+    try:
+        result = evaluate(pattern)
+        values, metrics = _check_result(result, n_objectives=len(study.directions))
+    except Exception as exc:
+        return _fail(study, trial, heartbeat, role="evaluate", failure="error", reason=_one_line(exc)), "fail"
+    for key, value in metrics.items():
+        trial.set_user_attr(key, value)
+    heartbeat.stop()
+    return study.tell(trial, values), role
+
+
+def _fail(study: optuna.Study, trial: optuna.Trial, heartbeat: _Heartbeat, *, role: str, failure: str,
+          reason: str) -> FrozenTrial:
+    trial.set_user_attr("role", role)
+    trial.set_user_attr("failure", failure)
+    trial.set_user_attr("error", reason)
+    heartbeat.stop()
+    return study.tell(trial, state=TrialState.FAIL)
+
+
+def _check_result(result: Any, *, n_objectives: int) -> tuple[list[float], dict[str, Any]]:
+    """Validate evaluate's return: values for `tell` and JSON-storable extra metrics."""
+    if not isinstance(result, dict) or "score" not in result:
+        raise TypeError(f"evaluate must return a dict with 'score', got {type(result).__name__}")
+    score = result["score"]
+    values = [float(v) for v in score] if isinstance(score, (list, tuple)) else [float(score)]
+    if len(values) != n_objectives:
+        raise ValueError(f"evaluate returned {len(values)} score value(s) for a {n_objectives}-objective study")
+    if not all(math.isfinite(v) for v in values):
+        raise FloatingPointError(f"non-finite score {score!r} (diverged?)")
+    metrics: dict[str, Any] = {}
+    for key, value in result.items():
+        if key == "score":
+            continue
+        if key in RESERVED_ATTRS:
+            raise KeyError(f"evaluate returned metric {key!r}, a name reserved by search.study")
+        if hasattr(value, "item"):  # numpy / torch scalars
+            value = value.item()
+        metrics[key] = value if isinstance(value, (bool, int, float, str, type(None), list, dict)) else str(value)
+    return values, metrics
+
+
+def _log_trial(study: optuna.Study, t: FrozenTrial) -> None:
+    attrs = t.user_attrs
+    pattern = attrs.get("pattern", "?")
+    if t.state == TrialState.COMPLETE:
+        status = f"score={_fmt(t.values)}" + (f" (cached from trial {attrs['cached_from']})" if attrs.get("cached") else "")
+    elif t.state == TrialState.FAIL:
+        status = f"FAIL: {attrs.get('error', '?')}"
+    else:
+        status = f"skipped: {attrs.get('reason', t.state.name)}"
+    best = ""
+    if len(study.directions) == 1:
+        done = completed_results(study)
+        if done:
+            sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
+            top = max(done, key=lambda p: sign * done[p]["values"][0])
+            best = f"; best {top} {done[top]['values'][0]:.4g}"
+    log.info("trial %d %s %s%s", t.number, pattern, status, best)
+
+
+def _fmt(values: Sequence[float] | None) -> str:
+    if not values:
+        return "-"
+    return f"{values[0]:.4g}" if len(values) == 1 else "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+
+def _one_line(exc: BaseException) -> str:
+    message = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__

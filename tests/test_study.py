@@ -1,0 +1,242 @@
+"""search.study on real storages (SQLite, journal file): resume, cache, failures, SIGKILL, concurrent workers."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from composer.errors import ConfigError
+from search.study import completed_results, count_evaluations, failed_patterns, open_study, run_trials
+
+REPO = Path(__file__).parents[1]
+PATTERNS = ["".join(p) for p in itertools.product("*-", repeat=3)]  # 8 patterns
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def score(pattern: str) -> float:
+    """Cheap and deterministic: the share of attention, minus a penalty for attention last."""
+    return pattern.count("*") / len(pattern) - 0.5 * (pattern[-1] == "*")
+
+
+def propose_positions(trial: optuna.Trial) -> str:
+    return "".join(trial.suggest_categorical(f"layer_{i}", ["*", "-"]) for i in range(3))
+
+
+class Counting:
+    """An evaluate that counts its calls per pattern."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+
+    def __call__(self, pattern: str) -> dict:
+        self.calls[pattern] += 1
+        return {"score": score(pattern), "n_attention": pattern.count("*")}
+
+
+@pytest.mark.parametrize("storage", [None, "study.journal"])
+def test_results_survive_reopening_and_resume_finishes_the_total(tmp_path, storage):
+    storage = None if storage is None else tmp_path / storage
+    run_dir = tmp_path / "run"
+    study = open_study(name="s", storage=storage, run_dir=run_dir, sampler=optuna.samplers.RandomSampler(seed=0))
+    evaluate = Counting()
+    run_trials(study, propose=propose_positions, evaluate=evaluate, n_trials=3, max_trials=6)
+    first = completed_results(study)
+    assert first and count_evaluations(study) <= 3
+    if storage is None:
+        assert (run_dir / "study.db").is_file()
+
+    again = open_study(name="s", storage=storage, run_dir=run_dir, sampler=optuna.samplers.RandomSampler(seed=1))
+    assert {p: r["values"] for p, r in completed_results(again).items()} == {p: r["values"] for p, r in first.items()}
+    assert completed_results(again)[next(iter(first))]["n_attention"] == next(iter(first)).count("*")
+    run_trials(again, propose=propose_positions, evaluate=evaluate, n_trials=100, max_trials=6)
+    assert count_evaluations(again) == 6
+    assert len(completed_results(again)) == 6
+    assert max(evaluate.calls.values()) == 1  # never trained twice, across both calls
+    run_trials(again, propose=propose_positions, evaluate=evaluate, n_trials=100, max_trials=6)  # already done
+    assert sum(evaluate.calls.values()) == 6
+
+
+def test_a_pattern_proposed_twice_is_evaluated_once(tmp_path):
+    study = open_study(name="s", storage=None, run_dir=tmp_path, sampler=optuna.samplers.RandomSampler(seed=0))
+    evaluate = Counting()
+    proposals = iter(["**-", "-*-", "**-"])
+    trials = run_trials(study, propose=lambda trial: next(proposals), evaluate=evaluate, n_trials=3)
+    assert evaluate.calls == {"**-": 1, "-*-": 1}
+    cached = trials[2]
+    assert cached.state == TrialState.COMPLETE and cached.values == trials[0].values
+    assert cached.user_attrs["cached"] is True and cached.user_attrs["cached_from"] == trials[0].number
+    assert completed_results(study)["**-"]["trial"] == trials[0].number
+
+
+def test_a_raising_evaluate_fails_the_trial_and_the_loop_goes_on(tmp_path):
+    study = open_study(name="s", storage=tmp_path / "s.log", run_dir=tmp_path, sampler=None)
+
+    def evaluate(pattern: str) -> dict:
+        if pattern == "*M*":
+            raise RuntimeError("CUDA out of memory.\nTried to allocate 2 GiB")
+        if pattern == "MMM":
+            return {"score": float("nan")}
+        return {"score": score(pattern)}
+
+    proposals = iter(["*M*", "---", "MMM", "*M*"])
+    trials = run_trials(study, propose=lambda trial: next(proposals), evaluate=evaluate, n_trials=4)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL]
+    assert trials[0].user_attrs["error"] == "RuntimeError: CUDA out of memory. Tried to allocate 2 GiB"
+    assert trials[3].user_attrs["cached_from"] == trials[0].number  # a failed pattern is not retrained
+    assert failed_patterns(study) == {"*M*": trials[0].user_attrs["error"], "MMM": trials[2].user_attrs["error"]}
+    assert "non-finite" in trials[2].user_attrs["error"]
+    assert count_evaluations(study) == 3
+
+
+def test_an_invalid_proposal_fails_the_trial_and_the_loop_goes_on(tmp_path):
+    study = open_study(name="s", storage=None, run_dir=tmp_path, sampler=None)
+    proposals = iter(["*x-", "*-"])
+    trials = run_trials(study, propose=lambda trial: next(proposals), evaluate=Counting(), n_trials=2)
+    assert trials[0].state == TrialState.FAIL and "'x' at position 1" in trials[0].user_attrs["error"]
+    assert trials[1].state == TrialState.COMPLETE and count_evaluations(study) == 1
+
+
+def test_a_trial_without_heartbeat_is_freed(tmp_path):
+    study = open_study(name="s", storage=tmp_path / "s.journal", run_dir=tmp_path, sampler=None)
+    ghost = study.ask()  # a worker on another host that stopped beating mid-evaluation
+    for key, value in {"worker": "elsewhere:1", "heartbeat": time.time() - 60, "pattern": "*-", "role": "evaluate"}.items():
+        ghost.set_user_attr(key, value)
+    evaluate = Counting()
+    trials = run_trials(study, propose=lambda trial: "*-", evaluate=evaluate, n_trials=1, stale_after_s=30)
+    assert evaluate.calls == {"*-": 1} and trials[0].state == TrialState.COMPLETE
+    assert study.get_trials()[0].state == TrialState.FAIL and count_evaluations(study) == 1
+
+
+def test_keyboard_interrupt_fails_the_trial_in_flight_and_propagates(tmp_path):
+    study = open_study(name="s", storage=None, run_dir=tmp_path, sampler=None)
+
+    def evaluate(pattern: str) -> dict:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_trials(study, propose=lambda trial: "*-", evaluate=evaluate, n_trials=2)
+    (trial,) = study.get_trials()
+    assert trial.state == TrialState.FAIL and trial.user_attrs["error"] == "interrupted"
+    assert count_evaluations(study) == 0  # an interrupted run is retried, not counted
+
+
+def test_multi_objective_values(tmp_path):
+    study = open_study(name="s", storage=None, run_dir=tmp_path, sampler=optuna.samplers.NSGAIISampler(seed=0),
+                       directions=("maximize", "minimize"))
+    run_trials(study, propose=propose_positions, evaluate=lambda p: {"score": (score(p), p.count("*"))}, n_trials=3)
+    for pattern, result in completed_results(study).items():
+        assert result["values"] == [score(pattern), pattern.count("*")]
+
+
+@pytest.mark.parametrize("storage", ["postgres://x/y", "redis://h", "study.txt", "journal:", "", "sqlite:/x.db"])
+def test_bad_storage_is_a_one_line_config_error(tmp_path, storage):
+    with pytest.raises(ConfigError) as info:
+        open_study(name="s", storage=storage, run_dir=tmp_path, sampler=None)
+    assert "\n" not in str(info.value)
+
+
+# ----------------------------------------------------------------------------------------- processes
+
+WORKER = textwrap.dedent('''
+    """One search worker: cycles through 8 patterns; evaluate sleeps, appends to a log, fsyncs."""
+    import itertools, os, sys, time
+    import optuna
+    from search.study import open_study, run_trials
+
+    storage, log_path, max_trials, sleep_s = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+    patterns = ["".join(p) for p in itertools.product("*-", repeat=3)]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = open_study(name="search", storage=storage, run_dir=os.path.dirname(log_path), sampler=None)
+    proposals = itertools.cycle(patterns)  # every worker proposes the same sequence: they collide
+
+    def evaluate(pattern):
+        time.sleep(sleep_s)
+        with open(log_path, "a") as f:
+            f.write(pattern + "\\n")
+            f.flush()
+            os.fsync(f.fileno())
+        return {"score": pattern.count("*") / len(pattern) - 0.5 * (pattern[-1] == "*")}
+
+    run_trials(study, propose=lambda trial: next(proposals), evaluate=evaluate, n_trials=100,
+               max_trials=max_trials, poll_s=0.05)
+''')
+
+
+def start_worker(tmp_path: Path, storage: str, *, max_trials: int = 8, sleep_s: float = 0.2) -> subprocess.Popen:
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+                        "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, str(script), storage, str(tmp_path / "evaluations.log"),
+                             str(max_trials), str(sleep_s)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def evaluations(tmp_path: Path) -> Counter[str]:
+    path = tmp_path / "evaluations.log"
+    return Counter(path.read_text().split()) if path.exists() else Counter()
+
+
+def load(storage: str, tmp_path: Path) -> optuna.Study:
+    return open_study(name="search", storage=storage, run_dir=tmp_path, sampler=None)
+
+
+def test_sigkill_loses_nothing_and_rerun_finishes(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    worker = start_worker(tmp_path, storage)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        time.sleep(0.05)
+        if (tmp_path / "study.db").exists():
+            try:
+                if len(completed_results(load(storage, tmp_path))) >= 3:
+                    break
+            except Exception:  # the worker is still creating the tables
+                pass
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(timeout=10)
+    before = completed_results(load(storage, tmp_path))
+    assert 3 <= len(before) < 8
+
+    rerun = start_worker(tmp_path, storage)
+    out, _ = rerun.communicate(timeout=60)
+    assert rerun.returncode == 0, out
+    study = load(storage, tmp_path)
+    after = completed_results(study)
+    assert all(after[p]["values"] == r["values"] and after[p]["trial"] == r["trial"] for p, r in before.items())
+    assert count_evaluations(study) == 8 and sorted(after) == sorted(PATTERNS)
+    assert evaluations(tmp_path) == Counter(PATTERNS)  # each pattern trained once, across the kill
+    lost = [t for t in study.get_trials() if t.state == TrialState.FAIL]
+    assert len(lost) <= 1  # the trial in flight at the kill, freed by the rerun
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_two_workers_share_one_study_without_training_twice(tmp_path, kind):
+    storage = f"sqlite:///{tmp_path / 'study.db'}" if kind == "sqlite" else str(tmp_path / "study.journal")
+    workers = [start_worker(tmp_path, storage, sleep_s=0.1) for _ in range(2)]
+    for worker in workers:
+        out, _ = worker.communicate(timeout=60)
+        assert worker.returncode == 0, out
+    assert evaluations(tmp_path) == Counter(PATTERNS)  # every pattern exactly once
+    study = load(storage, tmp_path)
+    assert count_evaluations(study) == 8 and sorted(completed_results(study)) == sorted(PATTERNS)
+    roles_seen = Counter(t.user_attrs["role"] for t in study.get_trials())
+    assert roles_seen["duplicate"] + roles_seen["cached"] > 0, roles_seen  # the workers did collide
+    for t in study.get_trials():
+        roles = {"evaluate": TrialState.COMPLETE, "cached": TrialState.COMPLETE,
+                 "duplicate": TrialState.PRUNED, "budget": TrialState.PRUNED}
+        assert t.state == roles[t.user_attrs["role"]], t
+        if t.user_attrs["role"] == "cached":
+            assert t.values == completed_results(study)[t.user_attrs["pattern"]]["values"]
