@@ -197,9 +197,18 @@ class _Heartbeat:
         self._thread.join()
 
 
+# A worker writes its identity right after `ask` (milliseconds). A RUNNING trial that has none this
+# long after it started belongs to a worker killed in between, and would otherwise block every
+# later trial's decision until `stale_after_s`.
+UNCLAIMED_GRACE_S = 20.0
+
+
 def _is_lost(t: FrozenTrial, *, stale_after_s: float, now: float) -> bool:
-    """A RUNNING trial whose worker is gone: its process is dead (same host) or its heartbeat is stale."""
+    """A RUNNING trial whose worker is gone: its process is dead (same host), its heartbeat is stale,
+    or it never wrote its identity within UNCLAIMED_GRACE_S of starting."""
     worker = t.user_attrs.get("worker", "")
+    if not worker and t.datetime_start is not None:
+        return now - t.datetime_start.timestamp() > min(UNCLAIMED_GRACE_S, stale_after_s)
     host, _, pid = worker.rpartition(":")
     if host == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid():
         try:

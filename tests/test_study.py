@@ -14,6 +14,8 @@ from pathlib import Path
 
 import optuna
 import pytest
+
+import search.study
 from optuna.trial import TrialState
 
 from composer.errors import ConfigError
@@ -119,6 +121,17 @@ def test_a_trial_without_heartbeat_is_freed(tmp_path):
     assert study.get_trials()[0].state == TrialState.FAIL and count_evaluations(study) == 1
 
 
+def test_a_trial_killed_before_naming_its_worker_is_freed(tmp_path, monkeypatch):
+    monkeypatch.setattr(search.study, "UNCLAIMED_GRACE_S", 0.5)
+    study = open_study(name="s", storage=None, run_dir=tmp_path, sampler=None)
+    study.ask()  # a worker SIGKILLed right after `ask`, before any user attr
+    evaluate = Counting()
+    started = time.time()
+    trials = run_trials(study, propose=lambda trial: "*-", evaluate=evaluate, n_trials=1)
+    assert trials[0].state == TrialState.COMPLETE and evaluate.calls == {"*-": 1}
+    assert study.get_trials()[0].state == TrialState.FAIL and time.time() - started < 10  # not stale_after_s
+
+
 def test_keyboard_interrupt_fails_the_trial_in_flight_and_propagates(tmp_path):
     study = open_study(name="s", storage=None, run_dir=tmp_path, sampler=None)
 
@@ -211,7 +224,7 @@ def test_sigkill_loses_nothing_and_rerun_finishes(tmp_path):
     assert 3 <= len(before) < 8
 
     rerun = start_worker(tmp_path, storage)
-    out, _ = rerun.communicate(timeout=60)
+    out, _ = rerun.communicate(timeout=120)  # a trial killed before naming its worker is freed after 20 s
     assert rerun.returncode == 0, out
     study = load(storage, tmp_path)
     after = completed_results(study)
