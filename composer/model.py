@@ -99,14 +99,6 @@ class ComposedModel(nn.Module):
         return {layer.letter: layer.mixer.describe_impl(device) for layer in self.layers}
 
 
-def count_params(cfg: ModelConfig) -> dict[str, int]:
-    """Analytic parameter counts: total and non-embedding (without embedding and LM head)."""
-    layers = sum(cfg.primitive_config(c).n_params(cfg.d_model) + cfg.d_model for c in cfg.pattern)  # + pre-norm
-    embedding = cfg.vocab_size * cfg.d_model * (1 if cfg.tie_embeddings else 2)
-    non_embedding = layers + cfg.d_model  # + final norm
-    return {"n_params": non_embedding + embedding, "n_non_embedding_params": non_embedding}
-
-
 def build_model(cfg: ModelConfig, *, seed: int = 0) -> ComposedModel:
     """Deterministic for a seed: the same config and seed give bit-identical weights."""
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []

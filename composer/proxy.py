@@ -13,10 +13,11 @@ import torch
 
 from composer.config import ModelConfig
 from composer.data import ArrayBatches
-from composer.model import build_model, count_params
+from composer.model import build_model
 from composer.pattern import count_primitives
 from composer.tasks import TASKS
 from composer.trainer import Objective, TrainerConfig, resolve_device, train
+from scaling.accounting import count_parameters
 
 
 def environment() -> dict[str, Any]:
@@ -59,7 +60,7 @@ def train_on_task(
     signature = {"pattern": model_cfg.pattern, "task": task_name, "seed": seed, "model": asdict(model_cfg),
                  "task_config": asdict(task_cfg)}
     summary = {
-        **count_params(model_cfg),
+        **count_parameters(model_cfg),
         "n_layers": model_cfg.n_layers,
         "layers": count_primitives(model_cfg.pattern),
         "impl": model.impl_report(),

@@ -52,8 +52,8 @@ def _letters(cfg: ModelConfig) -> Counter:
 
 
 def count_parameters(cfg: ModelConfig) -> dict[str, int]:
-    """{'n_params', 'n_non_embedding_params', 'n_embedding_params'}: the same numbers as
-    composer.model.count_params, without torch. The untied head counts as embedding."""
+    """{'n_params', 'n_non_embedding_params', 'n_embedding_params'} of the model `cfg` builds,
+    analytically (no torch). The untied head counts as embedding."""
     d = cfg.d_model
     layers = sum(k * (cfg.primitive_config(c).n_params(d) + d) for c, k in _letters(cfg).items())  # + pre-norms
     non_embedding = layers + d  # + final norm

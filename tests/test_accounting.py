@@ -11,7 +11,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from composer.config import ModelConfig
-from composer.model import ComposedModel, count_params
+from composer.model import ComposedModel
 from composer.pattern import count_primitives
 from primitives import REGISTRY
 from primitives.attention import AttentionConfig
@@ -67,7 +67,6 @@ def test_parameters_equal_the_model_on_meta(preset, pattern):
     assert counted["n_params"] == real
     assert counted["n_non_embedding_params"] == real - embedding
     assert counted["n_embedding_params"] == embedding
-    assert {k: counted[k] for k in ("n_params", "n_non_embedding_params")} == count_params(cfg)
 
 
 def test_preset_reference_sizes():

@@ -5,7 +5,8 @@ import torch
 
 from composer.config import ModelConfig, model_config_from_mapping
 from composer.errors import ConfigError, PatternError
-from composer.model import build_model, count_params
+from composer.model import build_model
+from scaling.accounting import count_parameters
 
 MIXED = "*-M-*M--M*"
 
@@ -24,7 +25,7 @@ def test_layers_follow_the_pattern():
 def test_analytic_counts_equal_the_module(tied):
     cfg = _cfg(tie_embeddings=tied)
     model = build_model(cfg)
-    counts = count_params(cfg)
+    counts = count_parameters(cfg)
     assert counts["n_params"] == sum(p.numel() for p in model.parameters())
     embedding = sum(p.numel() for n, p in model.named_parameters() if n.startswith(("embed", "head")))
     assert counts["n_non_embedding_params"] == counts["n_params"] - embedding
