@@ -39,6 +39,9 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
+_failed_jobs: list[str] = []  # run folders of sweep jobs that failed with a user error
+
+
 def run_app(app, prog: str) -> None:
     """Run a Hydra app so that user errors come back as one line and exit code 2."""
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # let errors reach us instead of Hydra's printer
@@ -49,6 +52,9 @@ def run_app(app, prog: str) -> None:
         app()
     except (ComposerError, HydraException, OmegaConfBaseException) as exc:
         print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
+        sys.exit(2)
+    if _failed_jobs:  # a -m sweep that went on past failed jobs
+        print(f"{prog}: {len(_failed_jobs)} job(s) failed: {', '.join(_failed_jobs)}", file=sys.stderr)
         sys.exit(2)
 
 
@@ -84,17 +90,17 @@ def train_from_config(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     return summary
 
 
-_failed_jobs: list[str] = []
-
-
-def _job(prog: str, body) -> None:
-    """Run one Hydra job. A user error ends a single run at once (one line, exit 2); in a `-m` sweep
-    it is reported and the sweep goes on, exiting 2 at the end."""
+def _job(prog: str, cfg: DictConfig, work) -> None:
+    """Run one Hydra job: save the resolved config into the run folder, then `work(config dict,
+    run_dir)`. A user error ends a single run at once (one line, exit 2); in a `-m` sweep it is
+    reported and the sweep goes on, exiting 2 at the end."""
     from hydra.types import RunMode
 
     hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
     try:
-        body(Path(hc.runtime.output_dir))
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        work(_plain(cfg), run_dir)
     except KeyboardInterrupt:
         command = [prog, *(o for o in hc.overrides.task if not o.startswith("hydra.run.dir=")),
                    f"hydra.run.dir={hc.runtime.output_dir}"]
@@ -110,11 +116,7 @@ def _job(prog: str, body) -> None:
 
 @hydra.main(config_path="pkg://configs", config_name="train", version_base=None)
 def _train_app(cfg: DictConfig) -> None:
-    def body(run_dir: Path) -> None:
-        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-        train_from_config(_plain(cfg), run_dir)
-
-    _job("composer-train", body)
+    _job("composer-train", cfg, train_from_config)
 
 
 def extrapolate_from_config(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
@@ -206,11 +208,7 @@ def _extrapolation_text(r: dict[str, Any], run_dir: Path) -> str:
 
 @hydra.main(config_path="pkg://configs", config_name="extrapolate", version_base=None)
 def _extrapolate_app(cfg: DictConfig) -> None:
-    def body(run_dir: Path) -> None:
-        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-        extrapolate_from_config(_plain(cfg), run_dir)
-
-    _job("composer-extrapolate", body)
+    _job("composer-extrapolate", cfg, extrapolate_from_config)
 
 
 def extrapolate_main() -> None:
@@ -219,9 +217,6 @@ def extrapolate_main() -> None:
 
 def train_main() -> None:
     run_app(_train_app, "composer-train")
-    if _failed_jobs:
-        print(f"composer-train: {len(_failed_jobs)} job(s) failed: {', '.join(_failed_jobs)}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":  # `python -m composer.cli extrapolate ...` runs the second app

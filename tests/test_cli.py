@@ -32,6 +32,13 @@ def test_multirun_sweeps_patterns(tmp_path, tiny):
     assert patterns == {"*-", "--"}
 
 
+def test_a_failed_sweep_job_is_reported_and_the_sweep_goes_on(tmp_path, tiny):
+    run = run_cli("-m", *tiny, "model.pattern=*Q,--", "trainer.max_tokens=2048", f"hydra.sweep.dir={tmp_path}")
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert "job 0" in run.stderr and "'Q' at position 1" in run.stderr and "1 job(s) failed" in run.stderr
+    assert json.loads((tmp_path / "1" / "summary.json").read_text())["status"] == "completed"
+
+
 def test_other_tasks_and_trainer_settings(tmp_path, tiny):
     run = run_cli(*tiny, "task=compression", "task.length=8", "trainer.schedule=wsd", "trainer.grad_accum=2",
                   "trainer.max_tokens=2000", "model.pattern=M*", f"hydra.run.dir={tmp_path}")
