@@ -147,8 +147,8 @@ def extrapolate_from_config(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any
         "state_bytes_per_token": {str(k): v for k, v in acct.state_bytes_per_token.items()},
         "plan": {**asdict(plan), "stable_steps": plan.stable_steps},
     }
-    model_section = {k: v for k, v in asdict(model_cfg).items() if k != "primitives"}
-    model_section.update(asdict(model_cfg)["primitives"])
+    model_section = asdict(model_cfg)
+    model_section.update(model_section.pop("primitives"))  # composer-train's layout: one section per primitive
     pretrain = {
         "model": model_section,
         "trainer": {"max_tokens": plan.tokens, "batch_size": plan.batch_sequences, "lr": plan.peak_lr,
