@@ -1,4 +1,5 @@
-"""Command-line apps (Hydra lives here and nowhere else): `composer-train`, `composer-extrapolate`.
+"""Command-line apps (Hydra lives here and nowhere else): `composer-train`, `composer-extrapolate`,
+`composer-search`.
 
 Known errors (bad pattern, unknown key, missing file, diverged run) print one line on stderr and
 exit 2; anything else is a bug and keeps its traceback.
@@ -211,6 +212,25 @@ def _extrapolate_app(cfg: DictConfig) -> None:
     _job("composer-extrapolate", cfg, extrapolate_from_config)
 
 
+def search_from_config(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """The `composer-search` job: search, aggregate, report, write the leaderboard."""
+    from search.runner import run_search, search_config_from_mapping
+
+    return run_search(search_config_from_mapping(cfg), run_dir=run_dir)
+
+
+@hydra.main(config_path="pkg://configs.search", config_name="search", version_base=None)
+def _search_app(cfg: DictConfig) -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the search logs one line per trial itself
+    _job("composer-search", cfg, search_from_config)
+
+
+def search_main() -> None:
+    run_app(_search_app, "composer-search")
+
+
 def extrapolate_main() -> None:
     run_app(_extrapolate_app, "composer-extrapolate")
 
@@ -219,9 +239,9 @@ def train_main() -> None:
     run_app(_train_app, "composer-train")
 
 
-if __name__ == "__main__":  # `python -m composer.cli extrapolate ...` runs the second app
-    if sys.argv[1:2] == ["extrapolate"]:
-        sys.argv.pop(1)
-        extrapolate_main()
+if __name__ == "__main__":  # `python -m composer.cli [extrapolate|search] ...`; train by default
+    apps = {"extrapolate": extrapolate_main, "search": search_main}
+    if sys.argv[1:2] and sys.argv[1] in apps:
+        apps[sys.argv.pop(1)]()
     else:
         train_main()

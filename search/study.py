@@ -385,7 +385,9 @@ def _log_trial(study: optuna.Study, t: FrozenTrial) -> None:
             sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
             top = max(done, key=lambda p: sign * done[p]["values"][0])
             best = f"; best {top} {done[top]['values'][0]:.4g}"
-    log.info("trial %d %s %s%s", t.number, pattern, status, best)
+    # An evaluated trial is the caller's to report (the search prints a progress line); the rest are ours.
+    level = logging.DEBUG if t.state == TrialState.COMPLETE and attrs.get("role") == "evaluate" else logging.INFO
+    log.log(level, "trial %d %s %s%s", t.number, pattern, status, best)
 
 
 def _fmt(values: Sequence[float] | None) -> str:

@@ -1,0 +1,441 @@
+"""One search from config to leaderboard: what `composer-search` runs.
+
+    cfg = search_config_from_mapping({...})   # space, strategy, evaluator, budget, storage
+    result = run_search(cfg, run_dir=Path("outputs/search/gp-mad_cpu-n6-s0"))
+
+1. Open the study (resumed if the storage holds it; refused if it was made with other settings).
+2. Run `workers` worker processes on it (this process is worker 0) until it holds `n_trials`
+   evaluations; incremental strategies run `rounds` studies, one per round.
+3. Re-evaluate the aggregated pattern, the best single pattern and the top `evaluator.top_k` over
+   `evaluator.reeval_seeds` (each seed its own study: cached and resumable like the search).
+4. Aggregate (the top group, then N_0 / N_1 / prefix), print the architecture and the top ten,
+   write `result.json` to the run folder and the records to the leaderboard.
+
+Imports torch only inside the evaluator's processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from composer.config import from_mapping
+from composer.errors import ConfigError
+from search.aggregate import METHODS, summarise
+from search.evaluator import EvaluatorConfig, evaluator_config_from_mapping
+from search.space import SearchSpace, pattern_hash
+from search.strategies import STRATEGIES, Strategy, end_layer, make_strategy, middle_layer
+from search.study import completed_results, count_evaluations, failed_patterns, open_study, run_trials
+
+log = logging.getLogger("composer.search")
+
+INCREMENTAL = {"end_layer": end_layer, "middle_layer": middle_layer}
+EFFICIENCY = ("state_bytes_32k", "train_flops")  # evolution's second objective, minimised
+MAX_ATTEMPTS_PER_EVALUATION = 20  # cached and duplicate proposals are cheap, but a loop must end
+
+
+@dataclass(frozen=True, kw_only=True)
+class StrategyConfig:
+    name: str = "gp"  # random | tpe | gp | evolution | end_layer | middle_layer
+    options: Mapping[str, Any] = field(default_factory=dict)  # to the sampler (n_startup_trials, population_size...)
+    efficiency: str = "state_bytes_32k"  # evolution: the cost minimised beside quality
+    base: str = "gp"  # incremental: the strategy searching each round's block
+    rounds: int = 2  # incremental: rounds of `space.length` layers each
+    start: str = ""  # incremental: the pattern the first round grows from
+
+    def __post_init__(self) -> None:
+        valid = (*STRATEGIES, *INCREMENTAL)
+        if self.name not in valid:
+            raise ConfigError(f"unknown search strategy {self.name!r}; valid: {', '.join(valid)}")
+        if self.efficiency not in EFFICIENCY:
+            raise ConfigError(f"strategy.efficiency must be one of {', '.join(EFFICIENCY)}, got {self.efficiency!r}")
+        if self.base not in STRATEGIES or self.base == "evolution":
+            raise ConfigError(f"strategy.base must be one of random, tpe, gp, got {self.base!r}")
+        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
+            raise ConfigError(f"strategy.rounds must be a positive integer, got {self.rounds!r}")
+
+    @property
+    def incremental(self) -> bool:
+        return self.name in INCREMENTAL
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchConfig:
+    name: str  # the study's name in the storage; the same name and storage resume the study
+    space: SearchSpace = field(default_factory=SearchSpace)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
+    n_trials: int = 16  # evaluations (training runs) in the study; per round for incremental strategies
+    workers: int = 1  # worker processes on this machine sharing the study
+    storage: str | None = None  # None: SQLite in the run folder; an RDB URL; a .log/.journal file
+    seed: int = 0  # the sampler's seed (worker i uses seed + i)
+    aggregator: str = "N0"  # N0 | N1 | prefix: the architecture the search reports
+    top: int = 10  # patterns printed and written to the leaderboard
+    leaderboard: str | None = "outputs/leaderboard.jsonl"  # None: do not write one
+
+    def __post_init__(self) -> None:
+        for name in ("n_trials", "workers", "top"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.aggregator not in METHODS:
+            raise ConfigError(f"aggregator must be one of {', '.join(METHODS)}, got {self.aggregator!r}")
+        if not self.name or "/" in self.name:
+            raise ConfigError(f"name must be a non-empty study name without '/', got {self.name!r}")
+
+
+def search_config_from_mapping(data: Mapping[str, Any]) -> SearchConfig:
+    data = dict(data)
+    sections = {"space": (SearchSpace, from_mapping), "strategy": (StrategyConfig, from_mapping)}
+    for key, (cls, build) in sections.items():
+        if key in data and isinstance(data[key], Mapping):
+            data[key] = build(cls, data[key], where=key)
+    if "evaluator" in data and isinstance(data["evaluator"], Mapping):
+        data["evaluator"] = evaluator_config_from_mapping(data["evaluator"])
+    return from_mapping(SearchConfig, data, where="search")
+
+
+# ----------------------------------------------------------------------------------------- settings guard
+
+# Keys that change how a study runs, not what its results mean: a resumed study may change them.
+_FREE = {"evaluator.top_k", "evaluator.reeval_seeds", "evaluator.keep_checkpoints", "evaluator.name",
+         "evaluator.trainer.progress", "evaluator.trainer.device", "evaluator.trainer.log_every",
+         "evaluator.trainer.ckpt_every", "evaluator.trainer.wandb", "evaluator.trainer.wandb_project",
+         "strategy.options"}
+
+
+def _settings(cfg: SearchConfig) -> dict[str, Any]:
+    """What a study's results depend on, flattened: compared when a study is resumed."""
+    raw = json.loads(json.dumps({"space": cfg.space, "strategy": cfg.strategy, "evaluator": cfg.evaluator,
+                                 "seed": cfg.seed}, default=_jsonable, sort_keys=True))
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and prefix not in _FREE:
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, item)
+        elif prefix not in _FREE:
+            flat[prefix] = value
+
+    walk("", raw)
+    return flat
+
+
+def _jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if not f.name.startswith("_")}
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    if isinstance(obj, tuple):
+        return list(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
+
+
+def _guard(study: optuna.Study, settings: dict[str, Any]) -> None:
+    saved = study.user_attrs.get("settings")
+    if saved is None:
+        study.set_user_attr("settings", settings)
+        return
+    diff = sorted(k for k in saved.keys() | settings.keys() if saved.get(k) != settings.get(k))
+    if diff:
+        key = diff[0]
+        raise ConfigError(
+            f"study {study.study_name!r} was run with {key}={saved.get(key)!r}, this run has {settings.get(key)!r}"
+            f"{f' (and {len(diff) - 1} more)' if len(diff) > 1 else ''}: its results would not compare; "
+            f"give this search a new name=... (or run with the original settings to resume it)")
+
+
+# ----------------------------------------------------------------------------------------- workers
+
+def _cost(space: SearchSpace, pattern: str, efficiency: str) -> float:
+    from scaling.accounting import state_bytes_per_token
+
+    if efficiency == "train_flops":
+        return float(space.cost(pattern)["train_flops_per_token"])
+    return float(state_bytes_per_token(space.proxy_config(pattern), context=32768))
+
+
+def _strategy(cfg: SearchConfig, *, seed: int, current: str = "") -> Strategy:
+    s = cfg.strategy
+    if s.incremental:
+        return INCREMENTAL[s.name](current, space=cfg.space, seed=seed, base=s.base, **s.options)
+    return make_strategy(s.name, space=cfg.space, seed=seed, **s.options)
+
+
+def _study(cfg: SearchConfig, run_dir: Path, strategy: Strategy, name: str) -> optuna.Study:
+    study = open_study(name=name, storage=cfg.storage, run_dir=run_dir, sampler=strategy.sampler,
+                       directions=strategy.directions)
+    _guard(study, _settings(cfg))
+    return study
+
+
+class _Progress:
+    """The evaluate wrapper of one worker: scores a pattern and logs one progress line."""
+
+    def __init__(self, cfg: SearchConfig, study: optuna.Study, evaluate: Callable[[str], dict], label: str) -> None:
+        self.cfg, self.study, self.evaluate, self.label = cfg, study, evaluate, label
+        self.started, self.seconds = time.time(), []
+
+    def __call__(self, pattern: str) -> dict[str, Any]:
+        tic = time.time()
+        result = self.evaluate(pattern)
+        self.seconds.append(time.time() - tic)
+        quality = result["score"]
+        if self.cfg.strategy.name == "evolution":
+            result["score"] = (quality, _cost(self.cfg.space, pattern, self.cfg.strategy.efficiency))
+        done = count_evaluations(self.study) + 1
+        best = _best(completed_results(self.study))
+        if best is None or quality > best[1]:
+            best = (pattern, quality)
+        left = max(0, self.cfg.n_trials - done)
+        eta = sum(self.seconds) / len(self.seconds) * left / self.cfg.workers
+        tasks = " ".join(f"{_short(t)} {a:.2f}" for t, a in result["tasks"].items())
+        log.info("%s[%d/%d] %s  %.3f (%s)  %.0fs | best %s %.3f | %s elapsed, ~%s left", self.label, done,
+                 self.cfg.n_trials, pattern, quality, tasks, self.seconds[-1], best[0], best[1],
+                 _clock(time.time() - self.started), _clock(eta))
+        return result
+
+
+def _best(results: Mapping[str, Mapping[str, Any]]) -> tuple[str, float] | None:
+    if not results:
+        return None
+    top = max(results, key=lambda p: (results[p]["values"][0], -results[p]["trial"]))
+    return top, results[top]["values"][0]
+
+
+def _short(task: str) -> str:
+    return {"in_context_recall": "recall", "fuzzy_in_context_recall": "fuzzy", "noisy_in_context_recall": "noisy",
+            "selective_copying": "copy", "compression": "compress", "memorization": "memorize"}.get(task, task)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def _device(worker: int) -> str | None:
+    """Worker i trains on GPU i mod n when there are GPUs; None keeps the trainer's setting."""
+    import torch
+
+    n = torch.cuda.device_count()
+    return f"cuda:{worker % n}" if n else None
+
+
+def _threads(workers: int) -> None:
+    """Workers on one CPU share its cores instead of each taking all of them."""
+    import torch
+
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+def _run_round(cfg: SearchConfig, run_dir: Path, *, worker: int, round_: int, current: str) -> None:
+    """One worker's share of one study (one round): propose, evaluate, tell until the budget is met."""
+    from search.evaluator import Evaluator
+
+    _threads(cfg.workers)
+    logging.getLogger("composer.trainer").setLevel(logging.WARNING)  # one line per trial, not per task
+    strategy = _strategy(cfg, seed=cfg.seed + round_ + 1000 * worker, current=current)
+    name = _round_name(cfg, round_)
+    study = _study(cfg, run_dir, strategy, name)
+    evaluator = Evaluator(cfg.evaluator, run_dir=run_dir, device=_device(worker))
+    label = f"w{worker} " if cfg.workers > 1 else ""
+    label += f"round {round_ + 1}/{cfg.strategy.rounds} " if cfg.strategy.incremental else ""
+    run_trials(study, propose=strategy.propose, evaluate=_Progress(cfg, study, evaluator, label),
+               n_trials=cfg.n_trials * MAX_ATTEMPTS_PER_EVALUATION, max_trials=cfg.n_trials)
+
+
+def plain(cfg: SearchConfig) -> dict[str, Any]:
+    """The config as JSON-ready mappings: search_config_from_mapping(plain(cfg)) == cfg."""
+    return json.loads(json.dumps(cfg, default=_jsonable))
+
+
+def _worker_main(config: dict[str, Any], run_dir: Path, worker: int, round_: int, current: str) -> None:
+    cfg = search_config_from_mapping(config)  # a plain mapping crosses the process boundary
+    logging.basicConfig(level=logging.INFO, format=f"[%(asctime)s][worker {worker}] %(message)s")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        _run_round(cfg, run_dir, worker=worker, round_=round_, current=current)
+    except KeyboardInterrupt:
+        pass  # the parent reports the interruption
+
+
+def _round_name(cfg: SearchConfig, round_: int) -> str:
+    return f"{cfg.name}.round{round_ + 1}" if cfg.strategy.incremental else cfg.name
+
+
+def _run_workers(cfg: SearchConfig, run_dir: Path, *, round_: int, current: str) -> None:
+    """Worker 0 in this process, workers 1..n-1 as spawned processes on the same storage."""
+    context = multiprocessing.get_context("spawn")
+    children = [context.Process(target=_worker_main, args=(plain(cfg), run_dir, w, round_, current), daemon=True,
+                                name=f"composer-search-worker-{w}") for w in range(1, cfg.workers)]
+    for child in children:
+        child.start()
+    try:
+        _run_round(cfg, run_dir, worker=0, round_=round_, current=current)
+    finally:
+        for child in children:
+            child.join()
+    failed = [c.name for c in children if c.exitcode not in (0, None)]
+    if failed:
+        raise ConfigError(f"worker process(es) {', '.join(failed)} exited with an error (see their log above)")
+
+
+# ----------------------------------------------------------------------------------------- after the search
+
+def _evaluate_list(cfg: SearchConfig, run_dir: Path, patterns: list[str], *, seed: int, name: str) -> dict[str, dict]:
+    """Evaluate each of `patterns` once at `seed` in the study `name` (cached, resumable); pattern -> result."""
+    from search.evaluator import Evaluator
+
+    study = open_study(name=name, storage=cfg.storage, run_dir=run_dir, sampler=optuna.samplers.RandomSampler(seed),
+                       directions=("maximize",))
+    _guard(study, _settings(cfg))
+
+    def propose(trial: optuna.Trial) -> str:
+        known = {t.user_attrs.get("pattern") for t in study.get_trials(deepcopy=False)
+                 if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)}
+        todo = [p for p in patterns if p not in known]
+        return (todo or patterns)[0]
+
+    todo = [p for p in patterns if p not in completed_results(study) and p not in failed_patterns(study)]
+    if todo:
+        evaluator = Evaluator(cfg.evaluator, run_dir=run_dir, device=_device(0))
+        log.info("evaluating %d pattern(s) at seed %d: %s", len(todo), seed, " ".join(todo))
+        run_trials(study, propose=propose, evaluate=lambda p: evaluator(p, seed=seed),
+                   n_trials=len(todo) * MAX_ATTEMPTS_PER_EVALUATION, max_trials=count_evaluations(study) + len(todo))
+    done = completed_results(study)
+    return {p: done[p] for p in patterns if p in done}
+
+
+def run_search(cfg: SearchConfig, *, run_dir: Path) -> dict[str, Any]:
+    """Search, re-evaluate, aggregate, report; returns what `result.json` holds."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    current = cfg.strategy.start
+    rounds = cfg.strategy.rounds if cfg.strategy.incremental else 1
+    log.info("search %r: %s over %d-layer patterns of %r (%s), %d evaluations%s, %d worker(s); storage %s",
+             cfg.name, cfg.strategy.name, cfg.space.length, cfg.space.alphabet, cfg.evaluator.name, cfg.n_trials,
+             f" per round × {rounds} rounds" if rounds > 1 else "", cfg.workers,
+             cfg.storage or run_dir / "study.db")
+    for r in range(rounds):
+        _run_workers(cfg, run_dir, round_=r, current=current)
+        if cfg.strategy.incremental:
+            study = _study(cfg, run_dir, _strategy(cfg, seed=cfg.seed + r, current=current), _round_name(cfg, r))
+            best = _best(completed_results(study))
+            if best is None:
+                raise ConfigError(f"round {r + 1}: no completed trial to freeze (see the failures above)")
+            current = best[0]
+            log.info("round %d/%d: froze %s (%.3f)", r + 1, rounds, current, best[1])
+    study = _study(cfg, run_dir, _strategy(cfg, seed=cfg.seed, current=""), _round_name(cfg, rounds - 1))
+    results = completed_results(study)
+    failures = failed_patterns(study)
+    if not results:
+        raise ConfigError(f"search {cfg.name!r}: no trial completed; {len(failures)} failed"
+                          + (f", e.g. {next(iter(failures))}: {next(iter(failures.values()))}" if failures else ""))
+    quality = {p: r["values"][0] for p, r in results.items()}
+    agg = summarise(quality)
+    chosen = agg.by_method[cfg.aggregator]
+    ranked = sorted(quality, key=lambda p: (-quality[p], p))
+    top = ranked[: cfg.top]
+
+    # The aggregate is usually a pattern nobody trained: evaluate it (and re-evaluate over seeds).
+    finals = {cfg.evaluator.seed: dict(results)}
+    if chosen not in results:
+        finals[cfg.evaluator.seed].update(_evaluate_list(cfg, run_dir, [chosen], seed=cfg.evaluator.seed,
+                                                         name=f"{cfg.name}.final"))
+    reeval = list(dict.fromkeys([chosen, agg.best_single, *ranked[: cfg.evaluator.top_k]])) if cfg.evaluator.top_k else []
+    for seed in cfg.evaluator.reeval_seeds if reeval else ():
+        finals[seed] = _evaluate_list(cfg, run_dir, reeval, seed=seed, name=f"{cfg.name}.seed{seed}")
+
+    def seeds_of(pattern: str) -> dict[int, dict]:
+        return {s: by[pattern] for s, by in finals.items() if pattern in by}
+
+    entries = []
+    for role, pattern in [("aggregate", chosen), ("best_single", agg.best_single)] + [("candidate", p) for p in top]:
+        runs = seeds_of(pattern)
+        if runs:
+            entries.append({"role": role, "pattern": pattern, "runs": runs})
+    curve = [(i + 1, t.values[0]) for i, t in enumerate(
+        sorted((t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE
+                and t.user_attrs.get("role") == "evaluate"), key=lambda t: t.number))]
+    result = {
+        "name": cfg.name, "strategy": cfg.strategy.name, "evaluator": cfg.evaluator.name,
+        "aggregator": cfg.aggregator, "architecture": chosen, "best_single": agg.best_single,
+        "aggregates": agg.by_method, "top_group": list(agg.top_group),
+        "n_evaluations": count_evaluations(study), "n_failed": len(failures), "failures": failures,
+        "top": [{"pattern": p, "score": quality[p], "tasks": results[p].get("tasks", {})} for p in top],
+        "entries": [{"role": e["role"], "pattern": e["pattern"],
+                     "seeds": {str(s): {"score": r["values"][0], "tasks": r.get("tasks", {})}
+                               for s, r in e["runs"].items()}} for e in entries],
+        "curve": curve, "seconds": round(time.time() - started, 1),
+    }
+    (run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    if cfg.leaderboard:
+        _write_leaderboard(cfg, run_dir, result, entries, curve)
+    print(_report(cfg, result, entries, run_dir))
+    return result
+
+
+def _write_leaderboard(cfg: SearchConfig, run_dir: Path, result: dict, entries: list[dict], curve: list) -> None:
+    from search import leaderboard
+
+    path = Path(cfg.leaderboard)
+    for e in entries:
+        seeds = sorted(e["runs"])
+        tasks = sorted({t for r in e["runs"].values() for t in r.get("tasks", {})})
+        record = leaderboard.architecture_record(
+            e["pattern"], search=cfg.name, strategy=cfg.strategy.name, role=e["role"],
+            aggregator=cfg.aggregator if e["role"] == "aggregate" else None,
+            task_scores={t: [e["runs"][s]["tasks"][t] for s in seeds] for t in tasks}, seeds=seeds,
+            proxy_d_model=cfg.evaluator.d_model, proxy_vocab_size=cfg.space.vocab_size, seq_len=cfg.space.seq_len,
+            evaluator=cfg.evaluator.name, run_dir=str(run_dir),
+            primitives={k: v for k, v in cfg.evaluator.model.items() if isinstance(v, Mapping)})
+        leaderboard.append(record, path)
+    leaderboard.append(leaderboard.search_record(
+        search=cfg.name, strategy=cfg.strategy.name, evaluator=cfg.evaluator.name,
+        storage=str(cfg.storage or run_dir / "study.db"), run_dir=str(run_dir), curve=curve,
+        n_evaluations=result["n_evaluations"], n_failed=result["n_failed"],
+        space={"alphabet": cfg.space.alphabet, "length": cfg.space.length}), path)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    return mean, (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+
+
+def _report(cfg: SearchConfig, result: dict, entries: list[dict], run_dir: Path) -> str:
+    """The end of a search on the terminal: the architecture, then the top ten."""
+    lines = [f"search {cfg.name!r}: {result['n_evaluations']} evaluations ({result['n_failed']} failed) "
+             f"in {_clock(result['seconds'])}"]
+    for e in entries[:2]:
+        scores = [r["values"][0] for r in e["runs"].values()]
+        mean, std = _mean_std(scores)
+        spread = f" ± {std:.3f} over {len(scores)} seeds" if len(scores) > 1 else ""
+        what = f"architecture ({cfg.aggregator})" if e["role"] == "aggregate" else "best single  "
+        lines.append(f"  {what} {e['pattern']}  score {mean:.3f}{spread}")
+    lines.append(f"  top group    {' '.join(result['top_group'])}")
+    tasks = list(result["top"][0]["tasks"]) if result["top"] else []
+    header = f"  {'rank':>4}  {'pattern':<{max(7, cfg.space.length)}}  {'score':>6}  " + "  ".join(
+        f"{_short(t):>8}" for t in tasks)
+    lines += ["", f"top {len(result['top'])}:", header]
+    for i, row in enumerate(result["top"], 1):
+        lines.append(f"  {i:>4}  {row['pattern']:<{max(7, cfg.space.length)}}  {row['score']:>6.3f}  "
+                     + "  ".join(f"{row['tasks'].get(t, float('nan')):>8.3f}" for t in tasks))
+    lines.append("")
+    lines.append(f"wrote {run_dir / 'result.json'}" + (f" and {cfg.leaderboard} (composer-leaderboard shows it)"
+                                                        if cfg.leaderboard else ""))
+    return "\n".join(lines)
+
+
+__all__ = ["SearchConfig", "StrategyConfig", "run_search", "search_config_from_mapping", "pattern_hash"]
