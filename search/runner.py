@@ -21,6 +21,7 @@ import json
 import logging
 import multiprocessing
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from typing import Any
 import optuna
 
 from composer.config import from_mapping
-from composer.errors import ConfigError
+from composer.errors import ComposerError, ConfigError
 from search.aggregate import METHODS, summarise
 from search.evaluator import EvaluatorConfig, evaluator_config_from_mapping
 from search.space import SearchSpace, pattern_hash
@@ -268,6 +269,9 @@ def _worker_main(config: dict[str, Any], run_dir: Path, worker: int, round_: int
         _run_round(cfg, run_dir, worker=worker, round_=round_, current=current)
     except KeyboardInterrupt:
         pass  # the parent reports the interruption
+    except ComposerError as exc:
+        print(f"composer-search: worker {worker}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _round_name(cfg: SearchConfig, round_: int) -> str:
@@ -276,6 +280,8 @@ def _round_name(cfg: SearchConfig, round_: int) -> str:
 
 def _run_workers(cfg: SearchConfig, run_dir: Path, *, round_: int, current: str) -> None:
     """Worker 0 in this process, workers 1..n-1 as spawned processes on the same storage."""
+    # Open (or create) the study here first: a bad storage or changed settings fail once, in one line.
+    _study(cfg, run_dir, _strategy(cfg, seed=cfg.seed, current=current), _round_name(cfg, round_))
     context = multiprocessing.get_context("spawn")
     children = [context.Process(target=_worker_main, args=(plain(cfg), run_dir, w, round_, current), daemon=True,
                                 name=f"composer-search-worker-{w}") for w in range(1, cfg.workers)]

@@ -1,0 +1,125 @@
+"""search.evaluator and search.runner in-process: per-task scores, the learning-rate sweep, reuse of
+finished runs, a forced NaN recorded as a failure while the search goes on, and the other strategies
+(evolution, incremental) through the same runner. Tiny proxies on tiny tasks, real SQLite."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from composer.errors import ConfigError
+from composer.trainer import CHECKPOINT, DivergedError
+from primitives.nn.mamba2 import Mamba2
+from search.evaluator import Evaluator, evaluator_config_from_mapping
+from search.runner import run_search, search_config_from_mapping
+from search.study import failed_patterns
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+EVALUATOR = {
+    "name": "tiny",
+    "model": {"d_model": 16, "attention": {"n_heads": 2}, "mamba2": {"head_dim": 8, "d_state": 8, "chunk_size": 8}},
+    "tasks": {"in_context_recall": {"length": 16, "n_train": 64, "n_test": 32},
+              "memorization": {"vocab": 32, "length": 16, "n_train": 16, "n_test": 32}},
+    "trainer": {"max_tokens": 4096, "batch_size": 16, "device": "cpu", "ckpt_every": 4},
+}
+
+
+def evaluator(tmp_path: Path, **changes) -> Evaluator:
+    return Evaluator(evaluator_config_from_mapping({**EVALUATOR, **changes}), run_dir=tmp_path)
+
+
+def test_scores_are_the_mean_of_per_task_accuracies_and_runs_are_reused(tmp_path):
+    ev = evaluator(tmp_path)
+    result = ev("*-")
+    assert set(result["tasks"]) == {"in_context_recall", "memorization"}
+    assert result["score"] == pytest.approx(sum(result["tasks"].values()) / 2)
+    summaries = sorted(tmp_path.glob("trials/*/*/summary.json"))
+    assert len(summaries) == 2 and not list(tmp_path.glob(f"trials/*/*/{CHECKPOINT}"))  # checkpoints deleted
+    stamps = [p.stat().st_mtime_ns for p in summaries]
+    assert ev("*-")["tasks"] == result["tasks"]  # read back, not retrained
+    assert [p.stat().st_mtime_ns for p in summaries] == stamps
+    assert ev("*-", seed=1)["seed"] == 1 and len(list(tmp_path.glob("trials/*/*/summary.json"))) == 4
+
+
+def test_learning_rate_sweep_keeps_the_best_and_skips_a_diverging_rate(tmp_path):
+    ev = evaluator(tmp_path, lrs=[3e-3, 1e-5, 1e12])
+    result = ev("*-")
+    per_lr = {}
+    for summary in tmp_path.glob("trials/*/*/summary.json"):
+        data = json.loads(summary.read_text())
+        per_lr.setdefault(data["task"], {})[summary.parent.name.split("-lr")[1]] = data
+    for task, runs in per_lr.items():
+        assert runs["1e+12"]["status"] == "diverged"
+        done = {lr: r["final"]["accuracy"] for lr, r in runs.items() if r["status"] == "completed"}
+        assert set(done) == {"0.003", "1e-05"}
+        assert result["tasks"][task] == max(done.values())
+        assert result["best_lr"][task] == float(max(done, key=done.get))
+
+
+def test_every_rate_diverging_fails_the_evaluation(tmp_path):
+    with pytest.raises(DivergedError, match="diverged at every learning rate"):
+        evaluator(tmp_path, lrs=[1e12])("*-")
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"tasks": {"sorting": {}}}, "unknown task 'sorting'"),
+    ({"tasks": {"in_context_recall": {"lenght": 8}}}, "unknown key task.lenght"),
+    ({"model": {"pattern": "**"}}, "evaluator.model.pattern"),
+    ({"model": {"d_model": 30, "attention": {"n_heads": 4}}}, "attention"),
+    ({"reeval_seeds": [0]}, "reeval_seeds"),
+])
+def test_bad_evaluator_settings_fail_before_training(bad, message):
+    with pytest.raises(ConfigError, match=message):
+        evaluator_config_from_mapping({**EVALUATOR, **bad})
+
+
+def search(tmp_path: Path, **changes):
+    cfg = {"name": "s", "space": {"alphabet": "*-M", "length": 2}, "strategy": {"name": "random"},
+           "evaluator": EVALUATOR, "n_trials": 8, "workers": 1, "leaderboard": str(tmp_path / "lb.jsonl"), **changes}
+    return search_config_from_mapping(cfg)
+
+
+def test_a_nan_trial_is_recorded_with_its_reason_and_the_search_completes(tmp_path, monkeypatch):
+    def nan_forward(self, x, state=None):  # every Mamba-2 layer now outputs NaN: its patterns diverge
+        return torch.full_like(x, float("nan"))
+
+    monkeypatch.setattr(Mamba2, "forward", nan_forward)
+    result = run_search(search(tmp_path), run_dir=tmp_path / "run")  # all 8 feasible 2-layer patterns
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
+    failed = failed_patterns(study)
+    assert sorted(failed) == sorted(["*M", "M*", "-M", "M-", "MM"])
+    assert all("loss became nan" in reason for reason in failed.values())
+    assert sorted(p["pattern"] for p in result["top"]) == sorted(["*-", "**", "-*"])
+    assert result["n_failed"] == 5 and result["n_evaluations"] == 8
+    assert "M" not in result["architecture"]
+    fails = [t for t in study.get_trials() if t.state == TrialState.FAIL]
+    assert all(t.user_attrs["error"] for t in fails)
+
+
+def test_evolution_records_quality_and_cost(tmp_path):
+    result = run_search(search(tmp_path, strategy={"name": "evolution", "options": {"population_size": 4}},
+                               n_trials=5), run_dir=tmp_path / "run")
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
+    done = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+    assert len(study.directions) == 2 and all(len(t.values) == 2 for t in done)
+    # the cost is the proxy's inference state per token at 32K: attention's KV cache dwarfs Mamba's state
+    by_pattern = {t.user_attrs["pattern"]: t.values[1] for t in done}
+    assert all((by_pattern[p] > 0) == ("*" in p or "M" in p) for p in by_pattern)
+    assert result["n_evaluations"] == 5
+
+
+def test_end_layer_search_grows_the_frozen_pattern(tmp_path):
+    cfg = search(tmp_path, space={"alphabet": "*-", "length": 1},
+                 strategy={"name": "end_layer", "base": "random", "rounds": 2, "start": "*"}, n_trials=2)
+    result = run_search(cfg, run_dir=tmp_path / "run")
+    assert len(result["architecture"]) == 3 and result["architecture"].startswith("*")
+    for r in (1, 2):  # one study per round, each with its budget
+        study = optuna.load_study(study_name=f"s.round{r}", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
+        lengths = {len(t.user_attrs["pattern"]) for t in study.get_trials() if t.state == TrialState.COMPLETE}
+        assert lengths == {1 + r}
