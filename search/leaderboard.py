@@ -423,7 +423,7 @@ Column = tuple[str, Callable[[Mapping[str, Any]], str], bool]
 DISPLAY: list[Column] = [
     ("#", lambda r: str(r["rank"]), True),
     ("pattern", lambda r: r["pattern"], False),
-    ("score", lambda r: format_score(r["score"], r["score_std"]), True),
+    ("score", lambda r: format_score(r["score"], r["score_std"] if (r.get("n_seeds") or 0) > 1 else None), True),
     ("seeds", lambda r: str(r["n_seeds"]), True),
     ("attn", lambda r: format_share(r["attention_share"]), True),
     ("proxy params", lambda r: format_count(r["proxy_params"]), True),

@@ -367,11 +367,12 @@ def run_search(cfg: SearchConfig, *, run_dir: Path) -> dict[str, Any]:
     def seeds_of(pattern: str) -> dict[int, dict]:
         return {s: by[pattern] for s, by in finals.items() if pattern in by}
 
-    entries = []
+    entries, seen = [], set()  # one entry per pattern, under its first role: aggregate, best single, candidate
     for role, pattern in [("aggregate", chosen), ("best_single", agg.best_single)] + [("candidate", p) for p in top]:
         runs = seeds_of(pattern)
-        if runs:
+        if runs and pattern not in seen:
             entries.append({"role": role, "pattern": pattern, "runs": runs})
+            seen.add(pattern)
     curve = [(i + 1, t.values[0]) for i, t in enumerate(
         sorted((t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE
                 and t.user_attrs.get("role") == "evaluate"), key=lambda t: t.number))]
@@ -424,12 +425,13 @@ def _report(cfg: SearchConfig, result: dict, entries: list[dict], run_dir: Path)
     """The end of a search on the terminal: the architecture, then the top ten."""
     lines = [f"search {cfg.name!r}: {result['n_evaluations']} evaluations ({result['n_failed']} failed) "
              f"in {_clock(result['seconds'])}"]
-    for e in entries[:2]:
-        scores = [r["values"][0] for r in e["runs"].values()]
+    by_pattern = {e["pattern"]: e for e in entries}
+    for what, pattern in [(f"architecture ({cfg.aggregator})", result["architecture"]),
+                          ("best single  ", result["best_single"])]:
+        scores = [r["values"][0] for r in by_pattern[pattern]["runs"].values()]
         mean, std = _mean_std(scores)
         spread = f" ± {std:.3f} over {len(scores)} seeds" if len(scores) > 1 else ""
-        what = f"architecture ({cfg.aggregator})" if e["role"] == "aggregate" else "best single  "
-        lines.append(f"  {what} {e['pattern']}  score {mean:.3f}{spread}")
+        lines.append(f"  {what} {pattern}  score {mean:.3f}{spread}")
     lines.append(f"  top group    {' '.join(result['top_group'])}")
     tasks = list(result["top"][0]["tasks"]) if result["top"] else []
     header = f"  {'rank':>4}  {'pattern':<{max(7, cfg.space.length)}}  {'score':>6}  " + "  ".join(
