@@ -428,6 +428,9 @@ def _report(cfg: SearchConfig, result: dict, entries: list[dict], run_dir: Path)
     by_pattern = {e["pattern"]: e for e in entries}
     for what, pattern in [(f"architecture ({cfg.aggregator})", result["architecture"]),
                           ("best single  ", result["best_single"])]:
+        if pattern not in by_pattern:  # its evaluation failed: result.json has the reason
+            lines.append(f"  {what} {pattern}  not scored: its evaluation failed")
+            continue
         scores = [r["values"][0] for r in by_pattern[pattern]["runs"].values()]
         mean, std = _mean_std(scores)
         spread = f" ± {std:.3f} over {len(scores)} seeds" if len(scores) > 1 else ""
