@@ -127,6 +127,7 @@ class _Axis:
     end: float  # pixel of hi
     log: bool = False
     binary: bool = False  # linear ticks at 1, 2, 4, 8... × a power of 1024 (bytes), not 1, 2, 5 × 10^k
+    integer: bool = False  # counts: no ticks between whole numbers
 
     def _t(self, v: float) -> float:
         return math.log2(v) if self.log else v
@@ -147,6 +148,8 @@ class _Axis:
         else:
             mag = 10 ** math.floor(math.log10(raw))
             step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
+            if self.integer:
+                step = max(1, step)
         first = math.ceil(self.lo / step - 1e-9)
         return [k * step for k in range(first, math.floor(self.hi / step + 1e-9) + 1)]
 
@@ -247,7 +250,7 @@ def _curves(searches: Sequence[Mapping[str, Any]]) -> str:
     points = [p for c in curves for p in c]
     legend_w = 200
     y_lo, y_hi = _range([p[1] for p in points] or [0.0, 1.0])
-    x = _Axis(lo=1, hi=max([2] + [p[0] for p in points]), start=LEFT, end=W - RIGHT - legend_w)
+    x = _Axis(lo=1, hi=max([2] + [p[0] for p in points]), start=LEFT, end=W - RIGHT - legend_w, integer=True)
     y = _Axis(lo=y_lo, hi=y_hi, start=H - BOTTOM, end=TOP)
     parts = _frame(x, y, x_label="evaluations", y_label="best score so far", x_fmt=lambda v: f"{v:g}",
                    y_fmt=lambda v: f"{v:.3g}")

@@ -21,6 +21,7 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -289,6 +290,11 @@ def _run_workers(cfg: SearchConfig, run_dir: Path, *, round_: int, current: str)
         child.start()
     try:
         _run_round(cfg, run_dir, worker=0, round_=round_, current=current)
+    except BaseException:  # Ctrl-C or an error here: stop the children too, each marking its trial
+        for child in children:
+            if child.is_alive():
+                os.kill(child.pid, signal.SIGINT)
+        raise
     finally:
         for child in children:
             child.join()

@@ -145,3 +145,30 @@ def test_bad_search_config_is_one_line(tmp_path):
         proc = run_cli(*search_args(tmp_path, override, name="bad"), timeout=120)
         assert proc.returncode == 2, (override, proc.stderr[-2000:])
         assert message in proc.stderr and proc.stderr.strip().count("\n") == 0, (override, proc.stderr)
+
+
+def test_sigint_stops_every_worker_and_keeps_completed_trials(tmp_path):
+    args = search_args(tmp_path, "workers=2", "n_trials=20", "strategy=random", "space.length=4", name="i")
+    proc = subprocess.Popen([sys.executable, "-m", "composer.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=cli_env())
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        time.sleep(0.1)
+        try:
+            trials = load(tmp_path, "i").get_trials()
+        except Exception:
+            continue
+        if sum(t.state == TrialState.COMPLETE for t in trials) >= 2 and \
+                len({t.user_attrs.get("worker") for t in trials if t.state == TrialState.RUNNING}) == 2:
+            break
+    before = {t.number: t.values for t in load(tmp_path, "i").get_trials() if t.state == TrialState.COMPLETE}
+    proc.send_signal(signal.SIGINT)  # to the parent only, as `kill -INT` does
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Resume with: composer-search" in err
+    study = load(tmp_path, "i")
+    assert not [t for t in study.get_trials() if t.state == TrialState.RUNNING]  # both workers' trials closed
+    interrupted = [t for t in study.get_trials() if t.user_attrs.get("failure") == "interrupted"]
+    assert 1 <= len(interrupted) <= 2
+    after = {t.number: t.values for t in study.get_trials() if t.state == TrialState.COMPLETE}
+    assert all(after[n] == v for n, v in before.items())
