@@ -1,0 +1,51 @@
+"""The embedded default text corpus: English documentation from Debian packages, no model hub needed.
+
+    composer-text fetch-corpus --output data/debian-docs        # python3.11-doc: ~500 files, 12 MB of reST
+
+`apt-get download` fetches the .deb into a temporary folder (no root needed, nothing is installed)
+and `dpkg -x` unpacks it; every .txt, .rst and .md file under its `usr/share/doc/` is copied to
+`<output>/<package>/…`, one document per file (composer.text's rule for text files). Other packages
+work the same way, e.g. `--package linux-doc-6.1` (the kernel's documentation, ~24 MB).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from composer.errors import ConfigError
+
+DEFAULT_PACKAGES = ("python3.11-doc",)
+TEXT_SUFFIXES = (".txt", ".rst", ".md")
+
+
+def fetch_debian_docs(output: str | Path, packages: tuple[str, ...] = DEFAULT_PACKAGES) -> dict[str, int]:
+    """Download and unpack `packages`, copy their text files under `output`; package -> files copied."""
+    for tool in ("apt-get", "dpkg"):
+        if shutil.which(tool) is None:
+            raise ConfigError(f"fetch-corpus needs {tool} (a Debian or Ubuntu machine); point --input at any text folder instead")
+    output = Path(output)
+    copied: dict[str, int] = {}
+    with tempfile.TemporaryDirectory(prefix="composer-corpus-") as tmp:
+        for package in packages:
+            download = subprocess.run(["apt-get", "download", package], cwd=tmp, capture_output=True, text=True)
+            debs = sorted(Path(tmp).glob(f"{package}_*.deb"))
+            if download.returncode != 0 or not debs:
+                reason = (download.stderr.strip().splitlines() or ["no .deb downloaded"])[-1]
+                raise ConfigError(f"apt-get download {package} failed: {reason}")
+            unpacked = Path(tmp) / package
+            subprocess.run(["dpkg", "-x", str(debs[-1]), str(unpacked)], check=True, capture_output=True)
+            docs = unpacked / "usr" / "share" / "doc"
+            n = 0
+            for path in sorted(docs.rglob("*")):
+                if path.is_file() and not path.is_symlink() and path.name.endswith(TEXT_SUFFIXES):
+                    target = output / package / path.relative_to(docs)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(path, target)
+                    n += 1
+            if n == 0:
+                raise ConfigError(f"package {package} has no .txt, .rst or .md files under usr/share/doc")
+            copied[package] = n
+    return copied
