@@ -56,6 +56,17 @@ def _check_type(value: Any, annotation: Any, *, where: str) -> None:
     raise ConfigError(f"{where} must be {annotation}, got {value!r}")
 
 
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'model': {'d_model': 64}} -> {'model.d_model': 64}: nested configs as comparable dotted keys."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def to_mapping(obj: Any) -> dict[str, Any]:
     """A dataclass as a plain dict (JSON-ready)."""
     return dataclasses.asdict(obj)

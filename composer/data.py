@@ -17,7 +17,28 @@ class Batches(Protocol):
     def load_state_dict(self, state: dict[str, int]) -> None: ...
 
 
-class ArrayBatches:
+class EpochOrder:
+    """The resumable core of every batch stream: `position` (batches served) and a permutation of
+    `n_items` per epoch seeded by (seed, epoch), so a resumed run replays exactly the same order."""
+
+    def __init__(self, n_items: int, *, seed: int) -> None:
+        self.n_items, self.seed, self.position = n_items, seed, 0
+        self._order: tuple[int, torch.Tensor] | None = None  # (epoch, permutation) cache
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        if self._order is None or self._order[0] != epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._order = (epoch, torch.randperm(self.n_items, generator=g))
+        return self._order[1]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.position = int(state["position"])
+
+
+class ArrayBatches(EpochOrder):
     """Epochs over fixed tensors (a MAD training set), reshuffled each epoch from (seed, epoch).
 
     The position is the number of batches served, so a resumed run sees exactly the batches an
@@ -27,26 +48,12 @@ class ArrayBatches:
     def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, *, batch_size: int, seed: int) -> None:
         if len(inputs) < batch_size:
             raise ValueError(f"batch size {batch_size} is larger than the {len(inputs)} training examples")
-        self.inputs, self.targets = inputs, targets
-        self.batch_size, self.seed = batch_size, seed
+        super().__init__(len(inputs), seed=seed)
+        self.inputs, self.targets, self.batch_size = inputs, targets, batch_size
         self.per_epoch = len(inputs) // batch_size
-        self.position = 0
-        self._order: tuple[int, torch.Tensor] | None = None  # (epoch, permutation) cache
-
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        if self._order is None or self._order[0] != epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._order = (epoch, torch.randperm(len(self.inputs), generator=g))
-        return self._order[1]
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, k = divmod(self.position, self.per_epoch)
-        idx = self._permutation(epoch)[k * self.batch_size : (k + 1) * self.batch_size]
+        idx = self.permutation(epoch)[k * self.batch_size : (k + 1) * self.batch_size]
         self.position += 1
         return self.inputs[idx], self.targets[idx]  # (B, T_in), (B, T_out)
-
-    def state_dict(self) -> dict[str, int]:
-        return {"position": self.position}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.position = int(state["position"])

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from composer.data import IGNORE
+from composer.data import IGNORE, EpochOrder
 from composer.errors import ComposerError, ConfigError
 from composer.tokenizer import Tokenizer, load_tokenizer, train_bpe
 
@@ -260,7 +260,7 @@ def load_corpus(source: TextSource, tokenizer: Tokenizer, *, seed: int = 0, val_
                       cache_path=folder)
 
 
-class TextBatches:
+class TextBatches(EpochOrder):
     """Epochs over the windows of a training split, reshuffled each epoch from (seed, epoch).
 
     Same contract as `ArrayBatches`: the position is the number of batches served. With
@@ -274,35 +274,22 @@ class TextBatches:
         if batch_size < 1 or seq_len < 1 or world_size < 1 or not 0 <= rank < world_size:
             raise ConfigError(f"need batch_size, seq_len, world_size >= 1 and 0 <= rank < world_size, got "
                               f"{batch_size}, {seq_len}, {world_size} and rank {rank}")
-        self.split, self.batch_size, self.seq_len, self.seed = split, batch_size, seq_len, seed
+        self.split, self.batch_size, self.seq_len = split, batch_size, seq_len
         self.rank, self.world_size = rank, world_size
         self.n_windows = max(split.n_tokens - 1, 0) // seq_len
         if self.n_windows < batch_size * world_size:
             raise ConfigError(f"the training split holds {self.n_windows} sequences of {seq_len + 1} tokens, "
                               f"fewer than one global batch ({batch_size * world_size})")
         self.per_epoch = self.n_windows // (batch_size * world_size)  # steps
-        self.position = 0
-        self._order: tuple[int, torch.Tensor] | None = None  # (epoch, permutation of windows) cache
-
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        if self._order is None or self._order[0] != epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._order = (epoch, torch.randperm(self.n_windows, generator=g))
-        return self._order[1]
+        super().__init__(self.n_windows, seed=seed)  # position and the per-epoch order of windows
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, k = divmod(self.position, self.per_epoch)
         first = (k * self.world_size + self.rank) * self.batch_size
-        windows = self._permutation(epoch)[first : first + self.batch_size].tolist()
+        windows = self.permutation(epoch)[first : first + self.batch_size].tolist()
         rows = torch.from_numpy(np.stack([self.split.read(w * self.seq_len, self.seq_len + 1) for w in windows]))
         self.position += 1
         return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()  # (B, T), (B, T)
-
-    def state_dict(self) -> dict[str, int]:
-        return {"position": self.position}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.position = int(state["position"])
 
 
 def val_batches(split: TokenSplit, *, batch_size: int, seq_len: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from composer.config import flatten
 from composer.data import IGNORE, Batches
 from composer.errors import ComposerError, ConfigError
 
@@ -177,17 +178,6 @@ class _Records:
             self.wandb.finish()
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'model': {'d_model': 64}} -> {'model.d_model': 64}"""
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _write_atomically(path: Path, write: Any) -> None:
     """write(tmp_path), then rename: a crash mid-write never leaves a torn file behind."""
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -229,7 +219,7 @@ def train(
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=True)  # never unpickles objects
         if state["signature"] != signature:
-            saved, now = _flatten(state["signature"]), _flatten(signature)
+            saved, now = flatten(state["signature"]), flatten(signature)
             diff = ", ".join(f"{k}: {saved.get(k)!r} there, {now.get(k)!r} here"
                              for k in sorted(saved.keys() | now.keys()) if saved.get(k) != now.get(k))
             raise ConfigError(f"{ckpt_path} belongs to another run ({diff}); use a new run folder")

@@ -36,6 +36,13 @@ from scaling.accounting import count_parameters
 from scaling.presets import Preset, get_preset, preset_model_config, reference_pattern
 
 METHODS = ("stack", "stretch", "match", "even")
+STRETCH_FROM = 16  # the paper's rule: stack searched patterns shorter than this, stretch the others
+
+
+def paper_method(pattern: str) -> str:
+    """The paper's choice for a searched pattern: stacking below STRETCH_FROM layers, stretching from it on
+    (stretching a short `AAMMMM` degenerates to all attention first, all MLP last)."""
+    return "stretch" if len(pattern) >= STRETCH_FROM else "stack"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -155,8 +162,7 @@ def extrapolate(pattern: str, *, target: str | Preset, method: str) -> Extrapola
     build = {"stack": stack, "stretch": stretch, "even": _even}
     if method == "match":
         candidates = {m: build[m](pattern, s) for m in ("stack", "stretch")}
-        # Ties go to the paper's choice: stacking below 16 searched layers, stretching from 16 on.
-        preferred = "stretch" if len(pattern) >= 16 else "stack"
+        preferred = paper_method(pattern)  # ties go to the paper's choice
         method = min(
             candidates,
             key=lambda m: (abs(_non_embedding(preset, candidates[m]) - goal), m != preferred),

@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -102,8 +102,6 @@ class Evaluator:
     """Callable `evaluator(pattern, seed=None) -> {"score", "tasks", ...}`; seed None is cfg.seed."""
 
     def __init__(self, cfg: EvaluatorConfig, *, run_dir: Path, device: str | None = None) -> None:
-        from dataclasses import replace
-
         self.cfg, self.run_dir = cfg, Path(run_dir)
         # Search workers train quietly: the search prints one line per trial instead.
         self.trainer = replace(cfg.trainer, progress=False, **({"device": device} if device else {}))
@@ -123,8 +121,6 @@ class Evaluator:
 
     def _task(self, pattern: str, name: str, task_cfg: Any, seed: int) -> tuple[float, float]:
         """Best test accuracy over the learning rates, and the rate that reached it."""
-        from dataclasses import replace
-
         from composer.trainer import DivergedError
 
         best: tuple[float, float] | None = None

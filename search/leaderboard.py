@@ -40,7 +40,7 @@ from composer.errors import ComposerError, ConfigError
 from composer.pattern import parse_pattern
 from primitives import REGISTRY
 from scaling.accounting import account
-from scaling.extrapolate import extrapolate
+from scaling.extrapolate import extrapolate, paper_method
 
 PROG = "composer-leaderboard"
 DEFAULT_PATH = Path("outputs/leaderboard.jsonl")
@@ -48,7 +48,6 @@ SCHEMA = 1  # bumped when a field changes meaning; readers of older lines use .g
 KINDS = ("architecture", "search")
 ROLES = ("aggregate", "best_single", "candidate")
 TARGETS = ("350m", "1b", "3b")  # presets every architecture is extrapolated to
-STRETCH_FROM = 16  # the paper's rule: stack patterns shorter than 16 layers, stretch the others
 COST_SEQ_LEN = 2048  # training sequence length of the 1B FLOPs column
 CONTEXTS = (4096, 32768)  # decoding contexts of the 1B inference-state columns
 FORMATS = ("text", "csv", "json", "md")
@@ -80,7 +79,7 @@ def _check_number(name: str, value: Any) -> float:
     return float(value)
 
 
-def _stats(values: Sequence[float]) -> dict[str, float | int]:
+def stats(values: Sequence[float]) -> dict[str, float | int]:
     """Mean, population std (0 for one value) and count."""
     return {"mean": statistics.fmean(values), "std": statistics.pstdev(values), "n": len(values)}
 
@@ -105,7 +104,7 @@ def _primitive_configs(primitives: Mapping[str, Any] | None) -> tuple[dict[str, 
 def _extrapolations(pattern: str) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """(targets, at_1b): the pattern grown to each preset, and what its 1B version costs.
     A target the pattern cannot reach (already larger than it) is {"error": message}."""
-    method = "stack" if len(pattern) < STRETCH_FROM else "stretch"
+    method = paper_method(pattern)
     targets: dict[str, dict[str, Any]] = {}
     at_1b: dict[str, Any] = {}
     for name in TARGETS:
@@ -145,7 +144,7 @@ def architecture_record(
       proxy            the searched model: d_model, vocab_size, seq_len, n_layers, n_params,
                        n_non_embedding_params, train_flops_per_token (at seq_len), primitives
       targets          {"350m"|"1b"|"3b": {"pattern", "n_layers", "n_params", "method"} or {"error"}}
-                       method: stack below STRETCH_FROM layers, stretch from it on (the paper's rule)
+                       method: scaling.extrapolate.paper_method (stack below 16 layers, stretch from 16)
       at_1b            {"seq_len": 2048, "train_flops_per_token", "state_bytes_per_token":
                         {"4096", "32768"} (bf16 inference state / context)} or {"error"}
       full_runs        {}: a placeholder for full-pretraining results, filled by later tools
@@ -172,7 +171,7 @@ def architecture_record(
             raise ConfigError(f"task {task!r} has {len(values)} scores for {len(seeds)} seeds {seeds}")
         scores[task] = [_check_number(f"score of task {task!r}", v) for v in values]
     per_seed = [statistics.fmean(v[i] for v in scores.values()) for i in range(len(seeds))]  # mean over tasks
-    tasks = {task: _stats(values) for task, values in scores.items()}
+    tasks = {task: stats(values) for task, values in scores.items()}
 
     configs, plain = _primitive_configs(primitives)
     try:

@@ -11,7 +11,7 @@
 4. Aggregate (the top group, then N_0 / N_1 / prefix), print the architecture and the top ten,
    write `result.json` to the run folder and the records to the leaderboard.
 
-Imports torch only inside the evaluator's processes.
+The evaluator trains with torch; everything before training (config, space, guard) is arithmetic.
 """
 
 from __future__ import annotations
@@ -31,12 +31,14 @@ from typing import Any
 
 import optuna
 
-from composer.config import from_mapping
+from composer.config import flatten, from_mapping
 from composer.errors import ComposerError, ConfigError
 from search.aggregate import METHODS, summarise
+from search import leaderboard
 from search.evaluator import EvaluatorConfig, evaluator_config_from_mapping
+from search.leaderboard import stats
 from search.space import SearchSpace, pattern_hash
-from search.strategies import STRATEGIES, Strategy, end_layer, make_strategy, middle_layer
+from search.strategies import STRATEGIES, Strategy, end_layer, make_strategy, middle_layer, run_incremental
 from search.study import completed_results, count_evaluations, failed_patterns, open_study, run_trials
 
 log = logging.getLogger("composer.search")
@@ -83,7 +85,7 @@ class SearchConfig:
     seed: int = 0  # the sampler's seed (worker i uses seed + i)
     aggregator: str = "N0"  # N0 | N1 | prefix: the architecture the search reports
     top: int = 10  # patterns printed and written to the leaderboard
-    leaderboard: str | None = "outputs/leaderboard.jsonl"  # None: do not write one
+    leaderboard: str | None = str(leaderboard.DEFAULT_PATH)  # None: do not write one
 
     def __post_init__(self) -> None:
         for name in ("n_trials", "workers", "top"):
@@ -98,10 +100,9 @@ class SearchConfig:
 
 def search_config_from_mapping(data: Mapping[str, Any]) -> SearchConfig:
     data = dict(data)
-    sections = {"space": (SearchSpace, from_mapping), "strategy": (StrategyConfig, from_mapping)}
-    for key, (cls, build) in sections.items():
+    for key, cls in (("space", SearchSpace), ("strategy", StrategyConfig)):
         if key in data and isinstance(data[key], Mapping):
-            data[key] = build(cls, data[key], where=key)
+            data[key] = from_mapping(cls, data[key], where=key)
     if "evaluator" in data and isinstance(data["evaluator"], Mapping):
         data["evaluator"] = evaluator_config_from_mapping(data["evaluator"])
     return from_mapping(SearchConfig, data, where="search")
@@ -117,20 +118,10 @@ _FREE = {"evaluator.top_k", "evaluator.reeval_seeds", "evaluator.keep_checkpoint
 
 
 def _settings(cfg: SearchConfig) -> dict[str, Any]:
-    """What a study's results depend on, flattened: compared when a study is resumed."""
-    raw = json.loads(json.dumps({"space": cfg.space, "strategy": cfg.strategy, "evaluator": cfg.evaluator,
-                                 "seed": cfg.seed}, default=_jsonable, sort_keys=True))
-    flat: dict[str, Any] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict) and prefix not in _FREE:
-            for key, item in value.items():
-                walk(f"{prefix}.{key}" if prefix else key, item)
-        elif prefix not in _FREE:
-            flat[prefix] = value
-
-    walk("", raw)
-    return flat
+    """What a study's results depend on, as dotted keys: compared when a study is resumed."""
+    config = plain(cfg)
+    flat = flatten({key: config[key] for key in ("space", "strategy", "evaluator", "seed")})
+    return {k: v for k, v in flat.items() if not any(k == f or k.startswith(f + ".") for f in _FREE)}
 
 
 def _jsonable(obj: Any) -> Any:
@@ -241,18 +232,15 @@ def _threads(workers: int) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
-def _run_round(cfg: SearchConfig, run_dir: Path, *, worker: int, round_: int, current: str) -> None:
+def _run_round(cfg: SearchConfig, run_dir: Path, study: optuna.Study, strategy: Strategy, *, worker: int,
+               label: str) -> None:
     """One worker's share of one study (one round): propose, evaluate, tell until the budget is met."""
     from search.evaluator import Evaluator
 
     _threads(cfg.workers)
     logging.getLogger("composer.trainer").setLevel(logging.WARNING)  # one line per trial, not per task
-    strategy = _strategy(cfg, seed=cfg.seed + round_ + 1000 * worker, current=current)
-    name = _round_name(cfg, round_)
-    study = _study(cfg, run_dir, strategy, name)
     evaluator = Evaluator(cfg.evaluator, run_dir=run_dir, device=_device(worker))
-    label = f"w{worker} " if cfg.workers > 1 else ""
-    label += f"round {round_ + 1}/{cfg.strategy.rounds} " if cfg.strategy.incremental else ""
+    label = (f"w{worker} " if cfg.workers > 1 else "") + label
     run_trials(study, propose=strategy.propose, evaluate=_Progress(cfg, study, evaluator, label),
                n_trials=cfg.n_trials * MAX_ATTEMPTS_PER_EVALUATION, max_trials=cfg.n_trials)
 
@@ -262,12 +250,15 @@ def plain(cfg: SearchConfig) -> dict[str, Any]:
     return json.loads(json.dumps(cfg, default=_jsonable))
 
 
-def _worker_main(config: dict[str, Any], run_dir: Path, worker: int, round_: int, current: str) -> None:
+def _worker_main(config: dict[str, Any], run_dir: Path, worker: int, study_name: str, seed: int, current: str,
+                 label: str) -> None:
+    """A spawned worker: the same study as worker 0, its own sampler seed."""
     cfg = search_config_from_mapping(config)  # a plain mapping crosses the process boundary
     logging.basicConfig(level=logging.INFO, format=f"[%(asctime)s][worker {worker}] %(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        _run_round(cfg, run_dir, worker=worker, round_=round_, current=current)
+        strategy = _strategy(cfg, seed=seed, current=current)
+        _run_round(cfg, run_dir, _study(cfg, run_dir, strategy, study_name), strategy, worker=worker, label=label)
     except KeyboardInterrupt:
         pass  # the parent reports the interruption
     except ComposerError as exc:
@@ -275,21 +266,18 @@ def _worker_main(config: dict[str, Any], run_dir: Path, worker: int, round_: int
         sys.exit(2)
 
 
-def _round_name(cfg: SearchConfig, round_: int) -> str:
-    return f"{cfg.name}.round{round_ + 1}" if cfg.strategy.incremental else cfg.name
-
-
-def _run_workers(cfg: SearchConfig, run_dir: Path, *, round_: int, current: str) -> None:
-    """Worker 0 in this process, workers 1..n-1 as spawned processes on the same storage."""
-    # Open (or create) the study here first: a bad storage or changed settings fail once, in one line.
-    _study(cfg, run_dir, _strategy(cfg, seed=cfg.seed, current=current), _round_name(cfg, round_))
+def _run_workers(cfg: SearchConfig, run_dir: Path, study: optuna.Study, strategy: Strategy, *, label: str = "") -> None:
+    """Worker 0 (this process: `study`, already opened and guarded, with `strategy`'s sampler) and
+    workers 1..n-1 as spawned processes on the same storage, worker i with sampler seed + 1000 i."""
     context = multiprocessing.get_context("spawn")
-    children = [context.Process(target=_worker_main, args=(plain(cfg), run_dir, w, round_, current), daemon=True,
-                                name=f"composer-search-worker-{w}") for w in range(1, cfg.workers)]
+    children = [context.Process(target=_worker_main, daemon=True, name=f"composer-search-worker-{w}",
+                                args=(plain(cfg), run_dir, w, study.study_name, strategy.seed + 1000 * w,
+                                      strategy.start, label))
+                for w in range(1, cfg.workers)]
     for child in children:
         child.start()
     try:
-        _run_round(cfg, run_dir, worker=0, round_=round_, current=current)
+        _run_round(cfg, run_dir, study, strategy, worker=0, label=label)
     except BaseException:  # Ctrl-C or an error here: stop the children too, each marking its trial
         for child in children:
             if child.is_alive():
@@ -301,6 +289,29 @@ def _run_workers(cfg: SearchConfig, run_dir: Path, *, round_: int, current: str)
     failed = [c.name for c in children if c.exitcode not in (0, None)]
     if failed:
         raise ConfigError(f"worker process(es) {', '.join(failed)} exited with an error (see their log above)")
+
+
+def _search(cfg: SearchConfig, run_dir: Path) -> optuna.Study:
+    """Run the strategy's study (incremental: one study per round, through run_incremental); the last one."""
+    s = cfg.strategy
+    if not s.incremental:
+        strategy = _strategy(cfg, seed=cfg.seed)
+        study = _study(cfg, run_dir, strategy, cfg.name)  # opened here first: bad settings fail once, in one line
+        _run_workers(cfg, run_dir, study, strategy)
+        return study
+    studies: list[optuna.Study] = []
+
+    def open_round(r: int, strategy: Strategy) -> optuna.Study:
+        studies.append(_study(cfg, run_dir, strategy, f"{cfg.name}.round{r + 1}"))
+        return studies[-1]
+
+    def run_round(study: optuna.Study, strategy: Strategy) -> None:
+        _run_workers(cfg, run_dir, study, strategy, label=f"round {len(studies)}/{s.rounds} ")
+
+    history = run_incremental(s.name, space=cfg.space, rounds=s.rounds, open_round=open_round, run_round=run_round,
+                              seed=cfg.seed, start=s.start, base=s.base, **s.options)
+    log.info("rounds froze %s", " -> ".join(history))
+    return studies[-1]
 
 
 # ----------------------------------------------------------------------------------------- after the search
@@ -334,22 +345,12 @@ def run_search(cfg: SearchConfig, *, run_dir: Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    current = cfg.strategy.start
     rounds = cfg.strategy.rounds if cfg.strategy.incremental else 1
     log.info("search %r: %s over %d-layer patterns of %r (%s), %d evaluations%s, %d worker(s); storage %s",
              cfg.name, cfg.strategy.name, cfg.space.length, cfg.space.alphabet, cfg.evaluator.name, cfg.n_trials,
              f" per round × {rounds} rounds" if rounds > 1 else "", cfg.workers,
              cfg.storage or run_dir / "study.db")
-    for r in range(rounds):
-        _run_workers(cfg, run_dir, round_=r, current=current)
-        if cfg.strategy.incremental:
-            study = _study(cfg, run_dir, _strategy(cfg, seed=cfg.seed + r, current=current), _round_name(cfg, r))
-            best = _best(completed_results(study))
-            if best is None:
-                raise ConfigError(f"round {r + 1}: no completed trial to freeze (see the failures above)")
-            current = best[0]
-            log.info("round %d/%d: froze %s (%.3f)", r + 1, rounds, current, best[1])
-    study = _study(cfg, run_dir, _strategy(cfg, seed=cfg.seed, current=""), _round_name(cfg, rounds - 1))
+    study = _search(cfg, run_dir)
     results = completed_results(study)
     failures = failed_patterns(study)
     if not results:
@@ -401,8 +402,6 @@ def run_search(cfg: SearchConfig, *, run_dir: Path) -> dict[str, Any]:
 
 
 def _write_leaderboard(cfg: SearchConfig, run_dir: Path, result: dict, entries: list[dict], curve: list) -> None:
-    from search import leaderboard
-
     path = Path(cfg.leaderboard)
     for e in entries:
         seeds = sorted(e["runs"])
@@ -422,11 +421,6 @@ def _write_leaderboard(cfg: SearchConfig, run_dir: Path, result: dict, entries: 
         space={"alphabet": cfg.space.alphabet, "length": cfg.space.length}), path)
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    mean = sum(values) / len(values)
-    return mean, (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
-
-
 def _report(cfg: SearchConfig, result: dict, entries: list[dict], run_dir: Path) -> str:
     """The end of a search on the terminal: the architecture, then the top ten."""
     lines = [f"search {cfg.name!r}: {result['n_evaluations']} evaluations ({result['n_failed']} failed) "
@@ -437,10 +431,9 @@ def _report(cfg: SearchConfig, result: dict, entries: list[dict], run_dir: Path)
         if pattern not in by_pattern:  # its evaluation failed: result.json has the reason
             lines.append(f"  {what} {pattern}  not scored: its evaluation failed")
             continue
-        scores = [r["values"][0] for r in by_pattern[pattern]["runs"].values()]
-        mean, std = _mean_std(scores)
-        spread = f" ± {std:.3f} over {len(scores)} seeds" if len(scores) > 1 else ""
-        lines.append(f"  {what} {pattern}  score {mean:.3f}{spread}")
+        score = stats([r["values"][0] for r in by_pattern[pattern]["runs"].values()])
+        spread = f" ± {score['std']:.3f} over {score['n']} seeds" if score["n"] > 1 else ""
+        lines.append(f"  {what} {pattern}  score {score['mean']:.3f}{spread}")
     lines.append(f"  top group    {' '.join(result['top_group'])}")
     tasks = list(result["top"][0]["tasks"]) if result["top"] else []
     header = f"  {'rank':>4}  {'pattern':<{max(7, cfg.space.length)}}  {'score':>6}  " + "  ".join(

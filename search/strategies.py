@@ -80,6 +80,7 @@ class Strategy:
     sampler: BaseSampler = field(compare=False, repr=False)
     directions: tuple[str, ...] = ("maximize",)
     compose: Callable[[str], str] = field(default=_one_shot, compare=False)  # block -> full pattern
+    start: str = ""  # incremental: the pattern the block is composed onto ("" for one-shot)
 
     def suggest_block(self, trial: optuna.Trial) -> str:
         """The sampler's block, one `layer_{i}` categorical per searched position (maybe infeasible)."""
@@ -135,7 +136,7 @@ STRATEGIES: dict[str, tuple[Callable[..., BaseSampler], tuple[str, ...]]] = {
 
 
 def make_strategy(name: str, *, space: SearchSpace, seed: int, compose: Callable[[str], str] = _one_shot,
-                  **options: Any) -> Strategy:
+                  start: str = "", **options: Any) -> Strategy:
     """The strategy `name` over `space`; `options` go to its sampler (e.g. n_startup_trials, population_size)."""
     if name not in STRATEGIES:
         raise ConfigError(f"unknown search strategy {name!r}; valid: {', '.join(STRATEGIES)}")
@@ -144,20 +145,22 @@ def make_strategy(name: str, *, space: SearchSpace, seed: int, compose: Callable
         sampler = factory(space, seed, **options)
     except TypeError as exc:  # an option the sampler does not take: one line, not a traceback
         raise ConfigError(f"search strategy {name!r}: {exc}") from None
-    return Strategy(name=name, space=space, seed=seed, sampler=sampler, directions=directions, compose=compose)
+    return Strategy(name=name, space=space, seed=seed, sampler=sampler, directions=directions, compose=compose,
+                    start=start)
 
 
 def end_layer(frozen: str, *, space: SearchSpace, seed: int, base: str = "gp", **options: Any) -> Strategy:
     """End-layer incremental round: search `space.length` layers appended after `frozen`."""
     frozen = parse_pattern(frozen) if frozen else ""
-    return make_strategy(base, space=space, seed=seed, compose=functools.partial(compose_end_layer, frozen), **options)
+    return make_strategy(base, space=space, seed=seed, compose=functools.partial(compose_end_layer, frozen),
+                         start=frozen, **options)
 
 
 def middle_layer(current: str, *, space: SearchSpace, seed: int, base: str = "gp", **options: Any) -> Strategy:
     """Middle-layer incremental round: search `space.length` layers inserted in the middle of `current`."""
     current = parse_pattern(current) if current else ""
     return make_strategy(base, space=space, seed=seed, compose=functools.partial(compose_middle_layer, current),
-                         **options)
+                         start=current, **options)
 
 
 def run_incremental(kind: str, *, space: SearchSpace, rounds: int, open_round: Callable[[int, Strategy], optuna.Study],

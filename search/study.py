@@ -371,6 +371,10 @@ def _check_result(result: Any, *, n_objectives: int) -> tuple[list[float], dict[
 
 def _log_trial(study: optuna.Study, t: FrozenTrial) -> None:
     attrs = t.user_attrs
+    # An evaluated trial is the caller's to report (the search prints a progress line); the rest are ours.
+    level = logging.DEBUG if t.state == TrialState.COMPLETE and attrs.get("role") == "evaluate" else logging.INFO
+    if not log.isEnabledFor(level):  # the best-so-far below reads every trial back from storage
+        return
     pattern = attrs.get("pattern", "?")
     if t.state == TrialState.COMPLETE:
         status = f"score={_fmt(t.values)}" + (f" (cached from trial {attrs['cached_from']})" if attrs.get("cached") else "")
@@ -385,8 +389,6 @@ def _log_trial(study: optuna.Study, t: FrozenTrial) -> None:
             sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
             top = max(done, key=lambda p: sign * done[p]["values"][0])
             best = f"; best {top} {done[top]['values'][0]:.4g}"
-    # An evaluated trial is the caller's to report (the search prints a progress line); the rest are ours.
-    level = logging.DEBUG if t.state == TrialState.COMPLETE and attrs.get("role") == "evaluate" else logging.INFO
     log.log(level, "trial %d %s %s%s", t.number, pattern, status, best)
 
 
