@@ -1,5 +1,5 @@
 """Command-line apps (Hydra lives here and nowhere else): `composer-train`, `composer-extrapolate`,
-`composer-search`.
+`composer-search`, `composer-pretrain`.
 
 Known errors (bad pattern, unknown key, missing file, diverged run) print one line on stderr and
 exit 2; anything else is a bug and keeps its traceback.
@@ -8,6 +8,7 @@ exit 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shlex
 import sys
@@ -97,11 +98,19 @@ def _job(prog: str, cfg: DictConfig, work) -> None:
     reported and the sweep goes on, exiting 2 at the end."""
     from hydra.types import RunMode
 
+    from composer.trainer import Preempted
+
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     try:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
         work(_plain(cfg), run_dir)
+    except Preempted as exc:  # SIGTERM/SIGUSR1: checkpointed; exit as the signal would, so schedulers requeue
+        from composer import distributed
+
+        if distributed.current().main:
+            print(f"{prog}: {exc}", file=sys.stderr)
+        sys.exit(128 + exc.signum)
     except KeyboardInterrupt:
         command = [prog, *(o for o in hc.overrides.task if not o.startswith("hydra.run.dir=")),
                    f"hydra.run.dir={hc.runtime.output_dir}"]
@@ -148,17 +157,7 @@ def extrapolate_from_config(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any
         "state_bytes_per_token": {str(k): v for k, v in acct.state_bytes_per_token.items()},
         "plan": {**asdict(plan), "stable_steps": plan.stable_steps},
     }
-    model_section = asdict(model_cfg)
-    model_section.update(model_section.pop("primitives"))  # composer-train's layout: one section per primitive
-    pretrain = {
-        "model": model_section,
-        "trainer": {"max_tokens": plan.tokens, "batch_size": plan.batch_sequences, "lr": plan.peak_lr,
-                    "schedule": "wsd", "warmup": plan.warmup_steps / plan.steps, "decay": plan.decay_steps / plan.steps,
-                    "min_lr_ratio": 0.0, "eval_every": 1000, "ckpt_every": 1000},
-    }
-    header = (f"# {result.pattern!r}: {result.source_pattern!r} grown to {result.target} by {result.method}.\n"
-              f"# Model and trainer sections for composer's shared trainer, at seq_len {cfg['seq_len']}.\n")
-    (run_dir / "pretrain.yaml").write_text(header + yaml.safe_dump(pretrain, sort_keys=False))
+    (run_dir / "pretrain.yaml").write_text(pretrain_config(result, model_cfg, plan, seq_len=cfg["seq_len"]))
     args = megatron_args(model_cfg, seq_len=cfg["seq_len"])
     (run_dir / "megatron_args.txt").write_text(" \\\n".join(args) + "\n")
     (run_dir / "extrapolation.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -167,6 +166,35 @@ def extrapolate_from_config(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any
     else:
         print(_extrapolation_text(record, run_dir))
     return record
+
+
+def pretrain_config(result: Any, model_cfg: Any, plan: Any, *, seq_len: int) -> str:
+    """A complete, self-contained `composer-pretrain` config (YAML) for the grown model and its plan:
+    configs/pretrain.yaml's keys with configs/data/docs.yaml and configs/trainer/pretrain.yaml merged in."""
+    import hashlib
+    from dataclasses import asdict
+
+    import yaml
+
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    model_section = asdict(model_cfg)
+    model_section.update(model_section.pop("primitives"))  # one section per primitive, as configs/model
+    micro = max(1, 2 ** int(math.log2(max(1, 8192 // seq_len))))  # ~8K tokens per GPU per forward
+    trainer = yaml.safe_load((configs / "trainer" / "pretrain.yaml").read_text())
+    trainer.update(max_tokens=plan.tokens, batch_size=plan.batch_sequences, micro_batch_size=min(micro, plan.batch_sequences),
+                   lr=plan.peak_lr, schedule="wsd", warmup=plan.warmup_steps / plan.steps,
+                   decay=plan.decay_steps / plan.steps, min_lr_ratio=0.0, eval_every=1000, ckpt_every=1000)
+    base = yaml.safe_load((configs / "pretrain.yaml").read_text())
+    config = {
+        "name": f"{result.target}-{hashlib.sha1(result.pattern.encode()).hexdigest()[:8]}", "seq_len": seq_len,
+        "seed": 0, "model": model_section, "data": yaml.safe_load((configs / "data" / "docs.yaml").read_text()),
+        "trainer": trainer, **{k: base[k] for k in ("export", "needle", "leaderboard")}, "hydra": base["hydra"],
+    }
+    header = (f"# {result.pattern!r}: {result.source_pattern!r} grown to {result.target} by {result.method}.\n"
+              f"# A complete composer-pretrain config. Point data.path and data.tokenizer at your corpus, then\n"
+              f"#   torchrun --nproc_per_node=8 -m composer.pretrain --config-path $PWD/<this folder> --config-name pretrain\n"
+              f"# trainer.micro_batch_size is sequences per GPU per forward: lower it if a GPU runs out of memory.\n")
+    return header + yaml.safe_dump(config, sort_keys=False)
 
 
 def megatron_args(model_cfg: Any, *, seq_len: int) -> list[str]:
@@ -227,6 +255,21 @@ def _search_app(cfg: DictConfig) -> None:
     _job("composer-search", cfg, search_from_config)
 
 
+@hydra.main(config_path="pkg://configs", config_name="pretrain", version_base=None)
+def _pretrain_app(cfg: DictConfig) -> None:
+    from composer import distributed
+    from composer.pretrain import pretrain_from_config
+
+    try:
+        _job("composer-pretrain", cfg, pretrain_from_config)
+    finally:
+        distributed.shutdown()
+
+
+def pretrain_main() -> None:
+    run_app(_pretrain_app, "composer-pretrain")
+
+
 def search_main() -> None:
     run_app(_search_app, "composer-search")
 
@@ -239,8 +282,8 @@ def train_main() -> None:
     run_app(_train_app, "composer-train")
 
 
-if __name__ == "__main__":  # `python -m composer.cli [extrapolate|search] ...`; train by default
-    apps = {"extrapolate": extrapolate_main, "search": search_main}
+if __name__ == "__main__":  # `python -m composer.cli [extrapolate|search|pretrain] ...`; train by default
+    apps = {"extrapolate": extrapolate_main, "search": search_main, "pretrain": pretrain_main}
     if sys.argv[1:2] and sys.argv[1] in apps:
         apps[sys.argv.pop(1)]()
     else:

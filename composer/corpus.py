@@ -49,3 +49,20 @@ def fetch_debian_docs(output: str | Path, packages: tuple[str, ...] = DEFAULT_PA
                 raise ConfigError(f"package {package} has no .txt, .rst or .md files under usr/share/doc")
             copied[package] = n
     return copied
+
+
+def default_corpus(cache_dir: str | Path | None = None) -> Path:
+    """The default corpus's folder under the composer cache, fetched on first use (once, atomically)."""
+    import os
+
+    root = Path(cache_dir or os.environ.get("COMPOSER_CACHE", "~/.cache/composer")).expanduser() / "corpus"
+    folder = root / "debian-docs"
+    if not folder.is_dir():
+        tmp = root / f"debian-docs.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        fetch_debian_docs(tmp)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process fetched it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from composer.config import ModelConfig
@@ -19,9 +20,15 @@ class Layer(nn.Module):
         self.letter = letter
         self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.mixer = REGISTRY[letter].module_cls(cfg.primitive_config(letter), d_model=cfg.d_model)
+        self.checkpoint = False  # activation checkpointing: recompute the mixer in backward
+
+    def _mix(self, x: torch.Tensor, state: object | None = None) -> torch.Tensor:
+        return self.mixer(self.norm(x), state)  # (B, T, D)
 
     def forward(self, x: torch.Tensor, state: object | None = None) -> torch.Tensor:
-        return x + self.mixer(self.norm(x), state)  # (B, T, D)
+        if self.checkpoint and state is None and torch.is_grad_enabled():
+            return x + torch.utils.checkpoint.checkpoint(self._mix, x, use_reentrant=False)
+        return x + self._mix(x, state)  # (B, T, D)
 
 
 class ComposedModel(nn.Module):

@@ -1,8 +1,11 @@
-"""Train one pattern on one MAD task with the shared trainer: what `composer-train` and the search's
-evaluator both run."""
+"""Train one pattern with the shared trainer on one MAD task (`train_on_task`: what `composer-train` and
+the search's MAD evaluator run) or on a text corpus (`train_on_text`: the search's language-modelling
+evaluator and the pretraining job)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import platform
 import subprocess
 from dataclasses import asdict
@@ -11,13 +14,16 @@ from typing import Any
 
 import torch
 
+from composer import distributed
 from composer.config import ModelConfig
 from composer.data import ArrayBatches
+from composer.errors import ConfigError
 from composer.model import build_model
 from composer.pattern import count_primitives
 from composer.tasks import TASKS
-from composer.trainer import Objective, TrainerConfig, resolve_device, train
-from scaling.accounting import count_parameters
+from composer.text import TextBatches, TextCorpus, val_batches
+from composer.trainer import Objective, TrainerConfig, micro_batches, resolve_device, train, write_json
+from scaling.accounting import count_parameters, train_flops_per_token
 
 
 def environment() -> dict[str, Any]:
@@ -76,3 +82,63 @@ def train_on_task(
         signature=signature,
         summary=summary,
     )
+
+
+def describe_corpus(corpus: TextCorpus) -> dict[str, Any]:
+    """What identifies a loaded corpus in a run's signature: its source and tokenizer (as the token
+    cache recorded them), the token and byte counts of each split, and a hash of which documents
+    went to which split (the split seed's choice)."""
+    meta = json.loads((corpus.cache_path / "meta.json").read_text())
+    documents = hashlib.sha256(corpus.val.doc_ids.tobytes() + b"|" + corpus.train.doc_ids.tobytes()).hexdigest()
+    return {"source": meta.get("source"), "tokenizer": meta.get("tokenizer"), "vocab_size": corpus.vocab_size,
+            "train_tokens": corpus.train.n_tokens, "val_tokens": corpus.val.n_tokens, "val_bytes": corpus.val.n_bytes,
+            "documents": documents[:16]}
+
+
+def train_on_text(
+    *, model_cfg: ModelConfig, corpus: TextCorpus, trainer_cfg: TrainerConfig, seq_len: int, seed: int, run_dir: Path,
+    summary: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Build the model (deterministic for `seed`), train it on the corpus's training split, score the
+    whole validation split, return the summary; `final` holds the validation `loss` (nats per token),
+    `accuracy` and `bits_per_byte`. `summary` adds keys to summary.json.
+
+    In a process group (torch.distributed initialised) rank r reads rows r·m…(r+1)·m of every global
+    batch, m = batch_size / (grad_accum · world_size); the trainer does the sharding.
+    """
+    if model_cfg.vocab_size < corpus.vocab_size:
+        raise ConfigError(f"model.vocab_size ({model_cfg.vocab_size}) is smaller than the tokenizer's vocabulary "
+                          f"({corpus.vocab_size})")
+    if corpus.val.n_tokens == 0:
+        raise ConfigError("the corpus has no validation split: load it with val_tokens > 0")
+    world = distributed.current()
+    micro, _ = micro_batches(trainer_cfg, world.world_size)  # ConfigError unless batch_size divides evenly
+    model = build_model(model_cfg, seed=seed).to(resolve_device(trainer_cfg.device))
+    # What defines the run: a checkpoint is only resumed under the same signature.
+    signature = {"pattern": model_cfg.pattern, "seed": seed, "model": asdict(model_cfg),
+                 "corpus": describe_corpus(corpus), "seq_len": seq_len}
+    summary = {
+        **(summary or {}),
+        **count_parameters(model_cfg),
+        "n_layers": model_cfg.n_layers,
+        "layers": count_primitives(model_cfg.pattern),
+        "impl": model.impl_report(),
+        "environment": environment(),
+    }
+    result = train(
+        Objective(model),
+        train_batches=TextBatches(corpus.train, batch_size=micro, seq_len=seq_len, seed=seed, rank=world.rank,
+                                  world_size=world.world_size),
+        eval_batches=val_batches(corpus.val, batch_size=micro, seq_len=seq_len),
+        seq_len=seq_len,
+        cfg=trainer_cfg,
+        run_dir=run_dir,
+        signature=signature,
+        summary=summary,
+        flops_per_token=train_flops_per_token(model_cfg, seq_len=seq_len),
+    )
+    # val_batches makes every validation token a target once, so the mean loss is over val.n_tokens targets
+    result["final"]["bits_per_byte"] = corpus.val.bits_per_byte(result["final"]["loss"])
+    if world.main:
+        write_json(run_dir / "summary.json", result)
+    return result

@@ -260,6 +260,30 @@ def load_corpus(source: TextSource, tokenizer: Tokenizer, *, seed: int = 0, val_
                       cache_path=folder)
 
 
+@dataclass(frozen=True, kw_only=True)
+class CorpusConfig:
+    """A corpus as a job names it: source, tokenizer and validation size (the `data` config section)."""
+
+    path: str | None = None  # as TextSource.path; None: the Debian docs corpus, fetched on first use
+    text_field: str = "text"
+    hub_config: str | None = None
+    split: str = "train"
+    streaming: bool = False
+    max_documents: int | None = None
+    tokenizer: str = "bytes"  # "bytes" or a tokenizer.json path (composer-text train-tokenizer makes one)
+    val_tokens: int = 100_000  # held-out validation tokens (whole documents)
+    cache_dir: str | None = None  # token cache; None: $COMPOSER_CACHE/text
+
+    def open(self, *, seed: int = 0) -> TextCorpus:
+        from composer.corpus import default_corpus
+
+        path = self.path or str(default_corpus())
+        source = TextSource(path=path, text_field=self.text_field, hub_config=self.hub_config, split=self.split,
+                            streaming=self.streaming, max_documents=self.max_documents)
+        return load_corpus(source, load_tokenizer(self.tokenizer), seed=seed, val_tokens=self.val_tokens,
+                           cache_dir=self.cache_dir)
+
+
 class TextBatches(EpochOrder):
     """Epochs over the windows of a training split, reshuffled each epoch from (seed, epoch).
 

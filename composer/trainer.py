@@ -2,7 +2,12 @@
 
 It owns optimisation (AdamW parameter groups, schedule, clipping, precision, accumulation), the
 token budget, evaluation, checkpoints with exact resume, and the run folder's records
-(`metrics.jsonl`, `summary.json`, `checkpoint.pt`). The model owns only its forward pass.
+(`metrics.jsonl`, `summary.json`, the checkpoint). The model owns only its forward pass.
+
+In a process group (`composer.distributed`, every pretraining run) the same loop shards the model
+with FSDP2, gives each rank its rows of the global batch, averages what it logs over ranks,
+writes a distributed checkpoint, and, with `save_on_signal`, checkpoints and stops at the end of
+the step in which SIGTERM or SIGUSR1 arrived (preemption). Only rank 0 writes records.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import json
 import logging
 import math
 import os
-import random
+import signal
 import sys
 import time
 from collections.abc import Iterable
@@ -26,24 +31,35 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from composer.config import flatten
+from composer import checkpoint as ckpt
+from composer import distributed
 from composer.data import IGNORE, Batches
 from composer.errors import ComposerError, ConfigError
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = ckpt.FILE
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16, by GPU name
 
 
 class DivergedError(ComposerError):
     """The loss became NaN or infinite."""
 
 
+class Preempted(ComposerError):
+    """SIGTERM or SIGUSR1 arrived: the run checkpointed and stopped; rerunning resumes it."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainerConfig:
     max_tokens: int = 2_000_000  # the budget: input tokens seen in training
-    batch_size: int = 32  # sequences per optimiser step
+    batch_size: int = 32  # sequences per optimiser step (over all ranks)
     grad_accum: int = 1  # micro-batches per step (batch_size must divide by it)
+    micro_batch_size: int = 0  # sequences per rank per forward; > 0 sets grad_accum to fit batch_size
     lr: float = 3e-3  # peak learning rate
     min_lr_ratio: float = 0.1  # the schedule ends at lr * min_lr_ratio
     schedule: str = "cosine"  # cosine | wsd (warmup-stable-decay)
@@ -54,11 +70,14 @@ class TrainerConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0  # max global gradient norm; 0 disables
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
-    compile: bool = False  # torch.compile the model
+    compile: bool = False  # torch.compile each layer
+    activation_checkpointing: bool = False  # recompute each layer's mixer in backward
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     eval_every: int = 0  # steps between evaluations; 0: only at the end
     ckpt_every: int = 100  # steps between checkpoints; 0: only at the end
     log_every: int = 10  # steps between metrics.jsonl records
+    save_on_signal: bool = False  # SIGTERM/SIGUSR1: checkpoint at the end of the step, then stop
+    peak_tflops: float = 0.0  # per device, for MFU; 0: known GPUs' dense bf16 peak (H100/H200 989)
     progress: bool = True  # a progress bar on a terminal, else a log line every 10% of the run
     wandb: bool = False  # log metrics to Weights & Biases
     wandb_project: str = "composer"
@@ -72,6 +91,31 @@ class TrainerConfig:
             raise ValueError(f"batch_size ({self.batch_size}) must be a positive multiple of grad_accum ({self.grad_accum})")
         if not 0 <= self.warmup <= 1 or not 0 <= self.decay <= 1:
             raise ValueError("warmup and decay are fractions of the run, between 0 and 1")
+
+
+def micro_batches(cfg: TrainerConfig, world_size: int) -> tuple[int, int]:
+    """(sequences per rank per forward, forwards per step) that make up `cfg.batch_size` over all ranks."""
+    if cfg.micro_batch_size:
+        accum, rest = divmod(cfg.batch_size, cfg.micro_batch_size * world_size)
+        if rest or not accum:
+            raise ConfigError(f"trainer.batch_size ({cfg.batch_size}) must be a multiple of micro_batch_size "
+                              f"({cfg.micro_batch_size}) x {world_size} ranks")
+        return cfg.micro_batch_size, accum
+    micro, rest = divmod(cfg.batch_size, cfg.grad_accum * world_size)
+    if rest or not micro:
+        raise ConfigError(f"trainer.batch_size ({cfg.batch_size}) must be a multiple of grad_accum ({cfg.grad_accum}) "
+                          f"x {world_size} ranks")
+    return micro, cfg.grad_accum
+
+
+def peak_flops(cfg: TrainerConfig, device: torch.device) -> float | None:
+    """The device's peak FLOP/s for MFU: `cfg.peak_tflops`, else a known GPU's dense bf16 peak."""
+    if cfg.peak_tflops:
+        return cfg.peak_tflops * 1e12
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return next((tf * 1e12 for gpu, tf in PEAK_TFLOPS.items() if gpu in name), None)
+    return None
 
 
 def lr_multiplier(step: int, *, total: int, cfg: TrainerConfig) -> float:
@@ -121,7 +165,7 @@ def loss_and_correct(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return distributed.device()
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"trainer.device={name} but CUDA is not available on this machine")
@@ -137,7 +181,16 @@ def _autocast(cfg: TrainerConfig, device: torch.device):
 def evaluate(
     module: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, cfg: TrainerConfig, device: torch.device
 ) -> dict[str, float]:
-    """Mean loss and accuracy over every target position of the given batches."""
+    """Mean loss and accuracy over every target position of the given batches.
+
+    In a process group each rank takes every world_size-th batch (padded with batches that count
+    nothing, so that every rank runs as many forwards) and the totals are summed over ranks."""
+    batches = list(batches)
+    world = distributed.current()
+    if world.world_size > 1 and batches:
+        mine = batches[world.rank :: world.world_size]
+        blank = (batches[0][0], torch.full_like(batches[0][1], IGNORE))
+        batches = mine + [blank] * (-(-len(batches) // world.world_size) - len(mine))
     was_training = module.training
     module.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, counted
@@ -146,21 +199,23 @@ def evaluate(
             logits = module(inputs.to(device))
         totals += torch.stack([t.double() for t in loss_and_correct(logits, targets.to(device))])
     module.train(was_training)
-    loss, correct, counted = totals.tolist()
+    loss, correct, counted = distributed.all_sum(totals).tolist()
     return {"loss": loss / max(counted, 1), "accuracy": correct / max(counted, 1)}
 
 
 class _Records:
     """metrics.jsonl (append-only, truncated back to the checkpoint on resume) and optional wandb."""
 
-    def __init__(self, run_dir: Path, *, resume_step: int | None, cfg: TrainerConfig, config: dict[str, Any]) -> None:
-        self.path = run_dir / "metrics.jsonl"
+    def __init__(self, run_dir: Path, *, resume_step: int | None, cfg: TrainerConfig, config: dict[str, Any],
+                 enabled: bool = True) -> None:
+        self.path, self.enabled, self.wandb = run_dir / "metrics.jsonl", enabled, None
+        if not enabled:
+            return
         if resume_step is not None and self.path.exists():  # drop records past the checkpoint
             kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
             self.path.write_text("".join(line + "\n" for line in kept))
         elif resume_step is None:
             self.path.write_text("")
-        self.wandb = None
         if cfg.wandb:
             import wandb
 
@@ -168,6 +223,8 @@ class _Records:
                                     id="composer-" + hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:12])
 
     def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         if self.wandb is not None:
@@ -189,6 +246,26 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     _write_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
 
 
+
+
+def _bf16(cfg: TrainerConfig, device: torch.device) -> bool:
+    return cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+
+
+def prepare(module: nn.Module, cfg: TrainerConfig, device: torch.device) -> None:
+    """Activation checkpointing and torch.compile per layer, the device, and in a process group FSDP2."""
+    from composer.model import Layer
+
+    layers = [m for m in module.modules() if isinstance(m, Layer)]
+    for layer in layers:
+        layer.checkpoint = cfg.activation_checkpointing
+        if cfg.compile:
+            layer.compile()
+    module.to(device)
+    if torch.distributed.is_initialized():
+        distributed.shard(module, layers, bf16=_bf16(cfg, device))
+
+
 def train(
     module: nn.Module,
     *,
@@ -199,58 +276,57 @@ def train(
     run_dir: Path,
     signature: dict[str, Any],
     summary: dict[str, Any] | None = None,
+    flops_per_token: float | None = None,
 ) -> dict[str, Any]:
-    """Train `module` within the token budget; resume from `run_dir/checkpoint.pt` when present.
+    """Train `module` within the token budget; resume from the run folder's checkpoint when present.
 
     `signature` identifies the run (pattern, task, seed...): resuming a checkpoint with another
-    signature is an error. Returns and writes `summary.json`: `summary` plus the final metrics.
+    signature is an error. `train_batches` serves this rank's micro-batches (`micro_batches`).
+    `flops_per_token` (training FLOPs) turns throughput into MFU. Returns and writes
+    `summary.json`: `summary` plus the final metrics.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
+    world, sharded = distributed.current(), torch.distributed.is_initialized()
     device = resolve_device(cfg.device)
-    module.to(device)
-    step_module = torch.compile(module) if cfg.compile else module
+    _, accum = micro_batches(cfg, world.world_size)
+    prepare(module, cfg, device)
     optimizer = torch.optim.AdamW(param_groups(module, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                   fused=device.type == "cuda")
-    tokens_per_step = cfg.batch_size * seq_len
+    tokens_per_step = cfg.batch_size * seq_len  # over all ranks
     total_steps = max(1, cfg.max_tokens // tokens_per_step)
-    summary = {**(summary or {}), **signature}
+    summary = {**(summary or {}), **signature, "world_size": world.world_size}
+    if flops_per_token:
+        summary["train_flops_per_token"] = flops_per_token
+    peak = peak_flops(cfg, device)
 
-    step, ckpt_path = 0, run_dir / CHECKPOINT
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)  # never unpickles objects
-        if state["signature"] != signature:
-            saved, now = flatten(state["signature"]), flatten(signature)
-            diff = ", ".join(f"{k}: {saved.get(k)!r} there, {now.get(k)!r} here"
-                             for k in sorted(saved.keys() | now.keys()) if saved.get(k) != now.get(k))
-            raise ConfigError(f"{ckpt_path} belongs to another run ({diff}); use a new run folder")
-        module.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        train_batches.load_state_dict(state["data"])
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        if device.type == "cuda" and "cuda" in state["rng"]:
-            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), device)
-        random.setstate(state["rng"]["python"])
-        step = state["step"]
-        log.info("resumed from %s at step %d of %d", ckpt_path, step, total_steps)
-    records = _Records(run_dir, resume_step=step if ckpt_path.exists() else None, cfg=cfg,
-                       config={**signature, "trainer": asdict(cfg)})
+    meta = ckpt.load(run_dir, model=module, optimizer=optimizer, device=device, distributed=sharded, signature=signature)
+    step = 0
+    if meta is not None:
+        train_batches.load_state_dict(meta["data"])
+        step = meta["step"]
+        log.info("resumed from %s at step %d of %d", run_dir, step, total_steps)
+    records = _Records(run_dir, resume_step=step if meta is not None else None, cfg=cfg,
+                       config={**signature, "trainer": asdict(cfg)}, enabled=world.main)
 
     def checkpoint() -> None:
-        rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
-        if device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(device)
-        state = {"model": module.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                 "data": train_batches.state_dict(), "rng": rng, "signature": signature}
-        _write_atomically(ckpt_path, lambda tmp: torch.save(state, tmp))
+        ckpt.save(run_dir, model=module, optimizer=optimizer, device=device, distributed=sharded,
+                  meta={"step": step, "data": train_batches.state_dict(), "signature": signature})
 
     def run_eval() -> dict[str, float]:
-        metrics = evaluate(step_module, eval_batches, cfg=cfg, device=device)
+        metrics = evaluate(module, eval_batches, cfg=cfg, device=device)
         records.write({"step": step, "tokens": step * tokens_per_step, **{f"eval/{k}": v for k, v in metrics.items()}})
-        log.info("step %d: eval loss %.4f, accuracy %.4f", step, metrics["loss"], metrics["accuracy"])
+        if world.main:
+            log.info("step %d: eval loss %.4f, accuracy %.4f", step, metrics["loss"], metrics["accuracy"])
         return metrics
 
+    received: list[int] = []  # signals that arrived; acted on at the end of a step
+    handlers = {}
+    if cfg.save_on_signal:
+        for signum in (signal.SIGTERM, signal.SIGUSR1):
+            handlers[signum] = signal.signal(signum, lambda signum, frame: received.append(signum))
+
     module.train()
-    interactive = cfg.progress and sys.stderr.isatty()
+    interactive = cfg.progress and world.main and sys.stderr.isatty()
     bar = tqdm(total=total_steps, initial=step, disable=not interactive, desc="train", unit="step", dynamic_ncols=True)
     report_every = max(1, total_steps // 10)
     started, tic, start_step = time.perf_counter(), time.perf_counter(), step
@@ -260,18 +336,19 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss_sum = torch.zeros((), device=device)
-            for _ in range(cfg.grad_accum):
+            for _ in range(accum):
                 inputs, targets = (t.to(device, non_blocking=True) for t in train_batches.next_batch())
                 with _autocast(cfg, device):
-                    logits = step_module(inputs)
+                    logits = module(inputs)
                 micro_loss, _, counted = loss_and_correct(logits, targets)
                 micro_loss = micro_loss / counted.clamp(min=1)  # each micro-batch weighs the same
-                (micro_loss / cfg.grad_accum).backward()
+                (micro_loss / accum).backward()  # FSDP averages the gradients over ranks
                 loss_sum += micro_loss.detach()
-            loss = loss_sum.item() / cfg.grad_accum
+            loss = distributed.all_mean(loss_sum).item() / accum
             if not math.isfinite(loss):
                 raise DivergedError(f"loss became {loss} at step {step} (lr {lr:.3g}); lower trainer.lr or raise trainer.warmup")
-            grad_norm = nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip or float("inf")).item()
+            grad_norm = nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip or float("inf"))
+            grad_norm = (grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm).item()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -279,27 +356,48 @@ def train(
             if step % cfg.log_every == 0 or step == total_steps:
                 toc = time.perf_counter()
                 n_steps = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
-                records.write({"step": step, "tokens": step * tokens_per_step, "train/loss": loss, "train/lr": lr,
-                               "train/grad_norm": grad_norm, "train/tokens_per_s": n_steps * tokens_per_step / (toc - tic)})
+                tokens_per_s = n_steps * tokens_per_step / (toc - tic)
+                record = {"step": step, "tokens": step * tokens_per_step, "train/loss": loss, "train/lr": lr,
+                          "train/grad_norm": grad_norm, "train/tokens_per_s": tokens_per_s}
+                if flops_per_token and peak:
+                    record["train/mfu"] = tokens_per_s * flops_per_token / (world.world_size * peak)
+                records.write(record)
                 bar.set_postfix(loss=f"{loss:.4f}")
                 tic = toc
-            if cfg.progress and not interactive and (step % report_every == 0 or step == total_steps):
+            if cfg.progress and not interactive and world.main and (step % report_every == 0 or step == total_steps):
                 elapsed = time.perf_counter() - started
                 log.info("step %d/%d  loss %.4f  lr %.2e  %.0f tokens/s", step, total_steps, loss, lr,
                          (step - start_step) * tokens_per_step / elapsed)
             if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
                 run_eval()
+            if cfg.save_on_signal and distributed.any_rank(bool(received), device):
+                checkpoint()
+                signum = received[0] if received else signal.SIGTERM
+                message = (f"{signal.Signals(signum).name} received: checkpointed at step {step} of {total_steps} in "
+                           f"{run_dir}; run the same command again to resume")
+                if world.main:
+                    write_json(run_dir / "summary.json", {**summary, "status": "preempted", "step": step})
+                raise Preempted(message, signum)
             if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < total_steps:
                 checkpoint()
         checkpoint()
         final = run_eval()
     except DivergedError as exc:
-        write_json(run_dir / "summary.json", {**summary, "status": "diverged", "error": str(exc), "step": step})
+        if world.main:
+            write_json(run_dir / "summary.json", {**summary, "status": "diverged", "error": str(exc), "step": step})
         raise
     finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
         bar.close()
         records.close()
+    elapsed = time.perf_counter() - started
     summary = {**summary, "status": "completed", "step": step, "tokens": step * tokens_per_step,
-               "train_seconds": round(time.perf_counter() - started, 2), "final": final}
-    write_json(run_dir / "summary.json", summary)
+               "train_seconds": round(elapsed, 2), "final": final}
+    if step > start_step:
+        summary["tokens_per_s"] = round((step - start_step) * tokens_per_step / elapsed, 1)
+        if flops_per_token and peak:
+            summary["mfu"] = summary["tokens_per_s"] * flops_per_token / (world.world_size * peak)
+    if world.main:
+        write_json(run_dir / "summary.json", summary)
     return summary

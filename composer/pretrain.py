@@ -1,0 +1,84 @@
+"""The full pretraining job (`composer-pretrain`): one pattern on real text with the shared trainer.
+
+    composer-pretrain model.pattern='M-M-M*-' name=demo                      # one GPU, or the CPU
+    torchrun --nproc_per_node=8 -m composer.pretrain name=run1               # 8 GPUs of one node
+    torchrun --nnodes=4 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=$HEAD:29500 \\
+        -m composer.pretrain name=run1                                        # 4 nodes
+    composer-pretrain --config-dir outputs/extrapolate/<run> --config-name pretrain
+
+Every run is a process group (of one without torchrun), so one GPU and many share one code path:
+FSDP2 per layer, a global batch of `trainer.batch_size` sequences split over ranks and
+micro-batches, distributed checkpoints every `trainer.ckpt_every` steps and on SIGTERM/SIGUSR1.
+The run folder is `outputs/pretrain/<name>`; rerunning the same command resumes there. At the end
+rank 0 exports the weights to `model/` (safetensors), runs the needle probe and appends the run to
+the leaderboard.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from composer import distributed
+from composer.config import from_mapping, model_config_from_mapping
+from composer.errors import ConfigError
+from composer.text import CorpusConfig
+from composer.trainer import TrainerConfig
+
+log = logging.getLogger("composer")
+
+KEYS = ("name", "model", "data", "trainer", "seq_len", "seed", "export", "needle", "leaderboard")
+
+
+def padded_vocab(n: int, multiple: int = 64) -> int:
+    return -(-n // multiple) * multiple
+
+
+def pretrain_from_config(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """The `composer-pretrain` job on a plain config mapping (what Hydra composed)."""
+    from composer.proxy import train_on_text
+
+    unknown = sorted(set(cfg) - set(KEYS))
+    if unknown:
+        raise ConfigError(f"unknown config key {unknown[0]!r} (valid: {', '.join(KEYS)})")
+    world = distributed.init()
+    if not world.main:
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 speaks for the job
+    data_cfg = from_mapping(CorpusConfig, cfg["data"], where="data")
+    trainer_cfg = from_mapping(TrainerConfig, cfg["trainer"], where="trainer")
+    seq_len, seed = int(cfg["seq_len"]), int(cfg["seed"])
+    corpus = _open_corpus(data_cfg, seed=seed, main=world.main)
+    model_section = dict(cfg["model"])
+    model_cfg = model_config_from_mapping({**model_section, "vocab_size": model_section.get("vocab_size")
+                                           or padded_vocab(corpus.vocab_size)})
+    log.info("pretraining %r (%d layers, d_model %d) on %d ranks: %s training tokens, batch %d x %d, in %s",
+             model_cfg.pattern, model_cfg.n_layers, model_cfg.d_model, world.world_size, f"{corpus.train.n_tokens:,}",
+             trainer_cfg.batch_size, seq_len, run_dir)
+    summary = train_on_text(model_cfg=model_cfg, corpus=corpus, trainer_cfg=trainer_cfg, seq_len=seq_len, seed=seed,
+                            run_dir=run_dir, summary={"name": cfg["name"], "data": cfg["data"]})
+    final = summary["final"]
+    log.info("done: %r  val loss %.4f  %.4f bits/byte  %s tokens/s%s -> %s", model_cfg.pattern, final["loss"],
+             final["bits_per_byte"], f"{summary.get('tokens_per_s', 0):,.0f}",
+             f"  MFU {summary['mfu']:.1%}" if "mfu" in summary else "", run_dir / "summary.json")
+    return summary
+
+
+def _open_corpus(data_cfg: CorpusConfig, *, seed: int, main: bool):
+    """Rank 0 fetches and tokenises first; the others then read its cache."""
+    import torch.distributed as dist
+
+    corpus = data_cfg.open(seed=seed) if main else None
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+    return corpus if corpus is not None else data_cfg.open(seed=seed)
+
+
+def main() -> None:  # `torchrun ... -m composer.pretrain`
+    from composer.cli import pretrain_main
+
+    pretrain_main()
+
+
+if __name__ == "__main__":
+    main()
