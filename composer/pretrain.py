@@ -24,7 +24,7 @@ from composer import distributed
 from composer.config import from_mapping, model_config_from_mapping
 from composer.errors import ConfigError
 from composer.text import CorpusConfig
-from composer.trainer import TrainerConfig
+from composer.trainer import TrainerConfig, resolve_device
 
 log = logging.getLogger("composer")
 
@@ -57,10 +57,48 @@ def pretrain_from_config(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
              trainer_cfg.batch_size, seq_len, run_dir)
     summary = train_on_text(model_cfg=model_cfg, corpus=corpus, trainer_cfg=trainer_cfg, seq_len=seq_len, seed=seed,
                             run_dir=run_dir, summary={"name": cfg["name"], "data": cfg["data"]})
+    if world.main and (cfg["export"] or cfg["needle"] or cfg["leaderboard"]):
+        summary = _finish(cfg, summary, run_dir=run_dir, model_cfg=model_cfg, data_cfg=data_cfg, corpus=corpus,
+                          seq_len=seq_len, device=resolve_device(trainer_cfg.device))
     final = summary["final"]
     log.info("done: %r  val loss %.4f  %.4f bits/byte  %s tokens/s%s -> %s", model_cfg.pattern, final["loss"],
              final["bits_per_byte"], f"{summary.get('tokens_per_s', 0):,.0f}",
              f"  MFU {summary['mfu']:.1%}" if "mfu" in summary else "", run_dir / "summary.json")
+    return summary
+
+
+def _finish(cfg: dict[str, Any], summary: dict[str, Any], *, run_dir: Path, model_cfg: Any, data_cfg: CorpusConfig,
+            corpus: Any, seq_len: int, device: Any) -> dict[str, Any]:
+    """Rank 0, after training: the final weights exported, the needle probe, the leaderboard record."""
+    from composer import checkpoint as ckpt
+    from composer.export import save_pretrained
+    from composer.model import build_model
+    from composer.needle import needle_accuracy
+    from composer.tokenizer import load_tokenizer
+    from composer.trainer import write_json
+
+    weights = ckpt.load_model_weights(run_dir / ckpt.FOLDER)  # the final checkpoint, unsharded
+    model = build_model(model_cfg)
+    model.load_state_dict({k.removeprefix("model."): v for k, v in weights.items()})
+    if cfg["export"]:
+        out = save_pretrained(model, run_dir / "model", tokenizer_spec=data_cfg.tokenizer, max_length=seq_len,
+                              extra={"name": cfg["name"], "step": summary["step"], "tokens": summary["tokens"],
+                                     "final": summary["final"]})
+        log.info("exported %s (composer-eval %s runs the downstream suite)", out, out)
+    if cfg["needle"]:
+        try:
+            probe = needle_accuracy(model.to(device), load_tokenizer(data_cfg.tokenizer), seq_len=seq_len,
+                                    filler=corpus.val if corpus.val.n_tokens else None)
+        except ConfigError as exc:  # e.g. a context too short for the needle: the run itself is fine
+            log.warning("needle probe skipped: %s", exc)
+            probe = {}
+        summary = {**summary, "needle": probe}
+        log.info("needle in a haystack: %s", ", ".join(f"{k} {v:.2f}" for k, v in probe.items() if k.startswith("needle@")))
+    if cfg["leaderboard"]:
+        from search.leaderboard import append, pretrain_record
+
+        append(pretrain_record(summary, run_dir=str(run_dir)), cfg["leaderboard"])
+    write_json(run_dir / "summary.json", summary)
     return summary
 
 

@@ -10,6 +10,9 @@ Sources (`TextSource.path`):
 Local files are streamed, so `datasets` keeps no Arrow copy and needs no network
 (HF_DATASETS_OFFLINE=1 is fine).
 
+A cache folder is itself a source: point `path` at one (copied to a machine without `datasets`, or
+tokenised once for many jobs) and it is read as it is.
+
 Cache: `<cache_dir>/<key>/` holds every document's ids followed by EOS, in source order
 (`tokens.bin`, a raw memmap), with per-document token and UTF-8 byte counts. The key hashes the
 source (each file's resolved path, size and mtime; or the hub name, config and split), the text
@@ -236,11 +239,18 @@ def load_corpus(source: TextSource, tokenizer: Tokenizer, *, seed: int = 0, val_
     """
     if val_tokens < 0:
         raise ConfigError(f"val_tokens must be >= 0, got {val_tokens}")
-    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    folder = folder / _cache_key(source, tokenizer)
-    if not (folder / "meta.json").is_file():
-        _build_cache(source, tokenizer, folder)
+    given = None if source.hub_name else Path(source.path).expanduser()
+    if given is not None and (given / "meta.json").is_file() and (given / "tokens.bin").is_file():
+        folder = given  # an already tokenised corpus (a cache folder copied here): no `datasets` needed
+    else:
+        folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        folder = folder / _cache_key(source, tokenizer)
+        if not (folder / "meta.json").is_file():
+            _build_cache(source, tokenizer, folder)
     meta = json.loads((folder / "meta.json").read_text())
+    if meta["tokenizer"] != tokenizer.identity:
+        raise ConfigError(f"{folder} was tokenised with {meta['tokenizer']}, not {tokenizer.identity}: "
+                          f"give data.tokenizer the tokenizer it was made with")
     tokens = np.memmap(folder / "tokens.bin", dtype=meta["dtype"], mode="r")  # (N_all,)
     lengths, n_bytes = np.load(folder / "doc_tokens.npy"), np.load(folder / "doc_bytes.npy")  # (D_all,)
     starts = np.cumsum(lengths) - lengths

@@ -398,6 +398,8 @@ def train(
         summary["tokens_per_s"] = round((step - start_step) * tokens_per_step / elapsed, 1)
         if flops_per_token and peak:
             summary["mfu"] = summary["tokens_per_s"] * flops_per_token / (world.world_size * peak)
+    if device.type == "cuda":
+        summary["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
     if world.main:
         write_json(run_dir / "summary.json", summary)
     return summary

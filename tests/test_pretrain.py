@@ -207,3 +207,32 @@ def test_extrapolated_config_is_a_pretrain_config(tmp_path):
     assert cfg["model"]["pattern"] == record["pattern"] and cfg["seq_len"] == 2048
     assert cfg["trainer"]["batch_size"] == record["plan"]["batch_sequences"]
     assert cfg["trainer"]["max_tokens"] == record["plan"]["tokens"] and cfg["trainer"]["save_on_signal"] is True
+
+
+def test_a_distributed_checkpoint_exports_to_safetensors(reference, tmp_path):
+    from composer.export import export_checkpoint, load_pretrained
+
+    out = export_checkpoint(reference, tmp_path / "exported")
+    model, tokenizer = load_pretrained(out)
+    weights = ckpt.load_model_weights(reference / ckpt.FOLDER)
+    assert model.cfg.pattern == "*-M-" and tokenizer.vocab_size == 257
+    assert all(torch.equal(model.state_dict()[k.removeprefix("model.")], v) for k, v in weights.items())
+
+
+def test_a_run_ends_exported_probed_and_on_the_leaderboard(corpus, tmp_path):
+    run_dir, board = tmp_path / "full", tmp_path / "board.jsonl"
+    overrides = args(corpus, run_dir, "seq_len=96", "trainer.max_tokens=3072", "trainer.eval_every=0")
+    overrides = [o for o in overrides if not o.startswith(("export=", "needle=", "leaderboard="))]
+    proc = run([sys.executable, "-m", "composer.cli", "pretrain", *overrides, f"leaderboard={board}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from composer.export import load_pretrained
+
+    model, _ = load_pretrained(run_dir / "model")
+    assert model.cfg.pattern == "*-M-"
+    done = summary(run_dir)
+    assert {"needle@1x", "needle@2x"} <= set(done["needle"]) and 0 <= done["needle"]["needle@2x"] <= 1
+    shown = subprocess.run([sys.executable, "-m", "search.leaderboard", "--file", str(board)], capture_output=True,
+                           text=True, timeout=60, env=cli_env())
+    assert shown.returncode == 0, shown.stderr
+    table = shown.stdout.split("Full pretraining runs\n")[1].splitlines()
+    assert table[0].split()[:3] == ["pattern", "params", "tokens"] and table[2].split()[0] == "*-M-"

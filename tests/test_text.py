@@ -4,6 +4,7 @@ import json
 import math
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -187,6 +188,23 @@ def test_cache_is_reused_and_keyed_by_files_and_tokenizer(tmp_path):
     (tmp_path / "data" / "b.txt").write_text("second one, edited")
     three = load_corpus(source, Counting(), cache_dir=tmp_path / "cache")
     assert calls == [2, 2] and three.cache_path != one.cache_path and three.train.n_bytes == 14 + 18
+
+
+def test_a_cache_folder_is_a_source_read_without_datasets(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.txt").write_text("first document")
+    (tmp_path / "data" / "b.txt").write_text("second one")
+    made = load_corpus(TextSource(path=str(tmp_path / "data")), ByteTokenizer(), cache_dir=tmp_path / "cache")
+    copied = tmp_path / "elsewhere"
+    shutil.copytree(made.cache_path, copied)
+    shutil.rmtree(tmp_path / "data")
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as on a machine without `datasets`
+    again = load_corpus(TextSource(path=str(copied)), ByteTokenizer(), seed=0)
+    assert again.cache_path == copied and again.train.n_bytes == made.train.n_bytes == 24
+    assert np.array_equal(again.train.read(0, again.train.n_tokens), made.train.read(0, made.train.n_tokens))
+    bpe = train_bpe(["first document", "second one"] * 50, vocab_size=300, out_path=tmp_path / "tok.json")
+    with pytest.raises(ConfigError, match="tokenised with bytes"):
+        load_corpus(TextSource(path=str(copied)), load_tokenizer(str(bpe)))
 
 
 def write_records(folder: Path, docs: list[str], field: str) -> None:
