@@ -10,12 +10,16 @@ work the same way, e.g. `--package linux-doc-6.1` (the kernel's documentation, ~
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
-from composer.errors import ConfigError
+from composer.errors import ComposerError, ConfigError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PACKAGES = ("python3.11-doc",)
 TEXT_SUFFIXES = (".txt", ".rst", ".md")
@@ -51,18 +55,26 @@ def fetch_debian_docs(output: str | Path, packages: tuple[str, ...] = DEFAULT_PA
     return copied
 
 
-def default_corpus(cache_dir: str | Path | None = None) -> Path:
-    """The default corpus's folder under the composer cache, fetched on first use (once, atomically)."""
-    import os
+def default_corpus(*, setting: str = "data.path") -> Path:
+    """The default corpus's folder, $COMPOSER_CACHE/corpus/debian-docs, fetched on first use.
 
-    root = Path(cache_dir or os.environ.get("COMPOSER_CACHE", "~/.cache/composer")).expanduser() / "corpus"
-    folder = root / "debian-docs"
-    if not folder.is_dir():
-        tmp = root / f"debian-docs.tmp-{os.getpid()}"
+    Fetched into a temporary folder and renamed into place, so processes racing for it all end up
+    with one complete copy. `setting` names the config key that left the corpus unset, for the error."""
+    folder = Path(os.environ.get("COMPOSER_CACHE", "~/.cache/composer")).expanduser() / "corpus" / "debian-docs"
+    if folder.is_dir():
+        return folder
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    log.info("fetching the default corpus (%s) into %s", ", ".join(DEFAULT_PACKAGES), folder)
+    try:
+        fetch_debian_docs(tmp, DEFAULT_PACKAGES)
+    except (ComposerError, OSError, subprocess.SubprocessError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        fetch_debian_docs(tmp)
-        try:
-            os.replace(tmp, folder)
-        except OSError:  # another process fetched it first
-            shutil.rmtree(tmp, ignore_errors=True)
+        raise ConfigError(f"{setting} is null (the default corpus, {', '.join(DEFAULT_PACKAGES)}) and fetching it "
+                          f"into {folder} failed: {' '.join(str(exc).split())}; set {setting} to a folder of text "
+                          f"files") from None
+    try:
+        tmp.rename(folder)
+    except OSError:  # another process finished first; its copy is the same
+        shutil.rmtree(tmp, ignore_errors=True)
     return folder

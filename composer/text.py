@@ -287,7 +287,7 @@ class CorpusConfig:
     def open(self, *, seed: int = 0) -> TextCorpus:
         from composer.corpus import default_corpus
 
-        path = self.path or str(default_corpus())
+        path = self.path or str(default_corpus(setting="data.path"))
         source = TextSource(path=path, text_field=self.text_field, hub_config=self.hub_config, split=self.split,
                             streaming=self.streaming, max_documents=self.max_documents)
         return load_corpus(source, load_tokenizer(self.tokenizer), seed=seed, val_tokens=self.val_tokens,

@@ -1,17 +1,26 @@
-"""The evaluator: train a candidate pattern as a small proxy on the MAD tasks and score it.
+"""The evaluator: train a candidate pattern as a small proxy and score it, higher is better.
 
-Each task trains a fresh proxy (the task's vocabulary, the evaluator's width and primitive
-settings) with the shared trainer under a fixed token budget, then measures test accuracy. With a
-learning-rate sweep (`lrs`), every rate is trained and the best accuracy counts. The score is the
-mean over tasks, equally weighted; per-task accuracies are kept.
+Two kinds behind one code path:
+- MAD (`tasks`; evaluator=mad_cpu, mad): each task trains a fresh proxy (the task's vocabulary, the
+  evaluator's width and primitive settings) under a fixed token budget, then measures test
+  accuracy. The score is the mean over tasks, equally weighted; per-task accuracies are kept.
+- language modelling (`corpus`; evaluator=lm): one proxy trained on a text corpus (tokenised once,
+  into composer.text's cache, and loaded once per evaluator), scored on the corpus's validation
+  split. The score is minus its bits per byte, the one entry of `tasks` ("-bpb"), so that higher is
+  better and the leaderboard's mean over tasks is the score; `bits_per_byte` and the validation
+  `loss` (nats per token) are kept beside it.
+With a learning-rate sweep (`lrs`), every rate is trained and the best score counts.
 
     evaluator = Evaluator(evaluator_config_from_mapping({...}), run_dir=Path("outputs/search/x"))
     evaluator("*-M-*-", seed=0)  # {"score": 0.71, "tasks": {"in_context_recall": 0.99, ...}, ...}
+    # with a corpus: {"score": -2.1, "tasks": {"-bpb": -2.1}, "bits_per_byte": 2.1, "loss": 1.45, ...}
 
-Every training run has its own folder, `run_dir/trials/<pattern hash>/<task>-lr<lr>/`, keyed by
-pattern and seed. A run that already finished there is read back, not retrained, and an
-interrupted one resumes from its checkpoint: a trial killed half-way through its tasks loses at
-most `trainer.ckpt_every` steps. Checkpoints are deleted once a run is done (`keep_checkpoints`).
+Every training run has its own folder, `run_dir/trials/<pattern hash>/<task>-lr<lr>/` (the task is
+`lm` for language modelling), keyed by pattern and seed. A run that already finished there is read
+back, not retrained, and an interrupted one resumes from its checkpoint: a trial killed half-way
+through its tasks loses at most `trainer.ckpt_every` steps. Checkpoints are deleted once a run is
+done (`keep_checkpoints`). The validation documents are chosen by `seed`, the search's seed, so
+re-evaluations over `reeval_seeds` (other inits and batch orders) are scored on the same text.
 
 This is the one module of `search/` that imports torch (through the trainer).
 """
@@ -22,8 +31,9 @@ import json
 import logging
 import math
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -36,16 +46,26 @@ from search.space import pattern_hash
 log = logging.getLogger(__name__)
 
 
+LM_TASK = "lm"  # the language-modelling run's name: its folders are trials/<hash>/lm-lr<lr>/
+LM_SCORE = "-bpb"  # its one entry in a result's `tasks`: minus the validation bits per byte
+
+
 @dataclass(frozen=True, kw_only=True)
 class EvaluatorConfig:
     name: str = "mad"  # a label, recorded with every result
-    # task name -> overrides of its baseline setting (composer/tasks.py); {} keeps the baseline
-    tasks: Mapping[str, Any] = field(default_factory=lambda: {name: {} for name in TASKS})
+    # task name -> overrides of its baseline setting (composer/tasks.py); {} keeps the baseline.
+    # None: all six MAD tasks, or none when `corpus` is set
+    tasks: Mapping[str, Any] | None = None
+    # Language modelling instead of MAD tasks (evaluator=lm): set `corpus`; the next three apply to it only.
+    corpus: Mapping[str, Any] | None = None  # composer.text.TextSource fields; path null: the default corpus
+    tokenizer: str | None = None  # "bytes" (the default with a corpus) or a tokenizer.json path
+    seq_len: int | None = None  # tokens per training and validation sequence
+    val_tokens: int | None = None  # validation split: whole documents until at least this many tokens
     # the proxy model: ModelConfig fields but pattern and vocab_size, one section per primitive
     model: Mapping[str, Any] = field(default_factory=dict)
     trainer: Any = None  # composer.trainer.TrainerConfig, or a mapping of its fields
-    lrs: tuple[float, ...] = ()  # learning-rate sweep per task, best accuracy counts; () = trainer.lr
-    seed: int = 0  # the search's seed: model init, data and test set
+    lrs: tuple[float, ...] = ()  # learning-rate sweep per task, best score counts; () = trainer.lr
+    seed: int = 0  # the search's seed: model init, data and test set (with a corpus: its validation split)
     top_k: int = 0  # after the search, re-evaluate the best k patterns over `reeval_seeds`
     reeval_seeds: tuple[int, ...] = (1, 2)
     keep_checkpoints: bool = False  # delete each finished run's checkpoint (they add up over thousands)
@@ -53,14 +73,10 @@ class EvaluatorConfig:
     def __post_init__(self) -> None:
         from composer.trainer import TrainerConfig
 
-        if not isinstance(self.tasks, Mapping) or not self.tasks:
-            raise ConfigError(f"evaluator.tasks must map task names to settings, got {self.tasks!r}")
-        tasks = {}
-        for name, overrides in self.tasks.items():
-            if name not in TASKS:
-                raise ConfigError(f"evaluator.tasks: unknown task {name!r} (valid tasks: {', '.join(TASKS)})")
-            tasks[name] = overrides if not isinstance(overrides, Mapping) else build_task_config(name, overrides)
-        object.__setattr__(self, "tasks", MappingProxyType(tasks))
+        if self.corpus is None:
+            self._check_mad()
+        else:
+            self._check_language_modelling()
         trainer = self.trainer if isinstance(self.trainer, TrainerConfig) else from_mapping(
             TrainerConfig, self.trainer, where="evaluator.trainer")
         object.__setattr__(self, "trainer", trainer)
@@ -80,10 +96,57 @@ class EvaluatorConfig:
             raise ConfigError(f"evaluator.reeval_seeds must be integers other than seed={self.seed}, got {list(seeds)}")
         object.__setattr__(self, "reeval_seeds", seeds)
 
+    def _check_mad(self) -> None:
+        for key in ("tokenizer", "seq_len", "val_tokens"):
+            if getattr(self, key) is not None:
+                raise ConfigError(f"evaluator.{key} is a language-modelling setting: set evaluator.corpus too "
+                                  f"(evaluator=lm), or drop it")
+        given = {name: {} for name in TASKS} if self.tasks is None else self.tasks
+        if not isinstance(given, Mapping) or not given:
+            raise ConfigError(f"evaluator.tasks must map task names to settings, got {self.tasks!r}")
+        tasks = {}
+        for name, overrides in given.items():
+            if name not in TASKS:
+                raise ConfigError(f"evaluator.tasks: unknown task {name!r} (valid tasks: {', '.join(TASKS)})")
+            tasks[name] = overrides if not isinstance(overrides, Mapping) else build_task_config(name, overrides)
+        object.__setattr__(self, "tasks", MappingProxyType(tasks))
+
+    def _check_language_modelling(self) -> None:
+        from composer.text import TextSource
+
+        if self.tasks:
+            raise ConfigError("evaluator.tasks and evaluator.corpus exclude each other: a search scores MAD tasks "
+                              "or language modelling, not both")
+        object.__setattr__(self, "tasks", MappingProxyType({}))
+        if not isinstance(self.corpus, Mapping):
+            raise ConfigError(f"evaluator.corpus must map TextSource fields (path, text_field...), got {self.corpus!r}")
+        path = self.corpus.get("path")
+        if path is not None and (not isinstance(path, str) or not path):
+            raise ConfigError(f"evaluator.corpus.path must be a file, folder, glob or hub:<name> (null: the default "
+                              f"corpus), got {path!r}")
+        if path is not None and not path.startswith("hub:") and not any(c in path for c in "*?[") \
+                and not Path(path).expanduser().exists():
+            raise ConfigError(f"evaluator.corpus.path: text source not found: {path}")
+        source = from_mapping(TextSource, {**self.corpus, "path": path or "default"}, where="evaluator.corpus")
+        object.__setattr__(self, "corpus", MappingProxyType({**asdict(source), "path": path}))  # every field, once
+        tokenizer = "bytes" if self.tokenizer is None else self.tokenizer
+        if tokenizer != "bytes" and not Path(tokenizer).expanduser().exists():
+            raise ConfigError(f"evaluator.tokenizer must be 'bytes' or the path of a tokenizer.json, got {tokenizer!r} "
+                              f"(no such file)")
+        object.__setattr__(self, "tokenizer", tokenizer)
+        for key in ("seq_len", "val_tokens"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"evaluator.{key} must be a positive integer with a corpus, got {value!r}")
+
     def proxy(self, pattern: str, *, vocab_size: int) -> ModelConfig:
-        """The proxy ModelConfig of `pattern` for a task with `vocab_size` tokens."""
+        """The proxy ModelConfig of `pattern` for a task (or tokenizer) with `vocab_size` tokens."""
         return model_config_from_mapping({**self.model, "pattern": pattern, "vocab_size": vocab_size},
                                          where="evaluator.model")
+
+    @property
+    def language_modelling(self) -> bool:
+        return self.corpus is not None
 
     @property
     def learning_rates(self) -> tuple[float, ...]:
@@ -98,78 +161,148 @@ def evaluator_config_from_mapping(data: Mapping[str, Any] | None) -> EvaluatorCo
     return from_mapping(EvaluatorConfig, data, where="evaluator")
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Job:
+    """One proxy the evaluator trains at each learning rate: a MAD task, or language modelling."""
+
+    name: str  # the task; its runs live in trials/<pattern hash>/<name>-lr<lr>/
+    identity: Mapping[str, Any]  # summary.json entries a finished run must match to be read back
+    score: Callable[[Mapping[str, Any]], float]  # summary["final"] -> the number to maximise
+    train: Callable[[Any, Path], Mapping[str, Any]]  # (trainer config, run folder) -> summary
+
+
 class Evaluator:
-    """Callable `evaluator(pattern, seed=None) -> {"score", "tasks", ...}`; seed None is cfg.seed."""
+    """Callable `evaluator(pattern, seed=None) -> {"score", "tasks", ...}`; seed None is cfg.seed.
+
+    With a corpus, the corpus is loaded here (tokenised into the cache on first use; the default
+    corpus is fetched first if it is missing), so a bad source fails before the first trial."""
 
     def __init__(self, cfg: EvaluatorConfig, *, run_dir: Path, device: str | None = None) -> None:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         # Search workers train quietly: the search prints one line per trial instead.
         self.trainer = replace(cfg.trainer, progress=False, **({"device": device} if device else {}))
+        self.corpus, self.corpus_identity = None, None
+        if cfg.language_modelling:
+            from composer.proxy import describe_corpus
+
+            self.corpus = load_evaluator_corpus(cfg)
+            self.corpus_identity = describe_corpus(self.corpus)
 
     def __call__(self, pattern: str, seed: int | None = None) -> dict[str, Any]:
         seed = self.cfg.seed if seed is None else seed
         started = time.perf_counter()
-        tasks, best_lr = {}, {}
-        for name, task_cfg in self.cfg.tasks.items():
-            accuracy, lr = self._task(pattern, name, task_cfg, seed)
-            tasks[name], best_lr[name] = accuracy, lr
-        result = {"score": sum(tasks.values()) / len(tasks), "tasks": tasks, "seed": seed,
-                  "seconds": round(time.perf_counter() - started, 2)}
+        scores, finals, best_lr = {}, {}, {}
+        for job in self._jobs(pattern, seed):
+            scores[job.name], finals[job.name], best_lr[job.name] = self._sweep(pattern, job, seed)
+        if self.corpus is None:
+            result = {"score": sum(scores.values()) / len(scores), "tasks": scores}
+        else:
+            final = finals[LM_TASK]
+            result = {"score": scores[LM_TASK], "tasks": {LM_SCORE: scores[LM_TASK]},
+                      "bits_per_byte": final["bits_per_byte"], "loss": final["loss"]}
+        result |= {"seed": seed, "seconds": round(time.perf_counter() - started, 2)}
         if len(self.cfg.learning_rates) > 1:
             result["best_lr"] = best_lr
         return result
 
-    def _task(self, pattern: str, name: str, task_cfg: Any, seed: int) -> tuple[float, float]:
-        """Best test accuracy over the learning rates, and the rate that reached it."""
+    def _jobs(self, pattern: str, seed: int) -> list[_Job]:
+        if self.corpus is None:
+            return [_Job(name=name, identity={"pattern": pattern, "task": name, "seed": seed}, score=_accuracy,
+                         train=partial(self._train_task, pattern, name, task_cfg, seed))
+                    for name, task_cfg in self.cfg.tasks.items()]
+        identity = {"pattern": pattern, "seed": seed, "seq_len": self.cfg.seq_len, "corpus": self.corpus_identity}
+        return [_Job(name=LM_TASK, identity=identity, score=_minus_bits_per_byte,
+                     train=partial(self._train_text, pattern, seed))]
+
+    def _train_task(self, pattern: str, name: str, task_cfg: Any, seed: int, trainer: Any, folder: Path) -> dict:
+        from composer.proxy import train_on_task
+
+        return train_on_task(model_cfg=self.cfg.proxy(pattern, vocab_size=task_cfg.vocab_size), task_name=name,
+                             task_cfg=task_cfg, trainer_cfg=trainer, seed=seed, run_dir=folder)
+
+    def _train_text(self, pattern: str, seed: int, trainer: Any, folder: Path) -> dict:
+        from composer.proxy import train_on_text
+
+        return train_on_text(model_cfg=self.cfg.proxy(pattern, vocab_size=self.corpus.vocab_size), corpus=self.corpus,
+                             trainer_cfg=trainer, seq_len=self.cfg.seq_len, seed=seed, run_dir=folder)
+
+    def _sweep(self, pattern: str, job: _Job, seed: int) -> tuple[float, Mapping[str, Any], float]:
+        """The best score over the learning rates, its run's final metrics, and the rate that reached it."""
         from composer.trainer import DivergedError
 
-        best: tuple[float, float] | None = None
+        best: tuple[float, Mapping[str, Any], float] | None = None
         errors = []
         for lr in self.cfg.learning_rates:
-            folder = self.run_dir / "trials" / pattern_hash(pattern, seed=seed) / f"{name}-lr{lr:g}"
+            folder = self.run_dir / "trials" / pattern_hash(pattern, seed=seed) / f"{job.name}-lr{lr:g}"
             try:
-                accuracy = self._run(pattern, name, task_cfg, seed, replace(self.trainer, lr=lr), folder)
+                final = self._run(job, replace(self.trainer, lr=lr), folder)
             except DivergedError as exc:  # one rate of a sweep diverging is a result, not a failure
                 errors.append(f"lr {lr:g}: {exc}")
                 continue
-            if best is None or accuracy > best[0]:
-                best = (accuracy, lr)
+            if best is None or job.score(final) > best[0]:
+                best = (job.score(final), final, lr)
         if best is None:
-            raise DivergedError(f"{name} diverged at every learning rate: {'; '.join(errors)}")
+            raise DivergedError(f"{job.name} diverged at every learning rate: {'; '.join(errors)}")
         return best
 
-    def _run(self, pattern: str, name: str, task_cfg: Any, seed: int, trainer: Any, folder: Path) -> float:
-        from composer.proxy import train_on_task
+    def _run(self, job: _Job, trainer: Any, folder: Path) -> Mapping[str, Any]:
         from composer.trainer import CHECKPOINT
 
-        done = _finished(folder, pattern=pattern, task=name, seed=seed)
-        if done is None:
-            model_cfg = self.cfg.proxy(pattern, vocab_size=task_cfg.vocab_size)
+        final = _finished(folder, job)
+        if final is None:
             try:
-                summary = train_on_task(model_cfg=model_cfg, task_name=name, task_cfg=task_cfg, trainer_cfg=trainer,
-                                        seed=seed, run_dir=folder)
+                final = job.train(trainer, folder)["final"]
             except Exception:
                 _free_accelerator_memory()  # an OOM must not poison the next trial in this worker
                 raise
-            done = float(summary["final"]["accuracy"])
             if not self.cfg.keep_checkpoints:
                 (folder / CHECKPOINT).unlink(missing_ok=True)
-        if not math.isfinite(done):
-            raise FloatingPointError(f"{name}: test accuracy is {done}")
-        log.debug("%s %s seed %d lr %g: accuracy %.4f", pattern, name, seed, trainer.lr, done)
-        return done
+        score = job.score(final)
+        if not math.isfinite(score):
+            raise FloatingPointError(f"{job.name}: score is {score}")
+        log.debug("%s %s lr %g: score %.4f", folder.parent.name, job.name, trainer.lr, score)
+        return final
 
 
-def _finished(folder: Path, *, pattern: str, task: str, seed: int) -> float | None:
-    """The accuracy of a run that already completed in `folder`, if it is this run."""
+def _accuracy(final: Mapping[str, Any]) -> float:
+    return float(final["accuracy"])
+
+
+def _minus_bits_per_byte(final: Mapping[str, Any]) -> float:
+    return -float(final["bits_per_byte"])
+
+
+def _finished(folder: Path, job: _Job) -> Mapping[str, Any] | None:
+    """The final metrics of a run that already completed in `folder`, if it is this run."""
     try:
         summary = json.loads((folder / "summary.json").read_text())
     except (OSError, ValueError):
         return None
-    if summary.get("status") != "completed" or (summary.get("pattern"), summary.get("task"), summary.get("seed")) != (
-        pattern, task, seed):
+    if summary.get("status") != "completed" or any(summary.get(k) != v for k, v in job.identity.items()):
         return None
-    return float(summary["final"]["accuracy"])
+    try:
+        job.score(summary["final"])  # e.g. a text run stopped between its training and its bits per byte
+    except (KeyError, TypeError, ValueError):
+        return None
+    return summary["final"]
+
+
+# ----------------------------------------------------------------------------------------- the corpus
+
+def load_evaluator_corpus(cfg: EvaluatorConfig) -> Any:
+    """The language-modelling evaluator's corpus (a composer.text.TextCorpus), split by `cfg.seed`."""
+    from composer.text import TextSource, load_corpus
+    from composer.tokenizer import load_tokenizer
+
+    from composer.corpus import default_corpus
+
+    path = cfg.corpus["path"] or str(default_corpus(setting="evaluator.corpus.path"))
+    source = TextSource(**{**cfg.corpus, "path": path})
+    started = time.perf_counter()
+    corpus = load_corpus(source, load_tokenizer(cfg.tokenizer), seed=cfg.seed, val_tokens=cfg.val_tokens)
+    log.info("corpus %s: %d training and %d validation tokens (%s tokenizer, %.1fs)", path, corpus.train.n_tokens,
+             corpus.val.n_tokens, cfg.tokenizer, time.perf_counter() - started)
+    return corpus
 
 
 def _free_accelerator_memory() -> None:
