@@ -16,6 +16,10 @@ The builders (`architecture_record`, `search_record`) take what a search knows a
 derived column, so the writer and the readers never disagree on a formula. `rows` flattens the
 current architecture records into the table that `composer-leaderboard` prints (text, csv, json,
 markdown) and that search/report.py renders as HTML. Imports no torch.
+
+Long-context probe: an architecture record may carry `needle@<m>x` fields (composer/needle.py's
+exact-match retrieval accuracy at m × the training context, a fraction); the table then gets one
+column per multiple seen, in order of m, e.g. `needle@1x`, `needle@2x`.
 """
 
 from __future__ import annotations
@@ -45,12 +49,13 @@ from scaling.extrapolate import extrapolate, paper_method
 PROG = "composer-leaderboard"
 DEFAULT_PATH = Path("outputs/leaderboard.jsonl")
 SCHEMA = 1  # bumped when a field changes meaning; readers of older lines use .get
-KINDS = ("architecture", "search")
+KINDS = ("architecture", "search", "pretrain")
 ROLES = ("aggregate", "best_single", "candidate")
 TARGETS = ("350m", "1b", "3b")  # presets every architecture is extrapolated to
 COST_SEQ_LEN = 2048  # training sequence length of the 1B FLOPs column
 CONTEXTS = (4096, 32768)  # decoding contexts of the 1B inference-state columns
 FORMATS = ("text", "csv", "json", "md")
+NEEDLE_PREFIX = "needle@"  # record fields and table columns of the long-context probe: needle@1x, needle@2x
 
 
 # ------------------------------------------------------------------------------------------ records
@@ -77,6 +82,37 @@ def _check_number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ConfigError(f"{name} must be a finite number, got {value!r}")
     return float(value)
+
+
+def needle_multiple(key: str) -> float | None:
+    """'needle@2x' -> 2.0, 'needle@1.5x' -> 1.5; None for any other key."""
+    if not key.startswith(NEEDLE_PREFIX) or not key.endswith("x"):
+        return None
+    try:
+        m = float(key[len(NEEDLE_PREFIX) : -1])
+    except ValueError:
+        return None
+    return m if math.isfinite(m) and m > 0 else None
+
+
+def _check_needle(needle: Mapping[str, Any] | None) -> dict[str, float]:
+    """The `needle@<m>x` entries of a `composer.needle.needle_accuracy` result (its other entries,
+    per_token@, lengths, by_depth, are not leaderboard columns and are left out), each in [0, 1].
+    None or an empty mapping: no probe ran."""
+    if needle is None or (isinstance(needle, Mapping) and not needle):
+        return {}
+    if not isinstance(needle, Mapping):
+        raise ConfigError(f"needle must be a mapping like {{'needle@1x': 0.9}}, got {type(needle).__name__}")
+    out = {}
+    for key, value in needle.items():
+        if isinstance(key, str) and needle_multiple(key) is not None:
+            value = _check_number(key, value)
+            if not 0 <= value <= 1:
+                raise ConfigError(f"{key} is a fraction of probes, between 0 and 1, got {value}")
+            out[key] = value
+    if not out:
+        raise ConfigError(f"needle holds no 'needle@<m>x' accuracy (keys: {', '.join(map(str, needle)) or 'none'})")
+    return out
 
 
 def stats(values: Sequence[float]) -> dict[str, float | int]:
@@ -131,6 +167,7 @@ def architecture_record(
     pattern: str, *, search: str, strategy: str, role: str, aggregator: str | None,
     task_scores: Mapping[str, Sequence[float]], seeds: Sequence[int], proxy_d_model: int, proxy_vocab_size: int,
     seq_len: int, evaluator: str, run_dir: str | None = None, primitives: Mapping[str, Any] | None = None,
+    needle: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One architecture row, every derived column computed here. JSON-ready.
 
@@ -148,6 +185,8 @@ def architecture_record(
       at_1b            {"seq_len": 2048, "train_flops_per_token", "state_bytes_per_token":
                         {"4096", "32768"} (bf16 inference state / context)} or {"error"}
       full_runs        {}: a placeholder for full-pretraining results, filled by later tools
+      needle@<m>x      only when `needle` is given (a needle_accuracy result): the fraction of
+                       needle probes retrieved exactly at m × the training context
     """
     pattern = parse_pattern(pattern)
     if role not in ROLES:
@@ -179,6 +218,7 @@ def architecture_record(
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"proxy model of {pattern!r}: {exc}") from None
     proxy = account(model, seq_len=seq_len)
+    needle_scores = _check_needle(needle)
     targets, at_1b = _extrapolations(pattern)
     return {
         "kind": "architecture",
@@ -205,6 +245,7 @@ def architecture_record(
         "targets": targets,
         "at_1b": at_1b,
         "full_runs": {},
+        **needle_scores,
     }
 
 
@@ -254,6 +295,49 @@ def search_record(
     }
 
 
+def pretrain_record(summary: Mapping[str, Any], *, run_dir: str) -> dict[str, Any]:
+    """One full pretraining run (a `composer-pretrain` summary): quality, efficiency and the probe.
+
+    Fields: kind, schema, pattern, name, run_dir, created, n_params, world_size, step, tokens,
+    val_loss, bits_per_byte, tokens_per_s, mfu (None off known GPUs), peak_memory_gib, impl,
+    gpu, and needle@<m>x when the probe ran. The key is run_dir: a rerun replaces the row.
+    """
+    final = summary.get("final") or {}
+    record = {
+        "kind": "pretrain", "schema": SCHEMA, "pattern": parse_pattern(summary["pattern"]), "name": summary.get("name"),
+        "run_dir": run_dir, "created": _now(), "n_params": summary.get("n_params"),
+        "world_size": summary.get("world_size"), "step": summary.get("step"), "tokens": summary.get("tokens"),
+        "val_loss": final.get("loss"), "bits_per_byte": final.get("bits_per_byte"),
+        "tokens_per_s": summary.get("tokens_per_s"), "mfu": summary.get("mfu"),
+        "peak_memory_gib": summary.get("peak_memory_gib"), "impl": summary.get("impl"),
+        "gpu": (summary.get("environment") or {}).get("cuda"),
+    }
+    return {**record, **_check_needle(summary.get("needle"))}
+
+
+def full_runs_text(records: Iterable[Mapping[str, Any]]) -> str:
+    """The pretraining runs as an aligned table ('' when there are none), newest last."""
+    runs = [r for r in current(records) if r.get("kind") == "pretrain"]
+    if not runs:
+        return ""
+    needles = sorted({k for r in runs for k in r if needle_multiple(k) is not None}, key=needle_multiple)
+    header = ["pattern", "params", "tokens", "GPUs", "val bpb", "tokens/s", "MFU", *needles]
+
+    def cells(r: Mapping[str, Any]) -> list[str]:
+        def num(v: Any, f: str) -> str:
+            return "-" if v is None else format(v, f)
+
+        return [r["pattern"], format_count(r.get("n_params")), format_count(r.get("tokens")), num(r.get("world_size"), "d"),
+                num(r.get("bits_per_byte"), ".3f"), num(r.get("tokens_per_s"), ",.0f"), num(r.get("mfu"), ".1%"),
+                *(num(r.get(k), ".2f") for k in needles)]
+
+    table = [header] + [cells(r) for r in runs]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+             for row in table]
+    return "\nFull pretraining runs\n" + "\n".join(lines[:1] + ["  ".join("-" * w for w in widths)] + lines[1:]) + "\n"
+
+
 # ------------------------------------------------------------------------------------------ storage
 
 def record_key(record: Mapping[str, Any]) -> tuple[str, ...]:
@@ -261,7 +345,7 @@ def record_key(record: Mapping[str, Any]) -> tuple[str, ...]:
     kind = record.get("kind")
     if kind not in KINDS:
         raise ConfigError(f"record kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    fields = ("search", "role", "pattern") if kind == "architecture" else ("search",)
+    fields = {"architecture": ("search", "role", "pattern"), "search": ("search",), "pretrain": ("run_dir",)}[kind]
     for name in fields:
         if not isinstance(record.get(name), str):
             raise ConfigError(f"{kind} record without a {name!r} string")
@@ -336,11 +420,13 @@ def _sort_key(record: Mapping[str, Any]) -> tuple:
 def rows(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One flat row per current architecture record, best score first (ties by pattern).
 
-    Columns: BASE_COLUMNS, one `task:<name>` mean per task seen, COST_COLUMNS. Units: params in
+    Columns: BASE_COLUMNS, one `task:<name>` mean per task seen, one `needle@<m>x` per probe multiple
+    seen (None where a record has none), COST_COLUMNS. Units: params in
     parameters, flops_1b in training FLOPs per token at seq_len 2048, state_* in bytes per token of
     context at 4K / 32K tokens, all of the 1B extrapolation; None where it does not exist."""
     archs = sorted((r for r in current(records) if r["kind"] == "architecture"), key=_sort_key)
     tasks = sorted({task for r in archs for task in r.get("tasks", {})})
+    needles = sorted({k for r in archs for k in r if needle_multiple(k) is not None}, key=needle_multiple)
     out = []
     for rank, r in enumerate(archs, start=1):
         score, targets, at_1b = r["score"], r.get("targets", {}), r.get("at_1b", {})
@@ -356,6 +442,7 @@ def rows(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "score_std": score.get("std"),
             "n_seeds": score.get("n"),
             **{f"task:{t}": r.get("tasks", {}).get(t, {}).get("mean") for t in tasks},
+            **{k: _fraction(r.get(k)) for k in needles},
             "attention_share": r.get("attention_share"),
             "proxy_params": r.get("proxy", {}).get("n_params"),
             **{f"params_{t}": targets.get(t, {}).get("n_params") for t in TARGETS},
@@ -368,8 +455,17 @@ def rows(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _fraction(value: Any) -> float | None:
+    return float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else None
+
+
 def task_columns(table: Sequence[Mapping[str, Any]]) -> list[str]:
     return [k for k in (table[0] if table else {}) if k.startswith("task:")]
+
+
+def needle_columns(table: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The table's `needle@<m>x` columns, in order of m; [] when no record has the probe."""
+    return [k for k in (table[0] if table else {}) if needle_multiple(k) is not None]
 
 
 # ------------------------------------------------------------------------------------------ formatting
@@ -439,15 +535,25 @@ def _task_display(column: str) -> Column:
     return (column.removeprefix("task:"), lambda r: format_score(r[column]), True)
 
 
+def _needle_display(column: str) -> Column:
+    return (column, lambda r: format_score(r[column]), True)
+
+
+def _text_columns(table: Sequence[Mapping[str, Any]]) -> list[Column]:
+    """DISPLAY, with the needle columns after the seeds when any record has them."""
+    return DISPLAY[:4] + [_needle_display(c) for c in needle_columns(table)] + DISPLAY[4:]
+
+
 def to_text(table: Sequence[Mapping[str, Any]]) -> str:
     """An aligned table for the terminal (a readable subset of the columns)."""
     if not table:
         return "(no architectures)\n"
-    cells = [[header for header, _, _ in DISPLAY]] + [[cell(r) for _, cell, _ in DISPLAY] for r in table]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(DISPLAY))]
+    columns = _text_columns(table)
+    cells = [[header for header, _, _ in columns]] + [[cell(r) for _, cell, _ in columns] for r in table]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     lines = []
     for n, row in enumerate(cells):
-        parts = [text.rjust(w) if right else text.ljust(w) for text, w, (_, _, right) in zip(row, widths, DISPLAY)]
+        parts = [text.rjust(w) if right else text.ljust(w) for text, w, (_, _, right) in zip(row, widths, columns)]
         lines.append("  ".join(parts).rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
@@ -460,7 +566,8 @@ def _md(text: str) -> str:
 
 def to_markdown(table: Sequence[Mapping[str, Any]]) -> str:
     """A GitHub-flavoured markdown table: the text columns plus one column per task mean."""
-    columns = DISPLAY[:4] + [_task_display(c) for c in task_columns(table)] + DISPLAY[4:]
+    needles = [_needle_display(c) for c in needle_columns(table)]
+    columns = DISPLAY[:4] + [_task_display(c) for c in task_columns(table)] + needles + DISPLAY[4:]
     lines = ["| " + " | ".join(_md(h) for h, _, _ in columns) + " |",
              "|" + "|".join("---:" if right else "---" for _, _, right in columns) + "|"]
     for r in table:
@@ -501,21 +608,22 @@ def _parser() -> argparse.ArgumentParser:
 def _select(records: list[dict[str, Any]], *, search: str | None, top: int | None) -> list[dict[str, Any]]:
     """The records to show: one search's (if named), the `top` best architectures, then the searches."""
     if search is not None:
-        known = sorted({r["search"] for r in records})
+        known = sorted({r["search"] for r in records if "search" in r})
         if search not in known:
             raise ConfigError(f"unknown search {search!r} (known searches: {', '.join(known) or 'none'})")
-        records = [r for r in records if r["search"] == search]
+        records = [r for r in records if r.get("search") == search]
     if top is not None and top < 1:
         raise ConfigError(f"--top must be a positive integer, got {top}")
     archs = sorted((r for r in records if r["kind"] == "architecture"), key=_sort_key)[:top]
-    return archs + [r for r in records if r["kind"] == "search"]
+    return archs + [r for r in records if r["kind"] != "architecture"]
 
 
 def _render(records: list[dict[str, Any]], fmt: str) -> str:
     if fmt == "json":
         return to_json(records)
     table = rows(records)
-    return {"text": to_text, "csv": to_csv, "md": to_markdown}[fmt](table)
+    out = {"text": to_text, "csv": to_csv, "md": to_markdown}[fmt](table)
+    return out + full_runs_text(records) if fmt == "text" else out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -547,3 +655,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def cli() -> None:
     """Console-script entry point."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

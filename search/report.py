@@ -31,6 +31,7 @@ from search.leaderboard import (
     format_flops,
     format_score,
     format_share,
+    needle_columns,
     rows,
     task_columns,
 )
@@ -55,7 +56,7 @@ class _Column:
     hint: str = ""  # header tooltip
 
 
-def _columns(tasks: Sequence[str]) -> list[_Column]:
+def _columns(tasks: Sequence[str], needles: Sequence[str] = ()) -> list[_Column]:
     def plain(v: Any) -> str:
         return "-" if v is None else str(v)
 
@@ -70,6 +71,9 @@ def _columns(tasks: Sequence[str]) -> list[_Column]:
         _Column(key="n_seeds", label="seeds", numeric=True, show=plain),
         *(_Column(key=t, label=t.removeprefix("task:"), numeric=True, show=format_score, hint="mean over seeds")
           for t in tasks),
+        *(_Column(key=n, label=n, numeric=True, show=format_score,
+                  hint=f"needle-in-a-haystack exact retrieval at {n.removeprefix('needle@')} the training context")
+          for n in needles),
         _Column(key="attention_share", label="attn", numeric=True, show=format_share, hint="share of * layers"),
         _Column(key="proxy_params", label="proxy params", numeric=True, show=format_count),
         _Column(key="params_350m", label="350M params", numeric=True, show=format_count),
@@ -94,7 +98,7 @@ def _table(table: Sequence[Mapping[str, Any]], grown: Mapping[tuple[str, str, st
     """The sortable table; `grown`: (search, role, pattern) -> its 1B pattern, the pattern cell's tooltip."""
     if not table:
         return '<p class="empty">No architectures yet: composer-search adds them to the leaderboard.</p>'
-    columns = _columns(task_columns(table))
+    columns = _columns(task_columns(table), needle_columns(table))
     head = "".join(
         f'<th data-key="{_e(c.key)}" data-type="{"num" if c.numeric else "text"}"'
         + (f' title="{_e(c.hint)}"' if c.hint else "") + f">{_e(c.label)}</th>"

@@ -238,6 +238,60 @@ def test_json_is_the_full_records(board):
     assert json.loads(lb.to_json(board)) == board
 
 
+# ------------------------------------------------------------------------------------------ long-context probe
+
+def probed(pattern: str, needle: dict, **kwargs) -> dict:
+    return lb.architecture_record(
+        pattern, search="s1", strategy="random", role="candidate", aggregator=None, task_scores={"recall": [0.5]},
+        seeds=[0], proxy_d_model=64, proxy_vocab_size=32, seq_len=64, evaluator="mad", needle=needle, **kwargs)
+
+
+def test_needle_scores_are_record_fields():
+    result = {"needle@1x": 0.9, "needle@2x": 0.25, "per_token@1x": 0.97, "lengths": {"1x": 64, "2x": 128},
+              "by_depth": {"1x": {"0.5": 1.0}}, "n_probes": 20}  # a needle_accuracy result, as is
+    r = probed("*-M-", result)
+    assert r["needle@1x"] == 0.9 and r["needle@2x"] == 0.25
+    assert "per_token@1x" not in r and "lengths" not in r  # only the leaderboard's columns are kept
+    assert "needle@1x" not in arch("*-M-") and lb.needle_multiple("needle@1.5x") == 1.5
+    assert lb.needle_multiple("needle@x") is None and lb.needle_multiple("task:needle@1x") is None
+    for bad, message in [({"needle@1x": 1.5}, "between 0 and 1"), ({"needle@2x": float("nan")}, "finite"),
+                         ({"per_token@1x": 0.5}, "no 'needle@<m>x'"), ([0.9], "must be a mapping")]:
+        with pytest.raises(ConfigError, match=message):
+            probed("*-M-", bad)
+
+
+def test_needle_columns_appear_when_a_record_has_them(board):
+    board = [*board, probed("*-*-", {"needle@2x": 0.25, "needle@1x": 0.875}),
+             probed("MM--", {"needle@1x": 0.5, "needle@4x": 0.0})]
+    table = lb.rows(board)
+    assert list(table[0]) == [*lb.BASE_COLUMNS, "task:copy", "task:noise", "task:recall",
+                              "needle@1x", "needle@2x", "needle@4x", *lb.COST_COLUMNS]  # in order of the multiple
+    assert lb.needle_columns(table) == ["needle@1x", "needle@2x", "needle@4x"]
+    by_pattern = {r["pattern"]: r for r in table}
+    assert by_pattern["*-*-"]["needle@1x"] == 0.875 and by_pattern["*-*-"]["needle@4x"] is None
+    assert by_pattern["M-M-"]["needle@1x"] is None  # no probe: an empty cell
+
+    text = lb.to_text(table).splitlines()
+    header = text[0].split()
+    assert header[:7] == ["#", "pattern", "score", "seeds", "needle@1x", "needle@2x", "needle@4x"]
+    row = next(line.split() for line in text if "*-*-" in line)
+    assert row[4:7] == ["0.875", "0.250", "-"]
+    md = lb.to_markdown(table).splitlines()
+    assert "| recall | needle@1x | needle@2x | needle@4x | attn |" in md[0]
+    assert all(line.count("|") - line.count("\\|") == md[0].count("|") for line in md)
+    parsed = list(csv.DictReader(io.StringIO(lb.to_csv(table))))
+    assert {r["pattern"]: r["needle@2x"] for r in parsed}["*-*-"] == "0.25"
+    assert {r["pattern"]: r["needle@2x"] for r in parsed}["M-M-"] == ""
+    assert json.loads(lb.to_json(board))[-1]["needle@4x"] == 0.0
+
+    from search import report
+
+    page = report.render(board)
+    assert 'data-key="needle@1x"' in page and 'data-key="needle@4x"' in page
+    assert 'data-key="needle@1x"' not in report.render(board[:4])  # no probe anywhere: no column
+    assert "needle@" not in lb.to_text(lb.rows(board[:4])) + lb.to_markdown(lb.rows(board[:4]))
+
+
 @pytest.mark.parametrize("value, text", [(1_234_567, "1.2M"), (350e6, "350M"), (1.1e9, "1.1B"), (999_999, "1.0M"),
                                          (512, "512"), (None, "-")])
 def test_format_count(value, text):
