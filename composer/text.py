@@ -280,7 +280,7 @@ class CorpusConfig:
     split: str = "train"
     streaming: bool = False
     max_documents: int | None = None
-    tokenizer: str = "bytes"  # "bytes" or a tokenizer.json path (composer-text train-tokenizer makes one)
+    tokenizer: str = "bytes"  # "bytes", a tokenizer.json path (composer-text train-tokenizer makes one), hub:<repo>
     val_tokens: int = 100_000  # held-out validation tokens (whole documents)
     cache_dir: str | None = None  # token cache; None: $COMPOSER_CACHE/text
 

@@ -75,19 +75,31 @@ class HFTokenizer:
 
 
 def load_tokenizer(spec: str) -> Tokenizer:
-    """"bytes", or a tokenizer.json file (or a folder holding one)."""
+    """"bytes", a tokenizer.json file (or a folder holding one), or "hub:<repo id>" (the repo's
+    tokenizer.json through the Hugging Face cache: downloaded once, then offline with HF_HUB_OFFLINE=1)."""
     if spec == "bytes":
         return ByteTokenizer()
+    if spec.startswith("hub:"):
+        return HFTokenizer(_hub_tokenizer_file(spec.removeprefix("hub:")))
     path = Path(spec).expanduser()
     if path.is_dir():
         path = path / "tokenizer.json"
     if path.is_file():
         _require_tokenizers()
         return HFTokenizer(path)
-    raise ConfigError(
-        f"unknown tokenizer {spec!r}: use 'bytes' or the path of a tokenizer.json "
-        f"(hub names would need the network; download the model's tokenizer.json once and point here)"
-    )
+    raise ConfigError(f"unknown tokenizer {spec!r}: use 'bytes', the path of a tokenizer.json, or hub:<repo id>")
+
+
+def _hub_tokenizer_file(repo_id: str) -> Path:
+    _require_tokenizers()
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(repo_id, "tokenizer.json"))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise ConfigError(f"tokenizer hub:{repo_id}: no tokenizer.json could be had from the hub or its cache ({reason})") from None
 
 
 def train_bpe(texts: Iterable[str], *, vocab_size: int, out_path: str | Path) -> Path:

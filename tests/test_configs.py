@@ -31,6 +31,7 @@ def test_no_yaml_for_unregistered_tasks():
 
 def test_trainer_yaml_is_the_dataclass_defaults():
     assert yaml.safe_load((CONFIGS / "trainer" / "mad.yaml").read_text()) == _defaults(TrainerConfig)
+    assert yaml.safe_load((CONFIGS / "trainer" / "pretrain.yaml").read_text()).keys() == _defaults(TrainerConfig).keys()
 
 
 def test_model_yaml_has_every_primitive_with_its_defaults():

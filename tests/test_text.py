@@ -313,3 +313,20 @@ def test_split_bits_per_byte_uses_its_own_counts(corpus_dir, cache):
     # Bytes tokenizer: tokens = bytes + one EOS per document, so bpb is slightly above loss / ln 2.
     assert val.n_tokens == val.n_bytes + len(val.doc_ids)
     assert val.bits_per_byte(1.0) == pytest.approx(val.n_tokens / (val.n_bytes * math.log(2)))
+
+
+def test_a_hub_tokenizer_comes_from_the_hugging_face_cache_offline(tmp_path, bpe_path):
+    snapshot = tmp_path / "hub" / "models--someone--tok" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    shutil.copyfile(bpe_path, snapshot / "tokenizer.json")
+    (tmp_path / "hub" / "models--someone--tok" / "refs").mkdir()
+    (tmp_path / "hub" / "models--someone--tok" / "refs" / "main").write_text("a" * 40)
+    code = ("from composer.tokenizer import load_tokenizer; import sys\n"
+            "t = load_tokenizer(sys.argv[1]); print(t.identity, t.encode('hello world'))\n")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    got = subprocess.run([sys.executable, "-c", code, "hub:someone/tok"], capture_output=True, text=True, env=env)
+    local = load_tokenizer(str(bpe_path))
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.split(" ", 1) == [local.identity, f"{local.encode('hello world')}\n"]
+    missing = subprocess.run([sys.executable, "-c", code, "hub:someone/absent"], capture_output=True, text=True, env=env)
+    assert missing.returncode != 0 and "tokenizer hub:someone/absent: no tokenizer.json" in missing.stderr
