@@ -403,6 +403,11 @@ def run_search(cfg: SearchConfig, *, run_dir: Path) -> dict[str, Any]:
 
 def _write_leaderboard(cfg: SearchConfig, run_dir: Path, result: dict, entries: list[dict], curve: list) -> None:
     path = Path(cfg.leaderboard)
+    vocab, seq_len = cfg.space.vocab_size, cfg.space.seq_len  # what the space prices patterns at
+    if cfg.evaluator.language_modelling:  # the proxies really trained: the tokenizer's vocabulary, the text windows
+        from composer.tokenizer import load_tokenizer
+
+        vocab, seq_len = load_tokenizer(cfg.evaluator.tokenizer).vocab_size, cfg.evaluator.seq_len
     for e in entries:
         seeds = sorted(e["runs"])
         tasks = sorted({t for r in e["runs"].values() for t in r.get("tasks", {})})
@@ -410,7 +415,7 @@ def _write_leaderboard(cfg: SearchConfig, run_dir: Path, result: dict, entries: 
             e["pattern"], search=cfg.name, strategy=cfg.strategy.name, role=e["role"],
             aggregator=cfg.aggregator if e["role"] == "aggregate" else None,
             task_scores={t: [e["runs"][s]["tasks"][t] for s in seeds] for t in tasks}, seeds=seeds,
-            proxy_d_model=cfg.evaluator.d_model, proxy_vocab_size=cfg.space.vocab_size, seq_len=cfg.space.seq_len,
+            proxy_d_model=cfg.evaluator.d_model, proxy_vocab_size=vocab, seq_len=seq_len,
             evaluator=cfg.evaluator.name, run_dir=str(run_dir),
             primitives={k: v for k, v in cfg.evaluator.model.items() if isinstance(v, Mapping)})
         leaderboard.append(record, path)

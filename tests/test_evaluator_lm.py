@@ -204,3 +204,4 @@ def test_composer_search_with_the_lm_evaluator(corpus_dir, tmp_path):
     records = [json.loads(line) for line in (tmp_path / "leaderboard.jsonl").read_text().splitlines()]
     best = next(r for r in records if r["kind"] == "architecture" and r["pattern"] == result["top"][0]["pattern"])
     assert best["score"]["mean"] == pytest.approx(result["top"][0]["score"])  # the leaderboard ranks by -bpb too
+    assert best["proxy"]["vocab_size"] == 257 and best["proxy"]["seq_len"] == 32  # bytes, the text windows
