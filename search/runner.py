@@ -11,6 +11,10 @@
 4. Aggregate (the top group, then N_0 / N_1 / prefix), print the architecture and the top ten,
    write `result.json` to the run folder and the records to the leaderboard.
 
+`phase` splits this for jobs that share one storage (composer-launch: a SLURM array of workers,
+then one job after them): `work` is step 2 only (this job's share of the trials, sampler seeds
+offset by `worker`), `finalize` is steps 3-4 only, on what the study holds; `all` is all four.
+
 The evaluator trains with torch; everything before training (config, space, guard) is arithmetic.
 """
 
@@ -46,6 +50,7 @@ log = logging.getLogger("composer.search")
 INCREMENTAL = {"end_layer": end_layer, "middle_layer": middle_layer}
 EFFICIENCY = ("state_bytes_32k", "train_flops")  # evolution's second objective, minimised
 MAX_ATTEMPTS_PER_EVALUATION = 20  # cached and duplicate proposals are cheap, but a loop must end
+PHASES = ("all", "work", "finalize")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,12 +91,18 @@ class SearchConfig:
     aggregator: str = "N0"  # N0 | N1 | prefix: the architecture the search reports
     top: int = 10  # patterns printed and written to the leaderboard
     leaderboard: str | None = str(leaderboard.DEFAULT_PATH)  # None: do not write one
+    phase: str = "all"  # all | work: only evaluate trials until the study holds n_trials | finalize: no new trials
+    worker: int = 0  # this job's index among jobs sharing the study: its processes' sampler seeds come after those below it
 
     def __post_init__(self) -> None:
         for name in ("n_trials", "workers", "top"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.phase not in PHASES:
+            raise ConfigError(f"phase must be one of {', '.join(PHASES)}, got {self.phase!r}")
+        if isinstance(self.worker, bool) or not isinstance(self.worker, int) or self.worker < 0:
+            raise ConfigError(f"worker must be a non-negative integer, got {self.worker!r}")
         if self.aggregator not in METHODS:
             raise ConfigError(f"aggregator must be one of {', '.join(METHODS)}, got {self.aggregator!r}")
         if not self.name or "/" in self.name:
@@ -291,13 +302,30 @@ def _run_workers(cfg: SearchConfig, run_dir: Path, study: optuna.Study, strategy
         raise ConfigError(f"worker process(es) {', '.join(failed)} exited with an error (see their log above)")
 
 
+def _wait_for_round(study: optuna.Study, *, poll_s: float = 2.0) -> None:
+    """phase=work, incremental: the next round grows from this round's best, so wait until the other
+    jobs' evaluations of this round are told (or their workers are gone)."""
+    from search.study import _is_lost
+
+    while True:
+        now = time.time()
+        running = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+                   if not _is_lost(t, stale_after_s=300.0, now=now)]
+        if not running:
+            return
+        time.sleep(poll_s)
+
+
 def _search(cfg: SearchConfig, run_dir: Path) -> optuna.Study:
-    """Run the strategy's study (incremental: one study per round, through run_incremental); the last one."""
+    """Run the strategy's study (incremental: one study per round, through run_incremental); the last one.
+    phase=finalize opens the studies and runs no trial."""
     s = cfg.strategy
+    seed = cfg.seed + 1000 * cfg.worker * cfg.workers  # worker w's processes: after those of workers 0..w-1
     if not s.incremental:
-        strategy = _strategy(cfg, seed=cfg.seed)
+        strategy = _strategy(cfg, seed=seed)
         study = _study(cfg, run_dir, strategy, cfg.name)  # opened here first: bad settings fail once, in one line
-        _run_workers(cfg, run_dir, study, strategy)
+        if cfg.phase != "finalize":
+            _run_workers(cfg, run_dir, study, strategy)
         return study
     studies: list[optuna.Study] = []
 
@@ -306,10 +334,14 @@ def _search(cfg: SearchConfig, run_dir: Path) -> optuna.Study:
         return studies[-1]
 
     def run_round(study: optuna.Study, strategy: Strategy) -> None:
+        if cfg.phase == "finalize":
+            return
         _run_workers(cfg, run_dir, study, strategy, label=f"round {len(studies)}/{s.rounds} ")
+        if cfg.phase == "work":
+            _wait_for_round(study)
 
     history = run_incremental(s.name, space=cfg.space, rounds=s.rounds, open_round=open_round, run_round=run_round,
-                              seed=cfg.seed, start=s.start, base=s.base, **s.options)
+                              seed=seed, start=s.start, base=s.base, **s.options)
     log.info("rounds froze %s", " -> ".join(history))
     return studies[-1]
 
@@ -341,16 +373,22 @@ def _evaluate_list(cfg: SearchConfig, run_dir: Path, patterns: list[str], *, see
 
 
 def run_search(cfg: SearchConfig, *, run_dir: Path) -> dict[str, Any]:
-    """Search, re-evaluate, aggregate, report; returns what `result.json` holds."""
+    """Search, re-evaluate, aggregate, report; returns what `result.json` holds.
+    phase=work returns after the search with {"name", "phase", "worker", "n_evaluations"} and writes nothing."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     rounds = cfg.strategy.rounds if cfg.strategy.incremental else 1
-    log.info("search %r: %s over %d-layer patterns of %r (%s), %d evaluations%s, %d worker(s); storage %s",
-             cfg.name, cfg.strategy.name, cfg.space.length, cfg.space.alphabet, cfg.evaluator.name, cfg.n_trials,
+    log.info("search %r%s: %s over %d-layer patterns of %r (%s), %d evaluations%s, %d worker(s); storage %s",
+             cfg.name, "" if cfg.phase == "all" else f" (phase {cfg.phase}, worker {cfg.worker})",
+             cfg.strategy.name, cfg.space.length, cfg.space.alphabet, cfg.evaluator.name, cfg.n_trials,
              f" per round × {rounds} rounds" if rounds > 1 else "", cfg.workers,
              cfg.storage or run_dir / "study.db")
     study = _search(cfg, run_dir)
+    if cfg.phase == "work":
+        n = count_evaluations(study)
+        log.info("search %r: worker %d done; the study holds %d evaluations", cfg.name, cfg.worker, n)
+        return {"name": cfg.name, "phase": "work", "worker": cfg.worker, "n_evaluations": n}
     results = completed_results(study)
     failures = failed_patterns(study)
     if not results:
