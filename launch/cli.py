@@ -2,6 +2,7 @@
 
     composer-launch search --workers 8 --partition cpu strategy=tpe n_trials=200
     composer-launch pretrain --nodes 2 --gpus-per-node 8 --partition gpu name=run1 model.pattern='M-M-M*-'
+    composer-launch pretrain --config outputs/extrapolate/<time>/pretrain.yaml --nodes 4 --gpus-per-node 8 ...
     composer-launch status [RUN FOLDER]          # the jobs of a run folder and their states
     composer-launch cancel [RUN FOLDER]
 
@@ -67,6 +68,9 @@ def build_parsers() -> dict[str, argparse.ArgumentParser]:
     _common(search)
     pretrain = _Parser(prog=f"{PROG} pretrain", description="one multi-node composer-pretrain job over torchrun, "
                        "checkpointed and requeued before its time limit")
+    pretrain.add_argument("--config", type=Path, metavar="YAML",
+                          help="a composer-pretrain config file, e.g. the pretrain.yaml composer-extrapolate writes; "
+                               "the overrides apply on top of it")
     pretrain.add_argument("--nodes", type=int, default=1)
     pretrain.add_argument("--gpus-per-node", type=int, default=0)
     pretrain.add_argument("--procs-per-node", type=int, help="ranks per node (default: --gpus-per-node, or 1)")
@@ -88,16 +92,18 @@ def build_parsers() -> dict[str, argparse.ArgumentParser]:
 
 # ----------------------------------------------------------------------------------------- helpers
 
-def resolve(command: str, overrides: list[str]) -> tuple[dict[str, Any], str]:
-    """The composer command's resolved config for these overrides (its own validation: unknown keys,
-    bad values); bad input comes back as its one-line error."""
+def resolve(command: str, overrides: list[str], *, config: list[str] = ()) -> tuple[dict[str, Any], str]:
+    """The composer command's resolved config for these overrides on top of `config` (Hydra's
+    --config-path/--config-name, or nothing); its own validation (unknown keys, bad values), bad input
+    coming back as its one-line error."""
     import yaml
 
     for o in overrides:
         if o.startswith(("hydra.run.dir=", "hydra.sweep.", "-m", "--multirun")):
             raise ConfigError(f"override {o!r}: composer-launch places the run itself (use --dir for the run folder)")
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    proc = subprocess.run([sys.executable, "-m", "composer.cli", command, *overrides, "--cfg", "job", "--resolve"],
+    proc = subprocess.run([sys.executable, "-m", "composer.cli", command, *config, *overrides, "--cfg", "job",
+                           "--resolve"],
                           capture_output=True, text=True, env=env, timeout=300)
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines() or [f"composer-{command} exited with {proc.returncode}"]
@@ -299,13 +305,19 @@ def launch_pretrain(args: argparse.Namespace) -> int:
     if args.executor == "local" and args.nodes > 1:
         raise ConfigError(f"--executor local runs on this machine only: --nodes must be 1, got {args.nodes}")
     overrides = list(args.overrides)
-    cfg, text = resolve("pretrain", overrides)
+    config: list[str] = []
+    if args.config is not None:
+        path = args.config.resolve()
+        if not path.is_file() or path.suffix not in (".yaml", ".yml"):
+            raise ConfigError(f"--config {args.config}: no such YAML file")
+        config = ["--config-path", str(path.parent), "--config-name", path.stem]
+    cfg, text = resolve("pretrain", overrides, config=config)
     _check_pretrain(cfg)
     name = cfg["name"]
     folder, record = _prepare(args, kind="pretrain", name=name, config_text=text)
     run_dir = folder / "pretrain"
     procs = args.procs_per_node or max(1, args.gpus_per_node)
-    job = Pretrain(overrides=[*overrides, f"hydra.run.dir={run_dir}"], run_dir=str(run_dir), cwd=os.getcwd(),
+    job = Pretrain(overrides=[*config, *overrides, f"hydra.run.dir={run_dir}"], run_dir=str(run_dir), cwd=os.getcwd(),
                    nodes=args.nodes, procs_per_node=procs, cpus_per_task=args.cpus_per_task, port=args.port,
                    max_requeues=args.max_requeues, shutdown_timeout_s=max(30, args.signal_delay_s))
     res = _resources(args, nodes=args.nodes, gpus_per_node=args.gpus_per_node, signal_delay_s=args.signal_delay_s,

@@ -95,7 +95,7 @@ def first_node() -> tuple[str, str]:
 class Pretrain:
     """`composer-pretrain` over torchrun: one torchrun per node, `procs_per_node` ranks each."""
 
-    overrides: list[str]  # composer-pretrain overrides, hydra.run.dir included
+    overrides: list[str]  # composer-pretrain arguments: --config-path/--config-name if any, overrides, hydra.run.dir
     run_dir: str  # the pretraining run folder (summary.json tells a preempted run)
     cwd: str
     nodes: int = 1

@@ -157,7 +157,13 @@ def pretrain_args(corpus: Path, name: str) -> list[str]:
 def reference(corpus) -> Path:
     """An uninterrupted 2-rank run through the local executor (torchrun --standalone); its run folder."""
     cwd = corpus.parent
-    proc = launch("pretrain", "--executor", "local", "--procs-per-node", "2", *pretrain_args(corpus, "ref"), cwd=cwd)
+    # Launched from a config file (as composer-extrapolate writes one): the SLURM test's overrides
+    # must give the same run.
+    shown = subprocess.run([sys.executable, "-m", "composer.cli", "pretrain", *pretrain_args(corpus, "ref"), "--cfg",
+                            "job"], capture_output=True, text=True, timeout=120, env=cli_env())
+    assert shown.returncode == 0, shown.stderr
+    (cwd / "ref.yaml").write_text(shown.stdout)
+    proc = launch("pretrain", "--executor", "local", "--procs-per-node", "2", "--config", str(cwd / "ref.yaml"), cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"step {STEPS}, val loss" in proc.stdout
     return cwd / "outputs" / "launch" / "ref"
@@ -169,6 +175,7 @@ def test_local_pretrain_runs_two_ranks_and_keeps_its_folder(reference):
     job = json.loads((reference / "launch.json").read_text())["submissions"][-1]["jobs"][0]
     assert job["role"] == "pretrain" and job["argv"][-1] == f"hydra.run.dir={reference / 'pretrain'}"
     assert "--standalone" in job["argv"] and "composer.pretrain" in job["argv"]
+    assert job["argv"][job["argv"].index("--config-name") + 1] == "ref"
     log = (reference / "logs" / "pretrain.out").read_text()
     assert "torch.distributed.run --standalone --nnodes 1 --nproc_per_node 2 -m composer.pretrain" in log
     assert states(reference, cwd=reference.parents[2]) == {"pretrain": "COMPLETED"}
@@ -184,6 +191,7 @@ def test_bad_input_is_one_line(tmp_path, corpus):
         (["pretrain", "--executor", "local", "--nodes", "2", *pretrain_args(corpus, "x")], "--nodes must be 1"),
         (["pretrain", "--executor", "local", *pretrain_args(corpus, "x"), "model.pattern=*A"],
          "unknown primitive 'A' at position 1"),
+        (["pretrain", "--executor", "local", "--config", str(tmp_path / "nope.yaml")], "no such YAML file"),
         (["status", str(tmp_path)], "is not a composer-launch run folder"),
         (["deploy"], "unknown command 'deploy'"),
     ]
@@ -305,3 +313,19 @@ def test_a_composer_train_sweep_through_the_slurm_preset(slurm, tmp_path, tiny):
     patterns = {json.loads((sweep / n / "summary.json").read_text())["pattern"] for n in ("0", "1")}
     assert patterns == {"*-", "M-"}
     assert list((sweep / ".submitit").glob("*/*_submission.sh"))  # they went through sbatch
+
+
+def test_a_composer_search_sweep_through_the_slurm_preset(slurm, tmp_path):
+    """`composer-search -m hydra/launcher=slurm_cpu`: one SLURM array task per sweep point, each a whole search."""
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run([sys.executable, "-m", "composer.cli", "search", "-m", "hydra/launcher=slurm_cpu",
+                           f"hydra.launcher.partition={slurm.partition}", "hydra.launcher.cpus_per_task=1",
+                           "hydra.launcher.mem_gb=null", f"hydra.sweep.dir={sweep}", *TINY_SEARCH, "n_trials=3",
+                           "workers=1", "evaluator.top_k=0", "strategy=random,tpe", "leaderboard=null"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path, env=slurm_env(slurm))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = {n: json.loads((sweep / n / "result.json").read_text()) for n in ("random-mad_cpu-n3-s0",
+                                                                              "tpe-mad_cpu-n3-s0")}
+    assert all(r["name"] == n and r["n_evaluations"] == 3 for n, r in results.items())
+    (script,) = (sweep / ".submitit").glob("*/*_submission.sh")  # one sbatch: an array of both points
+    assert "#SBATCH --array=0-1" in script.read_text()
