@@ -5,7 +5,8 @@ torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT); a plain 
 starts a group of one, so a single GPU runs the same code path. NCCL on CUDA, gloo on CPU.
 
 Sharding follows FSDP2's recipe: `fully_shard` each layer, then the root, so one layer's
-parameters are gathered at a time; bf16 parameters with fp32 gradient reduction on CUDA.
+parameters are gathered at a time; bf16 parameters with fp32 gradient reduction on CUDA. Over
+micro-batches, gradients are reduce-scattered once per step, at the last one (`set_gradient_sync`).
 """
 
 from __future__ import annotations
@@ -76,6 +77,16 @@ def shard(module: nn.Module, layers: list[nn.Module], *, bf16: bool) -> None:
         # the last layer's parameters are needed again at once by backward: keep them gathered
         fully_shard(layer, mp_policy=policy, reshard_after_forward=i < len(layers) - 1)
     fully_shard(module, mp_policy=policy)
+
+
+def set_gradient_sync(module: nn.Module, enabled: bool) -> None:
+    """FSDP2 gradient accumulation without communication: with sync off, a backward keeps adding
+    into unsharded fp32 gradients (one model's worth per rank); the backward with sync on (the
+    last micro-batch of a step) reduce-scatters them once. A no-op on a module FSDP2 did not shard."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(module, FSDPModule):
+        module.set_requires_gradient_sync(enabled)
 
 
 def all_mean(value: torch.Tensor) -> torch.Tensor:

@@ -62,9 +62,13 @@ class ComposedModel(nn.Module):
             x = layer(x, None if states is None else states[i])
         return self.norm(x)
 
+    @property
+    def head_weight(self) -> torch.Tensor:
+        """The LM head's (V, D) weight: the embedding when tied."""
+        return self.embed.weight if self.head is None else self.head.weight
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        weight = self.embed.weight if self.head is None else self.head.weight
-        return hidden @ weight.T  # (B, T, V)
+        return hidden @ self.head_weight.T  # (B, T, V)
 
     def forward(self, tokens: torch.Tensor, states: list | None = None) -> torch.Tensor:
         return self.logits(self.hidden(tokens, states))  # (B, T, V)

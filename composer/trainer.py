@@ -1,7 +1,8 @@
 """The shared trainer: the one loop behind every proxy and every full run.
 
 It owns optimisation (AdamW parameter groups, schedule, clipping, precision, accumulation), the
-token budget, evaluation, checkpoints with exact resume, and the run folder's records
+loss (the plain cross-entropy, or composer.loss's chunked one that never holds the full logits),
+the token budget, evaluation, checkpoints with exact resume, and the run folder's records
 (`metrics.jsonl`, `summary.json`, the checkpoint). The model owns only its forward pass.
 
 In a process group (`composer.distributed`, every pretraining run) the same loop shards the model
@@ -35,11 +36,13 @@ from composer import checkpoint as ckpt
 from composer import distributed
 from composer.data import IGNORE, Batches
 from composer.errors import ComposerError, ConfigError
+from composer.loss import chunked_loss_and_correct
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = ckpt.FILE
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16, by GPU name
+LOSSES = ("auto", "chunked", "full")
 
 
 class DivergedError(ComposerError):
@@ -71,6 +74,7 @@ class TrainerConfig:
     grad_clip: float = 1.0  # max global gradient norm; 0 disables
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     compile: bool = False  # torch.compile each layer
+    loss: str = "auto"  # auto (chunked on CUDA, full on CPU) | chunked (never the full logits) | full
     activation_checkpointing: bool = False  # recompute each layer's mixer in backward
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     eval_every: int = 0  # steps between evaluations; 0: only at the end
@@ -87,6 +91,8 @@ class TrainerConfig:
             raise ValueError(f"schedule must be cosine or wsd, got {self.schedule!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.batch_size < 1 or self.grad_accum < 1 or self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size ({self.batch_size}) must be a positive multiple of grad_accum ({self.grad_accum})")
         if not 0 <= self.warmup <= 1 or not 0 <= self.decay <= 1:
@@ -142,16 +148,43 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]
 
 
 class Objective(nn.Module):
-    """The trained module: the model, plus a task's own output head when the task has one (compression)."""
+    """The trained module: the model, plus a task's own output head when the task has one (compression).
 
-    def __init__(self, model: nn.Module, head: nn.Module | None = None) -> None:
+    forward(tokens) gives the logits; forward(tokens, targets) the summed loss, correct predictions
+    and counted positions (`loss_and_correct`). The loss runs inside forward because that is where
+    FSDP2 has gathered the head weight; `loss_impl` ("full" or "chunked", set by the trainer from
+    `trainer.loss`) says whether it materialises the full logits."""
+
+    def __init__(self, model: nn.Module, head: nn.Module | None = None, *, loss_impl: str = "full") -> None:
         super().__init__()
-        self.model, self.head = model, head
+        self.model, self.head, self.loss_impl = model, head, loss_impl
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if targets is None:
+            return self._logits(tokens)
+        if self.loss_impl == "chunked":
+            return chunked_loss_and_correct(self.model.hidden(tokens), self.model.head_weight, targets)
+        return loss_and_correct(self._logits(tokens), targets)
+
+    def _logits(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.head is None:
             return self.model(tokens)  # (B, T, V)
         return self.head(self.model.hidden(tokens))  # (B, T_out, V)
+
+
+def resolve_loss(cfg: TrainerConfig, module: Objective, device: torch.device) -> str:
+    """The loss path to run: "chunked" or "full". auto is chunked on CUDA (no full fp32 logits) and
+    full on CPU (the reference numerics); a task's own output head always takes the full path."""
+    if module.head is not None:
+        if cfg.loss == "chunked":
+            raise ConfigError("trainer.loss=chunked needs the LM head, but this task has its own output head; "
+                              "use trainer.loss=auto or full")
+        return "full"
+    if cfg.loss == "auto":
+        return "chunked" if device.type == "cuda" else "full"
+    return cfg.loss
 
 
 def loss_and_correct(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -173,8 +206,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _autocast(cfg: TrainerConfig, device: torch.device):
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16) if _bf16(cfg, device) else nullcontext()
 
 
 @torch.no_grad()
@@ -196,8 +228,8 @@ def evaluate(
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, counted
     for inputs, targets in batches:
         with _autocast(cfg, device):
-            logits = module(inputs.to(device))
-        totals += torch.stack([t.double() for t in loss_and_correct(logits, targets.to(device))])
+            counts = module(inputs.to(device), targets.to(device))  # loss, correct, counted
+        totals += torch.stack([t.double() for t in counts])
     module.train(was_training)
     loss, correct, counted = distributed.all_sum(totals).tolist()
     return {"loss": loss / max(counted, 1), "accuracy": correct / max(counted, 1)}
@@ -252,10 +284,12 @@ def _bf16(cfg: TrainerConfig, device: torch.device) -> bool:
     return cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
 
 
-def prepare(module: nn.Module, cfg: TrainerConfig, device: torch.device) -> None:
-    """Activation checkpointing and torch.compile per layer, the device, and in a process group FSDP2."""
+def prepare(module: Objective, cfg: TrainerConfig, device: torch.device) -> None:
+    """The loss path, activation checkpointing and torch.compile per layer, the device, and in a
+    process group FSDP2."""
     from composer.model import Layer
 
+    module.loss_impl = resolve_loss(cfg, module, device)
     layers = [m for m in module.modules() if isinstance(m, Layer)]
     for layer in layers:
         layer.checkpoint = cfg.activation_checkpointing
@@ -283,8 +317,11 @@ def train(
     `signature` identifies the run (pattern, task, seed...): resuming a checkpoint with another
     signature is an error. `train_batches` serves this rank's micro-batches (`micro_batches`).
     `flops_per_token` (training FLOPs) turns throughput into MFU. Returns and writes
-    `summary.json`: `summary` plus the final metrics.
+    `summary.json`: `summary` plus the final metrics. `module` is an `Objective`; a bare model is
+    trained inside one (its checkpoint keys then start with `model.`).
     """
+    if not isinstance(module, Objective):
+        module = Objective(module)
     run_dir.mkdir(parents=True, exist_ok=True)
     world, sharded = distributed.current(), torch.distributed.is_initialized()
     device = resolve_device(cfg.device)
@@ -295,6 +332,7 @@ def train(
     tokens_per_step = cfg.batch_size * seq_len  # over all ranks
     total_steps = max(1, cfg.max_tokens // tokens_per_step)
     summary = {**(summary or {}), **signature, "world_size": world.world_size}
+    summary["impl"] = {**summary.get("impl", {}), "loss": module.loss_impl}
     if flops_per_token:
         summary["train_flops_per_token"] = flops_per_token
     peak = peak_flops(cfg, device)
@@ -336,13 +374,13 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss_sum = torch.zeros((), device=device)
-            for _ in range(accum):
+            for micro in range(accum):
+                distributed.set_gradient_sync(module, micro == accum - 1)  # FSDP2 reduces once per step
                 inputs, targets = (t.to(device, non_blocking=True) for t in train_batches.next_batch())
                 with _autocast(cfg, device):
-                    logits = module(inputs)
-                micro_loss, _, counted = loss_and_correct(logits, targets)
+                    micro_loss, _, counted = module(inputs, targets)
                 micro_loss = micro_loss / counted.clamp(min=1)  # each micro-batch weighs the same
-                (micro_loss / accum).backward()  # FSDP averages the gradients over ranks
+                (micro_loss / accum).backward()  # FSDP averages the gradients over ranks at the last
                 loss_sum += micro_loss.detach()
             loss = distributed.all_mean(loss_sum).item() / accum
             if not math.isfinite(loss):
