@@ -1,0 +1,95 @@
+"""Search throughput: proxy evaluations per GPU-hour of `composer-search`, with the GPU's utilisation.
+
+Runs `composer-search` (random strategy, so proposal cost is nil) with `--workers` processes on the
+visible GPUs for `--seconds`, stops it with SIGINT (the search's own Ctrl-C path: running trials are
+marked failed, completed ones kept), then counts the evaluations the study completed between the
+first trial's start and the last completion. `nvidia-smi` is sampled every second meanwhile.
+
+    python benchmarks/search_throughput.py --workers 8 --seconds 240 --out $OUT/search_w8 -- evaluator=mad space=long
+
+Everything after `--` is a composer-search override. Prints one JSON line and writes it to
+`<out>/throughput.json`, with per-task accuracies of the completed patterns (the budget check: the
+issue wants attention patterns to still reach >= 0.9 on in-context recall at the budget measured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def sample_gpu(out: Path) -> subprocess.Popen | None:
+    try:
+        return subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits",
+                                 "-l", "1"], stdout=out.open("w"), stderr=subprocess.DEVNULL)
+    except OSError:
+        return None
+
+
+def completed(storage: Path, name: str) -> list:
+    import optuna
+
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{storage}")
+    return [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if t.user_attrs.get("role") == "evaluate"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=240)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = f"throughput-w{args.workers}"
+    cmd = [sys.executable, "-m", "composer.cli", "search", "strategy=random", "n_trials=100000", "evaluator.top_k=0",
+           f"workers={args.workers}", f"name={name}", "leaderboard=null", f"hydra.run.dir={args.out / 'run'}",
+           *args.overrides]
+    gpu = sample_gpu(args.out / "gpu.csv")
+    started = time.time()
+    with (args.out / "search.log").open("w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            proc.wait(timeout=args.seconds)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=120)
+    wall = time.time() - started
+    if gpu:
+        gpu.terminate()
+    trials = completed(args.out / "run" / "study.db", name)
+    if not trials:
+        sys.exit(f"no evaluation completed in {wall:.0f} s; see {args.out / 'search.log'}")
+    first = min(t.datetime_start for t in trials).timestamp()
+    last = max(t.datetime_complete for t in trials).timestamp()
+    util = [float(line.split(",")[0]) for line in (args.out / "gpu.csv").read_text().splitlines()
+            if line.strip() and line.split(",")[0].strip().replace(".", "").isdigit()] if gpu else []
+    recall = {t.user_attrs["pattern"]: (t.user_attrs.get("tasks") or {}).get("in_context_recall") for t in trials}
+    with_attention = [v for p, v in recall.items() if "*" in p and v is not None]
+    result = {
+        "workers": args.workers, "overrides": args.overrides, "wall_s": round(wall, 1), "completed": len(trials),
+        "window_s": round(last - first, 1),
+        "evaluations_per_gpu_hour": round(len(trials) / max(last - first, 1e-9) * 3600 / max(1, _gpus()), 1),
+        "mean_eval_s": round(statistics.mean(t.duration.total_seconds() for t in trials), 2),
+        "gpu_util_median_pct": statistics.median(util) if util else None,
+        "recall_of_attention_patterns": sorted(with_attention, reverse=True)[:10],
+    }
+    (args.out / "throughput.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result))
+
+
+def _gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+if __name__ == "__main__":
+    main()
