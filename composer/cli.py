@@ -183,7 +183,8 @@ def pretrain_config(result: Any, model_cfg: Any, plan: Any, *, seq_len: int) -> 
     trainer = yaml.safe_load((configs / "trainer" / "pretrain.yaml").read_text())
     trainer.update(max_tokens=plan.tokens, batch_size=plan.batch_sequences, micro_batch_size=min(micro, plan.batch_sequences),
                    lr=plan.peak_lr, schedule="wsd", warmup=plan.warmup_steps / plan.steps,
-                   decay=plan.decay_steps / plan.steps, min_lr_ratio=0.0, eval_every=1000, ckpt_every=1000)
+                   decay=plan.decay_steps / plan.steps, min_lr_ratio=0.0, eval_every=1000, ckpt_every=1000,
+                   compile=True)  # per layer: +20-25% tokens/s on H200 (benchmarks/RESULTS.md, issue 7)
     base = yaml.safe_load((configs / "pretrain.yaml").read_text())
     config = {
         "name": f"{result.target}-{hashlib.sha1(result.pattern.encode()).hexdigest()[:8]}", "seq_len": seq_len,

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = ckpt.FILE
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16, by GPU name
-LOSSES = ("auto", "chunked", "full")
+LOSSES = ("full", "chunked")
 
 
 class DivergedError(ComposerError):
@@ -74,7 +74,7 @@ class TrainerConfig:
     grad_clip: float = 1.0  # max global gradient norm; 0 disables
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     compile: bool = False  # torch.compile each layer
-    loss: str = "auto"  # auto (chunked on CUDA, full on CPU) | chunked (never the full logits) | full
+    loss: str = "full"  # full (fastest measured: benchmarks/RESULTS.md) | chunked (never the full logits: less memory)
     activation_checkpointing: bool = False  # recompute each layer's mixer in backward
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     eval_every: int = 0  # steps between evaluations; 0: only at the end
@@ -174,16 +174,11 @@ class Objective(nn.Module):
         return self.head(self.model.hidden(tokens))  # (B, T_out, V)
 
 
-def resolve_loss(cfg: TrainerConfig, module: Objective, device: torch.device) -> str:
-    """The loss path to run: "chunked" or "full". auto is chunked on CUDA (no full fp32 logits) and
-    full on CPU (the reference numerics); a task's own output head always takes the full path."""
-    if module.head is not None:
-        if cfg.loss == "chunked":
-            raise ConfigError("trainer.loss=chunked needs the LM head, but this task has its own output head; "
-                              "use trainer.loss=auto or full")
-        return "full"
-    if cfg.loss == "auto":
-        return "chunked" if device.type == "cuda" else "full"
+def resolve_loss(cfg: TrainerConfig, module: Objective) -> str:
+    """The loss path to run, "full" or "chunked"; chunked needs the LM head (not a task's own head)."""
+    if module.head is not None and cfg.loss == "chunked":
+        raise ConfigError("trainer.loss=chunked needs the LM head, but this task has its own output head; "
+                          "use trainer.loss=full")
     return cfg.loss
 
 
@@ -289,7 +284,7 @@ def prepare(module: Objective, cfg: TrainerConfig, device: torch.device) -> None
     process group FSDP2."""
     from composer.model import Layer
 
-    module.loss_impl = resolve_loss(cfg, module, device)
+    module.loss_impl = resolve_loss(cfg, module)
     layers = [m for m in module.modules() if isinstance(m, Layer)]
     for layer in layers:
         layer.checkpoint = cfg.activation_checkpointing

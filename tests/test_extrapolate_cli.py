@@ -24,6 +24,7 @@ def test_text_summary_and_files(tmp_path):
     assert model.pattern == record["pattern"] and model.d_model == 2048
     assert count_parameters(model)["n_params"] == record["n_params"]
     assert trainer.schedule == "wsd" and trainer.max_tokens == record["plan"]["tokens"]
+    assert trainer.compile and trainer.loss == "full"  # the fastest path measured on GPUs
     assert trainer.batch_size * 8192 == record["plan"]["batch_tokens"]
 
     megatron = (tmp_path / "megatron_args.txt").read_text().replace("\\\n", " ").split()
