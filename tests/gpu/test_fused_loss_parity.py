@@ -17,25 +17,10 @@ from composer.data import IGNORE
 from composer.loss import chunked_loss_and_correct
 from composer.model import build_model
 from composer.trainer import Objective, loss_and_correct
+from tests.gpu.parity import norm_err, rel_err
 
 DEVICE = torch.device("cuda")
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
-
-
-@pytest.fixture(autouse=True)
-def _no_tf32():
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-
-
-def rel_err(fast: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((fast.double() - ref.double()).abs().max() / ref.double().abs().max().clamp(min=1e-12)).item()
-
-
-def norm_err(fast: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((fast.double() - ref.double()).norm() / ref.double().norm().clamp(min=1e-12)).item()
 
 
 def _run(loss_fn, hidden, weight, targets, dtype):

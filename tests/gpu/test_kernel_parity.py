@@ -17,21 +17,10 @@ from primitives.attention import AttentionConfig
 from primitives.mamba2 import Mamba2Config
 from primitives.nn.attention import Attention
 from primitives.nn.mamba2 import Mamba2
+from tests.gpu.parity import rel_err
 
 DEVICE = torch.device("cuda")
 TOL = {torch.float32: 5e-3, torch.bfloat16: 2e-2}
-
-
-@pytest.fixture(autouse=True)
-def _no_tf32():
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-
-
-def rel_err(fast: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((fast.double() - ref.double()).abs().max() / ref.double().abs().max().clamp(min=1e-12)).item()
 
 
 def _forward_backward(module, x):
