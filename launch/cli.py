@@ -156,6 +156,17 @@ def _prepare(args: argparse.Namespace, *, kind: str, name: str, config_text: str
     return folder, record
 
 
+def _submit_first(folder: Path, record: dict[str, Any], executor, functions: list[Any]) -> list[dict[str, Any]]:
+    """A submission's first sbatch; when SLURM refuses it, a run folder this submission created is
+    removed again (a folder of earlier submissions keeps everything it had)."""
+    try:
+        return cluster.submit(executor, functions)
+    except ComposerError:
+        if len(record["submissions"]) == 1 and not (folder / runs.LAUNCH_FILE).exists():
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
 def _record_jobs(folder: Path, record: dict[str, Any], jobs: list[dict[str, Any]], roles: list[str],
                  argvs: list[list[str]], *, group: str) -> None:
     """Add submitted jobs to launch.json, link their logs, keep the sbatch script submitit wrote."""
@@ -244,7 +255,7 @@ def launch_search(args: argparse.Namespace) -> int:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.workers))
     res = _resources(args, gpus_per_node=args.gpus_per_node)
     executor = cluster.make_executor(args.executor, folder=folder / "submitit", name=f"{name}-work", resources=res)
-    jobs = cluster.submit(executor, [Command(argv, cwd, env) for argv in workers])
+    jobs = _submit_first(folder, record, executor, [Command(argv, cwd, env) for argv in workers])
     _record_jobs(folder, record, jobs, [f"worker {i}" for i in range(args.workers)], workers, group="workers")
     after = jobs[0]["id"].split("_")[0]
     if args.executor == "local":  # no scheduler to wait for the array: this process does
@@ -323,7 +334,7 @@ def launch_pretrain(args: argparse.Namespace) -> int:
     res = _resources(args, nodes=args.nodes, gpus_per_node=args.gpus_per_node, signal_delay_s=args.signal_delay_s,
                      requeue=True, preempt_signal=True)
     executor = cluster.make_executor(args.executor, folder=folder / "submitit", name=name, resources=res)
-    jobs = cluster.submit(executor, [job])
+    jobs = _submit_first(folder, record, executor, [job])
     described = (f"{args.nodes} node(s) x {procs} rank(s)" if args.executor == "slurm"
                  else f"{procs} rank(s) here")
     planned = job.command(slurm=args.executor == "slurm", endpoint="<first node>:<port>", job=jobs[0]["id"])

@@ -142,6 +142,8 @@ def refusal(stderr: str, parameters: dict[str, Any]) -> str:
         listed = partitions()
         reason = (f"invalid partition {parameters.get('partition')!r}"
                   + (f" (sinfo lists: {', '.join(listed)})" if listed else ""))
+    if "fetch config" in reason or "contact slurm controller" in reason.lower():
+        return f"cannot reach the SLURM controller ({reason}); is this a login node of the cluster?"
     return f"SLURM refused the job: {reason}"
 
 

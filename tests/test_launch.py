@@ -31,7 +31,8 @@ from tests.test_search_cli import TINY_SEARCH
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 STEPS = 40
-SEARCH = [*TINY_SEARCH, "n_trials=6", "strategy=random", "evaluator.top_k=0"]
+SEARCH = [*TINY_SEARCH, "n_trials=6", "strategy=random", "evaluator.top_k=0",
+          "evaluator.trainer.max_tokens=8192"]  # 2x the tiny budget: both workers get to train
 
 
 def launch(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -284,6 +285,7 @@ def test_slurm_refuses_a_partition_that_does_not_exist(slurm, tmp_path):
     listed = ", ".join(sorted(slurm.partitions))
     assert proc.stderr == (f"composer-launch: error: SLURM refused the job: invalid partition 'nope' "
                            f"(sinfo lists: {listed})\n")
+    assert not (tmp_path / "outputs" / "launch" / "p").exists()  # no half-made run folder is left
 
 
 def test_slurm_status_and_cancel(slurm, tmp_path):

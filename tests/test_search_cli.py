@@ -50,8 +50,11 @@ def evaluated(study: optuna.Study) -> list[str]:
 
 
 def test_two_workers_search_aggregate_and_leaderboard(tmp_path):
-    proc = run_cli(*search_args(tmp_path, "workers=2", "n_trials=8", "strategy=random", "evaluator.top_k=2",
-                                "evaluator.reeval_seeds=[1]"), timeout=600)
+    # 3x the tiny budget: on an idle machine worker 0 (this process) could otherwise finish all 8
+    # trials while worker 1 is still importing torch.
+    budget = "evaluator.trainer.max_tokens=12288"
+    settings = ["workers=2", "n_trials=8", "strategy=random", "evaluator.top_k=2", "evaluator.reeval_seeds=[1]", budget]
+    proc = run_cli(*search_args(tmp_path, *settings), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = load(tmp_path)
     runs = evaluated(study)
@@ -81,14 +84,13 @@ def test_two_workers_search_aggregate_and_leaderboard(tmp_path):
     assert table.returncode == 0 and result["architecture"] in table.stdout
 
     # The same command again resumes: nothing is trained, the same architecture comes out.
-    again = run_cli(*search_args(tmp_path, "workers=2", "n_trials=8", "strategy=random", "evaluator.top_k=2",
-                                 "evaluator.reeval_seeds=[1]"), timeout=300)
+    again = run_cli(*search_args(tmp_path, *settings), timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert len(evaluated(load(tmp_path))) == 8
     assert json.loads((tmp_path / "t" / "result.json").read_text())["architecture"] == result["architecture"]
 
     # Other settings on the same study are refused in one line, naming the key.
-    other = run_cli(*search_args(tmp_path, "n_trials=8", "strategy=random", "evaluator.trainer.lr=0.01"))
+    other = run_cli(*search_args(tmp_path, "n_trials=8", "strategy=random", budget, "evaluator.trainer.lr=0.01"))
     assert other.returncode == 2
     assert other.stderr.strip().count("\n") == 0 and "evaluator.trainer.lr" in other.stderr and "name=" in other.stderr
 
