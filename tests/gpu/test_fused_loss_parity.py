@@ -17,7 +17,7 @@ from composer.data import IGNORE
 from composer.loss import chunked_loss_and_correct
 from composer.model import build_model
 from composer.trainer import Objective, loss_and_correct
-from tests.gpu.parity import norm_err, rel_err
+from tests.gpu.parity import no_tf32, norm_err, rel_err  # noqa: F401  (no_tf32: an autouse fixture)
 
 DEVICE = torch.device("cuda")
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}

@@ -17,7 +17,7 @@ from primitives.attention import AttentionConfig
 from primitives.mamba2 import Mamba2Config
 from primitives.nn.attention import Attention
 from primitives.nn.mamba2 import Mamba2
-from tests.gpu.parity import rel_err
+from tests.gpu.parity import no_tf32, rel_err  # noqa: F401  (no_tf32: an autouse fixture)
 
 DEVICE = torch.device("cuda")
 TOL = {torch.float32: 5e-3, torch.bfloat16: 2e-2}
