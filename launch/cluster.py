@@ -90,6 +90,7 @@ def submit(executor, functions: list[Any]) -> list[dict[str, Any]]:
     import contextlib
     import io
 
+    import submitit
     from submitit.core.utils import FailedJobError
 
     try:
@@ -102,16 +103,10 @@ def submit(executor, functions: list[Any]) -> list[dict[str, Any]]:
     for job in jobs:
         record = {"id": str(job.job_id), "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr),
                   "script": str(job.paths.submission_file) if job.paths.submission_file.exists() else None}
-        if isinstance(executor, _local_executor_class()):
+        if isinstance(executor, submitit.LocalExecutor):
             record["started"] = _process_start(record["id"])
         records.append(record)
     return records
-
-
-def _local_executor_class():
-    import submitit
-
-    return submitit.LocalExecutor
 
 
 def _process_start(pid: str) -> str | None:
