@@ -42,7 +42,8 @@ class ArrayBatches(EpochOrder):
     """Epochs over fixed tensors (a MAD training set), reshuffled each epoch from (seed, epoch).
 
     The position is the number of batches served, so a resumed run sees exactly the batches an
-    uninterrupted one would have. A partial batch at an epoch's end is dropped.
+    uninterrupted one would have. A partial batch at an epoch's end is dropped. Arrays on a GPU
+    give batches there.
     """
 
     def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, *, batch_size: int, seed: int) -> None:
@@ -51,6 +52,13 @@ class ArrayBatches(EpochOrder):
         super().__init__(len(inputs), seed=seed)
         self.inputs, self.targets, self.batch_size = inputs, targets, batch_size
         self.per_epoch = len(inputs) // batch_size
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        """Held where the arrays are: on a GPU a batch is gathered there, with no host copy per step."""
+        order = super().permutation(epoch)
+        if order.device != self.inputs.device:
+            self._order = (epoch, order.to(self.inputs.device))
+        return self._order[1]
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, k = divmod(self.position, self.per_epoch)

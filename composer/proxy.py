@@ -8,6 +8,7 @@ import hashlib
 import json
 import platform
 import subprocess
+import threading
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from composer.tasks import TASKS
 from composer.text import TextBatches, TextCorpus, val_batches
 from composer.trainer import Objective, TrainerConfig, micro_batches, resolve_device, train, write_json
 from scaling.accounting import count_parameters, train_flops_per_token
+
+SEEDING = threading.Lock()  # models are seeded through the global RNG: one thread at a time builds one
 
 
 def environment() -> dict[str, Any]:
@@ -54,12 +57,14 @@ def train_on_task(
     task = TASKS[task_name]
     train_x, train_y = task.generate(task_cfg, n_examples=task_cfg.n_train, seed=2 * seed)
     test_x, test_y = task.generate(task_cfg, n_examples=task_cfg.n_test, seed=2 * seed + 1)
-    model = build_model(model_cfg, seed=seed).to(resolve_device(trainer_cfg.device))
-    head = None
-    if task.build_head is not None:
-        with torch.random.fork_rng():
-            torch.manual_seed(seed + 1)
-            head = task.build_head(task_cfg, model_cfg.d_model)
+    device = resolve_device(trainer_cfg.device)
+    with SEEDING:
+        model = build_model(model_cfg, seed=seed).to(device)
+        head = None
+        if task.build_head is not None:
+            with torch.random.fork_rng():
+                torch.manual_seed(seed + 1)
+                head = task.build_head(task_cfg, model_cfg.d_model)
     micro = trainer_cfg.batch_size // trainer_cfg.grad_accum
     eval_batches = [(test_x[i : i + micro], test_y[i : i + micro]) for i in range(0, len(test_x), micro)]
     # What defines the run: a checkpoint is only resumed under the same signature.
@@ -74,7 +79,7 @@ def train_on_task(
     }
     return train(
         Objective(model, head),
-        train_batches=ArrayBatches(train_x, train_y, batch_size=micro, seed=seed),
+        train_batches=ArrayBatches(train_x.to(device), train_y.to(device), batch_size=micro, seed=seed),
         eval_batches=eval_batches,
         seq_len=train_x.shape[1],
         cfg=trainer_cfg,
@@ -113,7 +118,8 @@ def train_on_text(
         raise ConfigError("the corpus has no validation split: load it with val_tokens > 0")
     world = distributed.current()
     micro, _ = micro_batches(trainer_cfg, world.world_size)  # ConfigError unless batch_size divides evenly
-    model = build_model(model_cfg, seed=seed).to(resolve_device(trainer_cfg.device))
+    with SEEDING:
+        model = build_model(model_cfg, seed=seed).to(resolve_device(trainer_cfg.device))
     # What defines the run: a checkpoint is only resumed under the same signature.
     signature = {"pattern": model_cfg.pattern, "seed": seed, "model": asdict(model_cfg),
                  "corpus": describe_corpus(corpus), "seq_len": seq_len}

@@ -20,6 +20,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from contextlib import nullcontext
@@ -36,6 +37,7 @@ from composer import checkpoint as ckpt
 from composer import distributed
 from composer.data import IGNORE, Batches
 from composer.errors import ComposerError, ConfigError
+from composer.graphs import GRAPH_WARMUP, INTERRUPT, StepGraph, compile_guard, graph_stream
 from composer.loss import chunked_loss_and_correct
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,7 @@ class TrainerConfig:
     grad_clip: float = 1.0  # max global gradient norm; 0 disables
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     compile: bool = False  # torch.compile each layer
+    cuda_graph: bool = False  # one CUDA device: replay each step (fwd, bwd, clip, AdamW) as one captured CUDA graph
     loss: str = "full"  # full (fastest measured: benchmarks/RESULTS.md) | chunked (never the full logits: less memory)
     activation_checkpointing: bool = False  # recompute each layer's mixer in backward
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -200,8 +203,13 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _autocast(cfg: TrainerConfig, device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if _bf16(cfg, device) else nullcontext()
+def _autocast(cfg: TrainerConfig, device: torch.device, *, cache: bool = True):
+    return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=cache) if _bf16(cfg, device) else nullcontext()
+
+
+def _check_finite(loss: float, step: int, lr: float) -> None:
+    if not math.isfinite(loss):
+        raise DivergedError(f"loss became {loss} at step {step} (lr {lr:.3g}); lower trainer.lr or raise trainer.warmup")
 
 
 @torch.no_grad()
@@ -314,6 +322,12 @@ def train(
     `flops_per_token` (training FLOPs) turns throughput into MFU. Returns and writes
     `summary.json`: `summary` plus the final metrics. `module` is an `Objective`; a bare model is
     trained inside one (its checkpoint keys then start with `model.`).
+
+    With `cfg.cuda_graph` on one CUDA device the first `GRAPH_WARMUP` steps run eagerly, then one
+    step is captured as a CUDA graph and every later step replays it (`graphs.StepGraph`): no
+    host work per kernel and no host sync per step; the loss is read (and divergence caught) only
+    at logged steps. Without a graph the step runs on the current stream, as a thread of
+    `search.evaluator` sets it.
     """
     if not isinstance(module, Objective):
         module = Objective(module)
@@ -322,12 +336,14 @@ def train(
     device = resolve_device(cfg.device)
     _, accum = micro_batches(cfg, world.world_size)
     prepare(module, cfg, device)
+    graphed = cfg.cuda_graph and device.type == "cuda" and not sharded
     optimizer = torch.optim.AdamW(param_groups(module, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                   fused=device.type == "cuda")
     tokens_per_step = cfg.batch_size * seq_len  # over all ranks
     total_steps = max(1, cfg.max_tokens // tokens_per_step)
     summary = {**(summary or {}), **signature, "world_size": world.world_size}
-    summary["impl"] = {**summary.get("impl", {}), "loss": module.loss_impl}
+    summary["impl"] = {**summary.get("impl", {}), "loss": module.loss_impl, "compile": cfg.compile,
+                       "step": "cuda_graph" if graphed else "eager"}
     if flops_per_token:
         summary["train_flops_per_token"] = flops_per_token
     peak = peak_flops(cfg, device)
@@ -346,15 +362,37 @@ def train(
                   meta={"step": step, "data": train_batches.state_dict(), "signature": signature})
 
     def run_eval() -> dict[str, float]:
-        metrics = evaluate(module, eval_batches, cfg=cfg, device=device)
+        with compile_guard(cfg):
+            metrics = evaluate(module, eval_batches, cfg=cfg, device=device)
         records.write({"step": step, "tokens": step * tokens_per_step, **{f"eval/{k}": v for k, v in metrics.items()}})
         if world.main:
             log.info("step %d: eval loss %.4f, accuracy %.4f", step, metrics["loss"], metrics["accuracy"])
         return metrics
 
+    def forward_backward(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """The step's mean loss over its micro-batches, gradients accumulated."""
+        loss_sum = torch.zeros((), device=device)
+        for micro, (inputs, targets) in enumerate(batches):
+            distributed.set_gradient_sync(module, micro == accum - 1)  # FSDP2 reduces once per step
+            with _autocast(cfg, device, cache=not graphed):  # a graph must re-cast the weights every replay
+                micro_loss, _, counted = module(inputs, targets)
+            micro_loss = micro_loss / counted.clamp(min=1)  # each micro-batch weighs the same
+            (micro_loss / accum).backward()  # FSDP averages the gradients over ranks at the last
+            loss_sum += micro_loss.detach()
+        return loss_sum / accum
+
+    def update() -> torch.Tensor:
+        """Clip and step; the gradient norm before clipping."""
+        grad_norm = nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip or float("inf"))
+        optimizer.step()
+        return grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+
+    def next_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [tuple(t.to(device, non_blocking=True) for t in train_batches.next_batch()) for _ in range(accum)]
+
     received: list[int] = []  # signals that arrived; acted on at the end of a step
     handlers = {}
-    if cfg.save_on_signal:
+    if cfg.save_on_signal and threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGUSR1):
             handlers[signum] = signal.signal(signum, lambda signum, frame: received.append(signum))
 
@@ -363,58 +401,68 @@ def train(
     bar = tqdm(total=total_steps, initial=step, disable=not interactive, desc="train", unit="step", dynamic_ncols=True)
     report_every = max(1, total_steps // 10)
     started, tic, start_step = time.perf_counter(), time.perf_counter(), step
+    step_graph: StepGraph | None = None
+    stream = graph_stream(device) if graphed else nullcontext()
     try:
-        while step < total_steps:
-            lr = cfg.lr * lr_multiplier(step, total=total_steps, cfg=cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(accum):
-                distributed.set_gradient_sync(module, micro == accum - 1)  # FSDP2 reduces once per step
-                inputs, targets = (t.to(device, non_blocking=True) for t in train_batches.next_batch())
-                with _autocast(cfg, device):
-                    micro_loss, _, counted = module(inputs, targets)
-                micro_loss = micro_loss / counted.clamp(min=1)  # each micro-batch weighs the same
-                (micro_loss / accum).backward()  # FSDP averages the gradients over ranks at the last
-                loss_sum += micro_loss.detach()
-            loss = distributed.all_mean(loss_sum).item() / accum
-            if not math.isfinite(loss):
-                raise DivergedError(f"loss became {loss} at step {step} (lr {lr:.3g}); lower trainer.lr or raise trainer.warmup")
-            grad_norm = nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip or float("inf"))
-            grad_norm = (grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm).item()
-            optimizer.step()
+        with stream:
+            while step < total_steps:
+                lr = cfg.lr * lr_multiplier(step, total=total_steps, cfg=cfg)
+                logged = (step + 1) % cfg.log_every == 0 or step + 1 == total_steps
+                reported = cfg.progress and ((step + 1) % report_every == 0 or step + 1 == total_steps)
+                batches = next_batches()
+                if graphed and step_graph is None and step - start_step >= GRAPH_WARMUP:
+                    with compile_guard(cfg):
+                        step_graph = StepGraph(optimizer, batches, forward_backward, update)
+                if step_graph is not None:
+                    step_graph.run(lr, batches)
+                    loss_t, norm_t = step_graph.loss, step_graph.grad_norm
+                else:
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    with compile_guard(cfg):
+                        loss_t = distributed.all_mean(forward_backward(batches))
+                        if not graphed or logged or reported:
+                            _check_finite(loss_t.item(), step, lr)
+                        norm_t = update()
+                    optimizer.zero_grad(set_to_none=True)
+                step += 1
+                bar.update(1)
+                if logged or reported:
+                    loss, grad_norm = loss_t.item(), norm_t.item()
+                    _check_finite(loss, step - 1, lr)
+                if logged:
+                    toc = time.perf_counter()
+                    n_steps = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
+                    tokens_per_s = n_steps * tokens_per_step / (toc - tic)
+                    record = {"step": step, "tokens": step * tokens_per_step, "train/loss": loss, "train/lr": lr,
+                              "train/grad_norm": grad_norm, "train/tokens_per_s": tokens_per_s}
+                    if flops_per_token and peak:
+                        record["train/mfu"] = tokens_per_s * flops_per_token / (world.world_size * peak)
+                    records.write(record)
+                    bar.set_postfix(loss=f"{loss:.4f}")
+                    tic = toc
+                if reported and not interactive and world.main:
+                    elapsed = time.perf_counter() - started
+                    log.info("step %d/%d  loss %.4f  lr %.2e  %.0f tokens/s", step, total_steps, loss, lr,
+                             (step - start_step) * tokens_per_step / elapsed)
+                if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
+                    run_eval()
+                if INTERRUPT.is_set():
+                    raise KeyboardInterrupt("another run of this process was interrupted")
+                if cfg.save_on_signal and distributed.any_rank(bool(received), device):
+                    checkpoint()
+                    signum = received[0] if received else signal.SIGTERM
+                    message = (f"{signal.Signals(signum).name} received: checkpointed at step {step} of {total_steps} "
+                               f"in {run_dir}; run the same command again to resume")
+                    if world.main:
+                        write_json(run_dir / "summary.json", {**summary, "status": "preempted", "step": step})
+                    raise Preempted(message, signum)
+                if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < total_steps:
+                    checkpoint()
+            step_graph = None  # frees the graph's memory pool
             optimizer.zero_grad(set_to_none=True)
-            step += 1
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == total_steps:
-                toc = time.perf_counter()
-                n_steps = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
-                tokens_per_s = n_steps * tokens_per_step / (toc - tic)
-                record = {"step": step, "tokens": step * tokens_per_step, "train/loss": loss, "train/lr": lr,
-                          "train/grad_norm": grad_norm, "train/tokens_per_s": tokens_per_s}
-                if flops_per_token and peak:
-                    record["train/mfu"] = tokens_per_s * flops_per_token / (world.world_size * peak)
-                records.write(record)
-                bar.set_postfix(loss=f"{loss:.4f}")
-                tic = toc
-            if cfg.progress and not interactive and world.main and (step % report_every == 0 or step == total_steps):
-                elapsed = time.perf_counter() - started
-                log.info("step %d/%d  loss %.4f  lr %.2e  %.0f tokens/s", step, total_steps, loss, lr,
-                         (step - start_step) * tokens_per_step / elapsed)
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
-                run_eval()
-            if cfg.save_on_signal and distributed.any_rank(bool(received), device):
-                checkpoint()
-                signum = received[0] if received else signal.SIGTERM
-                message = (f"{signal.Signals(signum).name} received: checkpointed at step {step} of {total_steps} in "
-                           f"{run_dir}; run the same command again to resume")
-                if world.main:
-                    write_json(run_dir / "summary.json", {**summary, "status": "preempted", "step": step})
-                raise Preempted(message, signum)
-            if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < total_steps:
-                checkpoint()
-        checkpoint()
-        final = run_eval()
+            checkpoint()
+            final = run_eval()
     except DivergedError as exc:
         if world.main:
             write_json(run_dir / "summary.json", {**summary, "status": "diverged", "error": str(exc), "step": step})

@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
@@ -69,6 +70,7 @@ class EvaluatorConfig:
     top_k: int = 0  # after the search, re-evaluate the best k patterns over `reeval_seeds`
     reeval_seeds: tuple[int, ...] = (1, 2)
     keep_checkpoints: bool = False  # delete each finished run's checkpoint (they add up over thousands)
+    parallel: int = 1  # runs of one evaluation (tasks x learning rates) trained at once: threads, one CUDA stream each
 
     def __post_init__(self) -> None:
         from composer.trainer import TrainerConfig
@@ -95,6 +97,8 @@ class EvaluatorConfig:
         if any(isinstance(s, bool) or not isinstance(s, int) for s in seeds) or self.seed in seeds:
             raise ConfigError(f"evaluator.reeval_seeds must be integers other than seed={self.seed}, got {list(seeds)}")
         object.__setattr__(self, "reeval_seeds", seeds)
+        if isinstance(self.parallel, bool) or not isinstance(self.parallel, int) or self.parallel < 1:
+            raise ConfigError(f"evaluator.parallel must be an integer >= 1, got {self.parallel!r}")
 
     def _check_mad(self) -> None:
         for key in ("tokenizer", "seq_len", "val_tokens"):
@@ -191,9 +195,12 @@ class Evaluator:
     def __call__(self, pattern: str, seed: int | None = None) -> dict[str, Any]:
         seed = self.cfg.seed if seed is None else seed
         started = time.perf_counter()
+        jobs = self._jobs(pattern, seed)
+        lrs = self.cfg.learning_rates
+        outcomes = self._in_parallel(lambda run: self._attempt(pattern, *run, seed), [(j, lr) for j in jobs for lr in lrs])
         scores, finals, best_lr = {}, {}, {}
-        for job in self._jobs(pattern, seed):
-            scores[job.name], finals[job.name], best_lr[job.name] = self._sweep(pattern, job, seed)
+        for i, job in enumerate(jobs):
+            scores[job.name], finals[job.name], best_lr[job.name] = self._best(job, outcomes[i * len(lrs):(i + 1) * len(lrs)])
         if self.corpus is None:
             result = {"score": sum(scores.values()) / len(scores), "tasks": scores}
         else:
@@ -204,6 +211,35 @@ class Evaluator:
         if len(self.cfg.learning_rates) > 1:
             result["best_lr"] = best_lr
         return result
+
+    def _in_parallel(self, fn: Callable[[Any], Any], items: list) -> list:
+        """fn over items, `cfg.parallel` at a time in threads, each on its own CUDA stream.
+
+        The first error stops the other runs at their next step (as Ctrl-C does) and is raised."""
+        if self.cfg.parallel <= 1 or len(items) <= 1:
+            return [fn(item) for item in items]
+        from composer.graphs import INTERRUPT, own_stream
+
+        device = self.trainer.device
+
+        def run(item: Any) -> Any:
+            with own_stream(device):
+                return fn(item)
+
+        try:
+            with ThreadPoolExecutor(min(self.cfg.parallel, len(items)), thread_name_prefix="run") as pool:
+                futures = [pool.submit(run, item) for item in items]
+                try:
+                    done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                    for future in done:
+                        if future.exception() is not None:
+                            raise future.exception()
+                    return [future.result() for future in futures]
+                except BaseException:
+                    INTERRUPT.set()  # the runs still going stop at their next step; their checkpoints stay
+                    raise
+        finally:
+            INTERRUPT.clear()
 
     def _jobs(self, pattern: str, seed: int) -> list[_Job]:
         if self.corpus is None:
@@ -226,24 +262,25 @@ class Evaluator:
         return train_on_text(model_cfg=self.cfg.proxy(pattern, vocab_size=self.corpus.vocab_size), corpus=self.corpus,
                              trainer_cfg=trainer, seq_len=self.cfg.seq_len, seed=seed, run_dir=folder)
 
-    def _sweep(self, pattern: str, job: _Job, seed: int) -> tuple[float, Mapping[str, Any], float]:
+    def _attempt(self, pattern: str, job: _Job, lr: float, seed: int) -> Mapping[str, Any] | str:
+        """One run's final metrics, or why it diverged: one rate of a sweep diverging is a result."""
+        from composer.trainer import DivergedError
+
+        folder = self.run_dir / "trials" / pattern_hash(pattern, seed=seed) / f"{job.name}-lr{lr:g}"
+        try:
+            return self._run(job, replace(self.trainer, lr=lr), folder)
+        except DivergedError as exc:
+            return f"lr {lr:g}: {exc}"
+
+    def _best(self, job: _Job, outcomes: list[Mapping[str, Any] | str]) -> tuple[float, Mapping[str, Any], float]:
         """The best score over the learning rates, its run's final metrics, and the rate that reached it."""
         from composer.trainer import DivergedError
 
-        best: tuple[float, Mapping[str, Any], float] | None = None
-        errors = []
-        for lr in self.cfg.learning_rates:
-            folder = self.run_dir / "trials" / pattern_hash(pattern, seed=seed) / f"{job.name}-lr{lr:g}"
-            try:
-                final = self._run(job, replace(self.trainer, lr=lr), folder)
-            except DivergedError as exc:  # one rate of a sweep diverging is a result, not a failure
-                errors.append(f"lr {lr:g}: {exc}")
-                continue
-            if best is None or job.score(final) > best[0]:
-                best = (job.score(final), final, lr)
-        if best is None:
-            raise DivergedError(f"{job.name} diverged at every learning rate: {'; '.join(errors)}")
-        return best
+        finished = [(job.score(final), final, lr) for final, lr in zip(outcomes, self.cfg.learning_rates)
+                    if not isinstance(final, str)]
+        if not finished:
+            raise DivergedError(f"{job.name} diverged at every learning rate: {'; '.join(outcomes)}")
+        return max(finished, key=lambda result: result[0])  # the first rate wins a tie
 
     def _run(self, job: _Job, trainer: Any, folder: Path) -> Mapping[str, Any]:
         from composer.trainer import CHECKPOINT

@@ -5,6 +5,7 @@ finished runs, a forced NaN recorded as a failure while the search goes on, and 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -67,12 +68,39 @@ def test_every_rate_diverging_fails_the_evaluation(tmp_path):
         evaluator(tmp_path, lrs=[1e12])("*-")
 
 
+def test_parallel_runs_score_exactly_as_one_at_a_time(tmp_path):
+    """Tasks x learning rates in threads: each run is seeded alone, so the scores are bit-identical."""
+    one = evaluator(tmp_path / "one", lrs=[3e-3, 1e-3])("*M")
+    threads = evaluator(tmp_path / "threads", lrs=[3e-3, 1e-3], parallel=4)("*M")
+    assert threads["tasks"] == one["tasks"] and threads["best_lr"] == one["best_lr"]
+    assert len(list((tmp_path / "threads").glob("trials/*/*/summary.json"))) == 4
+
+
+def test_a_failing_parallel_run_stops_the_others_and_raises(tmp_path, monkeypatch):
+    """The first error stops the runs still going (at their next step) and is the evaluation's error."""
+    import composer.proxy
+
+    original = composer.proxy.train_on_task
+
+    def failing(**kwargs):
+        if kwargs["task_name"] == "memorization":
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return original(**{**kwargs, "trainer_cfg": replace(kwargs["trainer_cfg"], max_tokens=10**9)})  # never ends
+
+    monkeypatch.setattr(composer.proxy, "train_on_task", failing)
+    with pytest.raises(RuntimeError, match="simulated"):
+        evaluator(tmp_path, parallel=2)("*-")
+    # the recall run (a budget of 3.9M steps) was stopped, not finished: its folder has no summary
+    assert list(tmp_path.glob("trials/*/in_context_recall-*")) and not list(tmp_path.glob("trials/*/*/summary.json"))
+
+
 @pytest.mark.parametrize("bad, message", [
     ({"tasks": {"sorting": {}}}, "unknown task 'sorting'"),
     ({"tasks": {"in_context_recall": {"lenght": 8}}}, "unknown key task.lenght"),
     ({"model": {"pattern": "**"}}, "evaluator.model.pattern"),
     ({"model": {"d_model": 30, "attention": {"n_heads": 4}}}, "attention"),
     ({"reeval_seeds": [0]}, "reeval_seeds"),
+    ({"parallel": 0}, "evaluator.parallel must be an integer >= 1"),
 ])
 def test_bad_evaluator_settings_fail_before_training(bad, message):
     with pytest.raises(ConfigError, match=message):

@@ -1,0 +1,111 @@
+"""Proxy training speed on one GPU: steps/s of a 16-layer MAD proxy per step mode, then with runs side by side.
+
+A search's proxies are tiny (width 128, 32 x 128 tokens per step): their steps are bound by kernel
+launches, not FLOPs. This times the shared trainer (`composer.trainer.train`, the search's own
+path) on in-context recall at the `mad` evaluator's settings:
+- per pattern and mode: eager, `cuda_graph` (one captured step), `compile+cuda_graph`;
+- then `--concurrency` runs at once in threads, each on its own CUDA stream (what
+  `evaluator.parallel` does), for the aggregate steps/s.
+A run's speed is the median of its logged intervals after the capture (warm-up and compile
+excluded); the aggregate is the sum over runs that overlapped for their whole length. The estimate
+of evaluations per GPU-hour divides by the `mad` evaluator's steps per evaluation (all six tasks),
+counting every task's step as one 128-token step: the search itself is measured by search_throughput.py.
+
+    python benchmarks/proxy_bench.py --out $OUT/proxy_bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import threading
+import time
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+import torch
+
+from composer.config import model_config_from_mapping
+from composer.data import ArrayBatches
+from composer.graphs import own_stream
+from composer.model import build_model
+from composer.tasks import TASKS, build_task_config
+from composer.trainer import TrainerConfig, train
+
+PATTERNS = ("*-*-*-*-*-*-*-*-", "*-M-*-M-*-M-*-M-", "MMMMMMMMMMMMMMMM")
+MODES = {"eager": {}, "cuda_graph": {"cuda_graph": True}, "compile+cuda_graph": {"cuda_graph": True, "compile": True}}
+STEPS_PER_EVALUATION = 5614  # the mad evaluator: 2M tokens per task at batch 32, lengths 128 x 3, 256, 32 x 2
+
+
+def run(pattern: str, mode: str, *, steps: int, data, folder: Path, mamba_impl: str) -> float:
+    """Steady steps/s of one proxy run."""
+    x, y = data
+    cfg = TrainerConfig(max_tokens=steps * 32 * 128, batch_size=32, lr=3e-3, log_every=10, ckpt_every=0,
+                        progress=False, **MODES[mode])
+    model = build_model(model_config_from_mapping(
+        {"pattern": pattern, "vocab_size": 16, "d_model": 128, "mamba2": {"impl": mamba_impl}}, where="model"), seed=0)
+    train(model.cuda(), train_batches=ArrayBatches(x, y, batch_size=32, seed=0), eval_batches=[(x[:32].cpu(), y[:32].cpu())],
+          seq_len=128, cfg=cfg, run_dir=folder, signature={"pattern": pattern})
+    rates = [json.loads(line)["train/tokens_per_s"] / (32 * 128) for line in (folder / "metrics.jsonl").read_text().splitlines()
+             if "train/tokens_per_s" in line]
+    return statistics.median(rates[2:])  # the first intervals hold the warm-up, compile and capture
+
+
+def side_by_side(pattern: str, mode: str, k: int, **kwargs) -> tuple[float, float]:
+    """(aggregate steps/s, wall seconds) of k runs in threads on their own streams."""
+    rates, errors = [0.0] * k, []
+
+    def one(i: int) -> None:
+        try:
+            with own_stream("auto"):
+                rates[i] = run(pattern, mode, folder=kwargs["folder"] / f"r{i}", **{a: b for a, b in kwargs.items() if a != "folder"})
+        except BaseException as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(k)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return sum(rates), time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patterns", default=",".join(PATTERNS))
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--concurrency", default="1,6,12,24")
+    parser.add_argument("--concurrency-mode", default="cuda_graph")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--mamba-impl", default="torch")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    task_cfg = build_task_config("in_context_recall", {})
+    x, y = TASKS["in_context_recall"].generate(task_cfg, n_examples=task_cfg.n_train, seed=0)
+    data = (x.cuda(), y.cuda())
+    results = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "steps": args.steps,
+               "mamba_impl": args.mamba_impl, "single": {}, "side_by_side": {}}
+    with TemporaryDirectory() as tmp:
+        for pattern in args.patterns.split(","):
+            for mode in args.modes.split(","):
+                rate = run(pattern, mode, steps=args.steps, data=data, folder=Path(tmp) / f"{mode}-{pattern}",
+                           mamba_impl=args.mamba_impl)
+                results["single"][f"{pattern} {mode}"] = round(rate, 1)
+                print(f"{pattern}  {mode:>20}: {rate:8.1f} steps/s", flush=True)
+            for k in map(int, args.concurrency.split(",")):
+                rate, wall = side_by_side(pattern, args.concurrency_mode, k, steps=args.steps, data=data,
+                                          folder=Path(tmp) / f"k{k}-{pattern}", mamba_impl=args.mamba_impl)
+                per_hour = rate * 3600 / STEPS_PER_EVALUATION
+                results["side_by_side"][f"{pattern} {args.concurrency_mode} x{k}"] = {
+                    "steps_per_s": round(rate, 1), "wall_s": round(wall, 1), "evaluations_per_gpu_hour_est": round(per_hour)}
+                print(f"{pattern}  {k:3d} runs side by side ({args.concurrency_mode}): {rate:8.1f} steps/s "
+                      f"-> ~{per_hour:.0f} evaluations/GPU-hour ({wall:.0f} s wall)", flush=True)
+            args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""CUDA graphs for the training step, and what lets several runs train at once in one process.
+
+A 16-layer proxy of width 128 launches thousands of tiny kernels per step: eagerly, the host's
+launches are the bottleneck and the GPU idles. `StepGraph` captures one whole step (forward,
+backward, clipping, fused AdamW) and replays it with one launch per step; runs in threads, each
+on its own CUDA stream (`search.evaluator`'s `parallel`), then keep the GPU's SMs busy together.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+
+import torch
+
+GRAPH_WARMUP = 2  # eager steps before the capture: AdamW's state, cuBLAS workspaces, Triton autotuning
+INTERRUPT = threading.Event()  # set: every training loop of this process raises KeyboardInterrupt at its next step
+_COMPILE = threading.RLock()  # torch.compile is not thread-safe: compiled layers run eagerly in one thread at a time
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def compile_guard(cfg) -> AbstractContextManager:
+    """Held while compiled layers run eagerly (compiling, capturing, evaluating); a graph replays outside it."""
+    return _COMPILE if cfg.compile else nullcontext()
+
+
+@contextmanager
+def graph_stream(device: torch.device) -> Iterator[None]:
+    """Run on a side stream (a capture cannot use the default one); the thread's own stream if it has one."""
+    outer = torch.cuda.current_stream(device)
+    if outer != torch.cuda.default_stream(device):
+        yield
+        return
+    side = torch.cuda.Stream(device)
+    side.wait_stream(outer)
+    with torch.cuda.stream(side):
+        yield
+    outer.wait_stream(side)
+
+
+@contextmanager
+def own_stream(device: str) -> Iterator[None]:
+    """This thread's work on a new CUDA stream of `device` ("auto": the current one), so that
+    threads' kernels can run side by side; nothing on a machine without CUDA."""
+    if not torch.cuda.is_available() or device == "cpu":
+        yield
+        return
+    stream = torch.cuda.Stream(None if device == "auto" else torch.device(device))
+    stream.wait_stream(torch.cuda.current_stream(stream.device))
+    with torch.cuda.stream(stream):
+        yield
+    torch.cuda.current_stream(stream.device).wait_stream(stream)
+
+
+class StepGraph:
+    """One training step captured as a CUDA graph over static input buffers.
+
+    `forward_backward(batches) -> loss` and `update() -> grad_norm` are the trainer's eager step;
+    they are captured once, on the current (side) stream, and `run(lr, batches)` copies the
+    batches into the static buffers, sets the learning rate (a device tensor the captured AdamW
+    reads) and replays. `loss` and `grad_norm` are the device tensors the replay writes: read them
+    only when needed, each read waits for the GPU.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, batches: list[Batch],
+                 forward_backward: Callable[[list[Batch]], torch.Tensor],
+                 update: Callable[[], torch.Tensor]) -> None:
+        device = batches[0][0].device
+        self.optimizer = optimizer
+        for group in optimizer.param_groups:
+            group["capturable"] = True  # AdamW keeps its step count on the device
+            group["lr"] = torch.tensor(float(group["lr"]), device=device)
+        self.batches = [(x.clone(), y.clone()) for x, y in batches]  # the static inputs (B, T_in), (B, T_out)
+        optimizer.zero_grad(set_to_none=True)  # gradients are allocated in the graph's pool
+        stream = torch.cuda.current_stream(device)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, stream=stream, capture_error_mode="thread_local"):
+            self.loss = forward_backward(self.batches)
+            self.grad_norm = update()
+
+    def run(self, lr: float, batches: list[Batch]) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"].fill_(lr)
+        for (x, y), (new_x, new_y) in zip(self.batches, batches):
+            x.copy_(new_x, non_blocking=True)
+            y.copy_(new_y, non_blocking=True)
+        self.graph.replay()
