@@ -16,6 +16,7 @@ import torch
 
 GRAPH_WARMUP = 2  # eager steps before the capture: AdamW's state, cuBLAS workspaces, Triton autotuning
 INTERRUPT = threading.Event()  # set: every training loop of this process raises KeyboardInterrupt at its next step
+_CAPTURE = threading.Lock()  # one capture at a time in a process
 _COMPILE = threading.RLock()  # torch.compile is not thread-safe: compiled layers run eagerly in one thread at a time
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -74,11 +75,16 @@ class StepGraph:
             group["lr"] = torch.tensor(float(group["lr"]), device=device)
         self.batches = [(x.clone(), y.clone()) for x, y in batches]  # the static inputs (B, T_in), (B, T_out)
         optimizer.zero_grad(set_to_none=True)  # gradients are allocated in the graph's pool
-        stream = torch.cuda.current_stream(device)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, stream=stream, capture_error_mode="thread_local"):
-            self.loss = forward_backward(self.batches)
-            self.grad_norm = update()
+        # Not torch.cuda.graph(): it synchronizes the device and empties the allocator's cache, which
+        # another thread's capture forbids. Captures take turns; other threads' replays go on.
+        with _CAPTURE:
+            self.graph.capture_begin(capture_error_mode="thread_local")
+            try:
+                self.loss = forward_backward(self.batches)
+                self.grad_norm = update()
+            finally:
+                self.graph.capture_end()
 
     def run(self, lr: float, batches: list[Batch]) -> None:
         for group in self.optimizer.param_groups:

@@ -23,7 +23,7 @@ from composer.model import build_model
 from composer.pattern import count_primitives
 from composer.tasks import TASKS
 from composer.text import TextBatches, TextCorpus, val_batches
-from composer.trainer import Objective, TrainerConfig, micro_batches, resolve_device, train, write_json
+from composer.trainer import Objective, TrainerConfig, for_length, micro_batches, resolve_device, train, write_json
 from scaling.accounting import count_parameters, train_flops_per_token
 
 SEEDING = threading.Lock()  # models are seeded through the global RNG: one thread at a time builds one
@@ -57,6 +57,7 @@ def train_on_task(
     task = TASKS[task_name]
     train_x, train_y = task.generate(task_cfg, n_examples=task_cfg.n_train, seed=2 * seed)
     test_x, test_y = task.generate(task_cfg, n_examples=task_cfg.n_test, seed=2 * seed + 1)
+    trainer_cfg = for_length(trainer_cfg, train_x.shape[1])
     device = resolve_device(trainer_cfg.device)
     with SEEDING:
         model = build_model(model_cfg, seed=seed).to(device)
@@ -117,6 +118,7 @@ def train_on_text(
     if corpus.val.n_tokens == 0:
         raise ConfigError("the corpus has no validation split: load it with val_tokens > 0")
     world = distributed.current()
+    trainer_cfg = for_length(trainer_cfg, seq_len)
     micro, _ = micro_batches(trainer_cfg, world.world_size)  # ConfigError unless batch_size divides evenly
     with SEEDING:
         model = build_model(model_cfg, seed=seed).to(resolve_device(trainer_cfg.device))

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Iterable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,7 @@ class Preempted(ComposerError):
 class TrainerConfig:
     max_tokens: int = 2_000_000  # the budget: input tokens seen in training
     batch_size: int = 32  # sequences per optimiser step (over all ranks)
+    batch_tokens: int = 0  # > 0: batch_size = batch_tokens // sequence length, so tasks of any length take the same tokens per step
     grad_accum: int = 1  # micro-batches per step (batch_size must divide by it)
     micro_batch_size: int = 0  # sequences per rank per forward; > 0 sets grad_accum to fit batch_size
     lr: float = 3e-3  # peak learning rate
@@ -100,6 +101,15 @@ class TrainerConfig:
             raise ValueError(f"batch_size ({self.batch_size}) must be a positive multiple of grad_accum ({self.grad_accum})")
         if not 0 <= self.warmup <= 1 or not 0 <= self.decay <= 1:
             raise ValueError("warmup and decay are fractions of the run, between 0 and 1")
+
+
+def for_length(cfg: TrainerConfig, seq_len: int) -> TrainerConfig:
+    """The config for sequences of `seq_len` tokens: `batch_tokens`, when set, becomes `batch_size`."""
+    if not cfg.batch_tokens:
+        return cfg
+    if cfg.batch_tokens < seq_len:
+        raise ConfigError(f"trainer.batch_tokens ({cfg.batch_tokens}) is less than one sequence ({seq_len} tokens)")
+    return replace(cfg, batch_size=cfg.batch_tokens // seq_len, batch_tokens=0)
 
 
 def micro_batches(cfg: TrainerConfig, world_size: int) -> tuple[int, int]:
@@ -294,6 +304,8 @@ def prepare(module: Objective, cfg: TrainerConfig, device: torch.device) -> None
 
     module.loss_impl = resolve_loss(cfg, module)
     layers = [m for m in module.modules() if isinstance(m, Layer)]
+    if cfg.compile:  # every layer type x shape x train/eval is one entry of Module._call_impl's cache (default 8)
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     for layer in layers:
         layer.checkpoint = cfg.activation_checkpointing
         if cfg.compile:

@@ -76,6 +76,19 @@ def test_parallel_runs_score_exactly_as_one_at_a_time(tmp_path):
     assert len(list((tmp_path / "threads").glob("trials/*/*/summary.json"))) == 4
 
 
+def test_batch_tokens_give_every_task_the_same_tokens_per_step(tmp_path):
+    tasks = {"in_context_recall": {"length": 16, "n_train": 64, "n_test": 32},
+             "selective_copying": {"length": 32, "n_copy": 4, "n_train": 64, "n_test": 32}}
+    evaluator(tmp_path, tasks=tasks, trainer={**EVALUATOR["trainer"], "batch_tokens": 256})("*-")
+    for task in ("in_context_recall", "selective_copying"):  # lengths 16 and 32: batches of 16 and 8
+        folder = next(tmp_path.glob(f"trials/*/{task}-*"))
+        first = json.loads((folder / "metrics.jsonl").read_text().splitlines()[0])
+        assert json.loads((folder / "summary.json").read_text())["step"] == 4096 // 256, task
+        assert first["tokens"] == first["step"] * 256, task
+    with pytest.raises(ConfigError, match=r"trainer.batch_tokens \(8\) is less than one sequence \(16 tokens\)"):
+        evaluator(tmp_path / "bad", tasks=tasks, trainer={**EVALUATOR["trainer"], "batch_tokens": 8})("*-")
+
+
 def test_a_failing_parallel_run_stops_the_others_and_raises(tmp_path, monkeypatch):
     """The first error stops the runs still going (at their next step) and is the evaluation's error."""
     import composer.proxy
