@@ -55,6 +55,14 @@ def own_stream(device: str) -> Iterator[None]:
     torch.cuda.current_stream(stream.device).wait_stream(stream)
 
 
+def release_memory() -> None:
+    """Hand the allocator's cached blocks (a finished graph's pool among them) back to the driver:
+    another process on the GPU may need them, and while a capture runs in any thread the allocator
+    cannot free them itself (so it would fail an allocation instead). Waits for the device."""
+    with _CAPTURE:
+        torch.cuda.empty_cache()
+
+
 class StepGraph:
     """One training step captured as a CUDA graph over static input buffers.
 

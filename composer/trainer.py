@@ -37,7 +37,7 @@ from composer import checkpoint as ckpt
 from composer import distributed
 from composer.data import IGNORE, Batches
 from composer.errors import ComposerError, ConfigError
-from composer.graphs import GRAPH_WARMUP, INTERRUPT, StepGraph, compile_guard, graph_stream
+from composer.graphs import GRAPH_WARMUP, INTERRUPT, StepGraph, compile_guard, graph_stream, release_memory
 from composer.loss import chunked_loss_and_correct
 
 log = logging.getLogger(__name__)
@@ -471,8 +471,10 @@ def train(
                     raise Preempted(message, signum)
                 if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < total_steps:
                     checkpoint()
-            step_graph = None  # frees the graph's memory pool
             optimizer.zero_grad(set_to_none=True)
+            if step_graph is not None:
+                step_graph = None
+                release_memory()  # the graph's memory pool
             checkpoint()
             final = run_eval()
     except DivergedError as exc:

@@ -346,4 +346,6 @@ def _free_accelerator_memory() -> None:
     import torch
 
     if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+        from composer.graphs import release_memory
+
+        release_memory()  # not while another thread captures a graph
