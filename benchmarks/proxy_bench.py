@@ -35,7 +35,13 @@ from composer.trainer import TrainerConfig, train
 
 PATTERNS = ("*-*-*-*-*-*-*-*-", "*-M-*-M-*-M-*-M-", "MMMMMMMMMMMMMMMM")
 MODES = {"eager": {}, "cuda_graph": {"cuda_graph": True}, "compile+cuda_graph": {"cuda_graph": True, "compile": True}}
-STEPS_PER_EVALUATION = 5614  # the mad evaluator: 2M tokens per task at batch 32, lengths 128 x 3, 256, 32 x 2
+
+
+def steps_per_evaluation(batch_tokens: int = 0) -> int:
+    """Optimiser steps of one `mad` evaluation: 2M tokens per task at batch 32 (5,614 steps: lengths
+    128 x 3, 256, 32 x 2), or at `batch_tokens` tokens per step."""
+    lengths = [build_task_config(name, {}).length for name in TASKS]
+    return sum(2_000_000 // (batch_tokens // n * n if batch_tokens else 32 * n) for n in lengths)
 
 
 def run(pattern: str, mode: str, *, steps: int, data, folder: Path, mamba_impl: str) -> float:
@@ -99,9 +105,10 @@ def main() -> None:
             for k in map(int, args.concurrency.split(",")):
                 rate, wall = side_by_side(pattern, args.concurrency_mode, k, steps=args.steps, data=data,
                                           folder=Path(tmp) / f"k{k}-{pattern}", mamba_impl=args.mamba_impl)
-                per_hour = rate * 3600 / STEPS_PER_EVALUATION
+                per_hour = rate * 3600 / steps_per_evaluation()
                 results["side_by_side"][f"{pattern} {args.concurrency_mode} x{k}"] = {
-                    "steps_per_s": round(rate, 1), "wall_s": round(wall, 1), "evaluations_per_gpu_hour_est": round(per_hour)}
+                    "steps_per_s": round(rate, 1), "wall_s": round(wall, 1), "evaluations_per_gpu_hour_est": round(per_hour),
+                    "evaluations_per_gpu_hour_est_batch_tokens_4096": round(rate * 3600 / steps_per_evaluation(4096))}
                 print(f"{pattern}  {k:3d} runs side by side ({args.concurrency_mode}): {rate:8.1f} steps/s "
                       f"-> ~{per_hour:.0f} evaluations/GPU-hour ({wall:.0f} s wall)", flush=True)
             args.out.write_text(json.dumps(results, indent=2) + "\n")

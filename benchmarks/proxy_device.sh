@@ -4,7 +4,7 @@
 # (../shared/device/README.md; fetch_wheels.sh with `tokenizers pytest iniconfig pluggy packaging
 # tqdm pyyaml`) and carried. Prints the tables last; logs and JSON land in $OUT.
 set -u
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; touch /tmp/kernels_skip
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .device/wheels/*.whl
 export PYTHONPATH=/tmp/site:$PWD
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"

@@ -69,8 +69,9 @@ def main() -> None:
         sys.exit(f"no evaluation completed in {wall:.0f} s; see {args.out / 'search.log'}")
     first = min(t.datetime_start for t in trials).timestamp()
     last = max(t.datetime_complete for t in trials).timestamp()
-    util = [float(line.split(",")[0]) for line in (args.out / "gpu.csv").read_text().splitlines()
-            if line.strip() and line.split(",")[0].strip().replace(".", "").isdigit()] if gpu else []
+    samples = [[float(v) for v in line.split(",")] for line in (args.out / "gpu.csv").read_text().splitlines()
+               if line.strip() and line.split(",")[0].strip().replace(".", "").isdigit()] if gpu else []
+    util = [sample[0] for sample in samples]
     recall = {t.user_attrs["pattern"]: (t.user_attrs.get("tasks") or {}).get("in_context_recall") for t in trials}
     with_attention = [v for p, v in recall.items() if "*" in p and v is not None]
     result = {
@@ -79,6 +80,7 @@ def main() -> None:
         "evaluations_per_gpu_hour": round(len(trials) / max(last - first, 1e-9) * 3600 / max(1, _gpus()), 1),
         "mean_eval_s": round(statistics.mean(t.duration.total_seconds() for t in trials), 2),
         "gpu_util_median_pct": statistics.median(util) if util else None,
+        "gpu_memory_max_mib": max(sample[1] for sample in samples) if samples else None,
         "recall_of_attention_patterns": sorted(with_attention, reverse=True)[:10],
     }
     (args.out / "throughput.json").write_text(json.dumps(result, indent=1) + "\n")

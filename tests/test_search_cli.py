@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from tests.conftest import cli_env, run_cli
@@ -149,8 +150,10 @@ def test_bad_search_config_is_one_line(tmp_path):
         assert message in proc.stderr and proc.stderr.strip().count("\n") == 0, (override, proc.stderr)
 
 
-def test_sigint_stops_every_worker_and_keeps_completed_trials(tmp_path):
-    args = search_args(tmp_path, "workers=2", "n_trials=20", "strategy=random", "space.length=4", name="i")
+@pytest.mark.parametrize("parallel", [1, 2])  # 2: each evaluation's two task runs in threads
+def test_sigint_stops_every_worker_and_keeps_completed_trials(tmp_path, parallel):
+    args = search_args(tmp_path, "workers=2", "n_trials=20", "strategy=random", "space.length=4",
+                       f"evaluator.parallel={parallel}", name="i")
     proc = subprocess.Popen([sys.executable, "-m", "composer.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=cli_env())
     deadline = time.time() + 240
