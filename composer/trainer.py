@@ -355,7 +355,8 @@ def train(
     total_steps = max(1, cfg.max_tokens // tokens_per_step)
     summary = {**(summary or {}), **signature, "world_size": world.world_size}
     summary["impl"] = {**summary.get("impl", {}), "loss": module.loss_impl, "compile": cfg.compile,
-                       "step": "cuda_graph" if graphed else "eager"}
+                       "step": "cuda_graph" if graphed else "eager",
+                       "optimizer": "AdamW (fused)" if device.type == "cuda" else "AdamW"}
     if flops_per_token:
         summary["train_flops_per_token"] = flops_per_token
     peak = peak_flops(cfg, device)

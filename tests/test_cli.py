@@ -41,10 +41,12 @@ def test_a_failed_sweep_job_is_reported_and_the_sweep_goes_on(tmp_path, tiny):
 
 def test_other_tasks_and_trainer_settings(tmp_path, tiny):
     run = run_cli(*tiny, "task=compression", "task.length=8", "trainer.schedule=wsd", "trainer.grad_accum=2",
-                  "trainer.max_tokens=2000", "model.pattern=M*", f"hydra.run.dir={tmp_path}")
+                  "trainer.max_tokens=2000", "model.pattern=M*", "trainer.cuda_graph=true", f"hydra.run.dir={tmp_path}")
     assert run.returncode == 0, run.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["task"] == "compression" and summary["task_config"]["length"] == 8
+    # a CUDA graph asked for on a CPU: the step ran eagerly, and the record says so
+    assert summary["impl"]["step"] == "eager" and summary["impl"]["optimizer"] == "AdamW"
 
 
 def _one_line_error(run) -> str:
