@@ -32,10 +32,12 @@ def sample_gpu(out: Path) -> subprocess.Popen | None:
         return None
 
 
-def completed(storage: Path, name: str) -> list:
+def completed(run_dir: Path, name: str) -> list:
     import optuna
 
-    study = optuna.load_study(study_name=name, storage=f"sqlite:///{storage}")
+    from search.study import resolve_storage
+
+    study = optuna.load_study(study_name=name, storage=resolve_storage(None, run_dir=run_dir))  # the search's default
     return [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
             if t.user_attrs.get("role") == "evaluate"]
 
@@ -64,7 +66,7 @@ def main() -> None:
     wall = time.time() - started
     if gpu:
         gpu.terminate()
-    trials = completed(args.out / "run" / "study.db", name)
+    trials = completed(args.out / "run", name)
     if not trials:
         sys.exit(f"no evaluation completed in {wall:.0f} s; see {args.out / 'search.log'}")
     first = min(t.datetime_start for t in trials).timestamp()

@@ -30,6 +30,7 @@ add+norm kernel, its loss over the full logits.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -48,6 +49,7 @@ import torch.nn.functional as F
 from composer.config import ModelConfig
 from composer.errors import ConfigError
 from composer.model import build_model
+from composer.records import write_json
 from composer.trainer import Objective, TrainerConfig, param_groups, peak_flops, prepare
 from primitives.mlp import MLPConfig
 from scaling.accounting import count_parameters, train_flops_per_token
@@ -161,6 +163,7 @@ def peer_settings(equivalent: ModelConfig) -> dict[str, Any]:
     }
 
 
+@functools.cache
 def _peer_model_cls() -> tuple[type, type] | str:
     """(MambaConfig, MambaLMHeadModel), or why mamba-ssm cannot be imported."""
     try:
@@ -339,8 +342,7 @@ def run(s: Settings, out: Path) -> dict[str, Any]:
         record: dict[str, Any] = {"layout": job.layout, "side": job.side, "variant": str(job.variant or "")}
         if s.budget_s is not None and time.monotonic() - started > s.budget_s:
             record["error"] = f"skipped: past the time budget of {s.budget_s:.0f} s"
-        elif job.side == "peer" and (device.type != "cuda" or isinstance(_peer_model_cls(), str)):
-            reason = _peer_model_cls()
+        elif job.side == "peer" and (isinstance(reason := _peer_model_cls(), str) or device.type != "cuda"):
             record["error"] = f"skipped: {reason if isinstance(reason, str) else 'the peer runs on CUDA only'}"
         else:
             tic = time.monotonic()
@@ -352,14 +354,8 @@ def run(s: Settings, out: Path) -> dict[str, Any]:
             _release(device)
         results["results"].append(record)
         print(_one_line(record), flush=True)
-        _write_json(out, results)
+        write_json(out, results)
     return results
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 def _one_line(r: dict[str, Any]) -> str:

@@ -19,16 +19,17 @@ class Batches(Protocol):
 
 class EpochOrder:
     """The resumable core of every batch stream: `position` (batches served) and a permutation of
-    `n_items` per epoch seeded by (seed, epoch), so a resumed run replays exactly the same order."""
+    `n_items` per epoch seeded by (seed, epoch), so a resumed run replays exactly the same order.
+    The permutation is held on `device`: where the data is, so that indexing it copies nothing."""
 
-    def __init__(self, n_items: int, *, seed: int) -> None:
-        self.n_items, self.seed, self.position = n_items, seed, 0
+    def __init__(self, n_items: int, *, seed: int, device: torch.device | str = "cpu") -> None:
+        self.n_items, self.seed, self.device, self.position = n_items, seed, device, 0
         self._order: tuple[int, torch.Tensor] | None = None  # (epoch, permutation) cache
 
     def permutation(self, epoch: int) -> torch.Tensor:
         if self._order is None or self._order[0] != epoch:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._order = (epoch, torch.randperm(self.n_items, generator=g))
+            self._order = (epoch, torch.randperm(self.n_items, generator=g).to(self.device))
         return self._order[1]
 
     def state_dict(self) -> dict[str, int]:
@@ -49,16 +50,9 @@ class ArrayBatches(EpochOrder):
     def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, *, batch_size: int, seed: int) -> None:
         if len(inputs) < batch_size:
             raise ValueError(f"batch size {batch_size} is larger than the {len(inputs)} training examples")
-        super().__init__(len(inputs), seed=seed)
+        super().__init__(len(inputs), seed=seed, device=inputs.device)
         self.inputs, self.targets, self.batch_size = inputs, targets, batch_size
         self.per_epoch = len(inputs) // batch_size
-
-    def permutation(self, epoch: int) -> torch.Tensor:
-        """Held where the arrays are: on a GPU a batch is gathered there, with no host copy per step."""
-        order = super().permutation(epoch)
-        if order.device != self.inputs.device:
-            self._order = (epoch, order.to(self.inputs.device))
-        return self._order[1]
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, k = divmod(self.position, self.per_epoch)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import pickle
 import re
 import shutil
@@ -34,6 +33,7 @@ import torch
 
 from composer.config import ModelConfig, flatten, model_config_from_mapping
 from composer.errors import ComposerError, ConfigError
+from composer.records import write_atomically
 from composer.tokenizer import Tokenizer, load_tokenizer
 
 WEIGHTS = "model.safetensors"
@@ -94,10 +94,10 @@ def save_pretrained(
         text = json.dumps(config, indent=2) + "\n"
     except TypeError as exc:
         raise ComposerError(f"extra must be JSON-serialisable: {exc}") from None
-    _write_atomically(out / WEIGHTS, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt", "pattern": cfg.pattern}))
+    write_atomically(out / WEIGHTS, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt", "pattern": cfg.pattern}))
     if tokenizer_file is not None:
-        _write_atomically(out / TOKENIZER, lambda tmp: shutil.copyfile(tokenizer_file, tmp))
-    _write_atomically(out / CONFIG, lambda tmp: tmp.write_text(text))  # last: its presence marks a whole export
+        write_atomically(out / TOKENIZER, lambda tmp: shutil.copyfile(tokenizer_file, tmp))
+    write_atomically(out / CONFIG, lambda tmp: tmp.write_text(text))  # last: its presence marks a whole export
     return out
 
 
@@ -373,12 +373,6 @@ def _load_export_tokenizer(folder: Path, entry: Any, *, vocab_size: int) -> Toke
     if tokenizer.vocab_size > vocab_size:
         raise ComposerError(f"{folder / TOKENIZER} has {tokenizer.vocab_size} ids but the model embeds only {vocab_size}")
     return tokenizer
-
-
-def _write_atomically(path: Path, write: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 # ---- command line ----------------------------------------------------------------------------

@@ -28,24 +28,11 @@ def compile_guard(cfg) -> AbstractContextManager:
 
 
 @contextmanager
-def graph_stream(device: torch.device) -> Iterator[None]:
-    """Run on a side stream (a capture cannot use the default one); the thread's own stream if it has one."""
-    outer = torch.cuda.current_stream(device)
-    if outer != torch.cuda.default_stream(device):
-        yield
-        return
-    side = torch.cuda.Stream(device)
-    side.wait_stream(outer)
-    with torch.cuda.stream(side):
-        yield
-    outer.wait_stream(side)
-
-
-@contextmanager
-def own_stream(device: str) -> Iterator[None]:
+def own_stream(device: str | torch.device) -> Iterator[None]:
     """This thread's work on a new CUDA stream of `device` ("auto": the current one), so that
-    threads' kernels can run side by side; nothing on a machine without CUDA."""
-    if not torch.cuda.is_available() or device == "cpu":
+    threads' kernels can run side by side and a graph can be captured (never on the default
+    stream); nothing on a machine without CUDA."""
+    if not torch.cuda.is_available() or torch.device("cuda" if device == "auto" else device).type != "cuda":
         yield
         return
     stream = torch.cuda.Stream(None if device == "auto" else torch.device(device))
@@ -53,6 +40,12 @@ def own_stream(device: str) -> Iterator[None]:
     with torch.cuda.stream(stream):
         yield
     torch.cuda.current_stream(stream.device).wait_stream(stream)
+
+
+def side_stream(device: torch.device) -> AbstractContextManager:
+    """The current stream if this thread already has its own (`own_stream`), else a new one."""
+    on_default = torch.cuda.current_stream(device) == torch.cuda.default_stream(device)
+    return own_stream(device) if on_default else nullcontext()
 
 
 def release_memory() -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.utils.checkpoint
@@ -110,9 +113,19 @@ class ComposedModel(nn.Module):
         return {layer.letter: layer.mixer.describe_impl(device) for layer in self.layers}
 
 
+_SEEDING = threading.Lock()  # the global RNG is one per process; threads (search.evaluator's parallel runs) take turns
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Build modules from `seed` without disturbing the caller's RNG state, one thread at a time."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with _SEEDING, torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
 def build_model(cfg: ModelConfig, *, seed: int = 0) -> ComposedModel:
     """Deterministic for a seed: the same config and seed give bit-identical weights."""
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with seeded(seed):
         return ComposedModel(cfg)

@@ -7,8 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-import subprocess
-import threading
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -19,29 +17,19 @@ from composer import distributed
 from composer.config import ModelConfig
 from composer.data import ArrayBatches
 from composer.errors import ConfigError
-from composer.model import build_model
+from composer.model import build_model, seeded
 from composer.pattern import count_primitives
+from composer.records import git, write_json
 from composer.tasks import TASKS
 from composer.text import TextBatches, TextCorpus, val_batches
-from composer.trainer import Objective, TrainerConfig, for_length, micro_batches, resolve_device, train, write_json
+from composer.trainer import Objective, TrainerConfig, for_length, micro_batches, resolve_device, train
 from scaling.accounting import count_parameters, train_flops_per_token
-
-SEEDING = threading.Lock()  # models are seeded through the global RNG: one thread at a time builds one
 
 
 def environment() -> dict[str, Any]:
     """Code version and environment, recorded in every run folder."""
-    root = Path(__file__).resolve().parent.parent
-
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=5)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    dirty = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    commit = (git("rev-parse", "HEAD", timeout=5) or "").strip() or None
+    dirty = git("status", "--porcelain", "--untracked-files=no", timeout=5) if commit else None
     return {"git_commit": commit, "git_dirty": bool(dirty) if commit else None,
             "python": platform.python_version(), "torch": torch.__version__,
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "host": platform.node()}
@@ -59,13 +47,11 @@ def train_on_task(
     test_x, test_y = task.generate(task_cfg, n_examples=task_cfg.n_test, seed=2 * seed + 1)
     trainer_cfg = for_length(trainer_cfg, train_x.shape[1])
     device = resolve_device(trainer_cfg.device)
-    with SEEDING:
-        model = build_model(model_cfg, seed=seed).to(device)
-        head = None
-        if task.build_head is not None:
-            with torch.random.fork_rng():
-                torch.manual_seed(seed + 1)
-                head = task.build_head(task_cfg, model_cfg.d_model)
+    model = build_model(model_cfg, seed=seed).to(device)
+    head = None
+    if task.build_head is not None:
+        with seeded(seed + 1):
+            head = task.build_head(task_cfg, model_cfg.d_model)
     micro = trainer_cfg.batch_size // trainer_cfg.grad_accum
     eval_batches = [(test_x[i : i + micro], test_y[i : i + micro]) for i in range(0, len(test_x), micro)]
     # What defines the run: a checkpoint is only resumed under the same signature.
@@ -120,8 +106,7 @@ def train_on_text(
     world = distributed.current()
     trainer_cfg = for_length(trainer_cfg, seq_len)
     micro, _ = micro_batches(trainer_cfg, world.world_size)  # ConfigError unless batch_size divides evenly
-    with SEEDING:
-        model = build_model(model_cfg, seed=seed).to(resolve_device(trainer_cfg.device))
+    model = build_model(model_cfg, seed=seed).to(resolve_device(trainer_cfg.device))
     # What defines the run: a checkpoint is only resumed under the same signature.
     signature = {"pattern": model_cfg.pattern, "seed": seed, "model": asdict(model_cfg),
                  "corpus": describe_corpus(corpus), "seq_len": seq_len}

@@ -37,8 +37,9 @@ from composer import checkpoint as ckpt
 from composer import distributed
 from composer.data import IGNORE, Batches
 from composer.errors import ComposerError, ConfigError
-from composer.graphs import GRAPH_WARMUP, INTERRUPT, StepGraph, compile_guard, graph_stream, release_memory
+from composer.graphs import GRAPH_WARMUP, INTERRUPT, StepGraph, compile_guard, release_memory, side_stream
 from composer.loss import chunked_loss_and_correct
+from composer.records import write_json
 
 log = logging.getLogger(__name__)
 
@@ -280,19 +281,6 @@ class _Records:
             self.wandb.finish()
 
 
-def _write_atomically(path: Path, write: Any) -> None:
-    """write(tmp_path), then rename: a crash mid-write never leaves a torn file behind."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    _write_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
-
-
-
-
 def _bf16(cfg: TrainerConfig, device: torch.device) -> bool:
     return cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
 
@@ -415,7 +403,7 @@ def train(
     report_every = max(1, total_steps // 10)
     started, tic, start_step = time.perf_counter(), time.perf_counter(), step
     step_graph: StepGraph | None = None
-    stream = graph_stream(device) if graphed else nullcontext()
+    stream = side_stream(device) if graphed else nullcontext()
     try:
         with stream:
             while step < total_steps:
@@ -434,7 +422,7 @@ def train(
                         group["lr"] = lr
                     with compile_guard(cfg):
                         loss_t = distributed.all_mean(forward_backward(batches))
-                        if not graphed or logged or reported:
+                        if not graphed:  # stop before a diverged step updates the weights
                             _check_finite(loss_t.item(), step, lr)
                         norm_t = update()
                     optimizer.zero_grad(set_to_none=True)

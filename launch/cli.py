@@ -144,7 +144,7 @@ def _prepare(args: argparse.Namespace, *, kind: str, name: str, config_text: str
             raise ConfigError(f"{folder} holds a {record.get('kind')} launch, not a {kind} one; choose another --dir")
         last = record["submissions"][-1] if record["submissions"] else None
         if last:
-            live = [j["id"] for j, s in zip(last["jobs"], _states(folder, last).values()) if cluster.active(s)]
+            live = [i for i, s in _states(folder, last).items() if cluster.active(s)]
             if live:
                 raise ConfigError(f"{folder} has jobs still queued or running ({', '.join(live)}); "
                                   f"`{PROG} status {folder}` lists them, `{PROG} cancel {folder}` ends them")
@@ -187,13 +187,11 @@ def _states(folder: Path, submission: dict[str, Any]) -> dict[str, str]:
     return cluster.states(submission["executor"], submission["jobs"], submitit_folder=folder / "submitit")
 
 
-def _wait(folder: Path, record: dict[str, Any], ids: list[str] | None = None, *, poll_s: float = 2.0) -> dict[str, str]:
-    """Block until the jobs (by default all of the last submission) have ended; their states."""
-    submission = record["submissions"][-1]
-    jobs = [j for j in submission["jobs"] if ids is None or j["id"] in ids]
+def _wait(folder: Path, record: dict[str, Any], *, poll_s: float = 2.0) -> dict[str, str]:
+    """Block until the jobs of the last submission have ended; their states."""
     started = time.time()
     while True:
-        current = cluster.states(submission["executor"], jobs, submitit_folder=folder / "submitit")
+        current = _states(folder, record["submissions"][-1])
         unsure = time.time() - started < 30 and "UNKNOWN" in current.values()  # just submitted, not listed yet
         if not unsure and not any(cluster.active(s) for s in current.values()):
             return current
@@ -289,18 +287,10 @@ def launch_search(args: argparse.Namespace) -> int:
 
 def _check_pretrain(cfg: dict[str, Any]) -> None:
     """What composer-pretrain would refuse at start, refused before the job waits in a queue."""
-    from composer.config import from_mapping, model_config_from_mapping
-    from composer.pretrain import KEYS
-    from composer.text import CorpusConfig
-    from composer.trainer import TrainerConfig
+    from composer.pretrain import model_config, read_config
 
-    unknown = sorted(set(cfg) - set(KEYS))
-    if unknown:
-        raise ConfigError(f"unknown config key {unknown[0]!r} (valid: {', '.join(KEYS)})")
-    model = dict(cfg["model"])
-    model_config_from_mapping({**model, "vocab_size": model.get("vocab_size") or 256})
-    trainer = from_mapping(TrainerConfig, cfg["trainer"], where="trainer")
-    from_mapping(CorpusConfig, cfg["data"], where="data")
+    _, trainer = read_config(cfg)
+    model_config(cfg, vocab_size=256)  # the tokenizer's size is known only in the job; any size checks the rest
     if not trainer.save_on_signal:
         print(f"{PROG}: warning: trainer.save_on_signal=false: a preempted job keeps only its last periodic "
               f"checkpoint and is not requeued", file=sys.stderr)
@@ -332,7 +322,7 @@ def launch_pretrain(args: argparse.Namespace) -> int:
                    nodes=args.nodes, procs_per_node=procs, cpus_per_task=args.cpus_per_task, port=args.port,
                    max_requeues=args.max_requeues, shutdown_timeout_s=max(30, args.signal_delay_s))
     res = _resources(args, nodes=args.nodes, gpus_per_node=args.gpus_per_node, signal_delay_s=args.signal_delay_s,
-                     requeue=True, preempt_signal=True)
+                     preemptible=True)
     executor = cluster.make_executor(args.executor, folder=folder / "submitit", name=name, resources=res)
     jobs = _submit_first(folder, record, executor, [job])
     described = (f"{args.nodes} node(s) x {procs} rank(s)" if args.executor == "slurm"

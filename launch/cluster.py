@@ -44,8 +44,7 @@ class Resources:
     gpus_per_node: int = 0
     mem_gb: int | None = None
     signal_delay_s: int = 120  # SIGUSR1 this long before the time limit
-    requeue: bool = False  # #SBATCH --requeue (the pretraining job requeues itself)
-    preempt_signal: bool = False  # #SBATCH --signal=USR1@signal_delay_s to the job's steps
+    preemptible: bool = False  # #SBATCH --requeue and --signal=USR1@signal_delay_s to the steps (the pretraining job)
     dependency: str | None = None  # e.g. afterany:123
     extra: dict[str, Any] = field(default_factory=dict)  # more #SBATCH flags: {"constraint": "h100"}
 
@@ -65,9 +64,8 @@ def make_executor(kind: str, *, folder: Path, name: str, resources: Resources):
         raise ConfigError("SLURM's sbatch/srun are not on PATH (run this on a login node), or use --executor local")
     executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=0)
     extra: dict[str, Any] = dict(r.extra)
-    if r.requeue:
+    if r.preemptible:
         extra["requeue"] = True
-    if r.preempt_signal:
         extra["signal"] = f"USR1@{r.signal_delay_s}"  # to the steps: torchrun and its ranks
     else:
         extra.setdefault("signal", f"USR2@{r.signal_delay_s}")  # submitit's default, unused by these jobs

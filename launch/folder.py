@@ -18,46 +18,30 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from composer.errors import ConfigError
+from composer.records import CODE_ROOT, git, write_json
 
 LAUNCH_FILE = "launch.json"
 DEFAULT_ROOT = Path("outputs/launch")
 
 
-def code_root() -> Path:
-    """The checkout composer runs from (where `git` reads the code version)."""
-    import composer
-
-    return Path(composer.__file__).resolve().parent.parent
-
-
 def write_code_version(folder: Path) -> dict[str, Any]:
     """code/commit.txt and code/diff.patch from the checkout's git (reads only); what it found."""
-    root = code_root()
-
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=60)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout if out.returncode == 0 else None
-
     code = folder / "code"
     code.mkdir(parents=True, exist_ok=True)
     commit = (git("rev-parse", "HEAD") or "").strip() or None
     diff = git("diff", "HEAD") if commit else None
     untracked = (git("ls-files", "--others", "--exclude-standard") or "").split() if commit else []
     dirty = bool(diff) or bool(untracked)
-    (code / "commit.txt").write_text(f"{commit}{' dirty' if dirty else ''}\n" if commit else f"unknown: {root} is not a git checkout\n")
+    (code / "commit.txt").write_text(f"{commit}{' dirty' if dirty else ''}\n" if commit else f"unknown: {CODE_ROOT} is not a git checkout\n")
     (code / "diff.patch").write_text(diff or "")
     if untracked:
         (code / "untracked.txt").write_text("\n".join(untracked) + "\n")
-    return {"commit": commit, "dirty": dirty if commit else None, "root": str(root)}
+    return {"commit": commit, "dirty": dirty if commit else None, "root": str(CODE_ROOT)}
 
 
 def load(folder: Path) -> dict[str, Any]:
@@ -68,10 +52,7 @@ def load(folder: Path) -> dict[str, Any]:
 
 
 def save(folder: Path, record: dict[str, Any]) -> None:
-    path = Path(folder) / LAUNCH_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(path)
+    write_json(Path(folder) / LAUNCH_FILE, record)
 
 
 def latest(root: Path = DEFAULT_ROOT) -> Path:

@@ -78,17 +78,17 @@ class Command:
         return {"returncode": 0}
 
 
-def first_node() -> tuple[str, str]:
-    """The job's first node (`scontrol show hostnames $SLURM_JOB_NODELIST`) and the address torchrun
-    reaches it at (its NodeAddr, which is usually the same name)."""
+def first_node_address() -> str:
+    """The address torchrun reaches the job's first node at (`scontrol show hostnames
+    $SLURM_JOB_NODELIST`, then that node's NodeAddr, which is usually the same name)."""
     hosts = subprocess.run(["scontrol", "show", "hostnames", os.environ["SLURM_JOB_NODELIST"]], capture_output=True,
                            text=True, check=True, timeout=60).stdout.split()
     head = hosts[0]
     shown = subprocess.run(["scontrol", "show", "node", "--oneliner", head], capture_output=True, text=True, timeout=60)
     for word in shown.stdout.split():
         if word.startswith("NodeAddr="):
-            return head, word.split("=", 1)[1]
-    return head, head
+            return word.split("=", 1)[1]
+    return head
 
 
 @dataclass
@@ -116,7 +116,7 @@ class Pretrain:
             return self.torchrun(rendezvous=["--standalone", "--nnodes", "1"])
         job = job or os.environ["SLURM_JOB_ID"]
         if endpoint is None:
-            endpoint = f"{first_node()[1]}:{self.port or 20000 + int(job) % 20000}"
+            endpoint = f"{first_node_address()}:{self.port or 20000 + int(job) % 20000}"
         srun = ["srun", f"--nodes={self.nodes}", f"--ntasks={self.nodes}", "--ntasks-per-node=1",
                 "--kill-on-bad-exit=1", "--unbuffered"]
         if self.cpus_per_task:
@@ -140,8 +140,9 @@ class Pretrain:
         code, received = _run_forwarding(argv, cwd=self.cwd, env=env, preemptible=True)
         if code == 0:
             return {"returncode": 0, "restarts": restarts}
-        if self.status() != "preempted":
-            raise JobFailed(f"torchrun exited with {code} (the run's status: {self.status() or 'none'})")
+        status = self.status()
+        if status != "preempted":
+            raise JobFailed(f"torchrun exited with {code} (the run's status: {status or 'none'})")
         if signal.SIGTERM in received or "SLURM_JOB_ID" not in os.environ:
             # SLURM is ending the job (preemption, requeue, cancel; it requeues by itself where it
             # should), or there is no SLURM to requeue with: end here, the checkpoint is kept.

@@ -43,7 +43,7 @@ from search.evaluator import EvaluatorConfig, evaluator_config_from_mapping
 from search.leaderboard import stats
 from search.space import SearchSpace, pattern_hash
 from search.strategies import STRATEGIES, Strategy, end_layer, make_strategy, middle_layer, run_incremental
-from search.study import completed_results, count_evaluations, failed_patterns, open_study, run_trials
+from search.study import completed_results, count_evaluations, failed_patterns, open_study, run_trials, running_alive
 
 log = logging.getLogger("composer.search")
 
@@ -305,14 +305,7 @@ def _run_workers(cfg: SearchConfig, run_dir: Path, study: optuna.Study, strategy
 def _wait_for_round(study: optuna.Study, *, poll_s: float = 2.0) -> None:
     """phase=work, incremental: the next round grows from this round's best, so wait until the other
     jobs' evaluations of this round are told (or their workers are gone)."""
-    from search.study import _is_lost
-
-    while True:
-        now = time.time()
-        running = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-                   if not _is_lost(t, stale_after_s=300.0, now=now)]
-        if not running:
-            return
+    while running_alive(study):
         time.sleep(poll_s)
 
 

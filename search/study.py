@@ -201,6 +201,7 @@ class _Heartbeat:
 # long after it started belongs to a worker killed in between, and would otherwise block every
 # later trial's decision until `stale_after_s`.
 UNCLAIMED_GRACE_S = 20.0
+STALE_AFTER_S = 300.0  # a RUNNING trial without a heartbeat for this long belongs to a dead worker
 
 
 def _is_lost(t: FrozenTrial, *, stale_after_s: float, now: float) -> bool:
@@ -221,6 +222,13 @@ def _is_lost(t: FrozenTrial, *, stale_after_s: float, now: float) -> bool:
     if beat is None:  # asked but not yet beating: measure from its start
         beat = t.datetime_start.timestamp() if t.datetime_start else now
     return now - float(beat) > stale_after_s
+
+
+def running_alive(study: optuna.Study, *, stale_after_s: float = STALE_AFTER_S) -> list[FrozenTrial]:
+    """The study's RUNNING trials whose workers are still at work (`_is_lost` says which are not)."""
+    now = time.time()
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if not _is_lost(t, stale_after_s=stale_after_s, now=now)]
 
 
 def _decide(study: optuna.Study, trial: optuna.Trial, pattern: str, *, max_trials: int | None,
@@ -260,7 +268,7 @@ def _decide(study: optuna.Study, trial: optuna.Trial, pattern: str, *, max_trial
 
 
 def run_trials(study: optuna.Study, *, propose: Callable[[optuna.Trial], str], evaluate: Callable[[str], dict],
-               n_trials: int, max_trials: int | None = None, heartbeat_s: float = 30.0, stale_after_s: float = 300.0,
+               n_trials: int, max_trials: int | None = None, heartbeat_s: float = 30.0, stale_after_s: float = STALE_AFTER_S,
                poll_s: float = 0.2) -> list[FrozenTrial]:
     """Ask, propose, evaluate (at most once per pattern in the study), tell; returns this call's trials.
 
