@@ -37,6 +37,7 @@ import logging
 import math
 import os
 import re
+import signal
 import socket
 import threading
 import time
@@ -45,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
@@ -284,16 +286,20 @@ def run_trials(study: optuna.Study, *, propose: Callable[[optuna.Trial], str], e
         if max_trials is not None and count_evaluations(study) >= max_trials:
             log.info("study %s has %d evaluations (max_trials=%d): done", study.study_name, max_trials, max_trials)
             break
-        trial = study.ask()
-        heartbeat = _Heartbeat(trial, heartbeat_s)
+        trial, heartbeat, interrupted = _claim(study, heartbeat_s)
         try:
+            if interrupted:
+                raise KeyboardInterrupt
             frozen, role = _run_one(study, trial, propose=propose, evaluate=evaluate, max_trials=max_trials,
                                     stale_after_s=stale_after_s, poll_s=poll_s, heartbeat=heartbeat)
         except KeyboardInterrupt:
             heartbeat.stop()
-            trial.set_user_attr("failure", "interrupted")
-            trial.set_user_attr("error", "interrupted")
-            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            try:
+                trial.set_user_attr("failure", "interrupted")
+                trial.set_user_attr("error", "interrupted")
+                study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            except UpdateFinishedTrialError:  # Ctrl-C came just after its tell: it stays as told
+                raise KeyboardInterrupt from None
             log.warning("trial %d: interrupted; told FAIL. Rerun the same command to resume.", trial.number)
             raise
         finally:
@@ -303,6 +309,26 @@ def run_trials(study: optuna.Study, *, propose: Callable[[optuna.Trial], str], e
         if role == "budget":
             break
     return finished
+
+
+def _claim(study: optuna.Study, heartbeat_s: float) -> tuple[optuna.Trial, _Heartbeat, bool]:
+    """A new trial with this worker's name on it; Ctrl-C meanwhile is held until both are stored.
+
+    `ask` commits the RUNNING trial before it returns: an interrupt in between would leave a trial
+    no worker owns (other workers would wait UNCLAIMED_GRACE_S for it). The handler can only be
+    swapped in the main thread; elsewhere Python delivers no KeyboardInterrupt anyway.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        trial = study.ask()
+        return trial, _Heartbeat(trial, heartbeat_s), False
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        trial = study.ask()
+        heartbeat = _Heartbeat(trial, heartbeat_s)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return trial, heartbeat, bool(held)
 
 
 def _run_one(study: optuna.Study, trial: optuna.Trial, *, propose: Callable[[optuna.Trial], str],

@@ -145,6 +145,39 @@ def test_keyboard_interrupt_fails_the_trial_in_flight_and_propagates(tmp_path):
     assert count_evaluations(study) == 0  # an interrupted run is retried, not counted
 
 
+class InterruptedAsk(optuna.samplers.RandomSampler):
+    """Ctrl-C lands inside `ask`, after the RUNNING trial is committed (before_trial runs then)."""
+
+    def before_trial(self, study, trial):
+        super().before_trial(study, trial)
+        signal.raise_signal(signal.SIGINT)
+
+
+def test_ctrl_c_during_ask_still_fails_the_new_trial(tmp_path):
+    study = open_study(name="s", storage=None, run_dir=tmp_path, sampler=InterruptedAsk(seed=0))
+    evaluate = Counting()
+    with pytest.raises(KeyboardInterrupt):
+        run_trials(study, propose=lambda trial: "*-", evaluate=evaluate, n_trials=2)
+    (trial,) = study.get_trials()  # not left RUNNING without a worker
+    assert trial.state == TrialState.FAIL and trial.user_attrs["error"] == "interrupted"
+    assert evaluate.calls == {} and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_just_after_tell_keeps_the_told_result(tmp_path, monkeypatch):
+    study = open_study(name="s", storage=None, run_dir=tmp_path, sampler=None)
+    tell = study.tell
+
+    def tell_then_interrupt(*args, **kwargs):  # the signal lands as `tell` returns
+        tell(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study, "tell", tell_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_trials(study, propose=lambda trial: "*-", evaluate=Counting(), n_trials=2)
+    (trial,) = study.get_trials()
+    assert trial.state == TrialState.COMPLETE and count_evaluations(study) == 1
+
+
 def test_multi_objective_values(tmp_path):
     study = open_study(name="s", storage=None, run_dir=tmp_path, sampler=optuna.samplers.NSGAIISampler(seed=0),
                        directions=("maximize", "minimize"))
