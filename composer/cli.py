@@ -135,8 +135,6 @@ def extrapolate_from_config(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any
     import json
     from dataclasses import asdict
 
-    import yaml
-
     from scaling.accounting import account
     from scaling.extrapolate import extrapolate
     from scaling.rules import Rules, plan_training

@@ -19,7 +19,7 @@ from composer.data import ArrayBatches
 from composer.errors import ConfigError
 from composer.model import build_model, seeded
 from composer.pattern import count_primitives
-from composer.records import git, write_json
+from composer.records import git, head_commit, write_json
 from composer.tasks import TASKS
 from composer.text import TextBatches, TextCorpus, val_batches
 from composer.trainer import Objective, TrainerConfig, for_length, micro_batches, resolve_device, train
@@ -28,7 +28,7 @@ from scaling.accounting import count_parameters, train_flops_per_token
 
 def environment() -> dict[str, Any]:
     """Code version and environment, recorded in every run folder."""
-    commit = (git("rev-parse", "HEAD", timeout=5) or "").strip() or None
+    commit = head_commit(timeout=5)
     dirty = git("status", "--porcelain", "--untracked-files=no", timeout=5) if commit else None
     return {"git_commit": commit, "git_dirty": bool(dirty) if commit else None,
             "python": platform.python_version(), "torch": torch.__version__,

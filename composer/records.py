@@ -31,3 +31,8 @@ def git(*args: str, timeout: float = 60) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout if out.returncode == 0 else None
+
+
+def head_commit(timeout: float = 60) -> str | None:
+    """The checkout's HEAD commit, or None outside a git checkout."""
+    return (git("rev-parse", "HEAD", timeout=timeout) or "").strip() or None

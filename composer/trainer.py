@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import signal
 import sys
 import threading

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from composer.errors import ConfigError
-from composer.records import CODE_ROOT, git, write_json
+from composer.records import CODE_ROOT, git, head_commit, write_json
 
 LAUNCH_FILE = "launch.json"
 DEFAULT_ROOT = Path("outputs/launch")
@@ -33,7 +33,7 @@ def write_code_version(folder: Path) -> dict[str, Any]:
     """code/commit.txt and code/diff.patch from the checkout's git (reads only); what it found."""
     code = folder / "code"
     code.mkdir(parents=True, exist_ok=True)
-    commit = (git("rev-parse", "HEAD") or "").strip() or None
+    commit = head_commit()
     diff = git("diff", "HEAD") if commit else None
     untracked = (git("ls-files", "--others", "--exclude-standard") or "").split() if commit else []
     dirty = bool(diff) or bool(untracked)

@@ -315,19 +315,19 @@ def _claim(study: optuna.Study, heartbeat_s: float) -> tuple[optuna.Trial, _Hear
     """A new trial with this worker's name on it; Ctrl-C meanwhile is held until both are stored.
 
     `ask` commits the RUNNING trial before it returns: an interrupt in between would leave a trial
-    no worker owns (other workers would wait UNCLAIMED_GRACE_S for it). The handler can only be
-    swapped in the main thread; elsewhere Python delivers no KeyboardInterrupt anyway.
+    no worker owns (other workers would wait UNCLAIMED_GRACE_S for it). Held only where SIGINT
+    raises KeyboardInterrupt (Python's handler, main thread): an ignored SIGINT stays ignored.
     """
-    if threading.current_thread() is not threading.main_thread():
-        trial = study.ask()
-        return trial, _Heartbeat(trial, heartbeat_s), False
     held: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    hold = (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler)  # else Ctrl-C raises nothing here
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum)) if hold else None
     try:
         trial = study.ask()
         heartbeat = _Heartbeat(trial, heartbeat_s)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if hold:
+            signal.signal(signal.SIGINT, previous)
     return trial, heartbeat, bool(held)
 
 

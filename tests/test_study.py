@@ -163,6 +163,16 @@ def test_ctrl_c_during_ask_still_fails_the_new_trial(tmp_path):
     assert evaluate.calls == {} and signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_an_ignored_sigint_stays_ignored_during_ask(tmp_path):
+    study = open_study(name="s", storage=None, run_dir=tmp_path, sampler=InterruptedAsk(seed=0))
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as for a worker started with `nohup ... &`
+    try:
+        (trial,) = run_trials(study, propose=lambda trial: "*-", evaluate=Counting(), n_trials=1)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert trial.state == TrialState.COMPLETE
+
+
 def test_ctrl_c_just_after_tell_keeps_the_told_result(tmp_path, monkeypatch):
     study = open_study(name="s", storage=None, run_dir=tmp_path, sampler=None)
     tell = study.tell
