@@ -5,7 +5,7 @@
 #   mkdir -p .device && cp ../shared/device/* .device/ && bash ../shared/device/fetch_wheels.sh tokenizers
 #   composer-text fetch-corpus --output /tmp/docs
 #   composer-text train-tokenizer --input /tmp/docs --vocab-size 8192 --output .device/run/tokenizer.json
-#   python -c "from composer.text import CorpusConfig as C; import shutil; shutil.copytree(C(path='/tmp/docs', \
+#   python -c "from composer.data.text import CorpusConfig as C; import shutil; shutil.copytree(C(path='/tmp/docs', \
 #     tokenizer='.device/run/tokenizer.json').open().cache_path, '.device/run/docs-bpe8192')"
 # Each call stays under the device's 10-minute limit; results under $OUT:
 #   bash benchmarks/pretrain_device.sh smoke   # a tiny 2-GPU run (starts the kernel build)
@@ -13,7 +13,7 @@
 set -u
 source benchmarks/device_env.sh
 DATA="data.path=.device/run/docs-bpe8192 data.tokenizer=.device/run/tokenizer.json data.val_tokens=100000"
-run2() { torchrun --standalone --nproc_per_node=2 -m composer.pretrain "$@"; }
+run2() { torchrun --standalone --nproc_per_node=2 -m composer.apps.pretrain "$@"; }
 
 if [ "${1:-main}" = smoke ]; then
   # the code path on CUDA/NCCL with the pure-PyTorch Mamba-2 (no kernels needed yet)
@@ -25,7 +25,7 @@ if [ "${1:-main}" = smoke ]; then
   exit 0
 fi
 
-python3 -m composer.cli extrapolate pattern='M-*-M-' target=350m seq_len=2048 hydra.run.dir="$OUT/extrapolate" | tee "$OUT/extrapolate.txt"
+python3 -m composer.apps.extrapolate pattern='M-*-M-' target=350m seq_len=2048 hydra.run.dir="$OUT/extrapolate" | tee "$OUT/extrapolate.txt"
 rm -rf "$OUT/extrapolate/.hydra"
 report() {  # median throughput and MFU over the logged intervals after the first two
   python3 - "$OUT/$1" <<'PY'
@@ -45,7 +45,7 @@ PY
 # the preemption path (checkpoint, then stop), so every run leaves its metrics.
 pretrain() {  # name, seconds, extra overrides
   local name=$1 seconds=$2; shift 2
-  timeout -s TERM "$seconds" torchrun --standalone --nproc_per_node=2 -m composer.pretrain \
+  timeout -s TERM "$seconds" torchrun --standalone --nproc_per_node=2 -m composer.apps.pretrain \
     --config-path "$OUT/extrapolate" --config-name pretrain $DATA model.vocab_size=8192 \
     model.attention.backend=cudnn trainer.batch_size=64 trainer.micro_batch_size=4 trainer.progress=false \
     leaderboard=$OUT/leaderboard.jsonl hydra.run.dir="$OUT/$name" "$@" > "$OUT/$name.log" 2>&1

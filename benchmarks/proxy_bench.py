@@ -1,7 +1,7 @@
 """Proxy training speed on one GPU: steps/s of a 16-layer MAD proxy per step mode, then with runs side by side.
 
 A search's proxies are tiny (width 128, 32 x 128 tokens per step): their steps are bound by kernel
-launches, not FLOPs. This times the shared trainer (`composer.trainer.train`, the search's own
+launches, not FLOPs. This times the shared trainer (`composer.engine.trainer.train`, the search's own
 path) on in-context recall at the `mad` evaluator's settings:
 - per pattern and mode: eager, `cuda_graph` (one captured step), `compile+cuda_graph`;
 - then `--concurrency` runs at once in threads, each on its own CUDA stream (what
@@ -27,11 +27,11 @@ from tempfile import TemporaryDirectory
 import torch
 
 from composer.config import model_config_from_mapping
-from composer.data import ArrayBatches
-from composer.graphs import own_stream
+from composer.engine.batches import ArrayBatches
+from composer.engine.graphs import own_stream
 from composer.model import build_model
-from composer.tasks import TASKS, build_task_config
-from composer.trainer import TrainerConfig, train
+from composer.tasks.mad import TASKS, build_task_config
+from composer.engine.trainer import TrainerConfig, train
 
 PATTERNS = ("*-*-*-*-*-*-*-*-", "*-M-*-M-*-M-*-M-", "MMMMMMMMMMMMMMMM")
 MODES = {"eager": {}, "cuda_graph": {"cuda_graph": True}, "compile+cuda_graph": {"cuda_graph": True, "compile": True}}

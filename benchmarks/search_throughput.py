@@ -51,7 +51,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     name = f"throughput-w{args.workers}"
-    cmd = [sys.executable, "-m", "composer.cli", "search", "strategy=random", "n_trials=100000", "evaluator.top_k=0",
+    cmd = [sys.executable, "-m", "composer.apps.search", "strategy=random", "n_trials=100000", "evaluator.top_k=0",
            f"workers={args.workers}", f"name={name}", "leaderboard=null", f"hydra.run.dir={args.out / 'run'}",
            *args.overrides]
     gpu = sample_gpu(args.out / "gpu.csv")

@@ -3,7 +3,7 @@
 Each runs one of composer's own commands as a child process, its output streamed into the job's
 log, so a job does exactly what the same command does on a workstation:
 
-    Command(argv, cwd)   a search worker or the finalize job: `python -m composer.cli search ...`
+    Command(argv, cwd)   a search worker or the finalize job: `python -m composer.apps.search ...`
     Pretrain(...)        the pretraining job: on SLURM one `srun` step of one torchrun per node,
                          locally one `torchrun --standalone`
 
@@ -107,7 +107,7 @@ class Pretrain:
 
     def torchrun(self, *, rendezvous: list[str]) -> list[str]:
         return [sys.executable, "-m", "torch.distributed.run", *rendezvous, "--nproc_per_node", str(self.procs_per_node),
-                "-m", "composer.pretrain", *self.overrides]
+                "-m", "composer.apps.pretrain", *self.overrides]
 
     def command(self, *, slurm: bool | None = None, endpoint: str | None = None, job: str | None = None) -> list[str]:
         """On SLURM: srun, one task (one torchrun) per node, rendezvous on the first node (found now

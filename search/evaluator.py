@@ -5,7 +5,7 @@ Two kinds behind one code path:
   evaluator's width and primitive settings) under a fixed token budget, then measures test
   accuracy. The score is the mean over tasks, equally weighted; per-task accuracies are kept.
 - language modelling (`corpus`; evaluator=lm): one proxy trained on a text corpus (tokenised once,
-  into composer.text's cache, and loaded once per evaluator), scored on the corpus's validation
+  into composer.data.text's cache, and loaded once per evaluator), scored on the corpus's validation
   split. The score is minus its bits per byte, the one entry of `tasks` ("-bpb"), so that higher is
   better and the leaderboard's mean over tasks is the score; `bits_per_byte` and the validation
   `loss` (nats per token) are kept beside it.
@@ -41,7 +41,7 @@ from typing import Any
 
 from composer.config import ModelConfig, from_mapping, model_config_from_mapping
 from composer.errors import ConfigError
-from composer.tasks import TASKS, build_task_config
+from composer.tasks.mad import TASKS, build_task_config
 from search.space import pattern_hash
 
 log = logging.getLogger(__name__)
@@ -54,17 +54,17 @@ LM_SCORE = "-bpb"  # its one entry in a result's `tasks`: minus the validation b
 @dataclass(frozen=True, kw_only=True)
 class EvaluatorConfig:
     name: str = "mad"  # a label, recorded with every result
-    # task name -> overrides of its baseline setting (composer/tasks.py); {} keeps the baseline.
+    # task name -> overrides of its baseline setting (composer/tasks/mad.py); {} keeps the baseline.
     # None: all six MAD tasks, or none when `corpus` is set
     tasks: Mapping[str, Any] | None = None
     # Language modelling instead of MAD tasks (evaluator=lm): set `corpus`; the next three apply to it only.
-    corpus: Mapping[str, Any] | None = None  # composer.text.TextSource fields; path null: the default corpus
+    corpus: Mapping[str, Any] | None = None  # composer.data.text.TextSource fields; path null: the default corpus
     tokenizer: str | None = None  # "bytes" (the default with a corpus) or a tokenizer.json path
     seq_len: int | None = None  # tokens per training and validation sequence
     val_tokens: int | None = None  # validation split: whole documents until at least this many tokens
     # the proxy model: ModelConfig fields but pattern and vocab_size, one section per primitive
     model: Mapping[str, Any] = field(default_factory=dict)
-    trainer: Any = None  # composer.trainer.TrainerConfig, or a mapping of its fields
+    trainer: Any = None  # composer.engine.trainer.TrainerConfig, or a mapping of its fields
     lrs: tuple[float, ...] = ()  # learning-rate sweep per task, best score counts; () = trainer.lr
     seed: int = 0  # the search's seed: model init, data and test set (with a corpus: its validation split)
     top_k: int = 0  # after the search, re-evaluate the best k patterns over `reeval_seeds`
@@ -73,7 +73,7 @@ class EvaluatorConfig:
     parallel: int = 1  # runs of one evaluation (tasks x learning rates) trained at once: threads, one CUDA stream each
 
     def __post_init__(self) -> None:
-        from composer.trainer import TrainerConfig
+        from composer.engine.trainer import TrainerConfig
 
         if self.corpus is None:
             self._check_mad()
@@ -116,7 +116,7 @@ class EvaluatorConfig:
         object.__setattr__(self, "tasks", MappingProxyType(tasks))
 
     def _check_language_modelling(self) -> None:
-        from composer.text import TextSource
+        from composer.data.text import TextSource
 
         if self.tasks:
             raise ConfigError("evaluator.tasks and evaluator.corpus exclude each other: a search scores MAD tasks "
@@ -187,7 +187,7 @@ class Evaluator:
         self.trainer = replace(cfg.trainer, progress=False, **({"device": device} if device else {}))
         self.corpus, self.corpus_identity = None, None
         if cfg.language_modelling:
-            from composer.proxy import describe_corpus
+            from composer.runs.proxy import describe_corpus
 
             self.corpus = load_evaluator_corpus(cfg)
             self.corpus_identity = describe_corpus(self.corpus)
@@ -218,7 +218,7 @@ class Evaluator:
         The first error stops the other runs at their next step (as Ctrl-C does) and is raised."""
         if self.cfg.parallel <= 1 or len(items) <= 1:
             return [fn(item) for item in items]
-        from composer.graphs import INTERRUPT, own_stream
+        from composer.engine.graphs import INTERRUPT, own_stream
 
         device = self.trainer.device
 
@@ -251,20 +251,20 @@ class Evaluator:
                      train=partial(self._train_text, pattern, seed))]
 
     def _train_task(self, pattern: str, name: str, task_cfg: Any, seed: int, trainer: Any, folder: Path) -> dict:
-        from composer.proxy import train_on_task
+        from composer.runs.proxy import train_on_task
 
         return train_on_task(model_cfg=self.cfg.proxy(pattern, vocab_size=task_cfg.vocab_size), task_name=name,
                              task_cfg=task_cfg, trainer_cfg=trainer, seed=seed, run_dir=folder)
 
     def _train_text(self, pattern: str, seed: int, trainer: Any, folder: Path) -> dict:
-        from composer.proxy import train_on_text
+        from composer.runs.proxy import train_on_text
 
         return train_on_text(model_cfg=self.cfg.proxy(pattern, vocab_size=self.corpus.vocab_size), corpus=self.corpus,
                              trainer_cfg=trainer, seq_len=self.cfg.seq_len, seed=seed, run_dir=folder)
 
     def _attempt(self, pattern: str, job: _Job, lr: float, seed: int) -> Mapping[str, Any] | str:
         """One run's final metrics, or why it diverged: one rate of a sweep diverging is a result."""
-        from composer.trainer import DivergedError
+        from composer.engine.trainer import DivergedError
 
         folder = self.run_dir / "trials" / pattern_hash(pattern, seed=seed) / f"{job.name}-lr{lr:g}"
         try:
@@ -274,7 +274,7 @@ class Evaluator:
 
     def _best(self, job: _Job, outcomes: list[Mapping[str, Any] | str]) -> tuple[float, Mapping[str, Any], float]:
         """The best score over the learning rates, its run's final metrics, and the rate that reached it."""
-        from composer.trainer import DivergedError
+        from composer.engine.trainer import DivergedError
 
         finished = [(job.score(final), final, lr) for final, lr in zip(outcomes, self.cfg.learning_rates)
                     if not isinstance(final, str)]
@@ -283,7 +283,7 @@ class Evaluator:
         return max(finished, key=lambda result: result[0])  # the first rate wins a tie
 
     def _run(self, job: _Job, trainer: Any, folder: Path) -> Mapping[str, Any]:
-        from composer.trainer import CHECKPOINT
+        from composer.engine.trainer import CHECKPOINT
 
         final = _finished(folder, job)
         if final is None:
@@ -327,11 +327,11 @@ def _finished(folder: Path, job: _Job) -> Mapping[str, Any] | None:
 # ----------------------------------------------------------------------------------------- the corpus
 
 def load_evaluator_corpus(cfg: EvaluatorConfig) -> Any:
-    """The language-modelling evaluator's corpus (a composer.text.TextCorpus), split by `cfg.seed`."""
-    from composer.text import TextSource, load_corpus
-    from composer.tokenizer import load_tokenizer
+    """The language-modelling evaluator's corpus (a composer.data.text.TextCorpus), split by `cfg.seed`."""
+    from composer.data.text import TextSource, load_corpus
+    from composer.data.tokenizer import load_tokenizer
 
-    from composer.corpus import default_corpus
+    from composer.data.corpus import default_corpus
 
     path = cfg.corpus["path"] or str(default_corpus(setting="evaluator.corpus.path"))
     source = TextSource(**{**cfg.corpus, "path": path})
@@ -346,6 +346,6 @@ def _free_accelerator_memory() -> None:
     import torch
 
     if torch.cuda.is_available():
-        from composer.graphs import release_memory
+        from composer.engine.graphs import release_memory
 
         release_memory()  # not while another thread captures a graph

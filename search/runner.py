@@ -38,9 +38,9 @@ import optuna
 from composer.config import flatten, from_mapping
 from composer.errors import ComposerError, ConfigError
 from search.aggregate import METHODS, summarise
-from search import leaderboard
 from search.evaluator import EvaluatorConfig, evaluator_config_from_mapping
-from search.leaderboard import stats
+from search.leaderboard import records, store
+from search.leaderboard.records import stats
 from search.space import SearchSpace, pattern_hash
 from search.strategies import STRATEGIES, Strategy, end_layer, make_strategy, middle_layer, run_incremental
 from search.study import completed_results, count_evaluations, failed_patterns, open_study, run_trials, running_alive
@@ -90,7 +90,7 @@ class SearchConfig:
     seed: int = 0  # the sampler's seed (worker i uses seed + i)
     aggregator: str = "N0"  # N0 | N1 | prefix: the architecture the search reports
     top: int = 10  # patterns printed and written to the leaderboard
-    leaderboard: str | None = str(leaderboard.DEFAULT_PATH)  # None: do not write one
+    leaderboard: str | None = str(store.DEFAULT_PATH)  # None: do not write one
     phase: str = "all"  # all | work: only evaluate trials until the study holds n_trials | finalize: no new trials
     worker: int = 0  # this job's index among jobs sharing the study: its processes' sampler seeds come after those below it
 
@@ -249,7 +249,7 @@ def _run_round(cfg: SearchConfig, run_dir: Path, study: optuna.Study, strategy: 
     from search.evaluator import Evaluator
 
     _threads(cfg.workers)
-    logging.getLogger("composer.trainer").setLevel(logging.WARNING)  # one line per trial, not per task
+    logging.getLogger("composer.engine.trainer").setLevel(logging.WARNING)  # one line per trial, not per task
     evaluator = Evaluator(cfg.evaluator, run_dir=run_dir, device=_device(worker))
     label = (f"w{worker} " if cfg.workers > 1 else "") + label
     run_trials(study, propose=strategy.propose, evaluate=_Progress(cfg, study, evaluator, label),
@@ -436,21 +436,21 @@ def _write_leaderboard(cfg: SearchConfig, run_dir: Path, result: dict, entries: 
     path = Path(cfg.leaderboard)
     vocab, seq_len = cfg.space.vocab_size, cfg.space.seq_len  # what the space prices patterns at
     if cfg.evaluator.language_modelling:  # the proxies really trained: the tokenizer's vocabulary, the text windows
-        from composer.tokenizer import load_tokenizer
+        from composer.data.tokenizer import load_tokenizer
 
         vocab, seq_len = load_tokenizer(cfg.evaluator.tokenizer).vocab_size, cfg.evaluator.seq_len
     for e in entries:
         seeds = sorted(e["runs"])
         tasks = sorted({t for r in e["runs"].values() for t in r.get("tasks", {})})
-        record = leaderboard.architecture_record(
+        record = records.architecture_record(
             e["pattern"], search=cfg.name, strategy=cfg.strategy.name, role=e["role"],
             aggregator=cfg.aggregator if e["role"] == "aggregate" else None,
             task_scores={t: [e["runs"][s]["tasks"][t] for s in seeds] for t in tasks}, seeds=seeds,
             proxy_d_model=cfg.evaluator.d_model, proxy_vocab_size=vocab, seq_len=seq_len,
             evaluator=cfg.evaluator.name, run_dir=str(run_dir),
             primitives={k: v for k, v in cfg.evaluator.model.items() if isinstance(v, Mapping)})
-        leaderboard.append(record, path)
-    leaderboard.append(leaderboard.search_record(
+        store.append(record, path)
+    store.append(records.search_record(
         search=cfg.name, strategy=cfg.strategy.name, evaluator=cfg.evaluator.name,
         storage=str(cfg.storage or run_dir / "study.db"), run_dir=str(run_dir), curve=curve,
         n_evaluations=result["n_evaluations"], n_failed=result["n_failed"],

@@ -20,10 +20,17 @@ def cli_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"OMP_NUM_THREADS": "1"}
 
 
+def app_argv(*args: str) -> list[str]:
+    """`python -m composer.apps.<command> ...`: the command named first ("search", "extrapolate",
+    "pretrain"), else composer-train."""
+    if args and args[0] in ("search", "extrapolate", "pretrain"):
+        return [sys.executable, "-m", f"composer.apps.{args[0]}", *args[1:]]
+    return [sys.executable, "-m", "composer.apps.train", *args]
+
+
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run `composer-train` (or `composer-extrapolate` with "extrapolate" first) as a user would."""
-    return subprocess.run([sys.executable, "-m", "composer.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=cli_env())
+    """Run `composer-train` (or `composer-extrapolate` with "extrapolate" first, ...) as a user would."""
+    return subprocess.run(app_argv(*args), capture_output=True, text=True, timeout=timeout, env=cli_env())
 
 
 @pytest.fixture

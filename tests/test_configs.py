@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from composer.config import ModelConfig
-from composer.tasks import TASKS
-from composer.trainer import TrainerConfig
+from composer.tasks.mad import TASKS
+from composer.engine.trainer import TrainerConfig
 from primitives import REGISTRY
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"

@@ -5,13 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from composer.text import TextSource, iter_documents, load_corpus
-from composer.tokenizer import ByteTokenizer
+from composer.data.text import TextSource, iter_documents, load_corpus
+from composer.data.tokenizer import ByteTokenizer
 from tests.conftest import cli_env
 
 
 def test_fetch_corpus_writes_python_docs_that_load_as_a_corpus(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "composer.text", "fetch-corpus", "--output", str(tmp_path / "docs")],
+    out = subprocess.run([sys.executable, "-m", "composer.apps.text", "fetch-corpus", "--output", str(tmp_path / "docs")],
                          capture_output=True, text=True, env=cli_env(), timeout=300)
     assert out.returncode == 0, out.stderr
     files = list((tmp_path / "docs" / "python3.11-doc").rglob("*.rst.txt"))
@@ -24,7 +24,7 @@ def test_fetch_corpus_writes_python_docs_that_load_as_a_corpus(tmp_path):
 
 
 def test_fetch_corpus_of_a_package_that_does_not_exist_is_one_line(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "composer.text", "fetch-corpus", "--output", str(tmp_path),
+    out = subprocess.run([sys.executable, "-m", "composer.apps.text", "fetch-corpus", "--output", str(tmp_path),
                           "--package", "no-such-package-composer"], capture_output=True, text=True, env=cli_env())
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "no-such-package-composer" in out.stderr

@@ -14,7 +14,7 @@ import torch
 from optuna.trial import TrialState
 
 from composer.errors import ConfigError
-from composer.trainer import CHECKPOINT, DivergedError
+from composer.engine.trainer import CHECKPOINT, DivergedError
 from primitives.nn.mamba2 import Mamba2
 from search.evaluator import Evaluator, evaluator_config_from_mapping
 from search.runner import run_search, search_config_from_mapping
@@ -91,16 +91,16 @@ def test_batch_tokens_give_every_task_the_same_tokens_per_step(tmp_path):
 
 def test_a_failing_parallel_run_stops_the_others_and_raises(tmp_path, monkeypatch):
     """The first error stops the runs still going (at their next step) and is the evaluation's error."""
-    import composer.proxy
+    import composer.runs.proxy
 
-    original = composer.proxy.train_on_task
+    original = composer.runs.proxy.train_on_task
 
     def failing(**kwargs):
         if kwargs["task_name"] == "memorization":
             raise RuntimeError("CUDA out of memory (simulated)")
         return original(**{**kwargs, "trainer_cfg": replace(kwargs["trainer_cfg"], max_tokens=10**9)})  # never ends
 
-    monkeypatch.setattr(composer.proxy, "train_on_task", failing)
+    monkeypatch.setattr(composer.runs.proxy, "train_on_task", failing)
     with pytest.raises(RuntimeError, match="simulated"):
         evaluator(tmp_path, parallel=2)("*-")
     # the recall run (a budget of 3.9M steps) was stopped, not finished: its folder has no summary

@@ -19,10 +19,10 @@ import torch.nn.functional as F
 
 from composer.errors import ConfigError
 from composer.model import build_model
-from composer.proxy import train_on_text
-from composer.text import TextSource, load_corpus, resolve_files
-from composer.tokenizer import ByteTokenizer
-from composer.trainer import CHECKPOINT, Objective, TrainerConfig
+from composer.runs.proxy import train_on_text
+from composer.data.text import TextSource, load_corpus, resolve_files
+from composer.data.tokenizer import ByteTokenizer
+from composer.engine.trainer import CHECKPOINT, Objective, TrainerConfig
 from search.evaluator import Evaluator, evaluator_config_from_mapping
 from search.runner import plain, search_config_from_mapping
 from tests.conftest import run_cli

@@ -12,7 +12,7 @@ import yaml
 
 from composer.config import model_config_from_mapping
 from composer.errors import ComposerError
-from composer.export import export_checkpoint, load_pretrained, read_config, save_pretrained
+from composer.evals.export import export_checkpoint, load_pretrained, read_config, save_pretrained
 from composer.model import build_model
 from conftest import cli_env
 
@@ -80,7 +80,7 @@ def test_shared_tensors_are_stored_separately(tmp_path):
 
 
 def test_bpe_tokenizer_is_copied(tmp_path):
-    from composer.tokenizer import train_bpe
+    from composer.data.tokenizer import train_bpe
 
     bpe = train_bpe(["the cat sat on the mat " * 20], vocab_size=300, out_path=tmp_path / "tok" / "tokenizer.json")
     model = _model("*-", tie=True, vocab=300)
@@ -123,7 +123,7 @@ def test_load_pretrained_reads_no_pickle(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A real composer-train job: train_from_config is what the command runs, config.yaml what it saves."""
-    from composer.cli import train_from_config
+    from composer.apps.train import train_from_config
 
     run = tmp_path_factory.mktemp("run")
     cfg = {"model": {"pattern": "*-M-", "d_model": 32, "vocab_size": None, **SMALL},
@@ -175,9 +175,9 @@ def test_export_checkpoint_from_a_training_run(run_dir, tmp_path):
 
 def test_a_task_head_is_left_out(tmp_path):
     """The trainer trains an Objective; compression adds the task's own output head, not part of the LM."""
-    from composer.proxy import train_on_task
-    from composer.tasks import build_task_config
-    from composer.trainer import TrainerConfig
+    from composer.runs.proxy import train_on_task
+    from composer.tasks.mad import build_task_config
+    from composer.engine.trainer import TrainerConfig
 
     task = build_task_config("compression", {"length": 8, "n_train": 32, "n_test": 16})
     cfg = model_config_from_mapping({"pattern": "*-", "d_model": 32, "vocab_size": task.vocab_size, **SMALL})
@@ -259,7 +259,7 @@ def test_a_distributed_checkpoint_folder_without_metadata_is_a_one_line_error(tm
 
 
 def _export_cli(*args):
-    return subprocess.run([sys.executable, "-m", "composer.export", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "composer.apps.export", *args], capture_output=True, text=True,
                           timeout=120, env=cli_env())
 
 

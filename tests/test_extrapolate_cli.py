@@ -5,7 +5,7 @@ import json
 import yaml
 
 from composer.config import from_mapping, model_config_from_mapping
-from composer.trainer import TrainerConfig
+from composer.engine.trainer import TrainerConfig
 from conftest import run_cli
 from scaling.accounting import count_parameters
 

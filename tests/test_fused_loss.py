@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from composer.config import ModelConfig
-from composer.data import IGNORE
+from composer.engine.batches import IGNORE
 from composer.errors import ConfigError
-from composer.loss import chunk_rows, chunked_loss_and_correct
+from composer.engine.loss import chunk_rows, chunked_loss_and_correct
 from composer.model import build_model
-from composer.trainer import Objective, TrainerConfig, loss_and_correct, resolve_loss
+from composer.engine.trainer import Objective, TrainerConfig, loss_and_correct, resolve_loss
 from primitives.mamba2 import Mamba2Config
 from tests.test_pretrain import MODEL, curve, make_corpus, run
 
@@ -126,10 +126,10 @@ def test_two_fsdp_ranks_with_the_chunked_loss_match_one_process_with_the_full_lo
               "seq_len=32", "trainer.batch_size=8", f"trainer.max_tokens={steps * 8 * 32}", "trainer.log_every=1",
               "trainer.eval_every=0", "trainer.ckpt_every=0", "trainer.progress=false", "export=false",
               "needle=false", "leaderboard=null"]
-    one = run([sys.executable, "-m", "composer.cli", "pretrain", *common, f"hydra.run.dir={tmp_path / 'one'}"])
+    one = run([sys.executable, "-m", "composer.apps.pretrain", *common, f"hydra.run.dir={tmp_path / 'one'}"])
     assert one.returncode == 0, one.stderr[-3000:]
     two = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "composer.pretrain", *common, "trainer.loss=chunked", "trainer.micro_batch_size=2",
+               "-m", "composer.apps.pretrain", *common, "trainer.loss=chunked", "trainer.micro_batch_size=2",
                f"hydra.run.dir={tmp_path / 'two'}"])
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = curve(tmp_path / "one"), curve(tmp_path / "two")

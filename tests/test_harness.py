@@ -15,12 +15,13 @@ from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window  # noqa: E402
 
 from composer.config import model_config_from_mapping  # noqa: E402
-from composer.data import ArrayBatches  # noqa: E402
+from composer.engine.batches import ArrayBatches  # noqa: E402
 from composer.errors import ComposerError  # noqa: E402
-from composer.export import export_checkpoint, save_pretrained  # noqa: E402
-from composer.harness import ComposerLM, main, score_windows  # noqa: E402
+from composer.evals.export import export_checkpoint, save_pretrained  # noqa: E402
+from composer.apps.eval import main  # noqa: E402
+from composer.evals.harness import ComposerLM, score_windows  # noqa: E402
 from composer.model import build_model  # noqa: E402
-from composer.trainer import Objective, TrainerConfig, train  # noqa: E402
+from composer.engine.trainer import Objective, TrainerConfig, train  # noqa: E402
 from conftest import cli_env  # noqa: E402
 
 PAIRS = {"red": "apple", "yellow": "banana", "green": "lime", "purple": "grape",
@@ -197,7 +198,7 @@ def test_composer_eval_on_a_local_task(exported, tmp_path):
     """The command as a user runs it: one local multiple-choice task, one whose hub dataset is out of reach."""
     _write_tasks(tmp_path / "tasks", random.Random(1), n_docs=24)
     env = cli_env() | {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-m", "composer.harness", str(exported), "--tasks", "composer_pairs,composer_hub",
+    done = subprocess.run([sys.executable, "-m", "composer.apps.eval", str(exported), "--tasks", "composer_pairs,composer_hub",
                            "--include-path", str(tmp_path / "tasks"), "--limit", "20", "--max-length", "64",
                            "--output", str(tmp_path / "results.json")],
                           capture_output=True, text=True, timeout=300, env=env)

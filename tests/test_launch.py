@@ -23,7 +23,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from tests.conftest import cli_env
+from tests.conftest import app_argv, cli_env
 from tests.slurm import slurm  # noqa: F401  (the session's cluster)
 from tests.test_pretrain import MODEL, make_corpus
 from tests.test_search_cli import TINY_SEARCH
@@ -36,7 +36,7 @@ SEARCH = [*TINY_SEARCH, "n_trials=6", "strategy=random", "evaluator.top_k=0",
 
 
 def launch(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "composer.apps.launch", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=env or cli_env())
 
 
@@ -117,7 +117,7 @@ def test_two_work_phases_then_finalize_on_one_journal(tmp_path):
     storage = tmp_path / "study.journal"
     common = ["search", *SEARCH, "name=w", "workers=1", f"storage={storage}", f"hydra.run.dir={tmp_path / 'w'}",
               "leaderboard=null"]
-    workers = [subprocess.Popen([sys.executable, "-m", "composer.cli", *common, "++phase=work", f"++worker={i}"],
+    workers = [subprocess.Popen([*app_argv(*common), "++phase=work", f"++worker={i}"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
                for i in range(2)]
     for w in workers:
@@ -128,7 +128,7 @@ def test_two_work_phases_then_finalize_on_one_journal(tmp_path):
     assert_every_trial_accounted_for(study, 6)
     n_trials = len(study.get_trials())
 
-    final = subprocess.run([sys.executable, "-m", "composer.cli", *common, "++phase=finalize"], capture_output=True,
+    final = subprocess.run([*app_argv(*common), "++phase=finalize"], capture_output=True,
                            text=True, timeout=300, env=cli_env())
     assert final.returncode == 0, final.stderr[-3000:]
     assert "6 evaluations (0 failed)" in final.stdout
@@ -136,7 +136,7 @@ def test_two_work_phases_then_finalize_on_one_journal(tmp_path):
     assert result["n_evaluations"] == 6 and len(result["top"]) == 6
     assert len(journal(storage, "w").get_trials()) == n_trials  # finalize ran no search trial
 
-    empty = subprocess.run([sys.executable, "-m", "composer.cli", *common, "name=empty", "++phase=finalize"],
+    empty = subprocess.run([*app_argv(*common), "name=empty", "++phase=finalize"],
                            capture_output=True, text=True, timeout=120, env=cli_env())
     assert empty.returncode == 2 and "no trial completed" in empty.stderr and empty.stderr.strip().count("\n") == 0
 
@@ -160,7 +160,7 @@ def reference(corpus) -> Path:
     cwd = corpus.parent
     # Launched from a config file (as composer-extrapolate writes one): the SLURM test's overrides
     # must give the same run.
-    shown = subprocess.run([sys.executable, "-m", "composer.cli", "pretrain", *pretrain_args(corpus, "ref"), "--cfg",
+    shown = subprocess.run([sys.executable, "-m", "composer.apps.pretrain", *pretrain_args(corpus, "ref"), "--cfg",
                             "job"], capture_output=True, text=True, timeout=120, env=cli_env())
     assert shown.returncode == 0, shown.stderr
     (cwd / "ref.yaml").write_text(shown.stdout)
@@ -175,10 +175,10 @@ def test_local_pretrain_runs_two_ranks_and_keeps_its_folder(reference):
     assert summary["status"] == "completed" and summary["world_size"] == 2 and summary["step"] == STEPS
     job = json.loads((reference / "launch.json").read_text())["submissions"][-1]["jobs"][0]
     assert job["role"] == "pretrain" and job["argv"][-1] == f"hydra.run.dir={reference / 'pretrain'}"
-    assert "--standalone" in job["argv"] and "composer.pretrain" in job["argv"]
+    assert "--standalone" in job["argv"] and "composer.apps.pretrain" in job["argv"]
     assert job["argv"][job["argv"].index("--config-name") + 1] == "ref"
     log = (reference / "logs" / "pretrain.out").read_text()
-    assert "torch.distributed.run --standalone --nnodes 1 --nproc_per_node 2 -m composer.pretrain" in log
+    assert "torch.distributed.run --standalone --nnodes 1 --nproc_per_node 2 -m composer.apps.pretrain" in log
     assert states(reference, cwd=reference.parents[2]) == {"pretrain": "COMPLETED"}
 
 
@@ -206,7 +206,7 @@ def test_bad_input_is_one_line(tmp_path, corpus):
 
 def test_the_slurm_presets_are_hydra_launchers_of_both_apps(tmp_path):
     for app in (["search"], []):
-        proc = subprocess.run([sys.executable, "-m", "composer.cli", *app, "hydra/launcher=slurm_gpu",
+        proc = subprocess.run([*app_argv(*app), "hydra/launcher=slurm_gpu",
                                "hydra.launcher.partition=gpu", "--cfg", "hydra"], capture_output=True, text=True,
                               timeout=120, env=cli_env())
         assert proc.returncode == 0, proc.stderr[-2000:]
@@ -306,7 +306,7 @@ def test_slurm_status_and_cancel(slurm, tmp_path):
 
 def test_a_composer_train_sweep_through_the_slurm_preset(slurm, tmp_path, tiny):
     sweep = tmp_path / "sweep"
-    proc = subprocess.run([sys.executable, "-m", "composer.cli", "-m", "hydra/launcher=slurm_cpu",
+    proc = subprocess.run([sys.executable, "-m", "composer.apps.train", "-m", "hydra/launcher=slurm_cpu",
                            f"hydra.launcher.partition={slurm.partition}", "hydra.launcher.cpus_per_task=1",
                            "hydra.launcher.mem_gb=null", f"hydra.sweep.dir={sweep}", "model.pattern=*-,M-", *tiny,
                            "trainer.max_tokens=20000"], capture_output=True, text=True, timeout=300,
@@ -320,7 +320,7 @@ def test_a_composer_train_sweep_through_the_slurm_preset(slurm, tmp_path, tiny):
 def test_a_composer_search_sweep_through_the_slurm_preset(slurm, tmp_path):
     """`composer-search -m hydra/launcher=slurm_cpu`: one SLURM array task per sweep point, each a whole search."""
     sweep = tmp_path / "sweep"
-    proc = subprocess.run([sys.executable, "-m", "composer.cli", "search", "-m", "hydra/launcher=slurm_cpu",
+    proc = subprocess.run([sys.executable, "-m", "composer.apps.search", "-m", "hydra/launcher=slurm_cpu",
                            f"hydra.launcher.partition={slurm.partition}", "hydra.launcher.cpus_per_task=1",
                            "hydra.launcher.mem_gb=null", f"hydra.sweep.dir={sweep}", *TINY_SEARCH, "n_trials=3",
                            "workers=1", "evaluator.top_k=0", "strategy=random,tpe", "leaderboard=null"],

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from composer.config import ModelConfig
-from composer.proxy import train_on_task
-from composer.tasks import build_task_config
-from composer.trainer import TrainerConfig
+from composer.runs.proxy import train_on_task
+from composer.tasks.mad import build_task_config
+from composer.engine.trainer import TrainerConfig
 
 
 def _recall_accuracy(pattern: str, run_dir) -> float:

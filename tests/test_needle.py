@@ -1,4 +1,4 @@
-"""composer.needle: the probes' layout, and scoring against models whose answer is known: a perfect
+"""composer.evals.needle: the probes' layout, and scoring against models whose answer is known: a perfect
 retriever (1.0), a model with no preference (0), an untrained model (≈0), and a small attention model
 trained on needle probes (high at its training context)."""
 
@@ -12,13 +12,13 @@ import torch
 from torch import nn
 
 from composer.config import ModelConfig
-from composer.data import IGNORE, ArrayBatches
+from composer.engine.batches import IGNORE, ArrayBatches
 from composer.errors import ConfigError
 from composer.model import build_model
-from composer.needle import NeedleConfig, make_probes, needle_accuracy, probe_tensors, score_probes
-from composer.text import TokenSplit
-from composer.tokenizer import ByteTokenizer, load_tokenizer, train_bpe
-from composer.trainer import TrainerConfig, train
+from composer.evals.needle import NeedleConfig, make_probes, needle_accuracy, probe_tensors, score_probes
+from composer.data.text import TokenSplit
+from composer.data.tokenizer import ByteTokenizer, load_tokenizer, train_bpe
+from composer.engine.trainer import TrainerConfig, train
 from primitives.attention import AttentionConfig
 
 BYTES = ByteTokenizer()
@@ -35,7 +35,7 @@ def _threads():
 @pytest.fixture(scope="module")
 def bpe(tmp_path_factory):
     """A small byte-level BPE: codes and names split into several tokens of varying count."""
-    from composer.needle import FILLER
+    from composer.evals.needle import FILLER
 
     path = train_bpe([" ".join(FILLER)] * 20 + ["The secret code of Ada is 48213. Codes: 12 345 6789."],
                      vocab_size=320, out_path=tmp_path_factory.mktemp("bpe") / "tokenizer.json")
@@ -238,8 +238,8 @@ def test_a_trained_attention_model_retrieves_at_its_context(tmp_path):
 
 
 def test_cli_on_an_exported_model(tmp_path, capsys):
-    from composer.export import save_pretrained
-    from composer.needle import main
+    from composer.evals.export import save_pretrained
+    from composer.apps.needle import main
 
     model = build_model(ModelConfig(pattern="*-", vocab_size=BYTES.vocab_size, d_model=32), seed=0)
     save_pretrained(model, tmp_path / "with", tokenizer_spec="bytes", max_length=96)

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from composer import checkpoint as ckpt
+from composer.engine import checkpoint as ckpt
 from tests.conftest import cli_env
 
 MODEL = ["model.pattern=*-M-", "model.d_model=32", "model.attention.n_heads=2", "model.mamba2.head_dim=16",
@@ -59,7 +59,7 @@ TWO_RANKS = ["trainer.micro_batch_size=2", "trainer.activation_checkpointing=tru
 
 def torchrun(*overrides: str, nproc: int = 2) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-            "-m", "composer.pretrain", *overrides]
+            "-m", "composer.apps.pretrain", *overrides]
 
 
 def run(command: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
@@ -86,7 +86,7 @@ def reference(corpus) -> Path:
 
 def test_two_ranks_with_accumulation_match_one_process(corpus, reference):
     one = corpus.parent / "one"
-    proc = run([sys.executable, "-m", "composer.cli", "pretrain", *args(corpus, one)])
+    proc = run([sys.executable, "-m", "composer.apps.pretrain", *args(corpus, one)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = curve(one), curve(reference)
     assert sorted(a) == sorted(b) == list(range(1, STEPS + 1))
@@ -154,7 +154,7 @@ def test_torchrun_killed_mid_run_resumes_to_the_same_final_loss(corpus, referenc
 def test_resume_under_other_settings_is_refused_in_one_line(corpus, reference, tmp_path):
     run_dir = tmp_path / "copy"
     shutil.copytree(reference, run_dir)
-    proc = run([sys.executable, "-m", "composer.cli", "pretrain", *args(corpus, run_dir, "seed=1")])
+    proc = run([sys.executable, "-m", "composer.apps.pretrain", *args(corpus, run_dir, "seed=1")])
     assert proc.returncode == 2
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith("composer-pretrain: error:") and "belongs to another run" in line and "seed: 0 there, 1 here" in line
@@ -194,10 +194,10 @@ def test_a_pickled_entry_in_a_checkpoint_is_refused(tmp_path):
 
 def test_extrapolated_config_is_a_pretrain_config(tmp_path):
     ex = tmp_path / "ex"
-    proc = run([sys.executable, "-m", "composer.cli", "extrapolate", "pattern=M-*-M-", "target=350m", "seq_len=2048",
+    proc = run([sys.executable, "-m", "composer.apps.extrapolate", "pattern=M-*-M-", "target=350m", "seq_len=2048",
                 f"hydra.run.dir={ex}"])
     assert proc.returncode == 0, proc.stderr[-2000:]
-    shown = run([sys.executable, "-m", "composer.cli", "pretrain", "--config-path", str(ex), "--config-name",
+    shown = run([sys.executable, "-m", "composer.apps.pretrain", "--config-path", str(ex), "--config-name",
                  "pretrain", "--cfg", "job"])
     assert shown.returncode == 0, shown.stderr[-2000:]
     import yaml
@@ -210,7 +210,7 @@ def test_extrapolated_config_is_a_pretrain_config(tmp_path):
 
 
 def test_a_distributed_checkpoint_exports_to_safetensors(reference, tmp_path):
-    from composer.export import export_checkpoint, load_pretrained
+    from composer.evals.export import export_checkpoint, load_pretrained
 
     out = export_checkpoint(reference, tmp_path / "exported")
     model, tokenizer = load_pretrained(out)
@@ -223,15 +223,15 @@ def test_a_run_ends_exported_probed_and_on_the_leaderboard(corpus, tmp_path):
     run_dir, board = tmp_path / "full", tmp_path / "board.jsonl"
     overrides = args(corpus, run_dir, "seq_len=96", "trainer.max_tokens=3072", "trainer.eval_every=0")
     overrides = [o for o in overrides if not o.startswith(("export=", "needle=", "leaderboard="))]
-    proc = run([sys.executable, "-m", "composer.cli", "pretrain", *overrides, f"leaderboard={board}"])
+    proc = run([sys.executable, "-m", "composer.apps.pretrain", *overrides, f"leaderboard={board}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    from composer.export import load_pretrained
+    from composer.evals.export import load_pretrained
 
     model, _ = load_pretrained(run_dir / "model")
     assert model.cfg.pattern == "*-M-"
     done = summary(run_dir)
     assert {"needle@1x", "needle@2x"} <= set(done["needle"]) and 0 <= done["needle"]["needle@2x"] <= 1
-    shown = subprocess.run([sys.executable, "-m", "search.leaderboard", "--file", str(board)], capture_output=True,
+    shown = subprocess.run([sys.executable, "-m", "composer.apps.leaderboard", "--file", str(board)], capture_output=True,
                            text=True, timeout=60, env=cli_env())
     assert shown.returncode == 0, shown.stderr
     table = shown.stdout.split("Full pretraining runs\n")[1].splitlines()

@@ -1,4 +1,4 @@
-"""search.report opened in a real headless browser (Debian's Chromium, driven by Playwright).
+"""search.leaderboard.html opened in a real headless browser (Debian's Chromium, driven by Playwright).
 
 Needs `pip install playwright` (the PyPI wheel; its own browser download is not used) and
 `apt-get install chromium`; COMPOSER_CHROMIUM overrides the browser's path.
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from search import leaderboard as lb
-from search import report
+from search.leaderboard import formats, records as rec
+from search.leaderboard import html as report
 
 CHROMIUM = os.environ.get("COMPOSER_CHROMIUM", "/usr/bin/chromium")
 ODD_SEARCH = 'evo <b>&"1"'  # must come back as text, never as markup
@@ -31,10 +31,10 @@ CURVES = {"random-1": [(1, 0.3), (2, 0.2), (4, 0.85), (6, 0.86)], ODD_SEARCH: [(
 
 
 def _records(archs: dict = ARCHS) -> list[dict]:
-    out = [lb.architecture_record(p, search=s, strategy="random", role="candidate", aggregator=None,
+    out = [rec.architecture_record(p, search=s, strategy="random", role="candidate", aggregator=None,
                                   task_scores=scores, seeds=[0, 1], proxy_d_model=64, proxy_vocab_size=32,
                                   seq_len=64, evaluator="mad") for p, (scores, s) in archs.items()]
-    out += [lb.search_record(search=s, strategy="random", evaluator="mad", storage="x", run_dir="o", curve=c,
+    out += [rec.search_record(search=s, strategy="random", evaluator="mad", storage="x", run_dir="o", curve=c,
                              n_evaluations=c[-1][0], n_failed=0, space={}) for s, c in CURVES.items()]
     return out
 
@@ -104,7 +104,7 @@ def test_screenshot(opened, tmp_path):
 
 
 def test_table_has_one_row_per_architecture(opened, records):
-    by_score = [r["pattern"] for r in lb.rows(records)]
+    by_score = [r["pattern"] for r in formats.rows(records)]
     assert opened.patterns() == by_score == ["**----", "MMM-MMM-*-", "*-M-", "*-", "M-M-"]
     cells = opened.page.eval_on_selector_all("#leaderboard td.pattern", "cs => cs.map(c => c.textContent)")
     assert cells == by_score
@@ -143,7 +143,7 @@ def test_empty_cells_sort_last_both_ways(browser, tmp_path):
 
 
 def test_plots_have_one_mark_per_architecture_and_search(opened, records):
-    table = lb.rows(records)
+    table = formats.rows(records)
     points = opened.page.eval_on_selector_all("#pareto circle.point", "cs => cs.map(c => c.dataset.pattern)")
     assert sorted(points) == sorted(ARCHS)
     tips = opened.page.eval_on_selector_all("#pareto circle.point title", "ts => ts.map(t => t.textContent)")

@@ -19,7 +19,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import cli_env, run_cli
+from tests.conftest import app_argv, cli_env, run_cli
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -80,7 +80,7 @@ def test_two_workers_search_aggregate_and_leaderboard(tmp_path):
     assert arch["pattern"] == result["architecture"] and arch["score"]["n"] == 2
     assert set(arch["tasks"]) == {"in_context_recall", "selective_copying"}
 
-    table = subprocess.run([sys.executable, "-c", "from search.leaderboard import cli; cli()", "--file",
+    table = subprocess.run([sys.executable, "-c", "from composer.apps.leaderboard import main; raise SystemExit(main())", "--file",
                             str(tmp_path / "leaderboard.jsonl")], capture_output=True, text=True, env=cli_env())
     assert table.returncode == 0 and result["architecture"] in table.stdout
 
@@ -98,7 +98,7 @@ def test_two_workers_search_aggregate_and_leaderboard(tmp_path):
 
 def test_sigkill_mid_trial_then_the_same_command_finishes(tmp_path):
     args = search_args(tmp_path, "workers=1", "n_trials=6", "strategy=random", name="k")
-    proc = subprocess.Popen([sys.executable, "-m", "composer.cli", *args], stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(app_argv(*args), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=cli_env())
     deadline, before = time.time() + 240, {}
     try:
@@ -154,7 +154,7 @@ def test_bad_search_config_is_one_line(tmp_path):
 def test_sigint_stops_every_worker_and_keeps_completed_trials(tmp_path, parallel):
     args = search_args(tmp_path, "workers=2", "n_trials=20", "strategy=random", "space.length=4",
                        f"evaluator.parallel={parallel}", name="i")
-    proc = subprocess.Popen([sys.executable, "-m", "composer.cli", *args], stdout=subprocess.PIPE,
+    proc = subprocess.Popen(app_argv(*args), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=cli_env())
     deadline = time.time() + 240
     while time.time() < deadline:

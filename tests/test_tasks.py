@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from composer.errors import ConfigError
-from composer.data import IGNORE
-from composer.tasks import TASKS, build_task_config
-from composer.trainer import loss_and_correct
+from composer.engine.batches import IGNORE
+from composer.tasks.mad import TASKS, build_task_config
+from composer.engine.trainer import loss_and_correct
 
 
 def accuracy_and_count(logits, targets):

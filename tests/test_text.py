@@ -15,11 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from composer.data import IGNORE
+from composer.engine.batches import IGNORE
 from composer.errors import ConfigError
-from composer.text import (TextBatches, TextSource, bits_per_byte, iter_documents, load_corpus, main,
-                           val_batches)
-from composer.tokenizer import ByteTokenizer, load_tokenizer, train_bpe
+from composer.apps.text import main
+from composer.data.text import TextBatches, TextSource, bits_per_byte, iter_documents, load_corpus, val_batches
+from composer.data.tokenizer import ByteTokenizer, load_tokenizer, train_bpe
 
 WORDS = ["the", "cat", "sat", "über", "café", "日本", "naïve", "dogs", "ran", "🙂"]
 
@@ -255,7 +255,7 @@ def test_local_files_load_with_hf_datasets_offline(tmp_path, corpus_dir):
     write_records(tmp_path, DOCS[:10], "body")
     code = (
         "import json, sys, datasets\n"
-        "from composer.text import TextSource, iter_documents\n"
+        "from composer.data.text import TextSource, iter_documents\n"
         "from composer.errors import ConfigError\n"
         "assert datasets.config.HF_HUB_OFFLINE\n"
         "out = {'txt': list(iter_documents(TextSource(path=sys.argv[1]))),\n"
@@ -321,7 +321,7 @@ def test_a_hub_tokenizer_comes_from_the_hugging_face_cache_offline(tmp_path, bpe
     shutil.copyfile(bpe_path, snapshot / "tokenizer.json")
     (tmp_path / "hub" / "models--someone--tok" / "refs").mkdir()
     (tmp_path / "hub" / "models--someone--tok" / "refs" / "main").write_text("a" * 40)
-    code = ("from composer.tokenizer import load_tokenizer; import sys\n"
+    code = ("from composer.data.tokenizer import load_tokenizer; import sys\n"
             "t = load_tokenizer(sys.argv[1]); print(t.identity, t.encode('hello world'))\n")
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
     got = subprocess.run([sys.executable, "-c", code, "hub:someone/tok"], capture_output=True, text=True, env=env)

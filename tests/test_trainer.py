@@ -3,7 +3,6 @@ import math
 import shlex
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -11,8 +10,8 @@ import torch
 
 from composer.config import ModelConfig
 from composer.model import build_model
-from composer.trainer import TrainerConfig, lr_multiplier, param_groups
-from conftest import cli_env, run_cli
+from composer.engine.trainer import TrainerConfig, lr_multiplier, param_groups
+from conftest import app_argv, cli_env, run_cli
 
 
 def test_cosine_schedule_warms_up_then_decays_to_the_floor():
@@ -64,7 +63,7 @@ def test_killed_run_resumes_exactly(tmp_path, tiny):
     expected = _losses(whole)
     assert len(expected) == 80
 
-    proc = subprocess.Popen([sys.executable, "-m", "composer.cli", *args, f"hydra.run.dir={broken}"],
+    proc = subprocess.Popen([*app_argv(*args), f"hydra.run.dir={broken}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env())
     deadline = time.time() + 120
     while time.time() < deadline and not (broken / "checkpoint.pt").exists():
@@ -108,7 +107,7 @@ def test_torch_compile_trains_like_eager(tmp_path, tiny):
 
 def test_ctrl_c_prints_the_command_that_resumes(tmp_path, tiny):
     args = [*tiny, "model.pattern=*-M-", "trainer.max_tokens=40960", "trainer.log_every=1", "trainer.ckpt_every=10"]
-    proc = subprocess.Popen([sys.executable, "-m", "composer.cli", *args, f"hydra.run.dir={tmp_path}"],
+    proc = subprocess.Popen([*app_argv(*args), f"hydra.run.dir={tmp_path}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=cli_env())
     deadline = time.time() + 120
     while time.time() < deadline and not (tmp_path / "checkpoint.pt").exists():

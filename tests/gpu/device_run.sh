@@ -8,7 +8,7 @@ source benchmarks/device_env.sh
 
 # Attention backends and the chunked loss need no compiled kernels: run them while mamba-ssm builds.
 timeout 120 python3 -m pytest -q -s tests/gpu -k "sdpa or window or chunked" 2>&1 | tee "$OUT/gpu_attention.log" | tail -3
-timeout 100 python3 -m composer.cli model.mamba2.impl=torch trainer.max_tokens=1000000 trainer.progress=false \
+timeout 100 python3 -m composer.apps.train model.mamba2.impl=torch trainer.max_tokens=1000000 trainer.progress=false \
   hydra.run.dir="$OUT/train_cuda_torch_scan" > "$OUT/train_cuda_torch_scan.log" 2>&1; tail -2 "$OUT/train_cuda_torch_scan.log"
 
 wait_for_kernels || exit 1

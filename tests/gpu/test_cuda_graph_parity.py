@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from composer.config import model_config_from_mapping
-from composer.data import ArrayBatches
+from composer.engine.batches import ArrayBatches
 from composer.model import build_model
-from composer.tasks import TASKS, build_task_config
-from composer.trainer import TrainerConfig, train
+from composer.tasks.mad import TASKS, build_task_config
+from composer.engine.trainer import TrainerConfig, train
 from search.evaluator import Evaluator, evaluator_config_from_mapping
 from tests.gpu.parity import no_tf32, norm_err  # noqa: F401  (no_tf32: an autouse fixture)
 

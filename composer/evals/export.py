@@ -18,13 +18,11 @@ refused. `composer-export SRC OUT` is the command.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import pickle
 import re
 import shutil
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -34,7 +32,7 @@ import torch
 from composer.config import ModelConfig, flatten, model_config_from_mapping
 from composer.errors import ComposerError, ConfigError
 from composer.records import write_atomically
-from composer.tokenizer import Tokenizer, load_tokenizer
+from composer.data.tokenizer import Tokenizer, load_tokenizer
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -42,7 +40,7 @@ TOKENIZER = "tokenizer.json"
 FORMAT = "composer"
 FORMAT_VERSION = 1
 
-_RUN_CHECKPOINT = "checkpoint.pt"  # what the single-process trainer writes (composer/checkpoint.py FILE)
+_RUN_CHECKPOINT = "checkpoint.pt"  # what the single-process trainer writes (composer/engine/checkpoint.py FILE)
 _DCP_FOLDERS = ("checkpoint", "checkpoint.old")  # a distributed run's folder, then the one kept mid-swap
 
 
@@ -201,7 +199,7 @@ def export_checkpoint(src: str | Path, out_dir: str | Path, *, tokenizer_spec: s
 
 def read_dcp_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """HOOK for distributed checkpoints (`<run>/checkpoint/`, written by torch.distributed.checkpoint
-    in composer/checkpoint.py): return (model tensors, meta).
+    in composer/engine/checkpoint.py): return (model tensors, meta).
 
     tensors: the trained module's model state dict, full (unsharded) CPU tensors under the keys
       the trained module gives them (an `Objective`'s `model.` prefix is fine: the caller strips it);
@@ -210,7 +208,7 @@ def read_dcp_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str
     It must read without unpickling anything but DCP's own metadata (checkpoint.SafeReader and
     checkpoint.TensorsOnlyPlanner do that).
     """
-    from composer import checkpoint as ckpt
+    from composer.engine import checkpoint as ckpt
 
     return ckpt.load_model_weights(folder), json.loads((folder / "state.json").read_text())
 
@@ -227,7 +225,7 @@ def _locate_checkpoint(source: Path) -> tuple[str, Path]:
         if (source / name / "state.json").is_file():
             return "dcp", source / name
     if (source / CONFIG).is_file() and (source / WEIGHTS).is_file():
-        raise ComposerError(f"{source} is already an exported model (load it with composer.export.load_pretrained)")
+        raise ComposerError(f"{source} is already an exported model (load it with composer.evals.export.load_pretrained)")
     raise ComposerError(f"no checkpoint in {source} (looked for {_RUN_CHECKPOINT} and a distributed checkpoint/ folder)")
 
 
@@ -373,37 +371,3 @@ def _load_export_tokenizer(folder: Path, entry: Any, *, vocab_size: int) -> Toke
     if tokenizer.vocab_size > vocab_size:
         raise ComposerError(f"{folder / TOKENIZER} has {tokenizer.vocab_size} ids but the model embeds only {vocab_size}")
     return tokenizer
-
-
-# ---- command line ----------------------------------------------------------------------------
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="composer-export",
-        description="Export a training run's checkpoint to model.safetensors + config.json (the pattern included).",
-    )
-    parser.add_argument("src", help="a run folder (holding checkpoint.pt), or the checkpoint file itself")
-    parser.add_argument("out", help="the folder to write model.safetensors, config.json (and tokenizer.json) into")
-    parser.add_argument("--tokenizer", default=None,
-                        help="'bytes' or a tokenizer.json the model reads text with (default: the run's config; "
-                             "none for a MAD proxy)")
-    args = parser.parse_args(argv)
-    try:
-        out = export_checkpoint(args.src, args.out, tokenizer_spec=args.tokenizer)
-        config = read_config(out)
-    except ComposerError as exc:
-        print(f"{parser.prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
-    step = config["extra"].get("step")
-    print(f"exported {config['pattern']!r} ({config['n_params']:,} parameters"
-          + (f", step {step}" if step is not None else "")
-          + f", tokenizer {config['tokenizer'] or 'none'}) to {out}")
-    return 0
-
-
-def cli() -> None:
-    sys.exit(main())
-
-
-if __name__ == "__main__":
-    cli()

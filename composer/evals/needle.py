@@ -16,14 +16,11 @@ scored by teacher forcing on the answer tokens: a probe is retrieved when the ar
 position is the answer token (exact match). Probes are deterministic for (seed, length).
 
 `needle_accuracy(model, tokenizer, seq_len=...)` runs the probe at each multiple of the training
-context; `python -m composer.needle MODEL_DIR` runs it on a folder written by composer-export.
+context; `python -m composer.evals.needle MODEL_DIR` runs it on a folder written by composer-export.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -32,10 +29,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from composer.data import IGNORE
-from composer.errors import ComposerError, ConfigError
-from composer.text import TokenSplit
-from composer.tokenizer import Tokenizer
+from composer.engine.batches import IGNORE
+from composer.errors import ConfigError
+from composer.data.text import TokenSplit
+from composer.data.tokenizer import Tokenizer
 
 SEPARATOR = "\n"  # before the needle, after it, and before the query: the needle reads as its own line
 BATCH_TOKENS = 32_768  # default batch: this many input tokens per forward pass (1 sequence at 32K)
@@ -279,62 +276,3 @@ def needle_accuracy(
     finally:
         model.train(was_training)
     return out
-
-
-
-# ------------------------------------------------------------------------------------------ CLI
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m composer.needle MODEL_DIR`: the probe on an exported model (composer/export.py)."""
-    parser = argparse.ArgumentParser(prog="python -m composer.needle",
-                                     description="Needle-in-a-haystack retrieval of an exported model.")
-    parser.add_argument("model_dir", help="a folder written by composer-export (config.json, model.safetensors)")
-    parser.add_argument("--seq-len", type=int, help="the training context (default: the export's max_length)")
-    parser.add_argument("--multiples", type=float, nargs="+", default=[1, 2], help="context multiples (default: 1 2)")
-    parser.add_argument("--n-probes", type=int, default=NeedleConfig.n_probes, help="probes per length")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--filler", help="text to hide the needle in (a TextSource path); default: filler sentences")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda | cuda:N")
-    parser.add_argument("--batch-size", type=int,
-                        help=f"sequences per forward pass (default: {BATCH_TOKENS} tokens' worth)")
-    parser.add_argument("--json", action="store_true", help="print the whole result as JSON")
-    args = parser.parse_args(argv)
-    try:
-        from composer.export import load_pretrained, read_config
-
-        seq_len = args.seq_len or read_config(args.model_dir).get("max_length")
-        if not seq_len:
-            raise ConfigError(f"{args.model_dir} does not record its training context (max_length): give --seq-len")
-        cfg = NeedleConfig(multiples=tuple(args.multiples), n_probes=args.n_probes, seed=args.seed)
-        device = args.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        model, tokenizer = load_pretrained(args.model_dir, device=device)
-        if tokenizer is None:
-            raise ConfigError(f"{args.model_dir} is a model of token ids (no tokenizer): the probe needs text")
-        filler = None
-        if args.filler is not None:
-            from composer.text import TextSource, load_corpus
-
-            filler = load_corpus(TextSource(path=args.filler), tokenizer).train
-        result = needle_accuracy(model, tokenizer, seq_len=seq_len, cfg=cfg, filler=filler, device=device,
-                                 batch_size=args.batch_size)
-    except ComposerError as exc:
-        print(f"{parser.prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        for m in cfg.multiples:
-            key = label(m)
-            print(f"needle@{key:<5} {result[f'needle@{key}']:.3f}  per token {result[f'per_token@{key}']:.3f}  "
-                  f"({result['lengths'][key]} tokens, {cfg.n_probes} probes)")
-    return 0
-
-
-def cli() -> None:
-    sys.exit(main())
-
-
-if __name__ == "__main__":
-    cli()

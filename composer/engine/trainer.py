@@ -1,11 +1,11 @@
 """The shared trainer: the one loop behind every proxy and every full run.
 
 It owns optimisation (AdamW parameter groups, schedule, clipping, precision, accumulation), the
-loss (the plain cross-entropy, or composer.loss's chunked one that never holds the full logits),
+loss (the plain cross-entropy, or composer.engine.loss's chunked one that never holds the full logits),
 the token budget, evaluation, checkpoints with exact resume, and the run folder's records
 (`metrics.jsonl`, `summary.json`, the checkpoint). The model owns only its forward pass.
 
-In a process group (`composer.distributed`, every pretraining run) the same loop shards the model
+In a process group (`composer.engine.distributed`, every pretraining run) the same loop shards the model
 with FSDP2, gives each rank its rows of the global batch, averages what it logs over ranks,
 writes a distributed checkpoint, and, with `save_on_signal`, checkpoints and stops at the end of
 the step in which SIGTERM or SIGUSR1 arrived (preemption). Only rank 0 writes records.
@@ -32,12 +32,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from composer import checkpoint as ckpt
-from composer import distributed
-from composer.data import IGNORE, Batches
+from composer.engine import checkpoint as ckpt
+from composer.engine import distributed
+from composer.engine.batches import IGNORE, Batches
 from composer.errors import ComposerError, ConfigError
-from composer.graphs import GRAPH_WARMUP, INTERRUPT, StepGraph, compile_guard, release_memory, side_stream
-from composer.loss import chunked_loss_and_correct
+from composer.engine.graphs import GRAPH_WARMUP, INTERRUPT, StepGraph, compile_guard, release_memory, side_stream
+from composer.engine.loss import chunked_loss_and_correct
 from composer.records import write_json
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,6 @@ x[1:], so each token after the first is a target once per epoch).
 
 from __future__ import annotations
 
-import argparse
 import glob
 import hashlib
 import itertools
@@ -35,7 +34,6 @@ import json
 import math
 import os
 import shutil
-import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,9 +41,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from composer.data import IGNORE, EpochOrder
-from composer.errors import ComposerError, ConfigError
-from composer.tokenizer import Tokenizer, load_tokenizer, train_bpe
+from composer.engine.batches import IGNORE, EpochOrder
+from composer.errors import ConfigError
+from composer.data.tokenizer import Tokenizer, load_tokenizer
 
 _BUILDERS = {  # file suffix -> the `datasets` builder that reads it
     ".txt": "text", ".md": "text", ".rst": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet",
@@ -285,7 +283,7 @@ class CorpusConfig:
     cache_dir: str | None = None  # token cache; None: $COMPOSER_CACHE/text
 
     def open(self, *, seed: int = 0) -> TextCorpus:
-        from composer.corpus import default_corpus
+        from composer.data.corpus import default_corpus
 
         path = self.path or str(default_corpus(setting="data.path"))
         source = TextSource(path=path, text_field=self.text_field, hub_config=self.hub_config, split=self.split,
@@ -354,50 +352,3 @@ def bits_per_byte(loss_nats: float, *, n_tokens: int, n_bytes: int) -> float:
     if n_tokens < 1 or n_bytes < 1:
         raise ValueError(f"n_tokens and n_bytes must be positive, got {n_tokens} and {n_bytes}")
     return loss_nats * n_tokens / (n_bytes * math.log(2))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m composer.text train-tokenizer --input DIR --vocab-size 4096 --output tokenizer.json`."""
-    parser = argparse.ArgumentParser(prog="composer-text", description="Text data tools.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    fit = commands.add_parser("train-tokenizer", help="fit a byte-level BPE on a corpus and save tokenizer.json")
-    fit.add_argument("--input", required=True, help="a file, folder, glob or hub:<name> (as TextSource.path)")
-    fit.add_argument("--text-field", default="text", help="record field with the text (json, jsonl, parquet, hub)")
-    fit.add_argument("--vocab-size", type=int, required=True, help="at most this many ids, EOS included")
-    fit.add_argument("--output", required=True, help="where to write tokenizer.json")
-    fit.add_argument("--max-documents", type=int, default=None, help="fit on the first N documents only")
-    fetch = commands.add_parser("fetch-corpus", help="the default corpus: Debian documentation packages as text files")
-    fetch.add_argument("--output", required=True, help="folder to write <package>/... text files into")
-    fetch.add_argument("--package", action="append", help="a Debian package (repeatable; default python3.11-doc)")
-    args = parser.parse_args(argv)
-    if args.command == "fetch-corpus":
-        from composer.corpus import DEFAULT_PACKAGES, fetch_debian_docs
-
-        try:
-            copied = fetch_debian_docs(args.output, tuple(args.package or DEFAULT_PACKAGES))
-        except ComposerError as exc:
-            print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-            return 2
-        for package, n in copied.items():
-            print(f"{package}: {n} files -> {Path(args.output) / package}")
-        return 0
-    try:
-        source = TextSource(path=args.input, text_field=args.text_field, max_documents=args.max_documents)
-        docs = iter_documents(source)
-        first = list(itertools.islice(docs, 1))  # report a bad source here, not from inside the Rust trainer
-        if not first:
-            raise ConfigError(f"no text in {args.input}: every document is empty")
-        path = train_bpe(itertools.chain(first, docs), vocab_size=args.vocab_size, out_path=args.output)
-        print(f"wrote {path} ({load_tokenizer(str(path)).vocab_size} ids)")
-    except ComposerError as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def cli() -> None:
-    sys.exit(main())
-
-
-if __name__ == "__main__":
-    cli()

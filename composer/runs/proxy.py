@@ -13,16 +13,16 @@ from typing import Any
 
 import torch
 
-from composer import distributed
+from composer.engine import distributed
 from composer.config import ModelConfig
-from composer.data import ArrayBatches
+from composer.engine.batches import ArrayBatches
 from composer.errors import ConfigError
 from composer.model import build_model, seeded
 from composer.pattern import count_primitives
 from composer.records import git, head_commit, write_json
-from composer.tasks import TASKS
-from composer.text import TextBatches, TextCorpus, val_batches
-from composer.trainer import Objective, TrainerConfig, for_length, micro_batches, resolve_device, train
+from composer.tasks.mad import TASKS
+from composer.data.text import TextBatches, TextCorpus, val_batches
+from composer.engine.trainer import Objective, TrainerConfig, for_length, micro_batches, resolve_device, train
 from scaling.accounting import count_parameters, train_flops_per_token
 
 

@@ -1,7 +1,7 @@
 """Downstream evaluation with lm-evaluation-harness (`lm-eval`, the `eval` extra).
 
 `ComposerLM` is an lm-eval model registered as "composer": it loads a folder written by
-`composer-export` (composer/export.py) and implements the three request types:
+`composer-export` (composer/evals/export.py) and implements the three request types:
 
 - loglikelihood: the continuation's summed log-probability and whether greedy decoding would
   produce it; context and continuation are scored in one forward pass, the context cut on the
@@ -22,10 +22,6 @@ registers the model: `lm_eval.simple_evaluate(model="composer", model_args="pret
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
-import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -64,7 +60,7 @@ class ComposerLM(TemplateLM):  # type: ignore[misc,valid-type]
         if register_model is None:
             raise ComposerError(f"ComposerLM needs lm-eval: {_INSTALL_HINT}")
         super().__init__()
-        from composer.export import load_pretrained, read_config
+        from composer.evals.export import load_pretrained, read_config
 
         config = read_config(pretrained)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -270,7 +266,7 @@ def evaluate_tasks(
         raise ComposerError(f"composer-eval needs lm-eval: {_INSTALL_HINT}")
     from lm_eval import simple_evaluate
 
-    from composer.export import read_config
+    from composer.evals.export import read_config
 
     if read_config(model_dir).get("tokenizer") is None:  # a bad folder fails here, before task indexing
         raise ComposerError(f"{model_dir} reads token ids, not text (a proxy trained on a synthetic task); "
@@ -338,63 +334,3 @@ def format_table(results: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
     return "\n".join("  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths))).rstrip()
                      for r in [header, *rows])
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="composer-eval",
-        description="Evaluate an exported model (composer-export) with lm-evaluation-harness.",
-    )
-    parser.add_argument("model_dir", help="a folder written by composer-export")
-    parser.add_argument("--tasks", default=",".join(PAPER_SUITE),
-                        help=f"comma-separated lm-eval tasks (default: the Composer paper's suite, {','.join(PAPER_SUITE)})")
-    parser.add_argument("--include-path", action="append", default=[], metavar="DIR",
-                        help="a folder of lm-eval task YAMLs (repeatable)")
-    parser.add_argument("--limit", type=float, default=None,
-                        help="at most N documents per task (a fraction below 1: that share); for quick checks only")
-    parser.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
-    parser.add_argument("--max-length", type=int, default=None,
-                        help="context window in tokens (default: the length the model was trained at, else 2048)")
-    parser.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (default: each task's own, else 0)")
-    parser.add_argument("--output", default=None, help="results JSON (default: MODEL_DIR/eval_results.json)")
-    parser.add_argument("--verbose", action="store_true", help="lm-eval's own log lines")
-    args = parser.parse_args(argv)
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    if not tasks:
-        parser.error("--tasks names no task")
-    limit = None if args.limit is None else (int(args.limit) if args.limit >= 1 else args.limit)
-    if not args.verbose:
-        for name in ("lm_eval", "lm-eval", "datasets", "huggingface_hub", "evaluate"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    output = Path(args.output) if args.output else Path(args.model_dir) / "eval_results.json"
-    try:
-        results = evaluate_tasks(args.model_dir, tasks=tasks, include_paths=args.include_path, limit=limit,
-                                 batch_size=args.batch_size, device=args.device, max_length=args.max_length,
-                                 num_fewshot=args.num_fewshot, report=lambda line: print(line, file=sys.stderr))
-    except ComposerError as exc:
-        print(f"{parser.prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
-    if not results["results"]:
-        hint = "" if os.environ.get("HF_DATASETS_OFFLINE") else " (offline? HF_DATASETS_OFFLINE=1 skips the retries)"
-        print(f"{parser.prog}: no task ran: every dataset was unreachable{hint}", file=sys.stderr)
-        return 1
-    from lm_eval.utils import handle_non_serializable
-
-    print(format_table(results))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    record = {"model_dir": str(Path(args.model_dir).resolve()), "tasks": tasks, **results}
-    output.write_text(json.dumps(record, indent=2, default=handle_non_serializable) + "\n")
-    print(f"wrote {output}" + (f"; skipped {', '.join(results['skipped'])}" if results["skipped"] else ""))
-    return 0
-
-
-def cli() -> None:
-    sys.exit(main())
-
-
-if __name__ == "__main__":  # python -m composer.harness: run the registered module, not this copy
-    from composer.harness import cli as _cli
-
-    _cli()

@@ -1,6 +1,6 @@
 """The language-modelling loss without the full logits: a fused-linear, chunked cross-entropy.
 
-The plain path (`composer.trainer.loss_and_correct`) computes logits = hidden @ Wᵀ for every
+The plain path (`composer.engine.trainer.loss_and_correct`) computes logits = hidden @ Wᵀ for every
 position and takes the cross-entropy in fp32: at a 128K vocabulary that is 4 GiB of fp32 logits
 per 8K tokens, and as much again for their gradient. Here the positions are taken a chunk at a
 time: a chunk's logits, its loss, and at once its share of the gradients of the hidden states and
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from composer.data import IGNORE
+from composer.engine.batches import IGNORE
 
 CHUNK_ELEMENTS = 2**27  # logits per chunk: 512 MiB in fp32, 1,046 positions at a 128K vocabulary
 

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from composer.config import from_mapping
-from composer.data import IGNORE
+from composer.engine.batches import IGNORE
 from composer.errors import ConfigError
 
 

@@ -24,8 +24,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from search.leaderboard import (
-    current,
+from search.leaderboard.store import current
+from search.leaderboard.formats import (
     format_bytes,
     format_count,
     format_flops,

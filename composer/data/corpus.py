@@ -4,7 +4,7 @@
 
 `apt-get download` fetches the .deb into a temporary folder (no root needed, nothing is installed)
 and `dpkg -x` unpacks it; every .txt, .rst and .md file under its `usr/share/doc/` is copied to
-`<output>/<package>/…`, one document per file (composer.text's rule for text files). Other packages
+`<output>/<package>/…`, one document per file (composer.data.text's rule for text files). Other packages
 work the same way, e.g. `--package linux-doc-6.1` (the kernel's documentation, ~24 MB).
 """
 

@@ -1,17 +1,17 @@
 """The full pretraining job (`composer-pretrain`): one pattern on real text with the shared trainer.
 
     composer-pretrain model.pattern='M-M-M*-' name=demo                      # one GPU, or the CPU
-    torchrun --nproc_per_node=8 -m composer.pretrain name=run1               # 8 GPUs of one node
+    torchrun --nproc_per_node=8 -m composer.apps.pretrain name=run1               # 8 GPUs of one node
     torchrun --nnodes=4 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=$HEAD:29500 \\
-        -m composer.pretrain name=run1                                        # 4 nodes
+        -m composer.apps.pretrain name=run1                                        # 4 nodes
     composer-pretrain --config-dir outputs/extrapolate/<run> --config-name pretrain
 
 Every run is a process group (of one without torchrun), so one GPU and many share one code path:
 FSDP2 per layer, a global batch of `trainer.batch_size` sequences split over ranks and
 micro-batches, distributed checkpoints every `trainer.ckpt_every` steps and on SIGTERM/SIGUSR1.
 The run folder is `outputs/pretrain/<name>`; rerunning the same command resumes there. At the end
-rank 0 exports the weights to `model/` (safetensors), runs the needle probe and appends the run to
-the leaderboard.
+rank 0 exports the weights to `model/` (safetensors) and runs the needle probe; the command
+(`composer.apps.pretrain`) then appends the run to the leaderboard.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from composer import distributed
+from composer.engine import distributed
 from composer.config import ModelConfig, from_mapping, model_config_from_mapping
 from composer.errors import ConfigError
-from composer.text import CorpusConfig
-from composer.trainer import TrainerConfig, resolve_device
+from composer.data.text import CorpusConfig
+from composer.engine.trainer import TrainerConfig, resolve_device
 
 log = logging.getLogger("composer")
 
@@ -52,7 +52,7 @@ def model_config(cfg: dict[str, Any], *, vocab_size: int) -> ModelConfig:
 
 def pretrain_from_config(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """The `composer-pretrain` job on a plain config mapping (what Hydra composed)."""
-    from composer.proxy import train_on_text
+    from composer.runs.proxy import train_on_text
 
     data_cfg, trainer_cfg = read_config(cfg)
     world = distributed.init()
@@ -66,7 +66,7 @@ def pretrain_from_config(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
              trainer_cfg.batch_size, seq_len, run_dir)
     summary = train_on_text(model_cfg=model_cfg, corpus=corpus, trainer_cfg=trainer_cfg, seq_len=seq_len, seed=seed,
                             run_dir=run_dir, summary={"name": cfg["name"], "data": cfg["data"]})
-    if world.main and (cfg["export"] or cfg["needle"] or cfg["leaderboard"]):
+    if world.main and (cfg["export"] or cfg["needle"]):
         summary = _finish(cfg, summary, run_dir=run_dir, model_cfg=model_cfg, data_cfg=data_cfg, corpus=corpus,
                           seq_len=seq_len, device=resolve_device(trainer_cfg.device))
     final = summary["final"]
@@ -78,12 +78,12 @@ def pretrain_from_config(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
 
 def _finish(cfg: dict[str, Any], summary: dict[str, Any], *, run_dir: Path, model_cfg: Any, data_cfg: CorpusConfig,
             corpus: Any, seq_len: int, device: Any) -> dict[str, Any]:
-    """Rank 0, after training: the final weights exported, the needle probe, the leaderboard record."""
-    from composer import checkpoint as ckpt
-    from composer.export import save_pretrained
+    """Rank 0, after training: the final weights exported and the needle probe."""
+    from composer.engine import checkpoint as ckpt
+    from composer.evals.export import save_pretrained
     from composer.model import build_model
-    from composer.needle import needle_accuracy
-    from composer.tokenizer import load_tokenizer
+    from composer.evals.needle import needle_accuracy
+    from composer.data.tokenizer import load_tokenizer
     from composer.records import write_json
 
     weights = ckpt.load_model_weights(run_dir / ckpt.FOLDER)  # the final checkpoint, unsharded
@@ -103,10 +103,6 @@ def _finish(cfg: dict[str, Any], summary: dict[str, Any], *, run_dir: Path, mode
             probe = {}
         summary = {**summary, "needle": probe}
         log.info("needle in a haystack: %s", ", ".join(f"{k} {v:.2f}" for k, v in probe.items() if k.startswith("needle@")))
-    if cfg["leaderboard"]:
-        from search.leaderboard import append, pretrain_record
-
-        append(pretrain_record(summary, run_dir=str(run_dir)), cfg["leaderboard"])
     write_json(run_dir / "summary.json", summary)
     return summary
 
@@ -119,13 +115,3 @@ def _open_corpus(data_cfg: CorpusConfig, *, seed: int, main: bool):
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
     return corpus if corpus is not None else data_cfg.open(seed=seed)
-
-
-def main() -> None:  # `torchrun ... -m composer.pretrain`
-    from composer.cli import pretrain_main
-
-    pretrain_main()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,22 +1,7 @@
-"""`composer-launch`: composer's jobs on a SLURM cluster (or on this machine), through submitit.
-
-    composer-launch search --workers 8 --partition cpu strategy=tpe n_trials=200
-    composer-launch pretrain --nodes 2 --gpus-per-node 8 --partition gpu name=run1 model.pattern='M-M-M*-'
-    composer-launch pretrain --config outputs/extrapolate/<time>/pretrain.yaml --nodes 4 --gpus-per-node 8 ...
-    composer-launch status [RUN FOLDER]          # the jobs of a run folder and their states
-    composer-launch cancel [RUN FOLDER]
-
-`search` submits a job array of workers that run one study together on shared storage
-(`<run>/study.journal` unless `storage=` names one), each `composer-search phase=work`, then one
-`composer-search phase=finalize` job after the array (aggregate, evaluate the aggregate, result.json,
-leaderboard). `pretrain` submits one job of `--nodes` nodes: srun starts one torchrun per node
-(rendezvous on the first node); before the time limit the run checkpoints and the job requeues
-itself, and the requeued job resumes. `--executor local` runs the same jobs here and waits for them.
-Everything after the options is an override for composer-search / composer-pretrain. Each
-submission writes its run folder (launch/folder.py says what is in it); submitting again into the
-same folder resumes. Bad input prints one line and exits 2; a job that failed (with --wait, or
-locally) exits 1.
-"""
+"""What `composer-launch` does (composer/apps/launch.py parses its command line): submit a search
+(a job array of workers on one study, then a finalize job) or a pretraining job, write the run
+folder, wait, and report the state of a run's jobs or cancel them. Each function takes the parsed
+arguments of its subcommand and returns the exit code; bad input raises a ConfigError."""
 
 from __future__ import annotations
 
@@ -35,59 +20,6 @@ from launch import cluster, folder as runs
 from launch.cluster import Resources
 
 PROG = "composer-launch"
-COMMANDS = ("search", "pretrain", "status", "cancel")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, like every composer command
-        print(f"{PROG}: error: {message} (see {self.prog} --help)", file=sys.stderr)
-        sys.exit(2)
-
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--executor", choices=cluster.EXECUTORS, default="slurm",
-                        help="slurm (default): sbatch through submitit; local: run the jobs here and wait")
-    parser.add_argument("--dir", type=Path, help="run folder (default: outputs/launch/<name>)")
-    parser.add_argument("--partition")
-    parser.add_argument("--account")
-    parser.add_argument("--qos")
-    parser.add_argument("--timeout-min", type=int, default=240, help="time limit of each job (default 240)")
-    parser.add_argument("--cpus-per-task", type=int, help="CPUs per task (one task per node)")
-    parser.add_argument("--mem-gb", type=int, help="memory per node")
-    parser.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
-                        help="any other #SBATCH flag, e.g. --sbatch constraint=h100 (repeatable)")
-    parser.add_argument("--wait", action="store_true", help="wait for the jobs to end (always, locally)")
-    parser.add_argument("overrides", nargs="*", help="overrides of the composer command (key=value)")
-
-
-def build_parsers() -> dict[str, argparse.ArgumentParser]:
-    search = _Parser(prog=f"{PROG} search", description="a SLURM job array of search workers on one study, "
-                     "then an aggregation + leaderboard job after them")
-    search.add_argument("--workers", type=int, default=2, help="array tasks, each a worker on the study (default 2)")
-    search.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per worker (default 0)")
-    _common(search)
-    pretrain = _Parser(prog=f"{PROG} pretrain", description="one multi-node composer-pretrain job over torchrun, "
-                       "checkpointed and requeued before its time limit")
-    pretrain.add_argument("--config", type=Path, metavar="YAML",
-                          help="a composer-pretrain config file, e.g. the pretrain.yaml composer-extrapolate writes; "
-                               "the overrides apply on top of it")
-    pretrain.add_argument("--nodes", type=int, default=1)
-    pretrain.add_argument("--gpus-per-node", type=int, default=0)
-    pretrain.add_argument("--procs-per-node", type=int, help="ranks per node (default: --gpus-per-node, or 1)")
-    pretrain.add_argument("--port", type=int, help="rendezvous port on the first node (default: from the job id)")
-    pretrain.add_argument("--max-requeues", type=int, default=10, help="self-requeues before the job gives up")
-    pretrain.add_argument("--signal-delay-s", type=int, default=120,
-                          help="SIGUSR1 this long before the time limit: checkpoint, then requeue (default 120)")
-    _common(pretrain)
-    parsers = {"search": search, "pretrain": pretrain}
-    for command, what in (("status", "list the jobs of a run folder and their states"),
-                          ("cancel", "cancel the jobs of a run folder still queued or running")):
-        p = _Parser(prog=f"{PROG} {command}", description=what)
-        p.add_argument("run", nargs="?", type=Path, help="run folder (default: the last one under outputs/launch)")
-        if command == "status":
-            p.add_argument("--json", action="store_true", help="one JSON object per job")
-        parsers[command] = p
-    return parsers
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -102,7 +34,7 @@ def resolve(command: str, overrides: list[str], *, config: list[str] = ()) -> tu
         if o.startswith(("hydra.run.dir=", "hydra.sweep.", "-m", "--multirun")):
             raise ConfigError(f"override {o!r}: composer-launch places the run itself (use --dir for the run folder)")
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    proc = subprocess.run([sys.executable, "-m", "composer.cli", command, *config, *overrides, "--cfg", "job",
+    proc = subprocess.run([sys.executable, "-m", f"composer.apps.{command}", *config, *overrides, "--cfg", "job",
                            "--resolve"],
                           capture_output=True, text=True, env=env, timeout=300)
     if proc.returncode != 0:
@@ -243,7 +175,7 @@ def launch_search(args: argparse.Namespace) -> int:
     pinned = {"name": name, "storage": storage, "hydra.run.dir": str(folder / "search")}
     if not any(_key(o) == "workers" for o in overrides):
         pinned["workers"] = 1  # one process per array task; workers=K runs K on each
-    base = [sys.executable, "-m", "composer.cli", "search",
+    base = [sys.executable, "-m", "composer.apps.search",
             *(o for o in overrides if _key(o) not in pinned), *(f"{k}={v}" for k, v in pinned.items())]
     workers = [[*base, "++phase=work", f"++worker={i}"] for i in range(args.workers)]
     final = [*base, "++phase=finalize"]
@@ -287,7 +219,7 @@ def launch_search(args: argparse.Namespace) -> int:
 
 def _check_pretrain(cfg: dict[str, Any]) -> None:
     """What composer-pretrain would refuse at start, refused before the job waits in a queue."""
-    from composer.pretrain import model_config, read_config
+    from composer.runs.pretrain import model_config, read_config
 
     _, trainer = read_config(cfg)
     model_config(cfg, vocab_size=256)  # the tokenizer's size is known only in the job; any size checks the rest
@@ -375,31 +307,3 @@ def cancel(args: argparse.Namespace) -> int:
     print(f"{PROG}: cancelled {len(cancelled)} job(s): {', '.join(cancelled)}" if cancelled
           else f"{PROG}: nothing to cancel in {folder}: every job has ended")
     return 0
-
-
-def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.strip())
-        sys.exit(0 if argv else 2)
-    command, rest = argv[0], argv[1:]
-    if command not in COMMANDS:
-        print(f"{PROG}: error: unknown command {command!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
-        sys.exit(2)
-    parser = build_parsers()[command]
-    args = parser.parse_intermixed_args(rest)
-    run = {"search": launch_search, "pretrain": launch_pretrain, "status": status, "cancel": cancel}[command]
-    try:
-        code = run(args)
-    except ComposerError as exc:
-        print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; `{PROG} status` lists the jobs, `{PROG} cancel` ends those still running",
-              file=sys.stderr)
-        sys.exit(130)
-    sys.exit(code)
-
-
-if __name__ == "__main__":
-    main()

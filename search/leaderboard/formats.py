@@ -1,0 +1,219 @@
+"""The leaderboard as a table: `rows` flattens the current architecture records; text, markdown,
+csv and JSON render them (html.py draws the same rows as a page)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import numbers
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from search.leaderboard.records import TARGETS, needle_multiple
+from search.leaderboard.store import current
+
+FORMATS = ("text", "csv", "json", "md")
+BASE_COLUMNS = ("rank", "pattern", "search", "strategy", "role", "aggregator", "score", "score_std", "n_seeds")
+COST_COLUMNS = ("attention_share", "proxy_params", "params_350m", "params_1b", "params_3b", "layers_1b",
+                "flops_1b", "state_4k", "state_32k", "created")
+
+
+def sort_key(record: Mapping[str, Any]) -> tuple:
+    return (-record["score"]["mean"], record["pattern"], record["search"], record["role"])
+
+
+def rows(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One flat row per current architecture record, best score first (ties by pattern).
+
+    Columns: BASE_COLUMNS, one `task:<name>` mean per task seen, one `needle@<m>x` per probe multiple
+    seen (None where a record has none), COST_COLUMNS. Units: params in
+    parameters, flops_1b in training FLOPs per token at seq_len 2048, state_* in bytes per token of
+    context at 4K / 32K tokens, all of the 1B extrapolation; None where it does not exist."""
+    archs = sorted((r for r in current(records) if r["kind"] == "architecture"), key=sort_key)
+    tasks = sorted({task for r in archs for task in r.get("tasks", {})})
+    needles = sorted({k for r in archs for k in r if needle_multiple(k) is not None}, key=needle_multiple)
+    out = []
+    for rank, r in enumerate(archs, start=1):
+        score, targets, at_1b = r["score"], r.get("targets", {}), r.get("at_1b", {})
+        state = at_1b.get("state_bytes_per_token", {})
+        out.append({
+            "rank": rank,
+            "pattern": r["pattern"],
+            "search": r["search"],
+            "strategy": r.get("strategy"),
+            "role": r["role"],
+            "aggregator": r.get("aggregator"),
+            "score": score.get("mean"),
+            "score_std": score.get("std"),
+            "n_seeds": score.get("n"),
+            **{f"task:{t}": r.get("tasks", {}).get(t, {}).get("mean") for t in tasks},
+            **{k: _fraction(r.get(k)) for k in needles},
+            "attention_share": r.get("attention_share"),
+            "proxy_params": r.get("proxy", {}).get("n_params"),
+            **{f"params_{t}": targets.get(t, {}).get("n_params") for t in TARGETS},
+            "layers_1b": targets.get("1b", {}).get("n_layers"),
+            "flops_1b": at_1b.get("train_flops_per_token"),
+            "state_4k": state.get("4096"),
+            "state_32k": state.get("32768"),
+            "created": r.get("created"),
+        })
+    return out
+
+
+def _fraction(value: Any) -> float | None:
+    return float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else None
+
+
+def task_columns(table: Sequence[Mapping[str, Any]]) -> list[str]:
+    return [k for k in (table[0] if table else {}) if k.startswith("task:")]
+
+
+def needle_columns(table: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The table's `needle@<m>x` columns, in order of m; [] when no record has the probe."""
+    return [k for k in (table[0] if table else {}) if needle_multiple(k) is not None]
+
+
+def full_runs_text(records: Iterable[Mapping[str, Any]]) -> str:
+    """The pretraining runs as an aligned table ('' when there are none), newest last."""
+    runs = [r for r in current(records) if r.get("kind") == "pretrain"]
+    if not runs:
+        return ""
+    needles = sorted({k for r in runs for k in r if needle_multiple(k) is not None}, key=needle_multiple)
+    header = ["pattern", "params", "tokens", "GPUs", "val bpb", "tokens/s", "MFU", *needles]
+
+    def cells(r: Mapping[str, Any]) -> list[str]:
+        def num(v: Any, f: str) -> str:
+            return "-" if v is None else format(v, f)
+
+        return [r["pattern"], format_count(r.get("n_params")), format_count(r.get("tokens")), num(r.get("world_size"), "d"),
+                num(r.get("bits_per_byte"), ".3f"), num(r.get("tokens_per_s"), ",.0f"), num(r.get("mfu"), ".1%"),
+                *(num(r.get(k), ".2f") for k in needles)]
+
+    table = [header] + [cells(r) for r in runs]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+             for row in table]
+    return "\nFull pretraining runs\n" + "\n".join(lines[:1] + ["  ".join("-" * w for w in widths)] + lines[1:]) + "\n"
+
+
+def format_count(n: float | None, *, units: Sequence[str] = ("", "K", "M", "B", "T")) -> str:
+    """1234567 -> '1.2M', 350e6 -> '350M', 1.1e9 -> '1.1B'; '-' for None."""
+    if n is None:
+        return "-"
+    value, k = float(n), 0
+    while k < len(units) - 1 and abs(value) >= 999.5:
+        value, k = value / 1000, k + 1
+    if k == 0:
+        return f"{value:.0f}"
+    return f"{value:.1f}{units[k]}" if abs(value) < 9.95 else f"{value:.0f}{units[k]}"
+
+
+def format_flops(n: float | None) -> str:
+    """FLOPs with SI prefixes: 7.6e9 -> '7.6G'."""
+    return format_count(n, units=("", "K", "M", "G", "T", "P"))
+
+
+def format_bytes(n: float | None) -> str:
+    """Binary units: 512 -> '512 B', 12288 -> '12 KiB', 1.5 * 2**20 -> '1.5 MiB', 2**20 -> '1.0 MiB'; '-' for None."""
+    if n is None:
+        return "-"
+    value, units, k = float(n), ("B", "KiB", "MiB", "GiB", "TiB"), 0
+    while k < len(units) - 1 and abs(value) >= 1023.5:
+        value, k = value / 1024, k + 1
+    if abs(value) >= 9.95 or (k == 0 and value == int(value)):
+        return f"{value:.0f} {units[k]}"
+    return f"{value:.1f} {units[k]}"
+
+
+def format_score(mean: float | None, std: float | None = None) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
+
+
+def format_share(share: float | None) -> str:
+    return "-" if share is None else f"{100 * share:.0f}%"
+
+
+def _role(row: Mapping[str, Any]) -> str:
+    return f"{row['role']} ({row['aggregator']})" if row.get("aggregator") else str(row["role"])
+
+
+# (header, cell text, right-aligned) of the text and markdown tables; markdown adds the task columns.
+Column = tuple[str, Callable[[Mapping[str, Any]], str], bool]
+DISPLAY: list[Column] = [
+    ("#", lambda r: str(r["rank"]), True),
+    ("pattern", lambda r: r["pattern"], False),
+    ("score", lambda r: format_score(r["score"], r["score_std"] if (r.get("n_seeds") or 0) > 1 else None), True),
+    ("seeds", lambda r: str(r["n_seeds"]), True),
+    ("attn", lambda r: format_share(r["attention_share"]), True),
+    ("proxy params", lambda r: format_count(r["proxy_params"]), True),
+    ("1B params", lambda r: format_count(r["params_1b"]), True),
+    ("1B layers", lambda r: "-" if r["layers_1b"] is None else str(r["layers_1b"]), True),
+    ("1B FLOPs/tok", lambda r: format_flops(r["flops_1b"]), True),
+    ("1B state/tok@32K", lambda r: format_bytes(r["state_32k"]), True),
+    ("role", _role, False),
+    ("search", lambda r: str(r["search"]), False),
+]
+
+
+def _task_display(column: str) -> Column:
+    return (column.removeprefix("task:"), lambda r: format_score(r[column]), True)
+
+
+def _needle_display(column: str) -> Column:
+    return (column, lambda r: format_score(r[column]), True)
+
+
+def _text_columns(table: Sequence[Mapping[str, Any]]) -> list[Column]:
+    """DISPLAY, with the needle columns after the seeds when any record has them."""
+    return DISPLAY[:4] + [_needle_display(c) for c in needle_columns(table)] + DISPLAY[4:]
+
+
+def to_text(table: Sequence[Mapping[str, Any]]) -> str:
+    """An aligned table for the terminal (a readable subset of the columns)."""
+    if not table:
+        return "(no architectures)\n"
+    columns = _text_columns(table)
+    cells = [[header for header, _, _ in columns]] + [[cell(r) for _, cell, _ in columns] for r in table]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = []
+    for n, row in enumerate(cells):
+        parts = [text.rjust(w) if right else text.ljust(w) for text, w, (_, _, right) in zip(row, widths, columns)]
+        lines.append("  ".join(parts).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines) + "\n"
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def to_markdown(table: Sequence[Mapping[str, Any]]) -> str:
+    """A GitHub-flavoured markdown table: the text columns plus one column per task mean."""
+    needles = [_needle_display(c) for c in needle_columns(table)]
+    columns = DISPLAY[:4] + [_task_display(c) for c in task_columns(table)] + needles + DISPLAY[4:]
+    lines = ["| " + " | ".join(_md(h) for h, _, _ in columns) + " |",
+             "|" + "|".join("---:" if right else "---" for _, _, right in columns) + "|"]
+    for r in table:
+        cells = [f"`{cell(r)}`" if header == "pattern" else _md(cell(r)) for header, cell, _ in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(table: Sequence[Mapping[str, Any]]) -> str:
+    """Every flat column of `rows`, header first; None is an empty cell."""
+    fields = list(table[0]) if table else [*BASE_COLUMNS, *COST_COLUMNS]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(table)
+    return out.getvalue()
+
+
+def to_json(items: Iterable[Mapping[str, Any]]) -> str:
+    """A JSON list of what is given, unchanged. The CLI gives the full records (architectures in
+    table order, then searches), not the flat rows; pass rows to get rows."""
+    return json.dumps(list(items), indent=2, allow_nan=False) + "\n"
