@@ -30,7 +30,7 @@ from composer.config import model_config_from_mapping
 from composer.engine.batches import ArrayBatches
 from composer.engine.graphs import own_stream
 from composer.model import build_model
-from composer.tasks.mad import TASKS, build_task_config
+from composer.tasks.mad import TASKS, task_config_from_mapping
 from composer.engine.trainer import TrainerConfig, train
 
 PATTERNS = ("*-*-*-*-*-*-*-*-", "*-M-*-M-*-M-*-M-", "MMMMMMMMMMMMMMMM")
@@ -40,7 +40,7 @@ MODES = {"eager": {}, "cuda_graph": {"cuda_graph": True}, "compile+cuda_graph": 
 def steps_per_evaluation(batch_tokens: int = 0) -> int:
     """Optimiser steps of one `mad` evaluation: 2M tokens per task at batch 32 (5,614 steps: lengths
     128 x 3, 256, 32 x 2), or at `batch_tokens` tokens per step."""
-    lengths = [build_task_config(name, {}).length for name in TASKS]
+    lengths = [task_config_from_mapping(name, {}).length for name in TASKS]
     return sum(2_000_000 // (batch_tokens // n * n if batch_tokens else 32 * n) for n in lengths)
 
 
@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--mamba-impl", default="torch")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    task_cfg = build_task_config("in_context_recall", {})
+    task_cfg = task_config_from_mapping("in_context_recall", {})
     x, y = TASKS["in_context_recall"].generate(task_cfg, n_examples=task_cfg.n_train, seed=0)
     data = (x.cuda(), y.cuda())
     results = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "steps": args.steps,

@@ -67,11 +67,6 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def to_mapping(obj: Any) -> dict[str, Any]:
-    """A dataclass as a plain dict (JSON-ready)."""
-    return dataclasses.asdict(obj)
-
-
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     pattern: str  # one letter per layer; the only description of the layout
@@ -114,9 +109,12 @@ class ModelConfig:
         return self.primitives[REGISTRY[letter].name]
 
 
-def model_config_from_mapping(data: Mapping[str, Any], *, where: str = "model") -> ModelConfig:
-    """ModelConfig from a nested mapping whose primitive sections are keyed by primitive name."""
+def model_config_from_mapping(data: Mapping[str, Any], *, where: str = "model", vocab_size: int | None = None) -> ModelConfig:
+    """ModelConfig from a nested mapping whose primitive sections are keyed by primitive name;
+    `vocab_size` (a task's or a tokenizer's) stands in where the mapping's own is missing or null."""
     data = dict(data)
+    if vocab_size is not None and not data.get("vocab_size"):
+        data["vocab_size"] = vocab_size
     sections = {p.name: p for p in REGISTRY.values()}
     primitives = {
         name: from_mapping(p.config_cls, data.pop(name), where=f"{where}.{name}")

@@ -219,10 +219,11 @@ def launch_search(args: argparse.Namespace) -> int:
 
 def _check_pretrain(cfg: dict[str, Any]) -> None:
     """What composer-pretrain would refuse at start, refused before the job waits in a queue."""
-    from composer.runs.pretrain import model_config, read_config
+    from composer.config import model_config_from_mapping
+    from composer.runs.pretrain import pretrain_config_from_mapping
 
-    _, trainer = read_config(cfg)
-    model_config(cfg, vocab_size=256)  # the tokenizer's size is known only in the job; any size checks the rest
+    _, trainer = pretrain_config_from_mapping(cfg)
+    model_config_from_mapping(cfg["model"], vocab_size=256)  # the tokenizer's size is known only in the job
     if not trainer.save_on_signal:
         print(f"{PROG}: warning: trainer.save_on_signal=false: a preempted job keeps only its last periodic "
               f"checkpoint and is not requeued", file=sys.stderr)

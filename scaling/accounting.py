@@ -65,10 +65,6 @@ def count_parameters(cfg: ModelConfig) -> dict[str, int]:
     }
 
 
-def non_embedding_params(cfg: ModelConfig) -> int:
-    return count_parameters(cfg)["n_non_embedding_params"]
-
-
 def _head_flops_per_token(cfg: ModelConfig) -> int:
     return 2 * cfg.d_model * cfg.vocab_size  # hidden @ Wᵀ, tied or not
 

@@ -41,7 +41,7 @@ from typing import Any
 
 from composer.config import ModelConfig, from_mapping, model_config_from_mapping
 from composer.errors import ConfigError
-from composer.tasks.mad import TASKS, build_task_config
+from composer.tasks.mad import TASKS, task_config_from_mapping
 from search.space import pattern_hash
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ class EvaluatorConfig:
         for name, overrides in given.items():
             if name not in TASKS:
                 raise ConfigError(f"evaluator.tasks: unknown task {name!r} (valid tasks: {', '.join(TASKS)})")
-            tasks[name] = overrides if not isinstance(overrides, Mapping) else build_task_config(name, overrides)
+            tasks[name] = overrides if not isinstance(overrides, Mapping) else task_config_from_mapping(name, overrides)
         object.__setattr__(self, "tasks", MappingProxyType(tasks))
 
     def _check_language_modelling(self) -> None:

@@ -5,6 +5,8 @@ import sys
 import pytest
 import torch
 
+pytest_plugins = ["tests.slurm"]  # the `slurm` fixture: one single-node SLURM cluster per session
+
 # Kernel-parity tests need a GPU; on CPU machines they are not collected (not skipped).
 collect_ignore_glob = [] if torch.cuda.is_available() else ["gpu/*"]
 

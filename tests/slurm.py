@@ -8,22 +8,20 @@ leave behind (slurmstepd, job processes) is found by the `SLURM_CONF` in its env
 There is no slurmdbd: `cluster.env`'s PATH starts with a `sacct` that reads the job-completion log
 (`sacct --completion`: finished jobs only, array tasks under their own job ids), enough for submitit.
 
-Other test modules share one cluster per session by importing the fixture:
-
-    from tests.slurm import slurm  # noqa: F401  (fixture)
+tests/conftest.py registers this module as a plugin, so every test module shares one cluster per
+session by asking for the fixture:
 
     def test_something(slurm):
         job_id = slurm.sbatch("--wrap", "hostname")
         assert slurm.wait_for_job(job_id)["JobState"] == "COMPLETED"
 
-Needs Debian's `slurm-wlm` and `munge` (`.ci/run` installs them) and root.
+Needs Debian's `slurm-wlm` and `munge` (tests/run.sh installs them) and root.
 """
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import os
-import pwd
 import re
 import shutil
 import signal
@@ -99,10 +97,6 @@ class Cluster:
         (info,) = self.wait_for_jobs(job_id, states=states, timeout=timeout)
         return info
 
-    def cancel_all(self) -> None:
-        """Cancel every job of this user on this cluster (a shared cluster's tests clean up after themselves)."""
-        self.run("scancel", f"--user={pwd.getpwuid(os.getuid()).pw_name}")
-
     def logs(self, tail: int = 40) -> str:
         """The last lines of every daemon log, for error messages."""
         parts = []
@@ -152,7 +146,7 @@ def find_binaries() -> dict[str, str]:
     missing = [name for name, path in paths.items() if path is None]
     if missing:
         raise RuntimeError(f"{', '.join(missing)} not found: the SLURM tests need Debian's slurm-wlm and munge "
-                           "(.ci/run installs them: apt-get install slurm-wlm munge)")
+                           "(bash tests/run.sh installs them: apt-get install slurm-wlm munge)")
     return paths  # type: ignore[return-value]
 
 

@@ -176,10 +176,10 @@ def test_export_checkpoint_from_a_training_run(run_dir, tmp_path):
 def test_a_task_head_is_left_out(tmp_path):
     """The trainer trains an Objective; compression adds the task's own output head, not part of the LM."""
     from composer.runs.proxy import train_on_task
-    from composer.tasks.mad import build_task_config
+    from composer.tasks.mad import task_config_from_mapping
     from composer.engine.trainer import TrainerConfig
 
-    task = build_task_config("compression", {"length": 8, "n_train": 32, "n_test": 16})
+    task = task_config_from_mapping("compression", {"length": 8, "n_train": 32, "n_test": 16})
     cfg = model_config_from_mapping({"pattern": "*-", "d_model": 32, "vocab_size": task.vocab_size, **SMALL})
     train_on_task(model_cfg=cfg, task_name="compression", task_cfg=task, seed=0, run_dir=tmp_path / "run",
                   trainer_cfg=TrainerConfig(max_tokens=16 * 8 * 2, batch_size=16, progress=False, device="cpu"))

@@ -24,7 +24,6 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from tests.conftest import app_argv, cli_env
-from tests.slurm import slurm  # noqa: F401  (the session's cluster)
 from tests.test_pretrain import MODEL, make_corpus
 from tests.test_search_cli import TINY_SEARCH
 

@@ -6,12 +6,12 @@ import torch
 
 from composer.config import ModelConfig
 from composer.runs.proxy import train_on_task
-from composer.tasks.mad import build_task_config
+from composer.tasks.mad import task_config_from_mapping
 from composer.engine.trainer import TrainerConfig
 
 
 def _recall_accuracy(pattern: str, run_dir) -> float:
-    task = build_task_config("in_context_recall")  # baseline: vocab 16, length 128, 12,800 examples
+    task = task_config_from_mapping("in_context_recall")  # baseline: vocab 16, length 128, 12,800 examples
     model = ModelConfig(pattern=pattern, vocab_size=task.vocab_size, d_model=64)
     summary = train_on_task(model_cfg=model, task_name="in_context_recall", task_cfg=task,
                             trainer_cfg=TrainerConfig(progress=False, device="cpu"), seed=0, run_dir=run_dir)
@@ -31,5 +31,5 @@ def test_attention_learns_in_context_recall(tmp_path):
 
 
 def test_mlp_only_stays_near_chance(tmp_path):
-    chance = build_task_config("in_context_recall").chance_accuracy  # 1/8
+    chance = task_config_from_mapping("in_context_recall").chance_accuracy  # 1/8
     assert _recall_accuracy("----", tmp_path) < chance + 0.1

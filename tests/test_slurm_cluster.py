@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.slurm import KILL_WAIT_S, Cluster, slurm, slurm_cluster, wait_until  # noqa: F401  (fixture)
+from tests.slurm import KILL_WAIT_S, Cluster, slurm_cluster, wait_until
 
 
 def test_sbatch_wait_runs_a_job_to_completion(slurm: Cluster, tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import torch
 
 from composer.errors import ConfigError
 from composer.engine.batches import IGNORE
-from composer.tasks.mad import TASKS, build_task_config
+from composer.tasks.mad import TASKS, task_config_from_mapping
 from composer.engine.trainer import loss_and_correct
 
 
@@ -20,7 +20,7 @@ N = 64  # examples per contract test: enough to hit every branch, fast
 
 
 def _data(name: str, n: int = N, seed: int = 0, **overrides):
-    cfg = build_task_config(name, overrides)
+    cfg = task_config_from_mapping(name, overrides)
     return cfg, *TASKS[name].generate(cfg, n_examples=n, seed=seed)
 
 
@@ -47,7 +47,7 @@ def test_shapes_dtypes_and_ranges(name):
 def test_config_is_frozen_with_sizes(name):
     cfg = TASKS[name].config_cls()
     assert cfg.n_train >= 1 and cfg.n_test == 1_280
-    assert build_task_config(name, None) == cfg
+    assert task_config_from_mapping(name, None) == cfg
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.n_train = 1
 
@@ -206,13 +206,13 @@ def test_compression_targets_and_head():
 
 def test_unknown_task_lists_valid_names():
     with pytest.raises(ConfigError, match="unknown task 'recall'") as info:
-        build_task_config("recall", None)
+        task_config_from_mapping("recall", None)
     assert all(name in str(info.value) for name in TASKS)
 
 
 def test_unknown_key_is_named_with_valid_keys():
     with pytest.raises(ConfigError, match="vocab_sise") as info:
-        build_task_config("in_context_recall", {"vocab_sise": 32})
+        task_config_from_mapping("in_context_recall", {"vocab_sise": 32})
     assert "n_train" in str(info.value) and "length" in str(info.value)
 
 
@@ -230,12 +230,12 @@ def test_unknown_key_is_named_with_valid_keys():
 )
 def test_bad_values_raise_one_line_config_errors(name, overrides):
     with pytest.raises(ConfigError) as info:
-        build_task_config(name, overrides)
+        task_config_from_mapping(name, overrides)
     assert "\n" not in str(info.value) and next(iter(overrides)) in str(info.value)
 
 
 def test_overrides_change_the_setting():
-    cfg = build_task_config("in_context_recall", {"vocab": 32, "length": 256, "n_train": 800})
+    cfg = task_config_from_mapping("in_context_recall", {"vocab": 32, "length": 256, "n_train": 800})
     assert (cfg.vocab_size, cfg.seq_len, cfg.n_train, cfg.chance_accuracy) == (32, 256, 800, 1 / 16)
-    cfg = build_task_config("noisy_in_context_recall", {"noise_frac": 0})  # an int where a float is asked
+    cfg = task_config_from_mapping("noisy_in_context_recall", {"noise_frac": 0})  # an int where a float is asked
     assert cfg.noise_frac == 0

@@ -24,19 +24,18 @@ def train_from_config(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     from composer.config import from_mapping, model_config_from_mapping
     from composer.engine.trainer import TrainerConfig
     from composer.runs.proxy import train_on_task
-    from composer.tasks.mad import build_task_config
+    from composer.tasks.mad import task_config_from_mapping
 
     unknown = sorted(set(cfg) - {"model", "task", "trainer", "seed"})
     if unknown:
         raise ConfigError(f"unknown config key {unknown[0]!r} (valid: model, task, trainer, seed)")
     task_section = dict(cfg["task"])
     task_name = task_section.pop("name")
-    task_cfg = build_task_config(task_name, task_section)
-    model_section = dict(cfg["model"])
-    vocab = model_section.pop("vocab_size", None) or task_cfg.vocab_size
-    if vocab < task_cfg.vocab_size:
-        raise ConfigError(f"model.vocab_size ({vocab}) is smaller than task {task_name}'s vocabulary ({task_cfg.vocab_size})")
-    model_cfg = model_config_from_mapping({**model_section, "vocab_size": vocab})
+    task_cfg = task_config_from_mapping(task_name, task_section)
+    model_cfg = model_config_from_mapping(cfg["model"], vocab_size=task_cfg.vocab_size)
+    if model_cfg.vocab_size < task_cfg.vocab_size:
+        raise ConfigError(f"model.vocab_size ({model_cfg.vocab_size}) is smaller than task {task_name}'s vocabulary "
+                          f"({task_cfg.vocab_size})")
     trainer_cfg = from_mapping(TrainerConfig, cfg["trainer"], where="trainer")
     log.info("training %r (%d layers) on %s in %s", model_cfg.pattern, model_cfg.n_layers, task_name, run_dir)
     summary = train_on_task(model_cfg=model_cfg, task_name=task_name, task_cfg=task_cfg, trainer_cfg=trainer_cfg,

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from composer.engine import distributed
-from composer.config import ModelConfig, from_mapping, model_config_from_mapping
+from composer.config import from_mapping, model_config_from_mapping
 from composer.errors import ConfigError
 from composer.data.text import CorpusConfig
 from composer.engine.trainer import TrainerConfig, resolve_device
@@ -35,8 +35,8 @@ def padded_vocab(n: int, multiple: int = 64) -> int:
     return -(-n // multiple) * multiple
 
 
-def read_config(cfg: dict[str, Any]) -> tuple[CorpusConfig, TrainerConfig]:
-    """The data and trainer sections, typed; a ConfigError names an unknown key or a bad value
+def pretrain_config_from_mapping(cfg: dict[str, Any]) -> tuple[CorpusConfig, TrainerConfig]:
+    """The data and trainer sections, typed (the model section waits for the tokenizer's size); a ConfigError names an unknown key or a bad value
     (composer-launch calls it too, before a job waits in a queue)."""
     unknown = sorted(set(cfg) - set(KEYS))
     if unknown:
@@ -44,23 +44,17 @@ def read_config(cfg: dict[str, Any]) -> tuple[CorpusConfig, TrainerConfig]:
     return from_mapping(CorpusConfig, cfg["data"], where="data"), from_mapping(TrainerConfig, cfg["trainer"], where="trainer")
 
 
-def model_config(cfg: dict[str, Any], *, vocab_size: int) -> ModelConfig:
-    """The model section, typed: its own vocab_size if set, else `vocab_size` (the tokenizer's, padded)."""
-    section = dict(cfg["model"])
-    return model_config_from_mapping({**section, "vocab_size": section.get("vocab_size") or vocab_size})
-
-
 def pretrain_from_config(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """The `composer-pretrain` job on a plain config mapping (what Hydra composed)."""
     from composer.runs.proxy import train_on_text
 
-    data_cfg, trainer_cfg = read_config(cfg)
+    data_cfg, trainer_cfg = pretrain_config_from_mapping(cfg)
     world = distributed.init()
     if not world.main:
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 speaks for the job
     seq_len, seed = int(cfg["seq_len"]), int(cfg["seed"])
     corpus = _open_corpus(data_cfg, seed=seed, main=world.main)
-    model_cfg = model_config(cfg, vocab_size=padded_vocab(corpus.vocab_size))
+    model_cfg = model_config_from_mapping(cfg["model"], vocab_size=padded_vocab(corpus.vocab_size))
     log.info("pretraining %r (%d layers, d_model %d) on %d ranks: %s training tokens, batch %d x %d, in %s",
              model_cfg.pattern, model_cfg.n_layers, model_cfg.d_model, world.world_size, f"{corpus.train.n_tokens:,}",
              trainer_cfg.batch_size, seq_len, run_dir)

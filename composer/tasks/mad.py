@@ -323,8 +323,8 @@ TASKS: dict[str, Task] = {
 }
 
 
-def build_task_config(name: str, overrides: Mapping[str, Any] | None = None) -> Any:
-    """The task's config, baseline defaults with `overrides` applied; bad input raises ConfigError."""
+def task_config_from_mapping(name: str, data: Mapping[str, Any] | None = None) -> Any:
+    """Task `name`'s config: its baseline defaults with `data` applied; bad input raises ConfigError."""
     if name not in TASKS:
         raise ConfigError(f"unknown task {name!r} (valid tasks: {', '.join(TASKS)})")
-    return from_mapping(TASKS[name].config_cls, overrides, where="task")
+    return from_mapping(TASKS[name].config_cls, data, where="task")

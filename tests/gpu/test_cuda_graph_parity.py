@@ -18,7 +18,7 @@ import torch
 from composer.config import model_config_from_mapping
 from composer.engine.batches import ArrayBatches
 from composer.model import build_model
-from composer.tasks.mad import TASKS, build_task_config
+from composer.tasks.mad import TASKS, task_config_from_mapping
 from composer.engine.trainer import TrainerConfig, train
 from search.evaluator import Evaluator, evaluator_config_from_mapping
 from tests.gpu.parity import no_tf32, norm_err  # noqa: F401  (no_tf32: an autouse fixture)
@@ -39,7 +39,7 @@ class _StopsAt12(ArrayBatches):
 def _train(tmp_path, name, batches=ArrayBatches, **trainer):
     cfg = TrainerConfig(**{"max_tokens": 24 * 16 * 64, "batch_size": 16, "lr": 3e-3, "device": DEVICE.type,
                            "log_every": 1, "ckpt_every": 0, "progress": False, **trainer})
-    task_cfg = build_task_config("in_context_recall", {"length": 64, "n_train": 512, "n_test": 64})
+    task_cfg = task_config_from_mapping("in_context_recall", {"length": 64, "n_train": 512, "n_test": 64})
     x, y = TASKS["in_context_recall"].generate(task_cfg, n_examples=512, seed=0)
     model = build_model(model_config_from_mapping({"pattern": PATTERN, "vocab_size": 16, "d_model": 64, "mamba2": {
         "impl": "torch", "head_dim": 16, "chunk_size": 16}}, where="model"), seed=0)
