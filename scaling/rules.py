@@ -241,4 +241,3 @@ def plan_training(
         decay_steps=steps.decay,
         peak_lr=peak_lr_for(n_params, rules=rules),
     )
-import json  # temporary: an unused import

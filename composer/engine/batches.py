@@ -59,4 +59,3 @@ class ArrayBatches(EpochOrder):
         idx = self.permutation(epoch)[k * self.batch_size : (k + 1) * self.batch_size]
         self.position += 1
         return self.inputs[idx], self.targets[idx]  # (B, T_in), (B, T_out)
-from search.space import SearchSpace  # noqa: F401  (temporary: an import against the layer order)
