@@ -131,6 +131,38 @@ def _extrapolations(pattern: str) -> tuple[dict[str, dict[str, Any]], dict[str, 
     return targets, at_1b
 
 
+def _check_scores(task_scores: Mapping[str, Sequence[float]], seeds: Sequence[int]) -> tuple[list[int], dict[str, list[float]]]:
+    """The seeds (distinct, non-negative) and each task's scores (one number per seed), checked."""
+    seeds = [_check_count("seed", s, minimum=0) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds must be a non-empty list of distinct integers, got {seeds!r}")
+    if not isinstance(task_scores, Mapping) or not task_scores:
+        raise ConfigError("task_scores must be a non-empty mapping of task name -> one score per seed")
+    scores: dict[str, list[float]] = {}
+    for task, values in task_scores.items():
+        _check_text("task name", task)
+        values = [] if isinstance(values, (str, bytes)) else list(values)
+        if len(values) != len(seeds):
+            raise ConfigError(f"task {task!r} has {len(values)} scores for {len(seeds)} seeds {seeds}")
+        scores[task] = [_check_number(f"score of task {task!r}", v) for v in values]
+    return seeds, scores
+
+
+def _proxy_columns(pattern: str, *, d_model: int, vocab_size: int, seq_len: int,
+                   primitives: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The searched model's size and cost at the proxy's width, vocabulary and sequence length."""
+    configs, plain = _primitive_configs(primitives)
+    try:
+        model = ModelConfig(pattern=pattern, vocab_size=vocab_size, d_model=d_model, primitives=configs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"proxy model of {pattern!r}: {exc}") from None
+    proxy = account(model, seq_len=seq_len)
+    return {"d_model": proxy.d_model, "vocab_size": proxy.vocab_size, "seq_len": proxy.seq_len,
+            "n_layers": proxy.n_layers, "n_params": proxy.n_params,
+            "n_non_embedding_params": proxy.n_non_embedding_params,
+            "train_flops_per_token": proxy.train_flops_per_token, "primitives": plain}
+
+
 def architecture_record(
     pattern: str, *, search: str, strategy: str, role: str, aggregator: str | None,
     task_scores: Mapping[str, Sequence[float]], seeds: Sequence[int], proxy_d_model: int, proxy_vocab_size: int,
@@ -165,27 +197,9 @@ def architecture_record(
         _check_text(name, value)
     _check_text("aggregator", aggregator, optional=True)
     _check_text("run_dir", run_dir, optional=True)
-    seeds = [_check_count("seed", s, minimum=0) for s in seeds]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ConfigError(f"seeds must be a non-empty list of distinct integers, got {seeds!r}")
-    if not isinstance(task_scores, Mapping) or not task_scores:
-        raise ConfigError("task_scores must be a non-empty mapping of task name -> one score per seed")
-    scores: dict[str, list[float]] = {}
-    for task, values in task_scores.items():
-        _check_text("task name", task)
-        values = [] if isinstance(values, (str, bytes)) else list(values)
-        if len(values) != len(seeds):
-            raise ConfigError(f"task {task!r} has {len(values)} scores for {len(seeds)} seeds {seeds}")
-        scores[task] = [_check_number(f"score of task {task!r}", v) for v in values]
+    seeds, scores = _check_scores(task_scores, seeds)
     per_seed = [statistics.fmean(v[i] for v in scores.values()) for i in range(len(seeds))]  # mean over tasks
     tasks = {task: stats(values) for task, values in scores.items()}
-
-    configs, plain = _primitive_configs(primitives)
-    try:
-        model = ModelConfig(pattern=pattern, vocab_size=proxy_vocab_size, d_model=proxy_d_model, primitives=configs)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"proxy model of {pattern!r}: {exc}") from None
-    proxy = account(model, seq_len=seq_len)
     needle_scores = _check_needle(needle)
     targets, at_1b = _extrapolations(pattern)
     return {
@@ -204,12 +218,8 @@ def architecture_record(
         "score": {"mean": statistics.fmean(t["mean"] for t in tasks.values()),
                   "std": statistics.pstdev(per_seed), "n": len(seeds)},
         "attention_share": pattern.count("*") / len(pattern),
-        "proxy": {
-            "d_model": proxy.d_model, "vocab_size": proxy.vocab_size, "seq_len": proxy.seq_len,
-            "n_layers": proxy.n_layers, "n_params": proxy.n_params,
-            "n_non_embedding_params": proxy.n_non_embedding_params,
-            "train_flops_per_token": proxy.train_flops_per_token, "primitives": plain,
-        },
+        "proxy": _proxy_columns(pattern, d_model=proxy_d_model, vocab_size=proxy_vocab_size, seq_len=seq_len,
+                                primitives=primitives),
         "targets": targets,
         "at_1b": at_1b,
         "full_runs": {},
