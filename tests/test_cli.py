@@ -93,3 +93,8 @@ def test_wandb_logging_when_enabled(tmp_path, tiny, monkeypatch):
 def test_wandb_is_off_by_default(tmp_path, tiny):
     assert run_cli(*tiny, "model.pattern=*-", "trainer.max_tokens=2048", f"hydra.run.dir={tmp_path}").returncode == 0
     assert not (tmp_path / "wandb").exists()
+
+
+def test_bad_trainer_value_is_one_line(tmp_path, tiny):
+    line = _one_line_error(run_cli(*tiny, "trainer.lr=-1", f"hydra.run.dir={tmp_path}"))
+    assert "trainer: lr must be > 0" in line and "-1" in line

@@ -120,3 +120,48 @@ def test_ctrl_c_prints_the_command_that_resumes(tmp_path, tiny):
     resumed = run_cli(*command[1:])
     assert resumed.returncode == 0 and "resumed from" in resumed.stdout + resumed.stderr
     assert max(_losses(tmp_path)) == 80
+
+
+def _task_losses(run_dir, **trainer) -> dict[int, float]:
+    """train_on_task on a tiny recall task (2-layer proxy, 32 sequences a step): its train losses."""
+    from composer.runs.proxy import train_on_task
+    from composer.tasks.mad import RecallConfig
+
+    task = RecallConfig(n_train=256, n_test=64, length=32)
+    model = ModelConfig(pattern="*-", vocab_size=task.vocab_size, d_model=32)
+    cfg = TrainerConfig(max_tokens=3 * 32 * 32, batch_size=32, log_every=1, ckpt_every=0, progress=False,
+                        device="cpu", **trainer)
+    train_on_task(model_cfg=model, task_name="in_context_recall", task_cfg=task, trainer_cfg=cfg, seed=0,
+                  run_dir=run_dir)
+    return _losses(run_dir)
+
+
+def test_task_micro_batch_size_is_accumulation(tmp_path):
+    """micro_batch_size=8 of batch_size=32 is 4 micro-batches of 8 a step: exactly grad_accum=4."""
+    micro = _task_losses(tmp_path / "micro", micro_batch_size=8)
+    accum = _task_losses(tmp_path / "accum", grad_accum=4)
+    assert len(accum) == 3 and micro == accum
+
+
+@pytest.mark.parametrize("field, value", [
+    ("lr", -1.0), ("lr", 0.0), ("min_lr_ratio", 1.5), ("min_lr_ratio", -0.1), ("beta1", 1.0), ("beta2", -0.5),
+    ("weight_decay", -0.1), ("grad_clip", -1.0), ("max_tokens", 0), ("batch_tokens", -1), ("micro_batch_size", -2),
+    ("eval_every", -1), ("ckpt_every", -1), ("log_every", 0), ("peak_tflops", -1.0), ("device", "gpu"),
+    ("device", "cuda:x"), ("warmup", 2.0),
+])
+def test_every_trainer_field_is_checked(field, value):
+    with pytest.raises(ValueError, match=rf"^{field} "):
+        TrainerConfig(**{field: value})
+
+
+def test_shipped_trainer_configs_pass_the_checks():
+    import yaml
+    from pathlib import Path
+
+    from composer.config import from_mapping
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    for path in [*(configs / "trainer").glob("*.yaml"), *(configs / "search" / "evaluator").glob("*.yaml")]:
+        data = yaml.safe_load(path.read_text())
+        trainer = data if path.parent.name == "trainer" else data.get("trainer") or {}
+        from_mapping(TrainerConfig, trainer, where="trainer")

@@ -13,15 +13,11 @@ the step in which SIGTERM or SIGUSR1 arrived (preemption). Only rank 0 writes re
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import signal
-import sys
 import threading
-import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -30,14 +26,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from composer.engine import checkpoint as ckpt
 from composer.engine import distributed
 from composer.engine.batches import IGNORE, Batches
 from composer.errors import ComposerError, ConfigError
-from composer.engine.graphs import GRAPH_WARMUP, INTERRUPT, StepGraph, compile_guard, release_memory, side_stream
+from composer.engine.graphs import (GRAPH_WARMUP, INTERRUPT, Batch, StepGraph, compile_guard, release_memory,
+                                    side_stream)
 from composer.engine.loss import chunked_loss_and_correct
+from composer.engine.meter import Meter, Records
 from composer.records import write_json
 
 log = logging.getLogger(__name__)
@@ -101,6 +98,39 @@ class TrainerConfig:
             raise ValueError(f"batch_size ({self.batch_size}) must be a positive multiple of grad_accum ({self.grad_accum})")
         if not 0 <= self.warmup <= 1 or not 0 <= self.decay <= 1:
             raise ValueError("warmup and decay are fractions of the run, between 0 and 1")
+        for name, ok, requirement in _RANGES:  # a bad value fails here, not later inside torch
+            if not ok(value := getattr(self, name)):
+                raise ValueError(f"{name} must be {requirement}, got {value!r}")
+        if not _known_device(self.device):
+            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+
+
+# TrainerConfig's numeric fields: (name, check, what the check asks); NaN fails every check.
+_RANGES: tuple[tuple[str, Callable[[float], bool], str], ...] = (
+    ("max_tokens", lambda v: v > 0, "> 0"),
+    ("batch_tokens", lambda v: v >= 0, ">= 0"),
+    ("micro_batch_size", lambda v: v >= 0, ">= 0"),
+    ("lr", lambda v: 0 < v < math.inf, "> 0 and finite"),
+    ("min_lr_ratio", lambda v: 0 <= v <= 1, "between 0 and 1"),
+    ("weight_decay", lambda v: v >= 0, ">= 0"),
+    ("beta1", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("beta2", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("grad_clip", lambda v: v >= 0, ">= 0 (0 disables clipping)"),
+    ("eval_every", lambda v: v >= 0, ">= 0 (0: only at the end)"),
+    ("ckpt_every", lambda v: v >= 0, ">= 0 (0: only at the end)"),
+    ("log_every", lambda v: v >= 1, ">= 1"),
+    ("peak_tflops", lambda v: v >= 0, ">= 0 (0: a known GPU's peak)"),
+)
+
+
+def _known_device(name: str) -> bool:
+    """Whether `name` is "auto" or a device string torch parses, of a type the trainer runs on."""
+    if name == "auto":
+        return True
+    try:
+        return torch.device(name).type in ("cpu", "cuda", "mps")
+    except RuntimeError:
+        return False
 
 
 def for_length(cfg: TrainerConfig, seq_len: int) -> TrainerConfig:
@@ -248,38 +278,6 @@ def evaluate(
     return {"loss": loss / max(counted, 1), "accuracy": correct / max(counted, 1)}
 
 
-class _Records:
-    """metrics.jsonl (append-only, truncated back to the checkpoint on resume) and optional wandb."""
-
-    def __init__(self, run_dir: Path, *, resume_step: int | None, cfg: TrainerConfig, config: dict[str, Any],
-                 enabled: bool = True) -> None:
-        self.path, self.enabled, self.wandb = run_dir / "metrics.jsonl", enabled, None
-        if not enabled:
-            return
-        if resume_step is not None and self.path.exists():  # drop records past the checkpoint
-            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
-        elif resume_step is None:
-            self.path.write_text("")
-        if cfg.wandb:
-            import wandb
-
-            self.wandb = wandb.init(project=cfg.wandb_project, dir=str(run_dir), config=config, resume="allow",
-                                    id="composer-" + hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:12])
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.wandb is not None:
-            self.wandb.log(record, step=record["step"])
-
-    def close(self) -> None:
-        if self.wandb is not None:
-            self.wandb.finish()
-
-
 def _bf16(cfg: TrainerConfig, device: torch.device) -> bool:
     return cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
 
@@ -300,6 +298,220 @@ def prepare(module: Objective, cfg: TrainerConfig, device: torch.device) -> None
     module.to(device)
     if torch.distributed.is_initialized():
         distributed.shard(module, layers, bf16=_bf16(cfg, device))
+
+
+class _Preemption:
+    """With `save_on_signal`, SIGTERM and SIGUSR1 are noted as they arrive and acted on at the end of
+    the step (a checkpoint, then `Preempted`): a handler must not checkpoint mid-step. Only the main
+    thread can take signals; a run in another thread (search.evaluator's) keeps the process's handlers."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.received: list[int] = []  # signals that arrived; acted on at the end of a step
+        self.handlers: dict[int, Any] = {}  # the handlers to restore
+
+    def install(self) -> None:
+        if self.enabled and threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGUSR1):
+                self.handlers[signum] = signal.signal(signum, lambda signum, frame: self.received.append(signum))
+
+    def restore(self) -> None:
+        for signum, handler in self.handlers.items():
+            signal.signal(signum, handler)
+
+    def requested(self, device: torch.device) -> bool:
+        """Whether any rank received a signal (a collective: every rank asks after every step)."""
+        return self.enabled and distributed.any_rank(bool(self.received), device)
+
+    @property
+    def signum(self) -> int:
+        return self.received[0] if self.received else signal.SIGTERM
+
+
+class Trainer:
+    """One run of `train`, in named pieces (after torchtitan's Trainer): setup and resume here;
+    `run` loops over `train_step` (eager, or a captured CUDA graph) and `between_steps` (evaluation,
+    interruption, preemption, checkpoints); `Meter` times and records."""
+
+    def __init__(self, module: nn.Module, *, train_batches: Batches, eval_batches: list[Batch], seq_len: int,
+                 cfg: TrainerConfig, run_dir: Path, signature: dict[str, Any], summary: dict[str, Any] | None = None,
+                 flops_per_token: float | None = None) -> None:
+        self.module = module if isinstance(module, Objective) else Objective(module)
+        self.train_batches, self.eval_batches, self.cfg = train_batches, eval_batches, cfg
+        self.run_dir, self.signature = run_dir, signature
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.world, self.sharded = distributed.current(), torch.distributed.is_initialized()
+        self.device = resolve_device(cfg.device)
+        _, self.accum = micro_batches(cfg, self.world.world_size)
+        prepare(self.module, cfg, self.device)
+        self.graphed = cfg.cuda_graph and self.device.type == "cuda" and not self.sharded
+        self.optimizer = torch.optim.AdamW(param_groups(self.module, cfg.weight_decay), lr=cfg.lr,
+                                           betas=(cfg.beta1, cfg.beta2), fused=self.device.type == "cuda")
+        self.tokens_per_step = cfg.batch_size * seq_len  # over all ranks
+        self.total_steps = max(1, cfg.max_tokens // self.tokens_per_step)
+        self.summary = self._skeleton(summary, flops_per_token)
+        peak = peak_flops(cfg, self.device)
+        resumed = self._resume()
+        self.step = self.start_step = 0 if resumed is None else resumed
+        records = Records(run_dir, resume_step=resumed, cfg=cfg, config={**signature, "trainer": asdict(cfg)},
+                          enabled=self.world.main)
+        self.meter = Meter(records, cfg=cfg, total_steps=self.total_steps, tokens_per_step=self.tokens_per_step,
+                           flops_per_token=flops_per_token, peak=peak, world=self.world)
+        self.preemption = _Preemption(cfg.save_on_signal)
+        self.graph: StepGraph | None = None
+
+    def _skeleton(self, summary: dict[str, Any] | None, flops_per_token: float | None) -> dict[str, Any]:
+        """summary.json before training: the caller's keys, the signature, and how the step runs."""
+        cfg, cuda = self.cfg, self.device.type == "cuda"
+        summary = {**(summary or {}), **self.signature, "world_size": self.world.world_size}
+        summary["impl"] = {**summary.get("impl", {}), "loss": self.module.loss_impl, "compile": cfg.compile,
+                           "step": "cuda_graph" if self.graphed else "eager",
+                           "optimizer": "AdamW (fused)" if cuda else "AdamW"}
+        if flops_per_token:
+            summary["train_flops_per_token"] = flops_per_token
+        return summary
+
+    def _resume(self) -> int | None:
+        """Load the run folder's checkpoint (model, optimizer, data position) if any: its step."""
+        meta = ckpt.load(self.run_dir, model=self.module, optimizer=self.optimizer, device=self.device,
+                         distributed=self.sharded, signature=self.signature)
+        if meta is None:
+            return None
+        self.train_batches.load_state_dict(meta["data"])
+        log.info("resumed from %s at step %d of %d", self.run_dir, meta["step"], self.total_steps)
+        return meta["step"]
+
+    def run(self) -> dict[str, Any]:
+        """Train to the budget, checkpoint, evaluate; summary.json says how it ended."""
+        self.preemption.install()
+        self.module.train()
+        self.meter.start(self.step)
+        stream = side_stream(self.device) if self.graphed else nullcontext()
+        try:
+            with stream:
+                while self.step < self.total_steps:
+                    self.train_step()
+                    self.between_steps()
+                final = self._finish()
+        except DivergedError as exc:
+            self._write_summary({**self.summary, "status": "diverged", "error": str(exc), "step": self.step})
+            raise
+        finally:
+            self.preemption.restore()
+            self.meter.close()
+        return self._completed(final)
+
+    def train_step(self) -> None:
+        """One optimiser step on the next batches, then its metering."""
+        lr = self.cfg.lr * lr_multiplier(self.step, total=self.total_steps, cfg=self.cfg)
+        batches = self._next_batches()
+        if self.graphed and self.graph is None and self.step - self.start_step >= GRAPH_WARMUP:
+            with compile_guard(self.cfg):
+                self.graph = StepGraph(self.optimizer, batches, self._forward_backward, self._update)
+        if self.graph is not None:
+            self.graph.run(lr, batches)
+            loss_t, norm_t = self.graph.loss, self.graph.grad_norm
+        else:
+            loss_t, norm_t = self._eager_step(lr, batches)
+        self.step += 1
+        self._measure(lr, loss_t, norm_t)
+
+    def _next_batches(self) -> list[Batch]:
+        return [tuple(t.to(self.device, non_blocking=True) for t in self.train_batches.next_batch())
+                for _ in range(self.accum)]
+
+    def _eager_step(self, lr: float, batches: list[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step on the current stream (also the graph's warmup): the mean loss and gradient norm."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with compile_guard(self.cfg):
+            loss_t = distributed.all_mean(self._forward_backward(batches))
+            if not self.graphed:  # stop before a diverged step updates the weights
+                _check_finite(loss_t.item(), self.step, lr)
+            norm_t = self._update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_t, norm_t
+
+    def _forward_backward(self, batches: list[Batch]) -> torch.Tensor:
+        """The step's mean loss over its micro-batches, gradients accumulated."""
+        loss_sum = torch.zeros((), device=self.device)
+        for micro, (inputs, targets) in enumerate(batches):
+            distributed.set_gradient_sync(self.module, micro == self.accum - 1)  # FSDP2 reduces once per step
+            # a graph must re-cast the weights every replay: no autocast cache
+            with _autocast(self.cfg, self.device, cache=not self.graphed):
+                micro_loss, _, counted = self.module(inputs, targets)
+            micro_loss = micro_loss / counted.clamp(min=1)  # each micro-batch weighs the same
+            (micro_loss / self.accum).backward()  # FSDP averages the gradients over ranks at the last
+            loss_sum += micro_loss.detach()
+        return loss_sum / self.accum
+
+    def _update(self) -> torch.Tensor:
+        """Clip and step; the gradient norm before clipping."""
+        grad_norm = nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.grad_clip or float("inf"))
+        self.optimizer.step()
+        return grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+
+    def _measure(self, lr: float, loss_t: torch.Tensor, norm_t: torch.Tensor) -> None:
+        """The bar's tick; at logged or reported steps the loss is read (a host sync: a graph's only
+        divergence check) and recorded."""
+        self.meter.bar.update(1)
+        if self.meter.due(self.step):
+            loss, grad_norm = loss_t.item(), norm_t.item()
+            _check_finite(loss, self.step - 1, lr)
+            self.meter.train(self.step, loss=loss, lr=lr, grad_norm=grad_norm)
+
+    def between_steps(self) -> None:
+        """What runs after a step: periodic evaluation, another run's Ctrl-C, preemption, checkpoints."""
+        cfg, step, last = self.cfg, self.step, self.step >= self.total_steps
+        if cfg.eval_every and step % cfg.eval_every == 0 and not last:
+            self._evaluate()
+        if INTERRUPT.is_set():
+            raise KeyboardInterrupt("another run of this process was interrupted")
+        if self.preemption.requested(self.device):
+            self._preempt()
+        if cfg.ckpt_every and step % cfg.ckpt_every == 0 and not last:
+            self._checkpoint()
+
+    def _preempt(self) -> None:
+        self._checkpoint()
+        signum = self.preemption.signum
+        message = (f"{signal.Signals(signum).name} received: checkpointed at step {self.step} of {self.total_steps} "
+                   f"in {self.run_dir}; run the same command again to resume")
+        self._write_summary({**self.summary, "status": "preempted", "step": self.step})
+        raise Preempted(message, signum)
+
+    def _checkpoint(self) -> None:
+        ckpt.save(self.run_dir, model=self.module, optimizer=self.optimizer, device=self.device,
+                  distributed=self.sharded,
+                  meta={"step": self.step, "data": self.train_batches.state_dict(), "signature": self.signature})
+
+    def _evaluate(self) -> dict[str, float]:
+        with compile_guard(self.cfg):
+            metrics = evaluate(self.module, self.eval_batches, cfg=self.cfg, device=self.device)
+        self.meter.eval(self.step, metrics)
+        return metrics
+
+    def _finish(self) -> dict[str, float]:
+        """After the last step: free the graph's memory, checkpoint, and the final evaluation."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.graph is not None:
+            self.graph = None
+            release_memory()  # the graph's memory pool
+        self._checkpoint()
+        return self._evaluate()
+
+    def _completed(self, final: dict[str, float]) -> dict[str, Any]:
+        elapsed = self.meter.elapsed()
+        summary = {**self.summary, "status": "completed", "step": self.step, "tokens": self.step * self.tokens_per_step,
+                   "train_seconds": round(elapsed, 2), "final": final, **self.meter.throughput(self.step, elapsed)}
+        if self.device.type == "cuda":
+            summary["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 2)
+        self._write_summary(summary)
+        return summary
+
+    def _write_summary(self, summary: dict[str, Any]) -> None:
+        if self.world.main:  # only rank 0 writes records
+            write_json(self.run_dir / "summary.json", summary)
 
 
 def train(
@@ -328,161 +540,5 @@ def train(
     at logged steps. Without a graph the step runs on the current stream, as a thread of
     `search.evaluator` sets it.
     """
-    if not isinstance(module, Objective):
-        module = Objective(module)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    world, sharded = distributed.current(), torch.distributed.is_initialized()
-    device = resolve_device(cfg.device)
-    _, accum = micro_batches(cfg, world.world_size)
-    prepare(module, cfg, device)
-    graphed = cfg.cuda_graph and device.type == "cuda" and not sharded
-    optimizer = torch.optim.AdamW(param_groups(module, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                                  fused=device.type == "cuda")
-    tokens_per_step = cfg.batch_size * seq_len  # over all ranks
-    total_steps = max(1, cfg.max_tokens // tokens_per_step)
-    summary = {**(summary or {}), **signature, "world_size": world.world_size}
-    summary["impl"] = {**summary.get("impl", {}), "loss": module.loss_impl, "compile": cfg.compile,
-                       "step": "cuda_graph" if graphed else "eager",
-                       "optimizer": "AdamW (fused)" if device.type == "cuda" else "AdamW"}
-    if flops_per_token:
-        summary["train_flops_per_token"] = flops_per_token
-    peak = peak_flops(cfg, device)
-
-    meta = ckpt.load(run_dir, model=module, optimizer=optimizer, device=device, distributed=sharded, signature=signature)
-    step = 0
-    if meta is not None:
-        train_batches.load_state_dict(meta["data"])
-        step = meta["step"]
-        log.info("resumed from %s at step %d of %d", run_dir, step, total_steps)
-    records = _Records(run_dir, resume_step=step if meta is not None else None, cfg=cfg,
-                       config={**signature, "trainer": asdict(cfg)}, enabled=world.main)
-
-    def checkpoint() -> None:
-        ckpt.save(run_dir, model=module, optimizer=optimizer, device=device, distributed=sharded,
-                  meta={"step": step, "data": train_batches.state_dict(), "signature": signature})
-
-    def run_eval() -> dict[str, float]:
-        with compile_guard(cfg):
-            metrics = evaluate(module, eval_batches, cfg=cfg, device=device)
-        records.write({"step": step, "tokens": step * tokens_per_step, **{f"eval/{k}": v for k, v in metrics.items()}})
-        if world.main:
-            log.info("step %d: eval loss %.4f, accuracy %.4f", step, metrics["loss"], metrics["accuracy"])
-        return metrics
-
-    def forward_backward(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """The step's mean loss over its micro-batches, gradients accumulated."""
-        loss_sum = torch.zeros((), device=device)
-        for micro, (inputs, targets) in enumerate(batches):
-            distributed.set_gradient_sync(module, micro == accum - 1)  # FSDP2 reduces once per step
-            with _autocast(cfg, device, cache=not graphed):  # a graph must re-cast the weights every replay
-                micro_loss, _, counted = module(inputs, targets)
-            micro_loss = micro_loss / counted.clamp(min=1)  # each micro-batch weighs the same
-            (micro_loss / accum).backward()  # FSDP averages the gradients over ranks at the last
-            loss_sum += micro_loss.detach()
-        return loss_sum / accum
-
-    def update() -> torch.Tensor:
-        """Clip and step; the gradient norm before clipping."""
-        grad_norm = nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip or float("inf"))
-        optimizer.step()
-        return grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-
-    def next_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [tuple(t.to(device, non_blocking=True) for t in train_batches.next_batch()) for _ in range(accum)]
-
-    received: list[int] = []  # signals that arrived; acted on at the end of a step
-    handlers = {}
-    if cfg.save_on_signal and threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGUSR1):
-            handlers[signum] = signal.signal(signum, lambda signum, frame: received.append(signum))
-
-    module.train()
-    interactive = cfg.progress and world.main and sys.stderr.isatty()
-    bar = tqdm(total=total_steps, initial=step, disable=not interactive, desc="train", unit="step", dynamic_ncols=True)
-    report_every = max(1, total_steps // 10)
-    started, tic, start_step = time.perf_counter(), time.perf_counter(), step
-    step_graph: StepGraph | None = None
-    stream = side_stream(device) if graphed else nullcontext()
-    try:
-        with stream:
-            while step < total_steps:
-                lr = cfg.lr * lr_multiplier(step, total=total_steps, cfg=cfg)
-                logged = (step + 1) % cfg.log_every == 0 or step + 1 == total_steps
-                reported = cfg.progress and ((step + 1) % report_every == 0 or step + 1 == total_steps)
-                batches = next_batches()
-                if graphed and step_graph is None and step - start_step >= GRAPH_WARMUP:
-                    with compile_guard(cfg):
-                        step_graph = StepGraph(optimizer, batches, forward_backward, update)
-                if step_graph is not None:
-                    step_graph.run(lr, batches)
-                    loss_t, norm_t = step_graph.loss, step_graph.grad_norm
-                else:
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                    with compile_guard(cfg):
-                        loss_t = distributed.all_mean(forward_backward(batches))
-                        if not graphed:  # stop before a diverged step updates the weights
-                            _check_finite(loss_t.item(), step, lr)
-                        norm_t = update()
-                    optimizer.zero_grad(set_to_none=True)
-                step += 1
-                bar.update(1)
-                if logged or reported:
-                    loss, grad_norm = loss_t.item(), norm_t.item()
-                    _check_finite(loss, step - 1, lr)
-                if logged:
-                    toc = time.perf_counter()
-                    n_steps = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
-                    tokens_per_s = n_steps * tokens_per_step / (toc - tic)
-                    record = {"step": step, "tokens": step * tokens_per_step, "train/loss": loss, "train/lr": lr,
-                              "train/grad_norm": grad_norm, "train/tokens_per_s": tokens_per_s}
-                    if flops_per_token and peak:
-                        record["train/mfu"] = tokens_per_s * flops_per_token / (world.world_size * peak)
-                    records.write(record)
-                    bar.set_postfix(loss=f"{loss:.4f}")
-                    tic = toc
-                if reported and not interactive and world.main:
-                    elapsed = time.perf_counter() - started
-                    log.info("step %d/%d  loss %.4f  lr %.2e  %.0f tokens/s", step, total_steps, loss, lr,
-                             (step - start_step) * tokens_per_step / elapsed)
-                if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
-                    run_eval()
-                if INTERRUPT.is_set():
-                    raise KeyboardInterrupt("another run of this process was interrupted")
-                if cfg.save_on_signal and distributed.any_rank(bool(received), device):
-                    checkpoint()
-                    signum = received[0] if received else signal.SIGTERM
-                    message = (f"{signal.Signals(signum).name} received: checkpointed at step {step} of {total_steps} "
-                               f"in {run_dir}; run the same command again to resume")
-                    if world.main:
-                        write_json(run_dir / "summary.json", {**summary, "status": "preempted", "step": step})
-                    raise Preempted(message, signum)
-                if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < total_steps:
-                    checkpoint()
-            optimizer.zero_grad(set_to_none=True)
-            if step_graph is not None:
-                step_graph = None
-                release_memory()  # the graph's memory pool
-            checkpoint()
-            final = run_eval()
-    except DivergedError as exc:
-        if world.main:
-            write_json(run_dir / "summary.json", {**summary, "status": "diverged", "error": str(exc), "step": step})
-        raise
-    finally:
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
-        bar.close()
-        records.close()
-    elapsed = time.perf_counter() - started
-    summary = {**summary, "status": "completed", "step": step, "tokens": step * tokens_per_step,
-               "train_seconds": round(elapsed, 2), "final": final}
-    if step > start_step:
-        summary["tokens_per_s"] = round((step - start_step) * tokens_per_step / elapsed, 1)
-        if flops_per_token and peak:
-            summary["mfu"] = summary["tokens_per_s"] * flops_per_token / (world.world_size * peak)
-    if device.type == "cuda":
-        summary["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-    if world.main:
-        write_json(run_dir / "summary.json", summary)
-    return summary
+    return Trainer(module, train_batches=train_batches, eval_batches=eval_batches, seq_len=seq_len, cfg=cfg,
+                   run_dir=run_dir, signature=signature, summary=summary, flops_per_token=flops_per_token).run()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from composer.engine import distributed
 from composer.config import ModelConfig
@@ -35,6 +36,26 @@ def environment() -> dict[str, Any]:
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "host": platform.node()}
 
 
+def _setup(
+    *, model_cfg: ModelConfig, trainer_cfg: TrainerConfig, seed: int, data: dict[str, Any],
+    summary: dict[str, Any] | None = None,
+) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """What every run starts from: the model (deterministic for `seed`) on the trainer's device; the
+    signature that defines the run (a checkpoint is only resumed under the same one), `data` naming
+    what it trains on; and summary.json's account of the model and environment, after `summary`."""
+    model = build_model(model_cfg, seed=seed).to(resolve_device(trainer_cfg.device))
+    signature = {"pattern": model_cfg.pattern, "seed": seed, "model": asdict(model_cfg), **data}
+    summary = {
+        **(summary or {}),
+        **count_parameters(model_cfg),
+        "n_layers": model_cfg.n_layers,
+        "layers": count_primitives(model_cfg.pattern),
+        "impl": model.impl_report(),
+        "environment": environment(),
+    }
+    return model, signature, summary
+
+
 def train_on_task(
     *, model_cfg: ModelConfig, task_name: str, task_cfg: Any, trainer_cfg: TrainerConfig, seed: int, run_dir: Path
 ) -> dict[str, Any]:
@@ -46,24 +67,15 @@ def train_on_task(
     train_x, train_y = task.generate(task_cfg, n_examples=task_cfg.n_train, seed=2 * seed)
     test_x, test_y = task.generate(task_cfg, n_examples=task_cfg.n_test, seed=2 * seed + 1)
     trainer_cfg = for_length(trainer_cfg, train_x.shape[1])
-    device = resolve_device(trainer_cfg.device)
-    model = build_model(model_cfg, seed=seed).to(device)
+    micro, _ = micro_batches(trainer_cfg, distributed.current().world_size)  # the trainer draws as many per step
+    model, signature, summary = _setup(model_cfg=model_cfg, trainer_cfg=trainer_cfg, seed=seed,
+                                       data={"task": task_name, "task_config": asdict(task_cfg)})
     head = None
     if task.build_head is not None:
         with seeded(seed + 1):
             head = task.build_head(task_cfg, model_cfg.d_model)
-    micro = trainer_cfg.batch_size // trainer_cfg.grad_accum
+    device = resolve_device(trainer_cfg.device)
     eval_batches = [(test_x[i : i + micro], test_y[i : i + micro]) for i in range(0, len(test_x), micro)]
-    # What defines the run: a checkpoint is only resumed under the same signature.
-    signature = {"pattern": model_cfg.pattern, "task": task_name, "seed": seed, "model": asdict(model_cfg),
-                 "task_config": asdict(task_cfg)}
-    summary = {
-        **count_parameters(model_cfg),
-        "n_layers": model_cfg.n_layers,
-        "layers": count_primitives(model_cfg.pattern),
-        "impl": model.impl_report(),
-        "environment": environment(),
-    }
     return train(
         Objective(model, head),
         train_batches=ArrayBatches(train_x.to(device), train_y.to(device), batch_size=micro, seed=seed),
@@ -106,18 +118,8 @@ def train_on_text(
     world = distributed.current()
     trainer_cfg = for_length(trainer_cfg, seq_len)
     micro, _ = micro_batches(trainer_cfg, world.world_size)  # ConfigError unless batch_size divides evenly
-    model = build_model(model_cfg, seed=seed).to(resolve_device(trainer_cfg.device))
-    # What defines the run: a checkpoint is only resumed under the same signature.
-    signature = {"pattern": model_cfg.pattern, "seed": seed, "model": asdict(model_cfg),
-                 "corpus": describe_corpus(corpus), "seq_len": seq_len}
-    summary = {
-        **(summary or {}),
-        **count_parameters(model_cfg),
-        "n_layers": model_cfg.n_layers,
-        "layers": count_primitives(model_cfg.pattern),
-        "impl": model.impl_report(),
-        "environment": environment(),
-    }
+    model, signature, summary = _setup(model_cfg=model_cfg, trainer_cfg=trainer_cfg, seed=seed, summary=summary,
+                                       data={"corpus": describe_corpus(corpus), "seq_len": seq_len})
     result = train(
         Objective(model),
         train_batches=TextBatches(corpus.train, batch_size=micro, seq_len=seq_len, seed=seed, rank=world.rank,
