@@ -50,7 +50,8 @@ from composer.config import ModelConfig
 from composer.errors import ConfigError
 from composer.model import build_model
 from composer.records import write_json
-from composer.engine.trainer import Objective, TrainerConfig, param_groups, peak_flops, prepare
+from composer.engine.trainer import TrainerConfig, param_groups, peak_flops, prepare
+from composer.engine.objective import Objective
 from primitives.mlp import MLPConfig
 from scaling.accounting import count_parameters, train_flops_per_token
 from scaling.extrapolate import scale_ratio

@@ -22,7 +22,8 @@ from composer.model import build_model
 from composer.runs.proxy import train_on_text
 from composer.data.text import TextSource, load_corpus, resolve_files
 from composer.data.tokenizer import ByteTokenizer
-from composer.engine.trainer import CHECKPOINT, Objective, TrainerConfig
+from composer.engine.trainer import CHECKPOINT, TrainerConfig
+from composer.engine.objective import Objective
 from search.evaluator import Evaluator, evaluator_config_from_mapping
 from search.runner import plain, search_config_from_mapping
 from tests.conftest import run_cli

@@ -16,7 +16,8 @@ from composer.engine.batches import IGNORE
 from composer.errors import ConfigError
 from composer.engine.loss import chunk_rows, chunked_loss_and_correct
 from composer.model import build_model
-from composer.engine.trainer import Objective, TrainerConfig, loss_and_correct, resolve_loss
+from composer.engine.trainer import TrainerConfig, resolve_loss
+from composer.engine.objective import Objective, loss_and_correct
 from primitives.mamba2 import Mamba2Config
 from tests.test_pretrain import MODEL, curve, make_corpus, run
 

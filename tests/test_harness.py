@@ -21,7 +21,8 @@ from composer.evals.export import export_checkpoint, save_pretrained  # noqa: E4
 from composer.apps.eval import main  # noqa: E402
 from composer.evals.harness import ComposerLM, score_windows  # noqa: E402
 from composer.model import build_model  # noqa: E402
-from composer.engine.trainer import Objective, TrainerConfig, train  # noqa: E402
+from composer.engine.trainer import TrainerConfig, train  # noqa: E402
+from composer.engine.objective import Objective
 from conftest import cli_env  # noqa: E402
 
 PAIRS = {"red": "apple", "yellow": "banana", "green": "lime", "purple": "grape",

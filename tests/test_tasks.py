@@ -9,7 +9,7 @@ import torch
 from composer.errors import ConfigError
 from composer.engine.batches import IGNORE
 from composer.tasks.mad import TASKS, task_config_from_mapping
-from composer.engine.trainer import loss_and_correct
+from composer.engine.objective import loss_and_correct
 
 
 def accuracy_and_count(logits, targets):

@@ -1,6 +1,6 @@
 """The language-modelling loss without the full logits: a fused-linear, chunked cross-entropy.
 
-The plain path (`composer.engine.trainer.loss_and_correct`) computes logits = hidden @ Wᵀ for every
+The plain path (`composer.engine.objective.loss_and_correct`) computes logits = hidden @ Wᵀ for every
 position and takes the cross-entropy in fp32: at a 128K vocabulary that is 4 GiB of fp32 logits
 per 8K tokens, and as much again for their gradient. Here the positions are taken a chunk at a
 time: a chunk's logits, its loss, and at once its share of the gradients of the hidden states and

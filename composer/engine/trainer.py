@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from composer.engine import checkpoint as ckpt
@@ -33,7 +32,7 @@ from composer.engine.batches import IGNORE, Batches
 from composer.errors import ComposerError, ConfigError
 from composer.engine.graphs import (GRAPH_WARMUP, INTERRUPT, Batch, StepGraph, compile_guard, release_memory,
                                     side_stream)
-from composer.engine.loss import chunked_loss_and_correct
+from composer.engine.objective import Objective
 from composer.engine.meter import Meter, Records
 from composer.records import write_json
 
@@ -190,48 +189,12 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-class Objective(nn.Module):
-    """The trained module: the model, plus a task's own output head when the task has one (compression).
-
-    forward(tokens) gives the logits; forward(tokens, targets) the summed loss, correct predictions
-    and counted positions (`loss_and_correct`). The loss runs inside forward because that is where
-    FSDP2 has gathered the head weight; `loss_impl` ("full" or "chunked", set by the trainer from
-    `trainer.loss`) says whether it materialises the full logits."""
-
-    def __init__(self, model: nn.Module, head: nn.Module | None = None, *, loss_impl: str = "full") -> None:
-        super().__init__()
-        self.model, self.head, self.loss_impl = model, head, loss_impl
-
-    def forward(
-        self, tokens: torch.Tensor, targets: torch.Tensor | None = None
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if targets is None:
-            return self._logits(tokens)
-        if self.loss_impl == "chunked":
-            return chunked_loss_and_correct(self.model.hidden(tokens), self.model.head_weight, targets)
-        return loss_and_correct(self._logits(tokens), targets)
-
-    def _logits(self, tokens: torch.Tensor) -> torch.Tensor:
-        if self.head is None:
-            return self.model(tokens)  # (B, T, V)
-        return self.head(self.model.hidden(tokens))  # (B, T_out, V)
-
-
 def resolve_loss(cfg: TrainerConfig, module: Objective) -> str:
     """The loss path to run, "full" or "chunked"; chunked needs the LM head (not a task's own head)."""
     if module.head is not None and cfg.loss == "chunked":
         raise ConfigError("trainer.loss=chunked needs the LM head, but this task has its own output head; "
                           "use trainer.loss=full")
     return cfg.loss
-
-
-def loss_and_correct(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Summed cross-entropy, correct predictions and counted positions, over target positions only."""
-    flat_logits, flat_targets = logits.float().flatten(0, -2), targets.flatten()
-    loss_sum = F.cross_entropy(flat_logits, flat_targets, ignore_index=IGNORE, reduction="sum")
-    counted = flat_targets != IGNORE
-    correct = ((flat_logits.argmax(-1) == flat_targets) & counted).sum()
-    return loss_sum, correct, counted.sum()
 
 
 def resolve_device(name: str) -> torch.device:

@@ -196,7 +196,7 @@ def make_probes(
 
 def probe_tensors(probes: Sequence[Probe]) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs (N, L), targets (N, L)): targets are IGNORE except at the answer, so the probes can be
-    scored by `trainer.loss_and_correct` or trained on by the shared trainer."""
+    scored by `objective.loss_and_correct` or trained on by the shared trainer."""
     tokens = torch.from_numpy(np.stack([p.tokens for p in probes]))  # (N, L + 1)
     targets = tokens[:, 1:].clone()
     for row, p in enumerate(probes):

@@ -23,7 +23,8 @@ from composer.pattern import count_primitives
 from composer.records import git, head_commit, write_json
 from composer.tasks.mad import TASKS
 from composer.data.text import TextBatches, TextCorpus, val_batches
-from composer.engine.trainer import Objective, TrainerConfig, for_length, micro_batches, resolve_device, train
+from composer.engine.trainer import TrainerConfig, for_length, micro_batches, resolve_device, train
+from composer.engine.objective import Objective
 from scaling.accounting import count_parameters, train_flops_per_token
 
 

@@ -16,7 +16,7 @@ from composer.config import ModelConfig
 from composer.engine.batches import IGNORE
 from composer.engine.loss import chunked_loss_and_correct
 from composer.model import build_model
-from composer.engine.trainer import Objective, loss_and_correct
+from composer.engine.objective import Objective, loss_and_correct
 from tests.gpu.parity import no_tf32, norm_err, rel_err  # noqa: F401  (no_tf32: an autouse fixture)
 
 DEVICE = torch.device("cuda")
