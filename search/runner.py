@@ -42,7 +42,8 @@ from search.evaluator import EvaluatorConfig, evaluator_config_from_mapping
 from search.leaderboard import records, store
 from search.leaderboard.records import stats
 from search.space import SearchSpace, pattern_hash
-from search.strategies import STRATEGIES, Strategy, end_layer, make_strategy, middle_layer, run_incremental
+from search.strategies import (STRATEGIES, Strategy, end_layer, make_strategy, middle_layer, read_patterns,
+                               run_incremental)
 from search.study import completed_results, count_evaluations, failed_patterns, open_study, run_trials, running_alive
 
 log = logging.getLogger("composer.search")
@@ -55,15 +56,16 @@ PHASES = ("all", "work", "finalize")
 
 @dataclass(frozen=True, kw_only=True)
 class StrategyConfig:
-    name: str = "gp"  # random | tpe | gp | evolution | end_layer | middle_layer
+    name: str = "gp"  # random | tpe | gp | evolution | end_layer | middle_layer | list
     options: Mapping[str, Any] = field(default_factory=dict)  # to the sampler (n_startup_trials, population_size...)
+    patterns: tuple[str, ...] | str = ()  # list: the patterns to evaluate, or a file of one pattern a line
     efficiency: str = "state_bytes_32k"  # evolution: the cost minimised beside quality
     base: str = "gp"  # incremental: the strategy searching each round's block
     rounds: int = 2  # incremental: rounds of `space.length` layers each
     start: str = ""  # incremental: the pattern the first round grows from
 
     def __post_init__(self) -> None:
-        valid = (*STRATEGIES, *INCREMENTAL)
+        valid = (*STRATEGIES, *INCREMENTAL, "list")
         if self.name not in valid:
             raise ConfigError(f"unknown search strategy {self.name!r}; valid: {', '.join(valid)}")
         if self.efficiency not in EFFICIENCY:
@@ -72,6 +74,12 @@ class StrategyConfig:
             raise ConfigError(f"strategy.base must be one of random, tpe, gp, got {self.base!r}")
         if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
             raise ConfigError(f"strategy.rounds must be a positive integer, got {self.rounds!r}")
+        if self.name == "list":
+            object.__setattr__(self, "patterns", read_patterns(self.patterns, where="strategy.patterns"))
+        elif self.patterns:
+            raise ConfigError(f"strategy.patterns is for strategy=list (this search's strategy is {self.name!r})")
+        else:
+            object.__setattr__(self, "patterns", ())
 
     @property
     def incremental(self) -> bool:
@@ -93,6 +101,9 @@ class SearchConfig:
     leaderboard: str | None = str(store.DEFAULT_PATH)  # None: do not write one
     phase: str = "all"  # all | work: only evaluate trials until the study holds n_trials | finalize: no new trials
     worker: int = 0  # this job's index among jobs sharing the study: its processes' sampler seeds come after those below it
+    # Reference patterns evaluated like candidates, never aggregated; None: the Llama layout ("*-"
+    # repeated to the searched length) when the alphabet has both letters; []: none.
+    baselines: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("n_trials", "workers", "top"):
@@ -107,6 +118,37 @@ class SearchConfig:
             raise ConfigError(f"aggregator must be one of {', '.join(METHODS)}, got {self.aggregator!r}")
         if not self.name or "/" in self.name:
             raise ConfigError(f"name must be a non-empty study name without '/', got {self.name!r}")
+        object.__setattr__(self, "baselines", self._fitting(
+            "baselines", default_baselines(self) if self.baselines is None else read_patterns(self.baselines, where="baselines")))
+        if self.strategy.name == "list":
+            self._fitting("strategy.patterns", self.strategy.patterns)
+            object.__setattr__(self, "n_trials", len(self.strategy.patterns))  # exactly the list, each once
+
+    @property
+    def pattern_length(self) -> int:
+        """The layers of the patterns the search trains (incremental: the last round's)."""
+        s = self.strategy
+        return len(s.start) + s.rounds * self.space.length if s.incremental else self.space.length
+
+    def _fitting(self, where: str, patterns: tuple[str, ...]) -> tuple[str, ...]:
+        """`patterns`, refused in one line unless each has the searched length and the space's letters."""
+        letters = self.space.alphabet + (self.strategy.start if self.strategy.incremental else "")
+        for i, pattern in enumerate(patterns):
+            if len(pattern) != self.pattern_length:
+                raise ConfigError(f"{where}[{i}] {pattern!r} has {len(pattern)} layers; the search's patterns have "
+                                  f"{self.pattern_length}")
+            outside = next((j for j, c in enumerate(pattern) if c not in letters), None)
+            if outside is not None:
+                raise ConfigError(f"{where}[{i}] {pattern!r}: {pattern[outside]!r} at position {outside} is not in "
+                                  f"the space's alphabet {self.space.alphabet!r}")
+        return patterns
+
+
+def default_baselines(cfg: SearchConfig) -> tuple[str, ...]:
+    """The Llama layout, attention then MLP, repeated to the searched length; () when the space lacks either."""
+    if not {"*", "-"} <= set(cfg.space.alphabet):
+        return ()
+    return (("*-" * cfg.pattern_length)[: cfg.pattern_length],)
 
 
 def search_config_from_mapping(data: Mapping[str, Any]) -> SearchConfig:
@@ -125,7 +167,7 @@ def search_config_from_mapping(data: Mapping[str, Any]) -> SearchConfig:
 _FREE = {"evaluator.top_k", "evaluator.reeval_seeds", "evaluator.keep_checkpoints", "evaluator.name",
          "evaluator.trainer.progress", "evaluator.trainer.device", "evaluator.trainer.log_every",
          "evaluator.trainer.ckpt_every", "evaluator.trainer.wandb", "evaluator.trainer.wandb_project",
-         "strategy.options"}
+         "strategy.options", "strategy.patterns"}
 
 
 def _settings(cfg: SearchConfig) -> dict[str, Any]:
@@ -173,7 +215,7 @@ def _strategy(cfg: SearchConfig, *, seed: int, current: str = "") -> Strategy:
     s = cfg.strategy
     if s.incremental:
         return INCREMENTAL[s.name](current, space=cfg.space, seed=seed, base=s.base, **s.options)
-    return make_strategy(s.name, space=cfg.space, seed=seed, **s.options)
+    return make_strategy(s.name, space=cfg.space, seed=seed, patterns=s.patterns, **s.options)
 
 
 def _study(cfg: SearchConfig, run_dir: Path, strategy: Strategy, name: str) -> optuna.Study:
@@ -195,6 +237,8 @@ class _Progress:
         result = self.evaluate(pattern)
         self.seconds.append(time.time() - tic)
         quality = result["score"]
+        if pattern in self.cfg.baselines:
+            result["baseline"] = True
         if self.cfg.strategy.name == "evolution":
             result["score"] = (quality, _cost(self.cfg.space, pattern, self.cfg.strategy.efficiency))
         done = count_evaluations(self.study) + 1
@@ -341,13 +385,15 @@ def _search(cfg: SearchConfig, run_dir: Path) -> optuna.Study:
 
 # ----------------------------------------------------------------------------------------- after the search
 
-def _evaluate_list(cfg: SearchConfig, run_dir: Path, patterns: list[str], *, seed: int, name: str) -> dict[str, dict]:
-    """Evaluate each of `patterns` once at `seed` in the study `name` (cached, resumable); pattern -> result."""
+def evaluate_patterns(cfg: SearchConfig, run_dir: Path, patterns: list[str], *, seed: int, name: str) -> dict[str, dict]:
+    """Evaluate each of `patterns` once at `seed` in the study `name` (cached, resumable); pattern -> result.
+    The search's baselines among them are marked (user attr "baseline")."""
     from search.evaluator import Evaluator
 
     study = open_study(name=name, storage=cfg.storage, run_dir=run_dir, sampler=optuna.samplers.RandomSampler(seed),
                        directions=("maximize",))
     _guard(study, _settings(cfg))
+    mark = set(cfg.baselines)
 
     def propose(trial: optuna.Trial) -> str:
         known = {t.user_attrs.get("pattern") for t in study.get_trials(deepcopy=False)
@@ -359,7 +405,7 @@ def _evaluate_list(cfg: SearchConfig, run_dir: Path, patterns: list[str], *, see
     if todo:
         evaluator = Evaluator(cfg.evaluator, run_dir=run_dir, device=_device(0))
         log.info("evaluating %d pattern(s) at seed %d: %s", len(todo), seed, " ".join(todo))
-        run_trials(study, propose=propose, evaluate=lambda p: evaluator(p, seed=seed),
+        run_trials(study, propose=propose, evaluate=lambda p: {**evaluator(p, seed=seed), **({"baseline": True} if p in mark else {})},
                    n_trials=len(todo) * MAX_ATTEMPTS_PER_EVALUATION, max_trials=count_evaluations(study) + len(todo))
     done = completed_results(study)
     return {p: done[p] for p in patterns if p in done}
@@ -377,6 +423,8 @@ def run_search(cfg: SearchConfig, *, run_dir: Path) -> dict[str, Any]:
              cfg.strategy.name, cfg.space.length, cfg.space.alphabet, cfg.evaluator.name, cfg.n_trials,
              f" per round × {rounds} rounds" if rounds > 1 else "", cfg.workers,
              cfg.storage or run_dir / "study.db")
+    if cfg.phase != "work":
+        (run_dir / "search.json").write_text(json.dumps(plain(cfg), indent=2) + "\n")  # what composer-fidelity reads
     study = _search(cfg, run_dir)
     if cfg.phase == "work":
         n = count_evaluations(study)
@@ -387,20 +435,27 @@ def run_search(cfg: SearchConfig, *, run_dir: Path) -> dict[str, Any]:
     if not results:
         raise ConfigError(f"search {cfg.name!r}: no trial completed; {len(failures)} failed"
                           + (f", e.g. {next(iter(failures))}: {next(iter(failures.values()))}" if failures else ""))
-    quality = {p: r["values"][0] for p, r in results.items()}
+    baselines = list(cfg.baselines)
+    study.set_user_attr("baselines", baselines)
+    quality = {p: r["values"][0] for p, r in results.items() if p not in baselines}  # baselines never win
+    if not quality:
+        raise ConfigError(f"search {cfg.name!r}: every completed pattern is a baseline; nothing to aggregate")
     agg = summarise(quality)
     chosen = agg.by_method[cfg.aggregator]
     ranked = sorted(quality, key=lambda p: (-quality[p], p))
     top = ranked[: cfg.top]
 
-    # The aggregate is usually a pattern nobody trained: evaluate it (and re-evaluate over seeds).
+    # The aggregate is usually a pattern nobody trained: evaluate it and the baselines the search did
+    # not sample (and re-evaluate them over seeds).
     finals = {cfg.evaluator.seed: dict(results)}
-    if chosen not in results:
-        finals[cfg.evaluator.seed].update(_evaluate_list(cfg, run_dir, [chosen], seed=cfg.evaluator.seed,
-                                                         name=f"{cfg.name}.final"))
-    reeval = list(dict.fromkeys([chosen, agg.best_single, *ranked[: cfg.evaluator.top_k]])) if cfg.evaluator.top_k else []
+    for name, extra in ((f"{cfg.name}.final", [chosen]), (f"{cfg.name}.baselines", baselines)):
+        todo = [p for p in extra if p not in finals[cfg.evaluator.seed]]
+        if todo:
+            finals[cfg.evaluator.seed].update(evaluate_patterns(cfg, run_dir, todo, seed=cfg.evaluator.seed, name=name))
+    reeval = list(dict.fromkeys([chosen, agg.best_single, *ranked[: cfg.evaluator.top_k], *baselines])) \
+        if cfg.evaluator.top_k else []
     for seed in cfg.evaluator.reeval_seeds if reeval else ():
-        finals[seed] = _evaluate_list(cfg, run_dir, reeval, seed=seed, name=f"{cfg.name}.seed{seed}")
+        finals[seed] = evaluate_patterns(cfg, run_dir, reeval, seed=seed, name=f"{cfg.name}.seed{seed}")
 
     def seeds_of(pattern: str) -> dict[int, dict]:
         return {s: by[pattern] for s, by in finals.items() if pattern in by}
@@ -411,6 +466,7 @@ def run_search(cfg: SearchConfig, *, run_dir: Path) -> dict[str, Any]:
         if runs and pattern not in seen:
             entries.append({"role": role, "pattern": pattern, "runs": runs})
             seen.add(pattern)
+    entries += [{"role": "baseline", "pattern": p, "runs": seeds_of(p)} for p in baselines if seeds_of(p)]
     curve = [(i + 1, t.values[0]) for i, t in enumerate(
         sorted((t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE
                 and t.user_attrs.get("role") == "evaluate"), key=lambda t: t.number))]
@@ -423,6 +479,7 @@ def run_search(cfg: SearchConfig, *, run_dir: Path) -> dict[str, Any]:
         "entries": [{"role": e["role"], "pattern": e["pattern"],
                      "seeds": {str(s): {"score": r["values"][0], "tasks": r.get("tasks", {})}
                                for s, r in e["runs"].items()}} for e in entries],
+        "baselines": _margins(entries, {"aggregate": seeds_of(chosen), "best_single": seeds_of(agg.best_single)}),
         "curve": curve, "seconds": round(time.time() - started, 1),
     }
     (run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -430,6 +487,24 @@ def run_search(cfg: SearchConfig, *, run_dir: Path) -> dict[str, Any]:
         _write_leaderboard(cfg, run_dir, result, entries, curve)
     print(_report(cfg, result, entries, run_dir))
     return result
+
+
+def _margins(entries: list[dict], found: Mapping[str, Mapping[int, dict]]) -> list[dict[str, Any]]:
+    """Each baseline's score over its seeds, and by how much each `found` pattern (role -> its runs by
+    seed: the aggregate, the best single) beats it (means over seeds; positive: ahead), beside each
+    side's seed spread."""
+    scored = {role: stats([r["values"][0] for r in runs.values()]) for role, runs in found.items() if runs}
+    out = []
+    for e in entries:
+        if e["role"] != "baseline":
+            continue
+        base = stats([r["values"][0] for r in e["runs"].values()])
+        out.append({"pattern": e["pattern"], "score": base,
+                    "seeds": {str(s): {"score": r["values"][0], "tasks": r.get("tasks", {})} for s, r in e["runs"].items()},
+                    "margins": {role: {"margin": scored[role]["mean"] - base["mean"], "std": scored[role]["std"],
+                                       "baseline_std": base["std"]}
+                                for role in ("aggregate", "best_single") if role in scored}})
+    return out
 
 
 def _write_leaderboard(cfg: SearchConfig, run_dir: Path, result: dict, entries: list[dict], curve: list) -> None:
@@ -470,6 +545,15 @@ def _report(cfg: SearchConfig, result: dict, entries: list[dict], run_dir: Path)
         score = stats([r["values"][0] for r in by_pattern[pattern]["runs"].values()])
         spread = f" ± {score['std']:.3f} over {score['n']} seeds" if score["n"] > 1 else ""
         lines.append(f"  {what} {pattern}  score {score['mean']:.3f}{spread}")
+    for b in result["baselines"]:
+        score = b["score"]
+        spread = f" ± {score['std']:.3f} over {score['n']} seeds" if score["n"] > 1 else ""
+        lines.append(f"  baseline     {b['pattern']}  score {score['mean']:.3f}{spread}")
+        lines.append("    " + ", ".join(
+            f"{'architecture' if role == 'aggregate' else 'best single'} {'beats it' if m['margin'] > 0 else 'trails it'} "
+            f"by {abs(m['margin']):.3f}" + (f" (seed spreads ± {m['std']:.3f}, ± {m['baseline_std']:.3f})"
+                                            if score["n"] > 1 else "")
+            for role, m in b["margins"].items()))
     lines.append(f"  top group    {' '.join(result['top_group'])}")
     tasks = list(result["top"][0]["tasks"]) if result["top"] else []
     header = f"  {'rank':>4}  {'pattern':<{max(7, cfg.space.length)}}  {'score':>6}  " + "  ".join(

@@ -39,6 +39,7 @@ from typing import Any
 import optuna
 from optuna.samplers import BaseSampler, GPSampler, NSGAIISampler, RandomSampler, TPESampler
 from optuna.samplers.nsgaii import UniformCrossover
+from optuna.trial import TrialState
 
 from composer.errors import ConfigError
 from composer.pattern import parse_pattern
@@ -102,6 +103,57 @@ class Strategy:
         return pattern
 
 
+@dataclass(frozen=True, kw_only=True)
+class ListStrategy(Strategy):
+    """`strategy=list`: exactly `patterns`, in order, each once: a shortlist re-scored, a paper's patterns.
+
+    `propose` takes the first pattern no other trial of the study holds (finished, or being trained
+    by a live worker); once every pattern is taken it repeats the first, which the study answers
+    from its cache (or, while the last ones train, with its budget), so nothing trains twice."""
+
+    patterns: tuple[str, ...] = ()
+
+    def propose(self, trial: optuna.Trial) -> str:
+        taken = set()
+        for t in trial.study.get_trials(deepcopy=False):
+            role = t.user_attrs.get("role")
+            if t.number == trial.number or role not in (None, "evaluate"):
+                continue
+            if t.state == TrialState.RUNNING or t.state == TrialState.COMPLETE or (
+                    t.state == TrialState.FAIL and t.user_attrs.get("failure") == "error"):
+                taken.add(t.user_attrs.get("pattern"))
+        return next((p for p in self.patterns if p not in taken), self.patterns[0])
+
+
+def read_patterns(source: str | Sequence[str], *, where: str) -> tuple[str, ...]:
+    """Patterns from a list, or from a file of one pattern a line (blank lines and `#` comments
+    skipped); each validated, duplicates dropped (first kept). Errors name the entry or the line."""
+    if isinstance(source, str):
+        from pathlib import Path
+
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"{where}: no such pattern file: {source} (give a list [..] or a file, one pattern a line)")
+        entries = [(f"{source} line {i}", line.split("#", 1)[0].strip())
+                   for i, line in enumerate(path.read_text().splitlines(), 1)]
+        entries = [(label, text) for label, text in entries if text]
+    elif isinstance(source, Sequence):
+        entries = [(f"{where}[{i}]", text) for i, text in enumerate(source)]
+    else:
+        raise ConfigError(f"{where} must be a list of patterns or a file of one pattern a line, got {source!r}")
+    out = []
+    for label, text in entries:
+        if not isinstance(text, str):
+            raise ConfigError(f"{label}: a pattern is a string of layer letters, got {text!r}")
+        try:
+            out.append(parse_pattern(text))
+        except ConfigError as exc:
+            raise ConfigError(f"{label}: {exc}") from None
+    if not out:
+        raise ConfigError(f"{where}: no patterns given")
+    return tuple(dict.fromkeys(out))
+
+
 def _random(space: SearchSpace, seed: int) -> BaseSampler:
     return RandomSampler(seed=seed)
 
@@ -136,8 +188,16 @@ STRATEGIES: dict[str, tuple[Callable[..., BaseSampler], tuple[str, ...]]] = {
 
 
 def make_strategy(name: str, *, space: SearchSpace, seed: int, compose: Callable[[str], str] = _one_shot,
-                  start: str = "", **options: Any) -> Strategy:
-    """The strategy `name` over `space`; `options` go to its sampler (e.g. n_startup_trials, population_size)."""
+                  start: str = "", patterns: Sequence[str] = (), **options: Any) -> Strategy:
+    """The strategy `name` over `space`; `options` go to its sampler (e.g. n_startup_trials, population_size).
+    `list` takes `patterns` (and no options) instead."""
+    if name == "list":
+        if options:
+            raise ConfigError(f"search strategy 'list' takes no options, got {', '.join(options)}")
+        if not patterns:
+            raise ConfigError("strategy=list needs strategy.patterns: a list [..] or a file, one pattern a line")
+        return ListStrategy(name=name, space=space, seed=seed, sampler=RandomSampler(seed=seed),
+                            patterns=tuple(patterns))
     if name not in STRATEGIES:
         raise ConfigError(f"unknown search strategy {name!r}; valid: {', '.join(STRATEGIES)}")
     factory, directions = STRATEGIES[name]
