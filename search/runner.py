@@ -119,7 +119,8 @@ class SearchConfig:
         if not self.name or "/" in self.name:
             raise ConfigError(f"name must be a non-empty study name without '/', got {self.name!r}")
         object.__setattr__(self, "baselines", self._fitting(
-            "baselines", default_baselines(self) if self.baselines is None else read_patterns(self.baselines, where="baselines")))
+            "baselines", default_baselines(self) if self.baselines is None
+            else read_patterns(self.baselines, where="baselines") if len(self.baselines) else ()))
         if self.strategy.name == "list":
             self._fitting("strategy.patterns", self.strategy.patterns)
             object.__setattr__(self, "n_trials", len(self.strategy.patterns))  # exactly the list, each once
@@ -271,7 +272,7 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
-def _device(worker: int) -> str | None:
+def worker_device(worker: int) -> str | None:
     """Worker i trains on GPU i mod n when there are GPUs; None keeps the trainer's setting."""
     import torch
 
@@ -294,7 +295,7 @@ def _run_round(cfg: SearchConfig, run_dir: Path, study: optuna.Study, strategy: 
 
     _threads(cfg.workers)
     logging.getLogger("composer.engine.trainer").setLevel(logging.WARNING)  # one line per trial, not per task
-    evaluator = Evaluator(cfg.evaluator, run_dir=run_dir, device=_device(worker))
+    evaluator = Evaluator(cfg.evaluator, run_dir=run_dir, device=worker_device(worker))
     label = (f"w{worker} " if cfg.workers > 1 else "") + label
     run_trials(study, propose=strategy.propose, evaluate=_Progress(cfg, study, evaluator, label),
                n_trials=cfg.n_trials * MAX_ATTEMPTS_PER_EVALUATION, max_trials=cfg.n_trials)
@@ -403,7 +404,7 @@ def evaluate_patterns(cfg: SearchConfig, run_dir: Path, patterns: list[str], *, 
 
     todo = [p for p in patterns if p not in completed_results(study) and p not in failed_patterns(study)]
     if todo:
-        evaluator = Evaluator(cfg.evaluator, run_dir=run_dir, device=_device(0))
+        evaluator = Evaluator(cfg.evaluator, run_dir=run_dir, device=worker_device(0))
         log.info("evaluating %d pattern(s) at seed %d: %s", len(todo), seed, " ".join(todo))
         run_trials(study, propose=propose, evaluate=lambda p: {**evaluator(p, seed=seed), **({"baseline": True} if p in mark else {})},
                    n_trials=len(todo) * MAX_ATTEMPTS_PER_EVALUATION, max_trials=count_evaluations(study) + len(todo))

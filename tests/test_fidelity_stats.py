@@ -182,7 +182,7 @@ def test_ranks_best_first_ties_share_the_better_rank():
     ],
 )
 def test_bad_input_is_a_one_line_config_error(call, words):
-    with pytest.raises(ConfigError, match=None) as info:
+    with pytest.raises(ConfigError) as info:
         call()
     message = str(info.value)
     assert words in message and "\n" not in message

@@ -1,0 +1,49 @@
+"""fidelity.png: one scatter per rung, the proxy score against the rung's bits per byte (matplotlib)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+MARKERS = {"aggregate": ("*", "tab:red", 160), "best_single": ("D", "tab:orange", 60),
+           "baseline": ("s", "black", 60)}  # other roles: small grey dots
+
+
+def scatter(out: Mapping[str, Any], path: Path) -> Path:
+    """x: proxy score (higher is better); y: the rung's bits per byte, mean of seeds with each seed as a
+    tick (lower is better, drawn downwards); the winner and the baselines marked and labelled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rungs = out["rungs"]
+    fig, axes = plt.subplots(1, len(rungs), figsize=(5.5 * len(rungs), 4.5), squeeze=False)
+    for ax, rung in zip(axes[0], rungs):
+        name = rung["name"]
+        for point in out["patterns"]:
+            at = point["rungs"].get(name, {})
+            if point["proxy"] is None or at.get("mean") is None:
+                continue
+            role = next((r for r in point["roles"] if r in MARKERS), None)
+            marker, color, size = MARKERS.get(role, ("o", "tab:grey", 24))
+            seeds = list(at["bits_per_byte"].values())
+            ax.vlines(point["proxy"], min(seeds), max(seeds), color=color, alpha=0.5, linewidth=1)
+            ax.scatter([point["proxy"]], [at["mean"]], marker=marker, color=color, s=size, zorder=3)
+            if role:
+                ax.annotate(point["pattern"], (point["proxy"], at["mean"]), fontsize=7, xytext=(4, 4),
+                            textcoords="offset points")
+        corr = next((c for c in out["correlations"] if c["x"] == "proxy" and c["y"] == name), None)
+        rho = corr and corr["spearman"]["value"]
+        ax.set_title(f"{name}: {rung['target_non_embedding_params'] / 1e6:.2f}M params, {rung['tokens'] / 1e6:.1f}M tokens"
+                     + (f"\nSpearman {rho:+.2f}" if rho is not None else ""), fontsize=9)
+        ax.set_xlabel(f"proxy score ({out['proxy']['evaluator']}, higher is better)")
+        ax.set_ylabel("validation bits per byte (lower is better)")
+        ax.invert_yaxis()  # better is up and right on both axes
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

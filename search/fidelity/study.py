@@ -1,0 +1,417 @@
+"""A rank-fidelity study: does the search's proxy rank patterns the way training at scale does?
+
+    cfg = fidelity_config_from_mapping({...})   # a search folder or a space + evaluator, rungs, data
+    result = run_fidelity(cfg, run_dir=Path("outputs/fidelity/f1"))
+
+1. The patterns: a search's top k, its aggregate and best single, its baselines, `random` patterns
+   drawn uniformly from its space (seeded), and any given list; each keeps the roles it came with.
+2. Their proxy scores: read back from the search's studies where it scored them, the rest
+   evaluated here with the search's own evaluator, seed and budget (an Optuna study in the run
+   folder: cached and resumable like the search).
+3. Each rung (rungs.py): every pattern grown to the rung's size, trained on real text for the
+   rung's tokens, at each of its seeds; `workers` processes share the runs (GPU i mod n each).
+   Finished runs are read back, killed ones resume from their checkpoint.
+4. Spearman and Kendall (bootstrap intervals) and decision accuracy of the proxy against each rung
+   and between rungs, each rung's seed-noise floor, where the winner and the baselines land
+   (stats.py); `fidelity.json`, `fidelity.png` and a leaderboard record (the HTML report's section).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from composer.config import from_mapping
+from composer.data.text import CorpusConfig
+from composer.engine.trainer import TrainerConfig
+from composer.errors import ComposerError, ConfigError
+from composer.records import write_json
+from search.evaluator import EvaluatorConfig, evaluator_config_from_mapping
+from search.fidelity import stats
+from search.fidelity.rungs import RungConfig, finished, rung_config_from_mapping, run_folder, train_run
+from search.space import SearchSpace
+from search.strategies import read_patterns
+
+log = logging.getLogger("composer.fidelity")
+
+ROLE_ORDER = ("aggregate", "best_single", "baseline", "top", "given", "random")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FidelityConfig:
+    name: str = "fidelity"
+    search: str | None = None  # a composer-search run folder: its patterns, proxy and scores; None: the fields below
+    patterns: tuple[str, ...] | str = ()  # given patterns (a list, or a file of one a line), beside the search's
+    top_k: int = 8  # the search's best candidates taken
+    random: int = 4  # patterns drawn uniformly from the space (seeded by `seed`)
+    seed: int = 0
+    # Without a search: the proxy (a composer-search evaluator), the space drawn from, the baselines.
+    space: SearchSpace = field(default_factory=SearchSpace)
+    evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
+    baselines: tuple[str, ...] | None = None  # None: the Llama layout of the space's length; [] none
+    rungs: tuple[RungConfig, ...] = ()
+    data: CorpusConfig = field(default_factory=CorpusConfig)  # the rungs' text (validation split: seed 0)
+    seq_len: int = 256
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)  # every rung's trainer; rungs override fields
+    workers: int = 1  # processes training rung runs (GPUs shared round-robin)
+    bootstrap: int = 2000  # resamples of each confidence interval
+    leaderboard: str | None = None  # append the study's record (composer-leaderboard --html draws it)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name or "/" in self.name:
+            raise ConfigError(f"name must be a non-empty name without '/', got {self.name!r}")
+        for key, least in (("top_k", 0), ("random", 0), ("workers", 1), ("bootstrap", 1), ("seq_len", 1)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(f"{key} must be an integer >= {least}, got {value!r}")
+        object.__setattr__(self, "patterns", read_patterns(self.patterns, where="patterns") if self.patterns else ())
+        if not self.rungs:
+            raise ConfigError("rungs is empty: give at least one rung (name, d_model, n_blocks, tokens_per_param, seeds)")
+        names = [r.name for r in self.rungs]
+        if len(set(names)) < len(names) or "proxy" in names:
+            raise ConfigError(f"rung names must be distinct and not 'proxy', got {names}")
+        if self.search is not None and not (Path(self.search).expanduser() / "search.json").is_file():
+            raise ConfigError(f"search={self.search}: not a composer-search run folder (no search.json in it)")
+
+
+def fidelity_config_from_mapping(data: Mapping[str, Any]) -> FidelityConfig:
+    data = dict(data)
+    if isinstance(data.get("space"), Mapping):
+        data["space"] = from_mapping(SearchSpace, data["space"], where="space")
+    if isinstance(data.get("evaluator"), Mapping):
+        data["evaluator"] = evaluator_config_from_mapping(data["evaluator"])
+    if isinstance(data.get("data"), Mapping):
+        data["data"] = from_mapping(CorpusConfig, data["data"], where="data")
+    if isinstance(data.get("trainer"), Mapping):
+        data["trainer"] = from_mapping(TrainerConfig, data["trainer"], where="trainer")
+    rungs = data.get("rungs", ())
+    if isinstance(rungs, Mapping):  # Hydra users may write rungs as {name: {...}}
+        rungs = [{"name": k, **v} for k, v in rungs.items()]
+    if not isinstance(rungs, (list, tuple)) or not all(isinstance(r, (Mapping, RungConfig)) for r in rungs):
+        raise ConfigError(f"rungs must be a list of rungs (name, d_model, n_blocks, ...), got {rungs!r}")
+    data["rungs"] = tuple(r if isinstance(r, RungConfig) else rung_config_from_mapping(r) for r in rungs)
+    return from_mapping(FidelityConfig, data, where="fidelity")
+
+
+# ----------------------------------------------------------------------------------------- the patterns
+
+def _proxy_search(cfg: FidelityConfig):
+    """The SearchConfig whose evaluator scores the proxy: the search's own, or one made of cfg's fields."""
+    from search.runner import search_config_from_mapping
+
+    if cfg.search is not None:
+        saved = json.loads((Path(cfg.search).expanduser() / "search.json").read_text())
+        log.info("proxy: search %r's own evaluator (%s), space and baselines; this config's evaluator, space and "
+                 "baselines are not used", saved["name"], saved["evaluator"]["name"])
+        return search_config_from_mapping(saved)
+    from search.runner import plain
+
+    return search_config_from_mapping({"name": cfg.name, "space": plain(cfg.space), "evaluator": plain(cfg.evaluator),
+                                       "baselines": None if cfg.baselines is None else list(cfg.baselines)})
+
+
+def _search_scores(search_cfg: Any, folder: Path) -> tuple[dict[str, float], dict[str, Any]]:
+    """The proxy scores the search holds at its evaluator's seed (its last study, the aggregate's and the
+    baselines'), and its result.json ({} before it finished)."""
+    from search.study import completed_results, open_study
+
+    main = search_cfg.name if not search_cfg.strategy.incremental else f"{search_cfg.name}.round{search_cfg.strategy.rounds}"
+    scores: dict[str, float] = {}
+    for name in (main, f"{search_cfg.name}.final", f"{search_cfg.name}.baselines"):
+        study = open_study(name=name, storage=search_cfg.storage, run_dir=folder, sampler=None)
+        scores |= {p: r["values"][0] for p, r in completed_results(study).items() if p not in scores}
+    try:
+        result = json.loads((folder / "result.json").read_text())
+    except (OSError, ValueError):
+        result = {}
+    return scores, result
+
+
+def select(cfg: FidelityConfig, search_cfg: Any, scores: Mapping[str, float], result: Mapping[str, Any]) -> dict[str, list[str]]:
+    """pattern -> its roles, in ROLE_ORDER: the winner, baselines, the top k, the given list, random draws."""
+    roles: dict[str, list[str]] = {}
+
+    def add(pattern: str, role: str) -> None:
+        if role not in roles.setdefault(pattern, []):
+            roles[pattern].append(role)
+
+    for role in ("aggregate", "best_single"):
+        key = "architecture" if role == "aggregate" else role
+        if result.get(key):
+            add(result[key], role)
+    for p in search_cfg.baselines:
+        add(p, "baseline")
+    candidates = sorted((p for p in scores if p not in search_cfg.baselines), key=lambda p: (-scores[p], p))
+    for p in candidates[: cfg.top_k] if cfg.search is not None else ():
+        add(p, "top")
+    for p in cfg.patterns:
+        add(p, "given")
+    rng, drawn = random.Random(f"fidelity:{cfg.seed}"), 0
+    for _ in range(100 * cfg.random):
+        if drawn == cfg.random:
+            break
+        p = search_cfg.space.sample(rng)
+        if p not in roles:
+            add(p, "random")
+            drawn += 1
+    if drawn < cfg.random:
+        log.warning("drew %d of random=%d distinct patterns: the space has few feasible ones", drawn, cfg.random)
+    if len(roles) < 3:
+        raise ConfigError(f"{len(roles)} pattern(s) to compare: a rank correlation needs at least 3 "
+                          f"(give patterns=[...], random=N or a search with more candidates)")
+    return {p: sorted(r, key=ROLE_ORDER.index) for p, r in roles.items()}
+
+
+def proxy_scores(cfg: FidelityConfig, search_cfg: Any, patterns: list[str], known: Mapping[str, float],
+                 run_dir: Path) -> dict[str, float]:
+    """Each pattern's proxy score: the search's where it has one, else evaluated here (cached)."""
+    from search.runner import evaluate_patterns
+
+    missing = [p for p in patterns if p not in known]
+    out = {p: known[p] for p in patterns if p in known}
+    if missing:
+        here = replace(search_cfg, storage=None, leaderboard=None, phase="all", worker=0)
+        done = evaluate_patterns(here, run_dir, missing, seed=search_cfg.evaluator.seed, name=f"{search_cfg.name}.fidelity")
+        out |= {p: r["values"][0] for p, r in done.items()}
+    for p in patterns:
+        if p not in out:
+            log.warning("%s: no proxy score (its evaluation failed); left out of the proxy correlations", p)
+    return out
+
+
+# ----------------------------------------------------------------------------------------- the rungs
+
+def _vocab(corpus: Any) -> int:
+    from composer.runs.pretrain import padded_vocab
+
+    return padded_vocab(corpus.vocab_size)
+
+
+def _jobs(cfg: FidelityConfig, patterns: list[str], vocab: int) -> tuple[list[tuple[int, str, int]], dict]:
+    """Every (rung index, pattern, seed) run, and (rung, pattern) -> its growth; growing fails here, in one line."""
+    grown = {(r.name, p): r.grow(p, vocab_size=vocab) for r in cfg.rungs for p in patterns}
+    jobs = [(i, p, s) for i, r in enumerate(cfg.rungs) for p in patterns for s in r.seeds]
+    return jobs, grown
+
+
+def _rung_trainer(cfg: FidelityConfig, rung: RungConfig, device: str | None) -> TrainerConfig:
+    fields = {**rung.trainer, "progress": False, **({"device": device} if device else {})}
+    try:
+        return replace(cfg.trainer, **fields)
+    except TypeError as exc:
+        raise ConfigError(f"rungs.{rung.name}.trainer: {exc}") from None
+
+
+def _train(cfg: FidelityConfig, run_dir: Path, jobs: list[tuple[int, str, int]], *, worker: int, corpus: Any = None) -> None:
+    """Train this worker's share of the runs (every `cfg.workers`-th, from `worker`), skipping finished ones."""
+    from search.runner import worker_device
+
+    corpus = corpus if corpus is not None else cfg.data.open(seed=0)
+    vocab, device = _vocab(corpus), worker_device(worker)
+    mine = jobs[worker :: cfg.workers]
+    started, seconds = time.time(), []
+    for n, (i, pattern, seed) in enumerate(mine, 1):
+        rung = cfg.rungs[i]
+        grown = rung.grow(pattern, vocab_size=vocab)
+        folder = run_folder(run_dir, rung, grown.pattern, seed)
+        if finished(folder, grown.pattern, seed) is not None:
+            continue
+        tic = time.time()
+        bpb = train_run(rung, grown, seed=seed, corpus=corpus, trainer=_rung_trainer(cfg, rung, device),
+                        seq_len=cfg.seq_len, folder=folder)
+        seconds.append(time.time() - tic)
+        left = sum(seconds) / len(seconds) * (len(mine) - n)
+        log.info("%s[%d/%d] %s %s seed %d: %.4f bits/byte  %.0fs | ~%.0fs left", f"w{worker} " if cfg.workers > 1 else "",
+                 n, len(mine), rung.name, pattern, seed, bpb, seconds[-1], left)
+    log.debug("worker %d done in %.0fs", worker, time.time() - started)
+
+
+def _worker_main(config: dict[str, Any], run_dir: Path, jobs: list, worker: int) -> None:
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format=f"[%(asctime)s][worker {worker}] %(message)s")
+    logging.getLogger("composer.engine.trainer").setLevel(logging.WARNING)
+    try:
+        _train(fidelity_config_from_mapping(config), run_dir, [tuple(j) for j in jobs], worker=worker)
+    except KeyboardInterrupt:
+        pass
+    except ComposerError as exc:
+        print(f"composer-fidelity: worker {worker}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _train_all(cfg: FidelityConfig, run_dir: Path, jobs: list[tuple[int, str, int]], corpus: Any) -> None:
+    """Worker 0 here, workers 1..n-1 spawned: every run trained once."""
+    import os
+    import signal
+
+    from search.runner import plain
+
+    logging.getLogger("composer.engine.trainer").setLevel(logging.WARNING)
+    context = multiprocessing.get_context("spawn")
+    children = [context.Process(target=_worker_main, args=(plain(cfg), run_dir, jobs, w), daemon=True,
+                                name=f"composer-fidelity-worker-{w}") for w in range(1, min(cfg.workers, len(jobs)))]
+    for child in children:
+        child.start()
+    try:
+        _train(cfg, run_dir, jobs, worker=0, corpus=corpus)
+    except BaseException:
+        for child in children:
+            if child.is_alive():
+                os.kill(child.pid, signal.SIGINT)
+        raise
+    finally:
+        for child in children:
+            child.join()
+    failed = [c.name for c in children if c.exitcode not in (0, None)]
+    if failed:
+        raise ConfigError(f"worker process(es) {', '.join(failed)} exited with an error (see their log above)")
+
+
+# ----------------------------------------------------------------------------------------- the analysis
+
+def analyse(points: Mapping[str, Mapping[str, Any]], rungs: tuple[RungConfig, ...], *, bootstrap: int,
+            seed: int) -> dict[str, Any]:
+    """Correlations (proxy against each rung, rung against rung), noise floors and placement of `points`
+    (pattern -> {"roles", "proxy", "rungs": {name: {"bits_per_byte": {seed: bpb}, "mean"}}})."""
+    def score(p: str, axis: str) -> float | None:  # higher is better on every axis
+        if axis == "proxy":
+            return points[p]["proxy"]
+        mean = points[p]["rungs"].get(axis, {}).get("mean")
+        return None if mean is None else -mean
+
+    axes = ["proxy", *(r.name for r in rungs)]
+    correlations = []
+    for a in range(len(axes)):
+        for b in range(a + 1, len(axes)):
+            both = [p for p in points if score(p, axes[a]) is not None and score(p, axes[b]) is not None]
+            x, y = [score(p, axes[a]) for p in both], [score(p, axes[b]) for p in both]
+            if len(both) < 2:
+                continue
+            correlations.append({"x": axes[a], "y": axes[b], "n": len(both),
+                                 **{m: stats.correlation(x, y, method=m, n_resamples=bootstrap, seed=seed)
+                                    for m in stats.METHODS},
+                                 "decision_accuracy": stats.decision_accuracy(x, y)})
+    noise = {}
+    for r in rungs:
+        per_seed = {p: [-v["rungs"][r.name]["bits_per_byte"][str(s)] for s in r.seeds]
+                    for p, v in points.items()
+                    if all(str(s) in v["rungs"].get(r.name, {}).get("bits_per_byte", {}) for s in r.seeds)}
+        noise[r.name] = stats.noise_floor(per_seed)
+    placement = {p: {"roles": v["roles"]} for p, v in points.items()}
+    for axis in axes:
+        ranked = stats.ranks({p: score(p, axis) for p in points if score(p, axis) is not None})
+        for p in points:
+            placement[p][f"{axis}_rank"] = ranked.get(p)
+    return {"correlations": correlations, "noise_floor": noise, "placement": placement}
+
+
+def run_fidelity(cfg: FidelityConfig, *, run_dir: Path) -> dict[str, Any]:
+    """Select, score at the proxy, train every rung, analyse; returns what fidelity.json holds."""
+    from datetime import datetime, timezone
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    logging.getLogger("composer.engine.trainer").setLevel(logging.WARNING)  # one line per run, not per eval
+    search_cfg = _proxy_search(cfg)
+    known, result = _search_scores(search_cfg, Path(cfg.search).expanduser()) if cfg.search else ({}, {})
+    roles = select(cfg, search_cfg, known, result)
+    patterns = list(roles)
+    corpus = cfg.data.open(seed=0)  # fetched and tokenised once, before any worker starts
+    jobs, grown = _jobs(cfg, patterns, _vocab(corpus))
+    n_left = sum(finished(run_folder(run_dir, cfg.rungs[i], grown[(cfg.rungs[i].name, p)].pattern, s),
+                          grown[(cfg.rungs[i].name, p)].pattern, s) is None for i, p, s in jobs)
+    log.info("fidelity %r: %d patterns (%s), proxy %s, rungs %s; %d rung runs, %d to train, %d worker(s)",
+             cfg.name, len(patterns), ", ".join(f"{sum(role in r for r in roles.values())} {role}" for role in ROLE_ORDER
+                                                 if any(role in r for r in roles.values())),
+             search_cfg.evaluator.name, " ".join(_describe(r, grown[(r.name, patterns[0])]) for r in cfg.rungs),
+             len(jobs), n_left, cfg.workers)
+    proxy = proxy_scores(cfg, search_cfg, patterns, known, run_dir)
+    if n_left:
+        _train_all(cfg, run_dir, jobs, corpus)
+    points = {}
+    for p in patterns:
+        per_rung = {}
+        for r in cfg.rungs:
+            g = grown[(r.name, p)]
+            bpb = {str(s): finished(run_folder(run_dir, r, g.pattern, s), g.pattern, s) for s in r.seeds}
+            bpb = {s: v for s, v in bpb.items() if v is not None}
+            per_rung[r.name] = {"grown": g.pattern, "n_non_embedding_params": g.n_non_embedding_params,
+                                "bits_per_byte": bpb, "mean": sum(bpb.values()) / len(bpb) if bpb else None}
+        points[p] = {"pattern": p, "roles": roles[p], "proxy": proxy.get(p), "rungs": per_rung}
+    analysis = analyse(points, cfg.rungs, bootstrap=cfg.bootstrap, seed=cfg.seed)
+    out = {
+        "kind": "fidelity", "schema": 1, "name": cfg.name,
+        "search": search_cfg.name if cfg.search else None, "run_dir": str(run_dir),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "proxy": {"evaluator": search_cfg.evaluator.name, "d_model": search_cfg.evaluator.d_model,
+                  "seed": search_cfg.evaluator.seed},
+        "rungs": [{"name": r.name, "d_model": r.d_model,
+                   "target_non_embedding_params": grown[(r.name, patterns[0])].target_non_embedding_params,
+                   "tokens": r.tokens(grown[(r.name, patterns[0])]), "tokens_per_param": float(r.tokens_per_param),
+                   "seeds": list(r.seeds), "method": r.method} for r in cfg.rungs],
+        "patterns": list(points.values()),
+        **analysis,
+        "seconds": round(time.time() - started, 1),
+    }
+    write_json(run_dir / "fidelity.json", out)
+    from search.fidelity.plot import scatter
+
+    scatter(out, run_dir / "fidelity.png")
+    if cfg.leaderboard:
+        from search.leaderboard import records, store
+
+        store.append(records.fidelity_record(out), Path(cfg.leaderboard))
+    print(report(out, run_dir))
+    return out
+
+
+def _describe(rung: RungConfig, grown: Any) -> str:
+    return (f"{rung.name} (d_model {rung.d_model}, {grown.target_non_embedding_params / 1e6:.2f}M non-embedding "
+            f"parameters, {rung.tokens(grown) / 1e6:.1f}M tokens, seeds {list(rung.seeds)})")
+
+
+def _interval(c: Mapping[str, Any]) -> str:
+    if c["value"] is None:
+        return "undefined"
+    return f"{c['value']:+.2f}" + (f" [{c['low']:+.2f}, {c['high']:+.2f}]" if c["low"] is not None else "")
+
+
+def report(out: Mapping[str, Any], run_dir: Path) -> str:
+    """The end of a study on the terminal: correlations, noise floors, where the winner and baselines land."""
+    n = len(out["patterns"])
+    lines = [f"fidelity {out['name']!r}: {n} patterns, proxy {out['proxy']['evaluator']} "
+             f"(d_model {out['proxy']['d_model']}), in {out['seconds']:.0f}s"]
+    for r in out["rungs"]:
+        lines.append(f"  rung {r['name']}: d_model {r['d_model']}, {r['target_non_embedding_params']:,} non-embedding "
+                     f"parameters, {r['tokens']:,} tokens, seeds {r['seeds']}")
+    for c in out["correlations"]:
+        acc = c["decision_accuracy"]
+        lines.append(f"  {c['x']:>6} -> {c['y']:<6} Spearman {_interval(c['spearman'])}  Kendall {_interval(c['kendall'])}"
+                     f"  decisions {'n/a' if acc is None else f'{100 * acc:.0f}%'}  (n={c['n']})")
+    for name, f in out["noise_floor"].items():
+        if f["neighbour_swap_rate"] is None:
+            lines.append(f"  noise floor {name}: needs 2 seeds of 2 patterns")
+            continue
+        lines.append(f"  noise floor {name}: neighbours swap in {100 * f['neighbour_swap_rate']:.0f}% of seed pairs; "
+                     f"seed against seed Spearman {f['seed_spearman']:+.2f}, decisions {100 * f['seed_decision_accuracy']:.0f}%"
+                     f"; seed std {f['std']:.4f} bits/byte")
+    ranks = [k for k in next(iter(out["placement"].values())) if k.endswith("_rank")]
+    for p, place in out["placement"].items():
+        shown = [r for r in place["roles"] if r in ("aggregate", "best_single", "baseline")]
+        if shown:
+            lines.append(f"  {'/'.join(shown):<22} {p}  " + "  ".join(
+                f"{k[:-5]} #{place[k] if place[k] is not None else '-'}" for k in ranks) + f" of {n}")
+    lines.append(f"wrote {run_dir / 'fidelity.json'} and {run_dir / 'fidelity.png'}")
+    return "\n".join(lines)
+
+
+__all__ = ["FidelityConfig", "analyse", "fidelity_config_from_mapping", "report", "run_fidelity", "select"]
