@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -94,6 +95,7 @@ def test_long_patterns_stretch_and_unreachable_targets_keep_their_error():
 @pytest.mark.parametrize("change, message", [
     ({"role": "winner"}, "role must be one of"),
     ({"role": "aggregate", "aggregator": None}, "needs its aggregator"),
+    ({"role": "baseline", "aggregator": "N0"}, "a 'baseline' record has no aggregator"),
     ({"task_scores": {"recall": [0.5]}}, "1 scores for 2 seeds"),
     ({"task_scores": {"recall": [0.5, float("nan")]}}, "finite number"),
     ({"seeds": [3, 3]}, "distinct"),
@@ -238,6 +240,65 @@ def test_markdown_and_text_tables(board):
 
 def test_json_is_the_full_records(board):
     assert json.loads(formats.to_json(board)) == board
+
+
+# ------------------------------------------------------------------------------------------ baselines
+
+def llama(score: float = 0.8, *, search: str = "s1") -> dict:
+    """The Llama layout as a search's baseline: one '*-' block, scored like a candidate."""
+    return arch("*-", scores={"recall": [score, score], "copy": [score, score]}, search=search, role="baseline")
+
+
+def test_baselines_are_ranked_and_marked_in_every_format(board):
+    assert "baseline" in rec.ROLES and llama()["role"] == "baseline" and llama()["aggregator"] is None
+    board = [*board, llama(0.8)]
+    table = formats.rows(board)
+    assert [(r["pattern"], r["role"], r["rank"]) for r in table] == [  # ranked by score like the others
+        ("M-M-", "aggregate", 1), ("*-", "baseline", 2), ("*-M-", "candidate", 3), ("**----", "candidate", 4)]
+    text = formats.to_text(table).splitlines()
+    assert [line.split()[0] for line in text[2:6]] == ["1", "(2)", "3", "4"]  # the baseline's rank in parentheses
+    assert text[3].split()[1] == "*-" and text[3].split()[-2:] == ["baseline", "s1"]
+    assert text[-1] == formats.BASELINE_NOTE and len(text) == 7
+    assert formats.BASELINE_NOTE not in formats.to_text(formats.rows(board[:-1]))  # no baseline: no note
+    md = formats.to_markdown(table).splitlines()
+    assert md[3].startswith("| (2) | `*-` |") and "| baseline | s1 |" in md[3] and "baseline" not in md[2] + md[4]
+    parsed = list(csv.DictReader(io.StringIO(formats.to_csv(table))))
+    assert [(r["rank"], r["role"], r["aggregator"]) for r in parsed][1] == ("2", "baseline", "")
+    assert [r.get("role") for r in json.loads(formats.to_json(board))].count("baseline") == 1
+
+
+def test_report_marks_baselines_and_keeps_them_off_the_front():
+    from search.leaderboard import html as report
+
+    found = [arch("*-M-"), arch("*-*-", scores={"recall": [0.9, 0.9]})]  # 0.75 at 17 KiB, 0.9 at 32 KiB
+    base = llama(0.99)  # Llama's 32 KiB per token: better than *-*- in score, as good in state
+    table = formats.rows([*found, base])
+    by_pattern = {r["pattern"]: r for r in table}
+    points = [(by_pattern[p]["state_32k"], by_pattern[p]["score"]) for p in ("*-M-", "*-*-", "*-")]
+    assert report.pareto_front(points) == [0, 2]  # counted in, the baseline would push *-*- off the front
+    page = report.render([*found, base, searched(curve=[(1, 0.2), (3, 0.5)]), llama(0.7, search="no-record")])
+
+    assert page.count('<tr class="arch baseline"') == 2 and page.count('<tr class="arch"') == 2
+    row = page[page.index('<tr class="arch baseline" data-pattern="*-">'):]
+    assert '<span class="badge"' in row[:row.index("</tr>")]
+    pareto = page[page.index('<svg id="pareto"'):page.index("</svg>", page.index('<svg id="pareto"'))]
+    front = re.findall(r'<circle class="point pareto" data-pattern="([^"]+)"', pareto)
+    assert sorted(front) == ["*-*-", "*-M-"]  # the front is of the found architectures only
+    assert pareto.count('<path class="baseline-point" data-pattern="*-"') == 2  # a diamond, not a circle
+    assert 'circle class="point" data-pattern="*-"' not in pareto and ">*-</text>" in pareto  # labelled
+    assert "White diamonds: baselines" in page
+
+    curves = page[page.index('<svg id="curves"'):]
+    curves = curves[:curves.index("</svg>")]
+    (ref,) = re.findall(r'<line class="baseline-ref" data-search="s1" data-pattern="\*-" x1="[\d.]+" '
+                        r'y1="([\d.]+)" x2="[\d.]+" y2="([\d.]+)"', curves)  # none for the search without a record
+    (end,) = re.findall(r'<circle class="curve-end" cx="[\d.]+" cy="([\d.]+)"', curves)
+    assert ref[0] == ref[1] and float(ref[0]) < float(end)  # horizontal, above the best score 0.5
+    assert 'class="baseline-label"' in curves and ">*-<title>" in curves and "baselines (dashed)" in curves
+    assert "Dashed lines: each search&#x27;s baselines" in page  # escaped, like every text
+
+    plain = report.render([*found, searched()])
+    assert "baseline" not in plain.split("</style>")[1]  # no baseline: no marks, no notes about them
 
 
 # ------------------------------------------------------------------------------------------ long-context probe

@@ -175,3 +175,57 @@ def test_pareto_front_rule():
     # (bytes, score): lower bytes and higher score are better
     points = [(10, 0.5), (20, 0.7), (15, 0.4), (30, 0.7), (5, 0.3), (20, 0.7)]
     assert report.pareto_front(points) == [4, 0, 1, 5]  # x ascending; exact duplicates both kept
+
+
+def test_baselines_and_rank_fidelity_are_drawn(browser, tmp_path):
+    from tests.test_leaderboard_fidelity import fidelity_result
+
+    best = {"recall": [0.99, 0.99], "copy": [0.99, 0.99]}  # scores above every candidate: it would lead the front
+    baseline = rec.architecture_record("*-*-", search="random-1", strategy="random", role="baseline", aggregator=None,
+                                       task_scores=best, seeds=[0, 1], proxy_d_model=64, proxy_vocab_size=32,
+                                       seq_len=64, evaluator="mad")
+    opened = Opened(browser, report.write([*_records(), baseline, rec.fidelity_record(fidelity_result())],
+                                          tmp_path / "report.html"))
+    page = opened.page
+    assert opened.errors == [] and opened.requests == [page.url]
+    assert page.text_content("#n-architectures") == "6" and page.text_content("#n-fidelity") == "1"
+
+    row = page.locator("#leaderboard tr.baseline")
+    assert row.count() == 1 and row.get_attribute("data-pattern") == "*-*-" and opened.patterns()[0] == "*-*-"
+    assert row.locator(".badge").is_visible() and row.locator(".badge").inner_text() == "baseline"
+    assert page.eval_on_selector("#leaderboard tr.baseline td", "td => getComputedStyle(td).fontStyle") == "italic"
+    assert page.eval_on_selector("#leaderboard tr.arch:not(.baseline) td",
+                                 "td => getComputedStyle(td).fontStyle") == "normal"
+
+    diamond = page.locator("#pareto path.baseline-point")
+    assert diamond.count() == 1 and diamond.is_visible() and diamond.get_attribute("data-pattern") == "*-*-"
+    front = page.eval_on_selector_all("#pareto circle.pareto", "cs => cs.map(c => c.dataset.pattern)")
+    assert front and "*-*-" not in front
+
+    ref = page.locator('#curves line.baseline-ref[data-search="random-1"]')
+    assert ref.count() == 1 and ref.get_attribute("data-pattern") == "*-*-"
+    assert ref.bounding_box()["width"] > 300  # across the plot (a horizontal line: no height to be "visible")
+    assert page.eval_on_selector("#curves line.baseline-ref", "l => getComputedStyle(l).strokeDasharray") != "none"
+    assert page.eval_on_selector("#curves text.baseline-label", "t => t.firstChild.textContent") == "*-*-"
+
+    section = page.locator("#fidelity")
+    assert section.is_visible() and section.locator("h2").inner_text() == "Rank fidelity"
+    first = page.eval_on_selector_all("#fidelity table.correlations tbody tr:first-child td",
+                                      "tds => tds.map(t => t.textContent)")
+    assert first == ["proxy", "r1", "5", "0.91 [0.80, 0.97]", "0.78 [0.62, 0.90]", "85%"]
+    scatters = section.locator("svg.fidelity-scatter")
+    assert scatters.count() == 2
+    for i in range(2):
+        frame = scatters.nth(i).locator("rect.frame").bounding_box()
+        points = scatters.nth(i).locator(".fid-point")
+        assert points.count() == 5  # the pattern without a proxy score is left out
+        for j in range(5):
+            box = points.nth(j).bounding_box()
+            assert points.nth(j).is_visible() and box["width"] > 5
+            centre = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            assert frame["x"] < centre[0] < frame["x"] + frame["width"]
+            assert frame["y"] < centre[1] < frame["y"] + frame["height"]
+        marks = points.evaluate_all("ps => ps.map(p => p.tagName + ' ' + p.classList[1])")
+        assert sorted(marks) == ["circle plain", "circle plain", "circle top", "path baseline", "rect aggregate"]
+        assert scatters.nth(i).locator("line.seed-tick").count() == 10
+    assert opened.errors == []

@@ -1,6 +1,6 @@
 """`composer-fidelity`: the rank-fidelity study of a search's proxy (search/fidelity/study.py).
 
-    composer-fidelity search=outputs/search/gp-mad-n16-s0 rungs.0.d_model=256 rungs.0.n_blocks=12
+    composer-fidelity search_dir=outputs/search/gp-mad-n16-s0 rungs.0.d_model=256 rungs.0.n_blocks=12
     composer-fidelity "patterns=['*-*-*-','M-M-M-','M*-M*-']" random=4
 """
 

@@ -1,6 +1,7 @@
 """`composer-leaderboard`: print or export the architectures found by composer-search.
 
-    composer-leaderboard                          # the table of outputs/leaderboard.jsonl
+    composer-leaderboard                          # the table of outputs/leaderboard.jsonl, then the
+                                                  # pretraining runs and the rank-fidelity studies
     composer-leaderboard --format md --top 10     # or csv, json
     composer-leaderboard --html report.html       # the HTML report
 """
@@ -14,7 +15,17 @@ from typing import Any
 
 from composer.apps.common import run_command
 from composer.errors import ConfigError
-from search.leaderboard.formats import FORMATS, full_runs_text, rows, sort_key, to_csv, to_json, to_markdown, to_text
+from search.leaderboard.formats import (
+    FORMATS,
+    fidelity_text,
+    full_runs_text,
+    rows,
+    sort_key,
+    to_csv,
+    to_json,
+    to_markdown,
+    to_text,
+)
 from search.leaderboard.store import DEFAULT_PATH, load
 
 PROG = "composer-leaderboard"
@@ -32,9 +43,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _select(records: list[dict[str, Any]], *, search: str | None, top: int | None) -> list[dict[str, Any]]:
-    """The records to show: one search's (if named), the `top` best architectures, then the searches."""
+    """The records to show: one search's (if named), the `top` best architectures, then the other records
+    (searches, pretraining runs, fidelity studies)."""
     if search is not None:
-        known = sorted({r["search"] for r in records if "search" in r})
+        known = sorted({r["search"] for r in records if isinstance(r.get("search"), str)})
         if search not in known:
             raise ConfigError(f"unknown search {search!r} (known searches: {', '.join(known) or 'none'})")
         records = [r for r in records if r.get("search") == search]
@@ -49,7 +61,7 @@ def _render(records: list[dict[str, Any]], fmt: str) -> str:
         return to_json(records)
     table = rows(records)
     out = {"text": to_text, "csv": to_csv, "md": to_markdown}[fmt](table)
-    return out + full_runs_text(records) if fmt == "text" else out
+    return out + full_runs_text(records) + fidelity_text(records) if fmt == "text" else out
 
 
 def _show(args: argparse.Namespace) -> None:

@@ -47,7 +47,7 @@ ROLE_ORDER = ("aggregate", "best_single", "baseline", "top", "given", "random")
 @dataclass(frozen=True, kw_only=True)
 class FidelityConfig:
     name: str = "fidelity"
-    search: str | None = None  # a composer-search run folder: its patterns, proxy and scores; None: the fields below
+    search_dir: str | None = None  # a composer-search run folder: its patterns, proxy and scores; None: the fields below
     patterns: tuple[str, ...] | str = ()  # given patterns (a list, or a file of one a line), beside the search's
     top_k: int = 8  # the search's best candidates taken
     random: int = 4  # patterns drawn uniformly from the space (seeded by `seed`)
@@ -77,8 +77,8 @@ class FidelityConfig:
         names = [r.name for r in self.rungs]
         if len(set(names)) < len(names) or "proxy" in names:
             raise ConfigError(f"rung names must be distinct and not 'proxy', got {names}")
-        if self.search is not None and not (Path(self.search).expanduser() / "search.json").is_file():
-            raise ConfigError(f"search={self.search}: not a composer-search run folder (no search.json in it)")
+        if self.search_dir is not None and not (Path(self.search_dir).expanduser() / "search.json").is_file():
+            raise ConfigError(f"search_dir={self.search_dir}: not a composer-search run folder (no search.json in it)")
 
 
 def fidelity_config_from_mapping(data: Mapping[str, Any]) -> FidelityConfig:
@@ -106,8 +106,8 @@ def _proxy_search(cfg: FidelityConfig):
     """The SearchConfig whose evaluator scores the proxy: the search's own, or one made of cfg's fields."""
     from search.runner import search_config_from_mapping
 
-    if cfg.search is not None:
-        saved = json.loads((Path(cfg.search).expanduser() / "search.json").read_text())
+    if cfg.search_dir is not None:
+        saved = json.loads((Path(cfg.search_dir).expanduser() / "search.json").read_text())
         log.info("proxy: search %r's own evaluator (%s), space and baselines; this config's evaluator, space and "
                  "baselines are not used", saved["name"], saved["evaluator"]["name"])
         return search_config_from_mapping(saved)
@@ -149,7 +149,7 @@ def select(cfg: FidelityConfig, search_cfg: Any, scores: Mapping[str, float], re
     for p in search_cfg.baselines:
         add(p, "baseline")
     candidates = sorted((p for p in scores if p not in search_cfg.baselines), key=lambda p: (-scores[p], p))
-    for p in candidates[: cfg.top_k] if cfg.search is not None else ():
+    for p in candidates[: cfg.top_k] if cfg.search_dir is not None else ():
         add(p, "top")
     for p in cfg.patterns:
         add(p, "given")
@@ -322,7 +322,7 @@ def run_fidelity(cfg: FidelityConfig, *, run_dir: Path) -> dict[str, Any]:
     started = time.time()
     logging.getLogger("composer.engine.trainer").setLevel(logging.WARNING)  # one line per run, not per eval
     search_cfg = _proxy_search(cfg)
-    known, result = _search_scores(search_cfg, Path(cfg.search).expanduser()) if cfg.search else ({}, {})
+    known, result = _search_scores(search_cfg, Path(cfg.search_dir).expanduser()) if cfg.search_dir else ({}, {})
     roles = select(cfg, search_cfg, known, result)
     patterns = list(roles)
     corpus = cfg.data.open(seed=0)  # fetched and tokenised once, before any worker starts
@@ -350,7 +350,7 @@ def run_fidelity(cfg: FidelityConfig, *, run_dir: Path) -> dict[str, Any]:
     analysis = analyse(points, cfg.rungs, bootstrap=cfg.bootstrap, seed=cfg.seed)
     out = {
         "kind": "fidelity", "schema": 1, "name": cfg.name,
-        "search": search_cfg.name if cfg.search else None, "run_dir": str(run_dir),
+        "search": search_cfg.name if cfg.search_dir else None, "run_dir": str(run_dir),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "proxy": {"evaluator": search_cfg.evaluator.name, "d_model": search_cfg.evaluator.d_model,
                   "seed": search_cfg.evaluator.seed},

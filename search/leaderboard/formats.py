@@ -1,5 +1,7 @@
 """The leaderboard as a table: `rows` flattens the current architecture records; text, markdown,
-csv and JSON render them (html.py draws the same rows as a page)."""
+csv and JSON render them (html.py draws the same rows as a page). Baselines (role "baseline") are
+rows like the others, ranked by score; the text and markdown tables show their rank in parentheses.
+`full_runs_text` and `fidelity_text` summarise the pretraining runs and the rank-fidelity studies."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from search.leaderboard.records import TARGETS, needle_multiple
+from search.leaderboard.records import BASELINE, TARGETS, needle_multiple
 from search.leaderboard.store import current
 
 FORMATS = ("text", "csv", "json", "md")
@@ -97,6 +99,62 @@ def full_runs_text(records: Iterable[Mapping[str, Any]]) -> str:
     return "\nFull pretraining runs\n" + "\n".join(lines[:1] + ["  ".join("-" * w for w in widths)] + lines[1:]) + "\n"
 
 
+def _number(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_interval(stat: Mapping[str, Any]) -> str:
+    """A correlation with its interval: '0.91 [0.80, 0.97]'; '-' when there is no value."""
+    if stat.get("value") is None:
+        return "-"
+    bounds = (stat.get("low"), stat.get("high"))
+    return f"{stat['value']:.2f}" + ("" if None in bounds else f" [{bounds[0]:.2f}, {bounds[1]:.2f}]")
+
+
+def correlation_text(c: Mapping[str, Any]) -> str:
+    """'proxy -> r1: Spearman 0.91 [0.80, 0.97], Kendall 0.78 [0.62, 0.90], decisions 85%, n=16'."""
+    return (f"{c['x']} -> {c['y']}: Spearman {format_interval(c['spearman'])}, "
+            f"Kendall {format_interval(c['kendall'])}, decisions {_number(c.get('decision_accuracy'), '.0%')}, n={c['n']}")
+
+
+def noise_text(rung: str, floor: Mapping[str, Any]) -> str:
+    """'noise floor r1: seed Spearman 0.95, seed decisions 92%, neighbour swaps 6%, std 0.004
+    (16 patterns, 2 seeds)', on one line; '-' for what the study could not measure."""
+    return (f"noise floor {rung}: seed Spearman {_number(floor.get('seed_spearman'), '.2f')}, "
+            f"seed decisions {_number(floor.get('seed_decision_accuracy'), '.0%')}, "
+            f"neighbour swaps {_number(floor.get('neighbour_swap_rate'), '.0%')}, "
+            f"std {_number(floor.get('std'), '.3g')} ({floor['n_patterns']} patterns, {floor['n_seeds']} seeds)")
+
+
+def rung_text(rung: Mapping[str, Any]) -> str:
+    """'r1: d_model 128, 20M params, 400M tokens (20 per param), seeds 0 1, stack'."""
+    return (f"{rung['name']}: d_model {rung['d_model']}, {format_count(rung['target_non_embedding_params'])} params, "
+            f"{format_count(rung['tokens'])} tokens ({rung['tokens_per_param']:g} per param), "
+            f"seeds {' '.join(map(str, rung['seeds']))}, {rung['method']}")
+
+
+def fidelity_records(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The current rank-fidelity records, oldest first."""
+    return sorted((r for r in current(records) if r.get("kind") == "fidelity"),
+                  key=lambda r: (r["created"], r["run_dir"]))
+
+
+def fidelity_text(records: Iterable[Mapping[str, Any]]) -> str:
+    """The rank-fidelity studies: per study its rungs, one line per correlation, the noise floor per rung
+    ('' when there are none)."""
+    blocks = []
+    for r in fidelity_records(records):
+        proxy = r["proxy"]
+        origin = f"search {r['search']}, " if r.get("search") else ""
+        lines = [f"\nRank fidelity: {r['name']} ({origin}proxy {proxy['evaluator']} at d_model {proxy['d_model']}; "
+                 f"{r['run_dir']})"]
+        lines += [f"  rung {rung_text(rung)}" for rung in r["rungs"]]
+        lines += [f"  {correlation_text(c)}" for c in r["correlations"]]
+        lines += [f"  {noise_text(rung, floor)}" for rung, floor in r["noise_floor"].items()]
+        blocks.append("\n".join(lines) + "\n")
+    return "".join(blocks)
+
+
 def format_count(n: float | None, *, units: Sequence[str] = ("", "K", "M", "B", "T")) -> str:
     """1234567 -> '1.2M', 350e6 -> '350M', 1.1e9 -> '1.1B'; '-' for None."""
     if n is None:
@@ -136,6 +194,11 @@ def format_share(share: float | None) -> str:
     return "-" if share is None else f"{100 * share:.0f}%"
 
 
+def _rank(row: Mapping[str, Any]) -> str:
+    """A baseline's rank in parentheses: ranked with the others, but not a search result."""
+    return f"({row['rank']})" if row["role"] == BASELINE else str(row["rank"])
+
+
 def _role(row: Mapping[str, Any]) -> str:
     return f"{row['role']} ({row['aggregator']})" if row.get("aggregator") else str(row["role"])
 
@@ -143,7 +206,7 @@ def _role(row: Mapping[str, Any]) -> str:
 # (header, cell text, right-aligned) of the text and markdown tables; markdown adds the task columns.
 Column = tuple[str, Callable[[Mapping[str, Any]], str], bool]
 DISPLAY: list[Column] = [
-    ("#", lambda r: str(r["rank"]), True),
+    ("#", _rank, True),
     ("pattern", lambda r: r["pattern"], False),
     ("score", lambda r: format_score(r["score"], r["score_std"] if (r.get("n_seeds") or 0) > 1 else None), True),
     ("seeds", lambda r: str(r["n_seeds"]), True),
@@ -171,8 +234,12 @@ def _text_columns(table: Sequence[Mapping[str, Any]]) -> list[Column]:
     return DISPLAY[:4] + [_needle_display(c) for c in needle_columns(table)] + DISPLAY[4:]
 
 
+BASELINE_NOTE = "ranks in (): baselines, reference patterns evaluated beside the search's candidates"
+
+
 def to_text(table: Sequence[Mapping[str, Any]]) -> str:
-    """An aligned table for the terminal (a readable subset of the columns)."""
+    """An aligned table for the terminal (a readable subset of the columns); baselines' ranks in
+    parentheses, explained by a line under the table."""
     if not table:
         return "(no architectures)\n"
     columns = _text_columns(table)
@@ -184,6 +251,8 @@ def to_text(table: Sequence[Mapping[str, Any]]) -> str:
         lines.append("  ".join(parts).rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
+    if any(r["role"] == BASELINE for r in table):
+        lines.append(BASELINE_NOTE)
     return "\n".join(lines) + "\n"
 
 
@@ -215,5 +284,6 @@ def to_csv(table: Sequence[Mapping[str, Any]]) -> str:
 
 def to_json(items: Iterable[Mapping[str, Any]]) -> str:
     """A JSON list of what is given, unchanged. The CLI gives the full records (architectures in
-    table order, then searches), not the flat rows; pass rows to get rows."""
+    table order, then the searches, pretraining runs and fidelity studies), not the flat rows; pass
+    rows to get rows."""
     return json.dumps(list(items), indent=2, allow_nan=False) + "\n"

@@ -1,17 +1,27 @@
-"""The leaderboard as one static HTML page: a sortable table, a Pareto plot, the searches' curves.
+"""The leaderboard as one static HTML page: a sortable table, a Pareto plot, the searches' curves,
+and the rank-fidelity studies when there are any.
 
 Self-contained: inline CSS, a few lines of inline JS (table sorting only) and inline SVG drawn
 here, so the page opens from a file:// URL with no network. All record text goes through
 html.escape, and the script reads its data from DOM attributes only: no record text ever sits
 inside <script>. Imports no torch.
 
-  table   `#leaderboard`, one `tr.arch[data-pattern]` per architecture, `th[data-key]` headers;
-          a click sorts by that column (numbers numerically, empty cells last), a second reverses
-  pareto  `svg#pareto`: proxy score (y) against bytes of inference state per token at a 32K
-          context at 1B (x; log scale when the range is wide), one `circle.point` per plotted
-          architecture; the non-dominated ones (higher score, fewer bytes) joined by `polyline.front`
-  curves  `svg#curves`: one `polyline.curve[data-search]` per search, best score so far against
-          evaluations, with a legend
+  table     `#leaderboard`, one `tr.arch[data-pattern]` per architecture, `th[data-key]` headers;
+            a click sorts by that column (numbers numerically, empty cells last), a second reverses.
+            A baseline's row is `tr.arch.baseline` (muted), its role cell a `span.badge`
+  pareto    `svg#pareto`: proxy score (y) against bytes of inference state per token at a 32K
+            context at 1B (x; log scale when the range is wide), one `circle.point` per plotted
+            architecture a search found; the non-dominated ones (higher score, fewer bytes) joined by
+            `polyline.front`. Baselines are `path.baseline-point` diamonds, labelled, never on the front
+  curves    `svg#curves`: one `polyline.curve[data-search]` per search, best score so far against
+            evaluations, with a legend; each of the search's baselines a dashed `line.baseline-ref`
+            across the plot at its score, labelled with its pattern
+  fidelity  `section#fidelity` (only with fidelity records): per study an `article.fidelity` with its
+            rungs, `table.correlations` (Spearman and Kendall with their intervals, decision accuracy),
+            `table.noise-floor`, and per rung an `svg.fidelity-scatter[data-rung]`: proxy score (x)
+            against the rung's bits per byte, mean over seeds (y, lower is better), one `.fid-point`
+            per pattern (`.baseline` diamond, `.aggregate` square, `.top` filled, `.plain` the rest) with
+            its seeds as `line.seed-tick`s
 """
 
 from __future__ import annotations
@@ -24,17 +34,21 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from search.leaderboard.store import current
 from search.leaderboard.formats import (
+    correlation_text,
+    fidelity_records,
     format_bytes,
     format_count,
     format_flops,
+    format_interval,
     format_score,
     format_share,
     needle_columns,
     rows,
     task_columns,
 )
+from search.leaderboard.records import BASELINE
+from search.leaderboard.store import current
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22")
@@ -113,8 +127,12 @@ def _table(table: Sequence[Mapping[str, Any]], grown: Mapping[tuple[str, str, st
             css = ' class="pattern"' if c.key == "pattern" else ' class="num"' if c.numeric else ""
             big = grown.get((row["search"], row["role"], row["pattern"])) if c.key == "pattern" else None
             tip = f' title="at 1B: {_e(big)}"' if big else ""
-            cells.append(f'<td{css} data-value="{_e(raw)}"{tip}>{_e(c.show(value))}</td>')
-        body.append(f'<tr class="arch" data-pattern="{_e(row["pattern"])}">{"".join(cells)}</tr>')
+            text = _e(c.show(value))
+            if c.key == "role" and value == BASELINE:
+                text = f'<span class="badge" title="a reference pattern, not found by the search">{text}</span>'
+            cells.append(f'<td{css} data-value="{_e(raw)}"{tip}>{text}</td>')
+        css = "arch baseline" if row["role"] == BASELINE else "arch"
+        body.append(f'<tr class="{css}" data-pattern="{_e(row["pattern"])}">{"".join(cells)}</tr>')
     return (f'<div class="scroll"><table id="leaderboard"><thead><tr>{head}</tr></thead>'
             f'<tbody>\n{chr(10).join(body)}\n</tbody></table></div>')
 
@@ -204,6 +222,15 @@ def _frame(x: _Axis, y: _Axis, *, x_label: str, y_label: str, x_fmt: Callable[[f
     return out
 
 
+def _diamond(cx: float, cy: float, r: float) -> str:
+    """The path of a diamond (a baseline's marker) centred on (cx, cy)."""
+    return f"M{cx:.1f},{cy - r:.1f} L{cx + r:.1f},{cy:.1f} L{cx:.1f},{cy + r:.1f} L{cx - r:.1f},{cy:.1f} Z"
+
+
+def _short(pattern: str, n: int = 20) -> str:
+    return pattern if len(pattern) <= n else pattern[: n - 1] + "…"
+
+
 def _pareto(table: Sequence[Mapping[str, Any]]) -> str:
     shown = [r for r in table if r.get("state_32k") is not None and r.get("score") is not None]
     missing = len(table) - len(shown)
@@ -216,23 +243,30 @@ def _pareto(table: Sequence[Mapping[str, Any]]) -> str:
     (x_lo, x_hi), (y_lo, y_hi) = _range(xs, log=log), _range(ys)
     x = _Axis(lo=x_lo, hi=x_hi, start=LEFT, end=W - RIGHT, log=log, binary=True)
     y = _Axis(lo=y_lo, hi=y_hi, start=H - BOTTOM, end=TOP)
-    front = pareto_front(list(zip(xs, ys)))
+    found = [i for i, r in enumerate(shown) if r["role"] != BASELINE]  # the front is of what the searches found
+    front = [found[k] for k in pareto_front([(xs[i], ys[i]) for i in found])]
     x_label = "inference state per token at 32K context, 1B (bytes" + (", log scale)" if log else ")")
     parts = _frame(x, y, x_label=x_label, y_label="proxy score", x_fmt=format_bytes, y_fmt=lambda v: f"{v:.3g}")
-    line = " ".join(f"{x(xs[i]):.1f},{y(ys[i]):.1f}" for i in front)
-    parts.append(f'<polyline class="front" points="{line}"/>')
+    if front:
+        line = " ".join(f"{x(xs[i]):.1f},{y(ys[i]):.1f}" for i in front)
+        parts.append(f'<polyline class="front" points="{line}"/>')
     on_front = set(front)
     for i, r in enumerate(shown):
         tip = (f'{r["pattern"]}  score {format_score(r["score"], r.get("score_std"))}  '
                f'{format_bytes(r["state_32k"])}/token at 32K (1B)  {r["search"]} / {r["role"]}')
+        if r["role"] == BASELINE:
+            parts.append(f'<path class="baseline-point" data-pattern="{_e(r["pattern"])}" '
+                         f'd="{_diamond(x(xs[i]), y(ys[i]), 6.5)}"><title>{_e(tip)}</title></path>')
+            continue
         css = "point pareto" if i in on_front else "point"
         parts.append(f'<circle class="{css}" data-pattern="{_e(r["pattern"])}" cx="{x(xs[i]):.1f}" '
                      f'cy="{y(ys[i]):.1f}" r="{6 if i in on_front else 4.5}"><title>{_e(tip)}</title></circle>')
-    for i in front:  # name the front's patterns; the others have their tooltip
-        name = shown[i]["pattern"] if len(shown[i]["pattern"]) <= 20 else shown[i]["pattern"][:19] + "…"
+    labelled = front + [i for i, r in enumerate(shown) if r["role"] == BASELINE]
+    for i in labelled:  # name the front's patterns and the baselines; the others have their tooltip
+        css = "baseline-label" if shown[i]["role"] == BASELINE else "front-label"
         left = x(xs[i]) > x.end - 140  # near the right edge: label on the left of the point
-        parts.append(f'<text class="front-label" x="{x(xs[i]) + (-9 if left else 9):.1f}" y="{y(ys[i]) + 4:.1f}" '
-                     f'text-anchor="{"end" if left else "start"}">{_e(name)}</text>')
+        parts.append(f'<text class="{css}" x="{x(xs[i]) + (-9 if left else 9):.1f}" y="{y(ys[i]) + 4:.1f}" '
+                     f'text-anchor="{"end" if left else "start"}">{_e(_short(shown[i]["pattern"]))}</text>')
     return (f'<svg id="pareto" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" height="{H}" '
             f'role="img" aria-label="score against inference state">{"".join(parts)}</svg>' + note)
 
@@ -247,13 +281,26 @@ def _steps(points: Sequence[Sequence[float]]) -> list[tuple[float, float]]:
     return out
 
 
-def _curves(searches: Sequence[Mapping[str, Any]]) -> str:
+def _spread(positions: Sequence[float], gap: float) -> list[float]:
+    """Label positions moved apart (downwards) until consecutive ones are at least `gap` apart, order kept."""
+    order = sorted(range(len(positions)), key=lambda i: positions[i])
+    out = list(positions)
+    for previous, i in zip(order, order[1:]):
+        out[i] = max(out[i], out[previous] + gap)
+    return out
+
+
+def _curves(searches: Sequence[Mapping[str, Any]],
+            baselines: Mapping[str, Sequence[tuple[str, float]]] | None = None) -> str:
+    """The best-so-far curves; `baselines`: search -> its (pattern, score) baselines, dashed lines."""
     if not searches:
         return '<p class="empty">No searches recorded yet.</p>'
     curves = [[tuple(p) for p in s.get("best_so_far", [])] for s in searches]
+    refs = [(n, str(s["search"]), pattern, score) for n, s in enumerate(searches)
+            for pattern, score in (baselines or {}).get(s["search"], ())]
     points = [p for c in curves for p in c]
     legend_w = 200
-    y_lo, y_hi = _range([p[1] for p in points] or [0.0, 1.0])
+    y_lo, y_hi = _range([p[1] for p in points] + [score for *_, score in refs] or [0.0, 1.0])
     x = _Axis(lo=1, hi=max([2] + [p[0] for p in points]), start=LEFT, end=W - RIGHT - legend_w, integer=True)
     y = _Axis(lo=y_lo, hi=y_hi, start=H - BOTTOM, end=TOP)
     parts = _frame(x, y, x_label="evaluations", y_label="best score so far", x_fmt=lambda v: f"{v:g}",
@@ -275,9 +322,173 @@ def _curves(searches: Sequence[Mapping[str, Any]]) -> str:
                       f'{_e(short)}<title>{_e(name)} ({_e(s.get("strategy", "?"))}, '
                       f'{_e(s.get("n_evaluations", "?"))} evaluations, {_e(s.get("n_failed", "?"))} failed)'
                       f'</title></text></g>')
+    label_ys = _spread([y(score) - 4 for *_, score in refs], gap=12)
+    for (n, name, pattern, score), label_y in zip(refs, label_ys):
+        color, py = PALETTE[n % len(PALETTE)], y(score)
+        tip = f"baseline {pattern} of {name}: score {score:.3f}"
+        parts.append(f'<line class="baseline-ref" data-search="{_e(name)}" data-pattern="{_e(pattern)}" '
+                     f'x1="{LEFT}" y1="{py:.1f}" x2="{x.end:.1f}" y2="{py:.1f}" stroke="{color}">'
+                     f'<title>{_e(tip)}</title></line>'
+                     f'<text class="baseline-label" x="{x.end - 4:.1f}" y="{label_y:.1f}" text-anchor="end" '
+                     f'fill="{color}">{_e(_short(pattern))}<title>{_e(tip)}</title></text>')
+    if refs:
+        ly = TOP + 14 + 20 * len(searches)
+        legend.append(f'<g class="legend-item"><line class="baseline-key" x1="{W - legend_w}" y1="{ly - 4}" '
+                      f'x2="{W - legend_w + 22}" y2="{ly - 4}"/><text x="{W - legend_w + 28}" y="{ly}">'
+                      f'baselines (dashed)</text></g>')
     parts.append(f'<g class="legend">{"".join(legend)}</g>')
     return (f'<svg id="curves" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" height="{H}" '
             f'role="img" aria-label="best score so far per search">{"".join(parts)}</svg>')
+
+
+# ------------------------------------------------------------------------------------------ rank fidelity
+
+MARKS = ("baseline", "aggregate", "top", "plain")  # a fidelity point's marker, in drawing order: last on top
+_MARK_OF = {"baseline": "baseline", "aggregate": "aggregate", "best_single": "top", "top": "top"}
+
+
+def _mark(roles: Sequence[str]) -> str:
+    """The marker of a pattern in a fidelity scatter: the first of its roles in MARKS order, else plain."""
+    marks = {_MARK_OF[r] for r in roles if r in _MARK_OF}
+    return next((m for m in MARKS if m in marks), "plain")
+
+
+def _static_table(css: str, header: Sequence[str], body: Sequence[Sequence[Any]]) -> str:
+    """A small table that does not sort. A body cell is a value (shown as is, '-' for None) or a pair
+    (text shown, raw value); the raw value is the cell's data-value."""
+    def cell(item: Any) -> str:
+        text, raw = item if isinstance(item, tuple) else ("-" if item is None else str(item), item)
+        return f'<td data-value="{_e("" if raw is None else raw)}">{_e(text)}</td>'
+
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    trs = "".join("<tr>" + "".join(cell(item) for item in row) + "</tr>" for row in body)
+    return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>'
+
+
+def _percent(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0%}"
+
+
+def _fixed(v: float | None, spec: str = ".2f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _fidelity_scatter(record: Mapping[str, Any], rung: Mapping[str, Any], sid: str) -> str:
+    """Proxy score (x) against the rung's bits per byte (y, mean over seeds; each seed a tick)."""
+    name = rung["name"]
+    points = []
+    for p in record["patterns"]:
+        result = p["rungs"].get(name)
+        if p.get("proxy") is not None and result is not None and result.get("mean") is not None:
+            seeds = sorted(result["bits_per_byte"].items(), key=lambda item: int(item[0]))
+            points.append((p, result, seeds))
+    missing = len(record["patterns"]) - len(points)
+    note = (f'<p class="note">{missing} pattern(s) without a proxy score or a {_e(name)} result are not plotted.</p>'
+            if missing else "")
+    if not points:
+        return f'<p class="empty">No pattern with a proxy score and a {_e(name)} result yet.</p>' + note
+    xs = [float(p["proxy"]) for p, _, _ in points]
+    ys = [float(r["mean"]) for _, r, _ in points] + [float(v) for *_, seeds in points for _, v in seeds]
+    x = _Axis(lo=_range(xs)[0], hi=_range(xs)[1], start=LEFT, end=W - RIGHT)
+    y = _Axis(lo=_range(ys)[0], hi=_range(ys)[1], start=H - BOTTOM, end=TOP)
+    parts = _frame(x, y, x_label="proxy score (higher is better)", y_label=f"{name} bits per byte (lower is better)",
+                   x_fmt=lambda v: f"{v:.3g}", y_fmt=lambda v: f"{v:.3g}")
+    labels = []
+    for p, result, seeds in sorted(points, key=lambda item: -MARKS.index(_mark(item[0]["roles"]))):
+        mark, px, py = _mark(p["roles"]), x(float(p["proxy"])), y(float(result["mean"]))
+        values = [float(v) for _, v in seeds]
+        if len(values) > 1:
+            parts.append(f'<line class="seed-range" x1="{px:.1f}" y1="{y(min(values)):.1f}" x2="{px:.1f}" '
+                         f'y2="{y(max(values)):.1f}"/>')
+        for seed, v in seeds:
+            tip = f"{p['pattern']} seed {seed}: {v:.4f} bits per byte"
+            parts.append(f'<line class="seed-tick" x1="{px - 4:.1f}" y1="{y(v):.1f}" x2="{px + 4:.1f}" '
+                         f'y2="{y(v):.1f}"><title>{_e(tip)}</title></line>')
+        per_seed = ", ".join(f"seed {seed} {v:.4f}" for seed, v in seeds)
+        tip = (f"{p['pattern']} ({', '.join(p['roles'])})  proxy {p['proxy']:.3f}  {name}: {result['mean']:.4f} "
+               f"bits per byte ({per_seed}), grown to {result['grown']}, "
+               f"{format_count(result['n_non_embedding_params'])} non-embedding params")
+        attrs = (f'class="fid-point {mark}" data-pattern="{_e(p["pattern"])}" data-proxy="{p["proxy"]!r}" '
+                 f'data-bpb="{result["mean"]!r}"')
+        if mark == "baseline":
+            tag, shape = "path", f'd="{_diamond(px, py, 7)}"'
+        elif mark == "aggregate":
+            tag, shape = "rect", f'x="{px - 5.5:.1f}" y="{py - 5.5:.1f}" width="11" height="11"'
+        else:
+            tag, shape = "circle", f'cx="{px:.1f}" cy="{py:.1f}" r="{5 if mark == "top" else 4}"'
+        parts.append(f"<{tag} {attrs} {shape}><title>{_e(tip)}</title></{tag}>")
+        if mark in ("baseline", "aggregate"):
+            left = px > x.end - 140
+            labels.append(f'<text class="fid-label {mark}" x="{px + (-10 if left else 10):.1f}" y="{py + 4:.1f}" '
+                          f'text-anchor="{"end" if left else "start"}">{_e(_short(p["pattern"]))}</text>')
+    return (f'<svg class="fidelity-scatter" id="{_e(sid)}" data-rung="{_e(name)}" xmlns="http://www.w3.org/2000/svg" '
+            f'viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" '
+            f'aria-label="{_e(f"proxy score against {name} bits per byte")}">{"".join(parts + labels)}</svg>' + note)
+
+
+def _fidelity_study(record: Mapping[str, Any], n: int) -> str:
+    proxy = record["proxy"]
+    origin = f"search {record['search']} · " if record.get("search") else ""
+    rungs = _static_table(
+        "rungs", ["rung", "d_model", "non-embedding params", "tokens", "tokens/param", "seeds", "growth"],
+        [[r["name"], r["d_model"], (format_count(r["target_non_embedding_params"]), r["target_non_embedding_params"]),
+          (format_count(r["tokens"]), r["tokens"]), (f"{r['tokens_per_param']:g}", r["tokens_per_param"]),
+          (" ".join(map(str, r["seeds"])), len(r["seeds"])), r["method"]] for r in record["rungs"]])
+    correlations = _static_table(
+        "correlations", ["ranking", "→ rung", "n", "Spearman [interval]", "Kendall [interval]", "decisions"],
+        [[c["x"], c["y"], c["n"], (format_interval(c["spearman"]), c["spearman"]["value"]),
+          (format_interval(c["kendall"]), c["kendall"]["value"]),
+          (_percent(c["decision_accuracy"]), c["decision_accuracy"])] for c in record["correlations"]])
+    noise = _static_table(
+        "noise-floor", ["rung", "patterns", "seeds", "seed Spearman", "seed decisions", "neighbour swaps", "std (bpb)"],
+        [[rung, f["n_patterns"], f["n_seeds"], (_fixed(f["seed_spearman"]), f["seed_spearman"]),
+          (_percent(f["seed_decision_accuracy"]), f["seed_decision_accuracy"]),
+          (_percent(f["neighbour_swap_rate"]), f["neighbour_swap_rate"]), (_fixed(f["std"], ".3g"), f["std"])]
+         for rung, f in record["noise_floor"].items()])
+    by_pair = {(c["x"], c["y"]): c for c in record["correlations"]}
+    figures = []
+    for k, rung in enumerate(record["rungs"]):
+        c = by_pair.get(("proxy", rung["name"]))
+        caption = _e(correlation_text(c)) if c else f"proxy -> {_e(rung['name'])}: no correlation recorded"
+        figures.append(f"<figure>{_fidelity_scatter(record, rung, f'fidelity-{n}-{k}')}"
+                       f"<figcaption>{caption}</figcaption></figure>")
+    return f"""<article class="fidelity" data-run-dir="{_e(record['run_dir'])}">
+<h3>{_e(record['name'])}</h3>
+<p class="note">{_e(origin)}proxy {_e(proxy['evaluator'])} at d_model {_e(proxy['d_model'])},
+seed {_e(proxy['seed'])} ·
+{_e(len(record['patterns']))} patterns · {_e(record['run_dir'])} · {_e(record['created'])}</p>
+{rungs}
+<h4>Rank correlations</h4>
+<p class="note">How well a ranking of the patterns (by proxy score, or by a smaller rung's bits per byte)
+predicts the rung's ranking by bits per byte: Spearman and Kendall (1: the same order), each with its
+interval; decisions: the share of pattern pairs it orders as the rung does.</p>
+{correlations}
+<h4>Noise floor</h4>
+<p class="note">How well each rung agrees with itself across training seeds: the best a proxy can hope for.
+Seed Spearman and seed decisions compare the orders of different seeds; neighbour swaps: how often patterns
+next to each other in the order change places between seeds; std: the spread of bits per byte over seeds.</p>
+{noise}
+<h4>Proxy score against each rung</h4>
+<p class="note">One mark per pattern at its mean over seeds, each seed's bits per byte a tick on a whisker.
+Diamonds: baselines; squares: the aggregate; filled circles: the search's top and best single; plain
+circles: random or given patterns. A faithful proxy puts the marks on a falling line (higher score, fewer
+bits per byte).</p>
+<div class="figures">{"".join(figures)}</div>
+</article>"""
+
+
+def _fidelity(records: Sequence[Mapping[str, Any]]) -> str:
+    """The 'Rank fidelity' section ('' without fidelity records)."""
+    studies = fidelity_records(records)
+    if not studies:
+        return ""
+    articles = "\n".join(_fidelity_study(r, n) for n, r in enumerate(studies))
+    return f"""<section id="fidelity"><h2>Rank fidelity</h2>
+<p class="note">Does the proxy rank architectures as larger training does? Each study (composer-fidelity)
+trains the same patterns at larger rungs and compares the orders.</p>
+{articles}
+</section>
+"""
 
 
 # ------------------------------------------------------------------------------------------ page
@@ -301,6 +512,24 @@ svg { display: block; margin: 4px 0; font-size: 12px; }
 .front { fill: none; stroke: #d62728; stroke-width: 1.5; stroke-dasharray: 5 3; }
 .curve { fill: none; stroke-width: 2; }
 .front-label { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 11px; fill: #7a1010; }
+tr.baseline td { color: #666; font-style: italic; background: #fafafa; }
+.badge { display: inline-block; padding: 0 7px; border-radius: 9px; background: #e4e4e4; color: #444;
+         font-size: 11px; font-style: normal; }
+.baseline-point { fill: #fff; stroke: #444; stroke-width: 1.5; }
+.baseline-label, .fid-label { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 11px; }
+#pareto .baseline-label, .fid-label { fill: #444; }
+.baseline-ref { stroke-width: 1.5; stroke-dasharray: 6 4; opacity: 0.85; }
+.baseline-key { stroke: #666; stroke-width: 2; stroke-dasharray: 6 4; }
+h3 { font-size: 15px; margin: 20px 0 4px; } h4 { font-size: 14px; margin: 14px 0 4px; }
+article.fidelity table { margin: 6px 0; } article.fidelity th { cursor: default; position: static; }
+article.fidelity td { text-align: right; } article.fidelity td:first-child { text-align: left; }
+.figures { display: flex; flex-wrap: wrap; gap: 12px; } figure { margin: 0; }
+figcaption { color: #555; font-size: 13px; }
+.seed-range { stroke: #aaa; } .seed-tick { stroke: #666; stroke-width: 1.5; }
+.fid-point.plain { fill: #c9d6e6; stroke: #4a6f99; } .fid-point.top { fill: #1f77b4; stroke: #0d3c66; }
+.fid-point.aggregate { fill: #d62728; stroke: #7a1010; }
+.fid-point.baseline { fill: #fff; stroke: #222; stroke-width: 2; }
+.fid-label.aggregate { fill: #7a1010; }
 """
 
 _JS = """
@@ -335,6 +564,20 @@ def render(records: Iterable[Mapping[str, Any]], *, generated: datetime | None =
     records = current(records)
     table = rows(records)
     searches = sorted((r for r in records if r["kind"] == "search"), key=lambda r: r["search"])
+    baselines: dict[str, list[tuple[str, float]]] = {}
+    for row in table:
+        if row["role"] == BASELINE and row.get("score") is not None:
+            baselines.setdefault(row["search"], []).append((row["pattern"], float(row["score"])))
+    n_fidelity = sum(r["kind"] == "fidelity" for r in records)
+    studies = f' · <span id="n-fidelity">{n_fidelity}</span> fidelity studies' if n_fidelity else ""
+    pareto_note = ("Red: the Pareto front of the architectures the searches found (no other found architecture "
+                   "scores higher with less state per token).")
+    curves_note = "Each search's best score after each evaluation."
+    if baselines:
+        pareto_note += (" White diamonds: baselines, reference patterns the searches evaluated beside their "
+                        "candidates; shown for comparison, never on the front.")
+        curves_note += (" Dashed lines: each search's baselines (reference patterns, labelled), at their scores, "
+                        "in the search's colour.")
     grown = {(r["search"], r["role"], r["pattern"]): r.get("targets", {}).get("1b", {}).get("pattern")
              for r in records if r["kind"] == "architecture"}
     when = (generated or datetime.now(timezone.utc)).isoformat(timespec="seconds")
@@ -350,7 +593,7 @@ def render(records: Iterable[Mapping[str, Any]], *, generated: datetime | None =
 <header>
 <h1>{_e(title)}</h1>
 <p class="summary"><span id="n-architectures">{len(table)}</span> architectures ·
-<span id="n-searches">{len(searches)}</span> searches · generated <time>{_e(when)}</time></p>
+<span id="n-searches">{len(searches)}</span> searches{studies} · generated <time>{_e(when)}</time></p>
 </header>
 <section><h2>Architectures</h2>
 <p class="note">Click a column header to sort; click it again to reverse. Costs are of the pattern
@@ -358,13 +601,14 @@ extrapolated to 1B (stacked below 16 layers, stretched from 16).</p>
 {_table(table, grown)}
 </section>
 <section><h2>Quality against inference state</h2>
-<p class="note">Red: the Pareto front (no other architecture scores higher with less state per token).</p>
+<p class="note">{_e(pareto_note)}</p>
 {_pareto(table)}
 </section>
 <section><h2>Searches: best score so far</h2>
-{_curves(searches)}
+<p class="note">{_e(curves_note)}</p>
+{_curves(searches, baselines)}
 </section>
-<script>{_JS}</script>
+{_fidelity(records)}<script>{_JS}</script>
 </body>
 </html>
 """

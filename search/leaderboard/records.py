@@ -20,8 +20,11 @@ from scaling.accounting import account
 from scaling.extrapolate import extrapolate, paper_method
 
 SCHEMA = 1  # bumped when a field changes meaning; readers of older lines use .get
-KINDS = ("architecture", "search", "pretrain")
-ROLES = ("aggregate", "best_single", "candidate")
+KINDS = ("architecture", "search", "pretrain", "fidelity")
+BASELINE = "baseline"  # the role of a reference pattern a search evaluated beside its candidates (not found by it)
+ROLES = ("aggregate", "best_single", "candidate", BASELINE)
+FIDELITY_SCHEMA = 1  # the version of composer-fidelity's fidelity.json that fidelity_record reads
+FIDELITY_ROLES = ("top", "aggregate", "best_single", "baseline", "random", "given")  # why a pattern is in a study
 TARGETS = ("350m", "1b", "3b")  # presets every architecture is extrapolated to
 COST_SEQ_LEN = 2048  # training sequence length of the 1B FLOPs column
 CONTEXTS = (4096, 32768)  # decoding contexts of the 1B inference-state columns
@@ -171,6 +174,9 @@ def architecture_record(
 ) -> dict[str, Any]:
     """One architecture row, every derived column computed here. JSON-ready.
 
+    role: "aggregate" (needs its aggregator), "best_single", "candidate" (one of the top), or "baseline":
+    a reference pattern the search evaluated beside its candidates (no aggregator; ranked with the
+    others, marked in every format, never on the report's Pareto front).
     task_scores: task name -> one accuracy per seed, in the order of `seeds`.
     Fields: kind, schema, pattern, search, strategy, role, aggregator, evaluator, run_dir, created
     (ISO 8601 UTC), seeds;
@@ -193,6 +199,8 @@ def architecture_record(
         raise ConfigError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
     if role == "aggregate" and not aggregator:
         raise ConfigError("an 'aggregate' record needs its aggregator (e.g. 'N0')")
+    if role == BASELINE and aggregator is not None:
+        raise ConfigError(f"a 'baseline' record has no aggregator (it was not aggregated), got {aggregator!r}")
     for name, value in (("search", search), ("strategy", strategy), ("evaluator", evaluator)):
         _check_text(name, value)
     _check_text("aggregator", aggregator, optional=True)
@@ -293,12 +301,227 @@ def pretrain_record(summary: Mapping[str, Any], *, run_dir: str) -> dict[str, An
     return {**record, **_check_needle(summary.get("needle"))}
 
 
+# ------------------------------------------------------------------------------------------ rank fidelity
+# A fidelity result is nested; every check names its field by path (`patterns[3].rungs['r1'].mean`), so
+# a bad fidelity.json is one line that says where.
+
+def _at(path: str, field: str) -> str:
+    """The path of a named field: `rungs[0]` + `name` -> `rungs[0].name`."""
+    return f"{path}.{field}" if path else field
+
+
+def _item(path: str, key: Any) -> str:
+    """The path of a mapping's entry (a rung, a seed, a pattern): `noise_floor` + `r1` -> `noise_floor['r1']`."""
+    return f"{path}[{key!r}]"
+
+
+def _mapping(path: str, value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"fidelity {path} must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _list(path: str, value: Any, *, empty: bool = True) -> list[Any]:
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
+        raise ConfigError(f"fidelity {path} must be a list, got {type(value).__name__}")
+    if not value and not empty:
+        raise ConfigError(f"fidelity {path} must not be empty")
+    return list(value)
+
+
+def _get(path: str, mapping: Any, key: str) -> Any:
+    """mapping[key]; a missing key is an error naming `path.key`."""
+    mapping = _mapping(path or "result", mapping)
+    if key not in mapping:
+        raise ConfigError(f"fidelity {_at(path, key)} is missing")
+    return mapping[key]
+
+
+def _optional_number(path: str, value: Any, *, lo: float | None = None, hi: float | None = None) -> float | None:
+    if value is None:
+        return None
+    value = _check_number(f"fidelity {path}", value)
+    slack = 1e-9  # a correlation computed in floating point may land a rounding error past ±1
+    if (lo is not None and value < lo - slack) or (hi is not None and value > hi + slack):
+        bounds = f">= {lo}" if hi is None else f"between {lo} and {hi}"
+        raise ConfigError(f"fidelity {path} must be {bounds}, got {value}")
+    return value
+
+
+def _fidelity_pattern(path: str, value: Any) -> str:
+    try:
+        return parse_pattern(value)
+    except ConfigError as exc:
+        raise ConfigError(f"fidelity {path}: {exc}") from None
+
+
+def _fidelity_roles(path: str, value: Any) -> list[str]:
+    roles = _list(path, value, empty=False)
+    for i, role in enumerate(roles):
+        if role not in FIDELITY_ROLES:
+            raise ConfigError(f"fidelity {path}[{i}] must be one of {', '.join(FIDELITY_ROLES)}, got {role!r}")
+    return roles
+
+
+def _fidelity_rungs(value: Any) -> dict[str, list[int]]:
+    """The rungs, checked; returns rung name -> its seeds."""
+    seeds_of: dict[str, list[int]] = {}
+    for i, rung in enumerate(_list("rungs", value, empty=False)):
+        path = f"rungs[{i}]"
+        name = _check_text(f"fidelity {path}.name", _get(path, rung, "name"))
+        if name in seeds_of:
+            raise ConfigError(f"fidelity {path}.name {name!r} appears twice")
+        for key in ("d_model", "target_non_embedding_params", "tokens"):
+            _check_count(f"fidelity {path}.{key}", _get(path, rung, key), minimum=1)
+        if _check_number(f"fidelity {path}.tokens_per_param", _get(path, rung, "tokens_per_param")) <= 0:
+            raise ConfigError(f"fidelity {path}.tokens_per_param must be positive, got {rung['tokens_per_param']}")
+        seeds = [_check_count(f"fidelity {path}.seeds[{k}]", s, minimum=0)
+                 for k, s in enumerate(_list(f"{path}.seeds", _get(path, rung, "seeds"), empty=False))]
+        if len(set(seeds)) != len(seeds):
+            raise ConfigError(f"fidelity {path}.seeds must be distinct, got {seeds}")
+        _check_text(f"fidelity {path}.method", _get(path, rung, "method"))
+        seeds_of[name] = seeds
+    return seeds_of
+
+
+def _check_rung_name(path: str, name: Any, seeds_of: Mapping[str, list[int]], *, proxy: bool = False) -> str:
+    valid = (["proxy"] if proxy else []) + list(seeds_of)
+    if name not in valid:
+        raise ConfigError(f"fidelity {path} must name {'the proxy or ' if proxy else ''}a rung "
+                          f"({', '.join(valid)}), got {name!r}")
+    return name
+
+
+def _fidelity_patterns(value: Any, seeds_of: Mapping[str, list[int]]) -> list[str]:
+    """The patterns' entries, checked; returns the patterns."""
+    seen: list[str] = []
+    for i, entry in enumerate(_list("patterns", value)):
+        path = f"patterns[{i}]"
+        pattern = _fidelity_pattern(f"{path}.pattern", _get(path, entry, "pattern"))
+        if pattern in seen:
+            raise ConfigError(f"fidelity {path}.pattern {pattern!r} appears twice")
+        seen.append(pattern)
+        _fidelity_roles(f"{path}.roles", _get(path, entry, "roles"))
+        _optional_number(f"{path}.proxy", _get(path, entry, "proxy"))
+        for rung, result in _mapping(f"{path}.rungs", _get(path, entry, "rungs")).items():
+            at = _item(f"{path}.rungs", rung)
+            _check_rung_name(at, rung, seeds_of)
+            _fidelity_pattern(f"{at}.grown", _get(at, result, "grown"))
+            _check_count(f"fidelity {at}.n_non_embedding_params", _get(at, result, "n_non_embedding_params"), minimum=1)
+            for seed, bpb in _mapping(f"{at}.bits_per_byte", _get(at, result, "bits_per_byte")).items():
+                where = _item(f"{at}.bits_per_byte", seed)
+                if not isinstance(seed, str) or not seed.isdigit() or int(seed) not in seeds_of[rung]:
+                    raise ConfigError(f"fidelity {where}: {seed!r} is not one of rung {rung!r}'s seeds "
+                                      f"{seeds_of[rung]} (as a string)")
+                if _check_number(f"fidelity {where}", bpb) < 0:
+                    raise ConfigError(f"fidelity {where} must be >= 0, got {bpb}")
+            _optional_number(f"{at}.mean", _get(at, result, "mean"), lo=0)
+    return seen
+
+
+def _fidelity_correlations(value: Any, seeds_of: Mapping[str, list[int]]) -> None:
+    for i, item in enumerate(_list("correlations", value)):
+        path = f"correlations[{i}]"
+        _check_rung_name(f"{path}.x", _get(path, item, "x"), seeds_of, proxy=True)
+        _check_rung_name(f"{path}.y", _get(path, item, "y"), seeds_of)
+        _check_count(f"fidelity {path}.n", _get(path, item, "n"), minimum=0)
+        for name in ("spearman", "kendall"):
+            at = f"{path}.{name}"
+            for key in ("value", "low", "high"):
+                _optional_number(f"{at}.{key}", _get(at, _get(path, item, name), key), lo=-1, hi=1)
+            _check_count(f"fidelity {at}.n", _get(at, item[name], "n"), minimum=0)
+        _optional_number(f"{path}.decision_accuracy", _get(path, item, "decision_accuracy"), lo=0, hi=1)
+
+
+def _fidelity_noise(value: Any, seeds_of: Mapping[str, list[int]]) -> None:
+    for rung, floor in _mapping("noise_floor", value).items():
+        path = _item("noise_floor", rung)
+        _check_rung_name(path, rung, seeds_of)
+        for key in ("n_patterns", "n_seeds"):
+            _check_count(f"fidelity {path}.{key}", _get(path, floor, key), minimum=0)
+        for key, lo in (("neighbour_swap_rate", 0), ("seed_spearman", -1), ("seed_decision_accuracy", 0)):
+            _optional_number(f"{path}.{key}", _get(path, floor, key), lo=lo, hi=1)
+        _optional_number(f"{path}.std", _get(path, floor, "std"), lo=0)
+
+
+def _fidelity_placement(value: Any, patterns: Sequence[str], seeds_of: Mapping[str, list[int]]) -> None:
+    for pattern, place in _mapping("placement", value).items():
+        path = _item("placement", pattern)
+        if pattern not in patterns:
+            raise ConfigError(f"fidelity {path}: {pattern!r} is not one of the study's patterns")
+        _fidelity_roles(f"{path}.roles", _get(path, place, "roles"))
+        _get(path, place, "proxy_rank")
+        for key, rank in place.items():
+            if not isinstance(key, str) or not key.endswith("_rank"):
+                continue
+            _check_rung_name(f"{path}.{key}", key.removesuffix("_rank"), seeds_of, proxy=True)
+            if rank is not None:
+                _check_count(f"fidelity {path}.{key}", rank, minimum=1)
+
+
+FIDELITY_FIELDS = ("name", "search", "run_dir", "created", "proxy", "rungs", "patterns", "correlations",
+                   "noise_floor", "placement")
+
+
+def fidelity_record(result: Mapping[str, Any]) -> dict[str, Any]:
+    """One rank-fidelity study (`composer-fidelity`'s fidelity.json): does the proxy rank architectures
+    as larger training does? Every field is checked; a bad one is a one-line ConfigError naming it by
+    path (`patterns[3].rungs['r1'].mean`). JSON-ready; the key is run_dir, so a rerun replaces the row.
+
+    Fields: kind ("fidelity"), schema (the leaderboard's), and fidelity.json's FIDELITY_FIELDS, as given:
+      name, search (str or None), run_dir, created (ISO 8601)
+      proxy         {"evaluator", "d_model", "seed"}
+      rungs         [{"name", "d_model", "target_non_embedding_params", "tokens", "tokens_per_param",
+                      "seeds", "method"}], names distinct
+      patterns      [{"pattern", "roles" (FIDELITY_ROLES), "proxy" (score, higher is better, or None),
+                      "rungs": {rung: {"grown", "n_non_embedding_params", "bits_per_byte": {seed: bpb},
+                      "mean" (or None)}}}]
+      correlations  [{"x": "proxy" or a rung, "y": a rung, "n", "spearman"/"kendall": {"value", "low",
+                      "high" (in [-1, 1] or None), "n"}, "decision_accuracy" (in [0, 1] or None)}]
+      noise_floor   {rung: {"n_patterns", "n_seeds", "neighbour_swap_rate", "seed_spearman",
+                      "seed_decision_accuracy", "std"}}
+      placement     {pattern: {"roles", "proxy_rank", "<rung>_rank" (from 1, or None)}}
+    Other top-level keys of fidelity.json stay in the run folder and are left out.
+    """
+    _mapping("result", result)
+    if _get("", result, "kind") != "fidelity":
+        raise ConfigError(f"fidelity kind must be 'fidelity', got {result['kind']!r}")
+    schema = _get("", result, "schema")
+    if isinstance(schema, bool) or schema != FIDELITY_SCHEMA:
+        raise ConfigError(f"fidelity schema must be {FIDELITY_SCHEMA} (the version this leaderboard reads), "
+                          f"got {schema!r}")
+    for key in ("name", "run_dir"):
+        _check_text(f"fidelity {key}", _get("", result, key))
+    _check_text("fidelity search", _get("", result, "search"), optional=True)
+    created = _get("", result, "created")
+    try:
+        datetime.fromisoformat(created)
+    except (TypeError, ValueError):
+        raise ConfigError(f"fidelity created must be an ISO 8601 time, got {created!r}") from None
+    proxy = _get("", result, "proxy")
+    _check_text("fidelity proxy.evaluator", _get("proxy", proxy, "evaluator"))
+    _check_count("fidelity proxy.d_model", _get("proxy", proxy, "d_model"), minimum=1)
+    _check_count("fidelity proxy.seed", _get("proxy", proxy, "seed"), minimum=0)
+    seeds_of = _fidelity_rungs(_get("", result, "rungs"))
+    patterns = _fidelity_patterns(_get("", result, "patterns"), seeds_of)
+    _fidelity_correlations(_get("", result, "correlations"), seeds_of)
+    _fidelity_noise(_get("", result, "noise_floor"), seeds_of)
+    _fidelity_placement(_get("", result, "placement"), patterns, seeds_of)
+    record = {"kind": "fidelity", "schema": SCHEMA, **{key: result[key] for key in FIDELITY_FIELDS}}
+    try:  # a plain copy: nothing shared with the caller's objects, no NaN in the fields not checked above
+        return json.loads(json.dumps(record, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"fidelity result is not JSON-serialisable: {exc}") from None
+
+
 def record_key(record: Mapping[str, Any]) -> tuple[str, ...]:
-    """What a record is the latest version of: ("architecture", search, role, pattern) or ("search", search)."""
+    """What a record is the latest version of: ("architecture", search, role, pattern), ("search", search),
+    ("pretrain", run_dir) or ("fidelity", run_dir)."""
     kind = record.get("kind")
     if kind not in KINDS:
         raise ConfigError(f"record kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    fields = {"architecture": ("search", "role", "pattern"), "search": ("search",), "pretrain": ("run_dir",)}[kind]
+    fields = {"architecture": ("search", "role", "pattern"), "search": ("search",), "pretrain": ("run_dir",),
+              "fidelity": ("run_dir",)}[kind]
     for name in fields:
         if not isinstance(record.get(name), str):
             raise ConfigError(f"{kind} record without a {name!r} string")

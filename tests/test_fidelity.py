@@ -1,0 +1,168 @@
+"""`composer-fidelity` as a user runs it: real subprocesses, real SQLite, real training on a small text
+corpus (tests/test_evaluator_lm.py's), tiny proxies and rungs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import scipy.stats
+
+from search.fidelity.study import analyse
+from search.fidelity.rungs import RungConfig
+from tests.conftest import cli_env
+from tests.test_evaluator_lm import write_corpus
+from tests.test_search_cli import TINY_SEARCH
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("fidelity") / "corpus")
+
+
+def rung_args(corpus: Path) -> list[str]:
+    return [f"data.path={corpus}", "data.val_tokens=4096", "seq_len=32", "rungs.0.d_model=32", "rungs.0.n_blocks=4",
+            "rungs.0.tokens_per_param=1", "rungs.0.n_heads=2", "rungs.0.mamba_head_dim=8", "rungs.0.mamba_d_state=8",
+            "rungs.0.mamba_chunk_size=8", "bootstrap=300"]
+
+
+def lm_proxy(corpus: Path) -> list[str]:
+    return ["space.length=4", "evaluator=lm", f"evaluator.corpus.path={corpus}", "evaluator.seq_len=32",
+            "evaluator.val_tokens=4096", "evaluator.trainer.max_tokens=40000", "evaluator.model.d_model=32"]
+
+
+def fidelity(tmp_path: Path, *args: str, name: str = "f", timeout: float = 600, env: dict | None = None):
+    argv = [sys.executable, "-m", "composer.apps.fidelity", f"hydra.run.dir={tmp_path / name}",
+            f"leaderboard={tmp_path / 'leaderboard.jsonl'}", *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env or cli_env())
+
+
+def test_a_known_ordering_is_recovered_and_the_figures_match_scipy(tmp_path, corpus):
+    # On text whose words repeat within a document, reading the context is worth most: no token mixer,
+    # then one Mamba-2 layer, then two. Proxy and rung agree on that order.
+    proc = fidelity(tmp_path, "patterns=['M-M-','----','M---']", "random=0", "baselines=[]", *lm_proxy(corpus),
+                    *rung_args(corpus))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads((tmp_path / "f" / "fidelity.json").read_text())
+    points = {p["pattern"]: p for p in out["patterns"]}
+    assert [out["placement"][p]["proxy_rank"] for p in ("M-M-", "M---", "----")] == [1, 2, 3]
+    assert [out["placement"][p]["r1_rank"] for p in ("M-M-", "M---", "----")] == [1, 2, 3]
+    (corr,) = out["correlations"]
+    assert corr["x"] == "proxy" and corr["y"] == "r1" and corr["n"] == 3
+    assert corr["spearman"]["value"] == 1.0 and corr["kendall"]["value"] == 1.0 and corr["decision_accuracy"] == 1.0
+    assert corr["spearman"]["low"] is None  # three points: no interval
+
+    # every pattern grown to the rung's size, both seeds trained once, each a run folder
+    rung = out["rungs"][0]
+    assert rung["tokens"] == rung["target_non_embedding_params"] == 65_824  # "*-" x 4 at 32 wide, 1 token a parameter
+    for p in points.values():
+        at = p["rungs"]["r1"]
+        assert sorted(at["bits_per_byte"]) == ["0", "1"] and at["mean"] == pytest.approx(sum(at["bits_per_byte"].values()) / 2)
+        assert abs(at["n_non_embedding_params"] - rung["target_non_embedding_params"]) / rung["target_non_embedding_params"] < 0.25
+    assert len(list((tmp_path / "f" / "rungs" / "r1").glob("*/summary.json"))) == 6
+    floor = out["noise_floor"]["r1"]
+    assert floor["n_patterns"] == 3 and floor["n_seeds"] == 2 and 0 <= floor["neighbour_swap_rate"] <= 1
+    assert (tmp_path / "f" / "fidelity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "proxy -> r1" in proc.stdout and "Spearman +1.00" in proc.stdout
+
+    # the leaderboard holds the study (the HTML report's "Rank fidelity" section)
+    records = [json.loads(line) for line in (tmp_path / "leaderboard.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in records] == ["fidelity"] and records[0]["correlations"] == out["correlations"]
+
+    # the same command again trains nothing and gives the same figures
+    again = fidelity(tmp_path, "patterns=['M-M-','----','M---']", "random=0", "baselines=[]", *lm_proxy(corpus),
+                     *rung_args(corpus))
+    assert again.returncode == 0 and "0 to train" in again.stdout and "bits/byte  " not in again.stdout
+    assert json.loads((tmp_path / "f" / "fidelity.json").read_text())["patterns"] == out["patterns"]
+
+
+def test_analysis_against_scipy_on_fixed_points():
+    rungs = (RungConfig(name="a", d_model=8, n_blocks=1), RungConfig(name="b", d_model=8, n_blocks=1))
+    proxy = [0.1, 0.4, 0.3, 0.9, 0.5, 0.2]
+    a = [[2.0, 2.1], [1.5, 1.6], [1.7, 1.5], [1.0, 1.1], [1.4, 1.45], [1.9, 2.0]]  # bits per byte by seed
+    b = [[1.8], [1.2], [1.4], [0.9], [1.1], [1.6]]
+    points = {f"p{i}": {"roles": ["given"], "proxy": proxy[i],
+                        "rungs": {"a": {"bits_per_byte": {"0": a[i][0], "1": a[i][1]}, "mean": sum(a[i]) / 2},
+                                  "b": {"bits_per_byte": {"0": b[i][0]}, "mean": b[i][0]}}} for i in range(6)}
+    out = analyse(points, rungs, bootstrap=500, seed=0)
+    by = {(c["x"], c["y"]): c for c in out["correlations"]}
+    assert set(by) == {("proxy", "a"), ("proxy", "b"), ("a", "b")}
+    minus_a = [-sum(v) / 2 for v in a]
+    assert by[("proxy", "a")]["spearman"]["value"] == pytest.approx(scipy.stats.spearmanr(proxy, minus_a)[0])
+    assert by[("proxy", "a")]["kendall"]["value"] == pytest.approx(scipy.stats.kendalltau(proxy, minus_a)[0])
+    assert by[("proxy", "b")]["spearman"]["value"] == pytest.approx(1.0)  # b orders exactly as the proxy
+    assert by[("proxy", "b")]["decision_accuracy"] == 1.0
+    assert by[("proxy", "b")]["spearman"]["low"] <= 1.0 <= by[("proxy", "b")]["spearman"]["high"] + 1e-12
+    assert out["noise_floor"]["a"]["n_seeds"] == 2 and out["noise_floor"]["b"]["neighbour_swap_rate"] is None
+    assert out["placement"]["p3"] == {"roles": ["given"], "proxy_rank": 1, "a_rank": 1, "b_rank": 1}
+
+
+def test_a_search_s_patterns_are_taken_with_their_roles_and_its_scores_read_back(tmp_path, corpus):
+    search = subprocess.run([sys.executable, "-m", "composer.apps.search", *TINY_SEARCH, "name=s", "n_trials=5",
+                             "strategy=random", f"hydra.run.dir={tmp_path / 's'}", "leaderboard=null"],
+                            capture_output=True, text=True, timeout=600, env=cli_env())
+    assert search.returncode == 0, search.stderr[-3000:]
+    result = json.loads((tmp_path / "s" / "result.json").read_text())
+    proc = fidelity(tmp_path, f"search_dir={tmp_path / 's'}", "top_k=2", "random=1", "rungs.0.seeds=[0]",
+                    *rung_args(corpus))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads((tmp_path / "f" / "fidelity.json").read_text())
+    roles = {p["pattern"]: p["roles"] for p in out["patterns"]}
+    assert "aggregate" in roles[result["architecture"]] and roles["*-*"] == ["baseline"]
+    assert sum("top" in r for r in roles.values()) == 2 and sum(r == ["random"] for r in roles.values()) == 1
+    assert out["search"] == "s" and out["proxy"]["evaluator"] == "mad_cpu"
+    # the search's scores are read back; only the random draw is evaluated here, at the search's settings
+    scored = {**{r["pattern"]: r["score"] for r in result["top"]},
+              **{e["pattern"]: e["seeds"]["0"]["score"] for e in result["entries"]},
+              **{b["pattern"]: b["seeds"]["0"]["score"] for b in result["baselines"]}}
+    for p in out["patterns"]:
+        if p["roles"] != ["random"]:
+            assert p["proxy"] == pytest.approx(scored[p["pattern"]])
+    here = json.loads(json.dumps([line for line in (tmp_path / "f" / "trials").glob("*/*/summary.json")], default=str))
+    assert len({Path(p).parent.parent.name for p in here}) == 1  # one pattern trained at the proxy: the random one
+    assert "aggregate" in proc.stdout and "baseline" in proc.stdout
+
+
+def test_killed_mid_study_the_same_command_trains_only_what_is_left(tmp_path, corpus):
+    args = ["patterns=['-*--','*---','--*-']", "random=0", "baselines=[]", *lm_proxy(corpus), *rung_args(corpus),
+            "rungs.0.tokens_per_param=2", "trainer.ckpt_every=5"]
+    argv = [sys.executable, "-m", "composer.apps.fidelity", f"hydra.run.dir={tmp_path / 'f'}", "leaderboard=null", *args]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cli_env(),
+                            start_new_session=True)
+    runs = tmp_path / "f" / "rungs" / "r1"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(runs.glob("*/summary.json"))) < 2:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = {p: p.stat().st_mtime_ns for p in runs.glob("*/summary.json")
+            if json.loads(p.read_text()).get("status") == "completed"}
+    assert 2 <= len(done) < 6, "the kill should land mid-study"
+
+    again = fidelity(tmp_path, *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"6 rung runs, {6 - len(done)} to train" in again.stdout
+    assert again.stdout.count("bits/byte  ") == 6 - len(done)  # one progress line per run trained
+    assert all(p.stat().st_mtime_ns == t for p, t in done.items())  # finished runs were read back, not retrained
+    out = json.loads((tmp_path / "f" / "fidelity.json").read_text())
+    assert all(len(p["rungs"]["r1"]["bits_per_byte"]) == 2 for p in out["patterns"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["patterns=['*-*-','M-Q-']"], "patterns[1]: unknown primitive 'Q' at position 2"),
+    (["search_dir=/no/such/search"], "search_dir=/no/such/search: not a composer-search run folder (no search.json in it)"),
+    (["rungs.0.method=grow"], "rungs.r1.method must be one of auto, stack, stretch, match, got 'grow'"),
+    (["rungs.0.n_blocks=1", "patterns=['*-*-*-*-*-*-','M-M-M-','*-M-*-']", "random=0"], "rungs.r1: pattern"),
+    (["patterns=['*-']", "random=0", "baselines=[]", "space.length=2"], "1 pattern(s) to compare"),
+    (["+rungs.0.trainer.max_tokens=10"], "rungs.r1.trainer.max_tokens: a rung's budget is tokens_per_param"),
+])
+def test_bad_input_is_one_line(tmp_path, corpus, args, message):
+    proc = fidelity(tmp_path, *rung_args(corpus), *args, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr[-2000:]
+    assert message in proc.stderr
