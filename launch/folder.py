@@ -9,9 +9,11 @@
     submitit/        submitit's pickles and the jobs' logs (<job id>_<task>_log.out / .err)
     logs/            links to those logs by role (worker0.out, finalize.err, pretrain.out, ...)
     study.journal    (search) the study all workers share, unless `storage=` names another
-    search/ | pretrain/   the composer command's own run folder (result.json, summary.json, checkpoints)
+    search/ | pretrain/ | fidelity/   the composer command's own run folder (result.json,
+                     summary.json, checkpoints; a fidelity study's rungs/ and fidelity.json)
 
-Submitting again into the same folder resumes: the study and the pretraining checkpoint live here.
+Submitting again into the same folder resumes: the study, the pretraining checkpoint and the
+fidelity study's finished runs live here.
 """
 
 from __future__ import annotations

@@ -6,13 +6,16 @@ log, so a job does exactly what the same command does on a workstation:
     Command(argv, cwd)   a search worker or the finalize job: `python -m composer.apps.search ...`
     Pretrain(...)        the pretraining job: on SLURM one `srun` step of one torchrun per node,
                          locally one `torchrun --standalone`
+    Resumable(argv, cwd) a command that resumes when rerun (composer-fidelity): on SLURM one `srun`
+                         step on one node, locally the command itself
 
-Preemption (pretraining). SLURM sends `--signal=USR1@<delay>` to the step before the time limit
-and SIGTERM when it preempts, requeues or cancels the job. torchrun is told to pass SIGUSR1 on to
-its ranks (besides SIGTERM), and composer-pretrain checkpoints at the end of the step on either and
-exits 128 + signal with `status: preempted` in its summary. When the run stopped that way and SLURM
-is not already ending the job (no SIGTERM here), this job requeues itself with `scontrol requeue`;
-the requeued job runs the same command in the same run folder, which resumes from the checkpoint.
+Preemption (pretraining, fidelity). SLURM sends `--signal=USR1@<delay>` to the steps before the
+time limit (not to this process, which runs in the batch step) and SIGTERM when it preempts,
+requeues or cancels the job. torchrun is told to pass SIGUSR1 on to its ranks (besides SIGTERM);
+the trainer checkpoints at the end of the step on either and the command exits 128 + signal
+(composer-pretrain with `status: preempted` in its summary). When the run stopped on SIGUSR1 and
+SLURM is not already ending the job (no SIGTERM here), this job requeues itself with `scontrol
+requeue`; the requeued job runs the same command in the same run folder, which resumes.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 # torchrun passes these on to its ranks (as the signal it got) instead of dying on SIGUSR1/2;
 # the variables are read by torch >= 2.7 (older torchruns ignore them).
@@ -76,6 +79,29 @@ class Command:
         if code != 0:
             raise JobFailed(f"{shlex.join(self.argv[:4])} ... exited with {code}")
         return {"returncode": 0}
+
+
+def _restarts() -> int:
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+
+
+def _stopped(code: int, received: list[int], *, max_requeues: int) -> NoReturn:
+    """The run checkpointed and stopped on a signal: end the job, and requeue it first when the
+    signal was the time-limit warning (no SIGTERM: SLURM is not ending the job itself)."""
+    if signal.SIGTERM in received or "SLURM_JOB_ID" not in os.environ:
+        # SLURM is ending the job (preemption, requeue, cancel; it requeues by itself where it
+        # should), or there is no SLURM to requeue with: end here, the checkpoint is kept.
+        print(f"composer-launch: the run checkpointed and stopped (exit {code}); the same command resumes it",
+              flush=True)
+        sys.exit(code)
+    restarts = _restarts()
+    if restarts >= max_requeues:
+        raise JobFailed(f"preempted again after {restarts} requeue(s) (max_requeues={max_requeues})")
+    job = os.environ["SLURM_JOB_ID"]
+    print(f"composer-launch: the run checkpointed before the time limit; requeueing job {job}", flush=True)
+    subprocess.run(["scontrol", "requeue", job], check=True, timeout=60)
+    time.sleep(1)
+    sys.exit(code)  # SystemExit, not an error: the requeued job writes the result
 
 
 def first_node_address() -> str:
@@ -135,7 +161,7 @@ class Pretrain:
         env = {**os.environ, "PET_SIGNALS_TO_HANDLE": TORCHRUN_SIGNALS, "TORCHELASTIC_SIGNALS_TO_HANDLE": TORCHRUN_SIGNALS,
                "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(self.shutdown_timeout_s),
                "PET_SHUTDOWN_TIMEOUT": str(self.shutdown_timeout_s)}
-        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+        restarts = _restarts()
         print(f"composer-launch: running {shlex.join(argv)}" + (f" (restart {restarts})" if restarts else ""), flush=True)
         code, received = _run_forwarding(argv, cwd=self.cwd, env=env, preemptible=True)
         if code == 0:
@@ -143,16 +169,32 @@ class Pretrain:
         status = self.status()
         if status != "preempted":
             raise JobFailed(f"torchrun exited with {code} (the run's status: {status or 'none'})")
-        if signal.SIGTERM in received or "SLURM_JOB_ID" not in os.environ:
-            # SLURM is ending the job (preemption, requeue, cancel; it requeues by itself where it
-            # should), or there is no SLURM to requeue with: end here, the checkpoint is kept.
-            print(f"composer-launch: the run checkpointed and stopped (exit {code}); the same command resumes it",
-                  flush=True)
-            sys.exit(code)
-        if restarts >= self.max_requeues:
-            raise JobFailed(f"preempted again after {restarts} requeue(s) (max_requeues={self.max_requeues})")
-        job = os.environ["SLURM_JOB_ID"]
-        print(f"composer-launch: the run checkpointed before the time limit; requeueing job {job}", flush=True)
-        subprocess.run(["scontrol", "requeue", job], check=True, timeout=60)
-        time.sleep(1)
-        sys.exit(code)  # SystemExit, not an error: the requeued job writes the result
+        _stopped(code, received, max_requeues=self.max_requeues)
+
+
+@dataclass
+class Resumable(Command):
+    """A command that resumes when rerun (composer-fidelity: finished runs are read back, the others
+    resume from their checkpoints), in a job that requeues itself before its time limit. On SLURM it
+    runs as one `srun` step, so that the time-limit signal reaches it."""
+
+    cpus_per_task: int | None = None  # for the srun step: SLURM does not pass sbatch's on to srun
+    max_requeues: int = 10  # self-requeues after a time-limit signal, counted by SLURM_RESTART_COUNT
+
+    def command(self, *, slurm: bool | None = None) -> list[str]:
+        if not (("SLURM_JOB_ID" in os.environ) if slurm is None else slurm):
+            return list(self.argv)
+        srun = ["srun", "--nodes=1", "--ntasks=1", "--unbuffered"]
+        if self.cpus_per_task:
+            srun.append(f"--cpus-per-task={self.cpus_per_task}")
+        return [*srun, *self.argv]
+
+    def __call__(self) -> dict[str, Any]:
+        argv, restarts = self.command(), _restarts()
+        print(f"composer-launch: running {shlex.join(argv)}" + (f" (restart {restarts})" if restarts else ""), flush=True)
+        code, received = _run_forwarding(argv, cwd=self.cwd, env={**os.environ, **self.env}, preemptible=False)
+        if code == 0:
+            return {"returncode": 0, "restarts": restarts}
+        if code != 128 + signal.SIGUSR1 and signal.SIGTERM not in received:
+            raise JobFailed(f"{shlex.join(self.argv[:4])} ... exited with {code}")
+        _stopped(code, received, max_requeues=self.max_requeues)

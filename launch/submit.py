@@ -1,7 +1,8 @@
 """What `composer-launch` does (composer/apps/launch.py parses its command line): submit a search
-(a job array of workers on one study, then a finalize job) or a pretraining job, write the run
-folder, wait, and report the state of a run's jobs or cancel them. Each function takes the parsed
-arguments of its subcommand and returns the exit code; bad input raises a ConfigError."""
+(a job array of workers on one study, then a finalize job), a pretraining job or a fidelity study
+(one job), write the run folder, wait, and report the state of a run's jobs or cancel them. Each
+function takes the parsed arguments of its subcommand and returns the exit code; bad input raises a
+ConfigError."""
 
 from __future__ import annotations
 
@@ -274,6 +275,48 @@ def launch_pretrain(args: argparse.Namespace) -> int:
         s = json.loads(summary.read_text())
         if s.get("status") == "completed":
             print(f"{PROG}: pretraining {name!r}: step {s['step']}, val loss {s['final']['loss']:.4f}; {summary}")
+    return code
+
+
+def launch_fidelity(args: argparse.Namespace) -> int:
+    from launch.jobs import Resumable
+    from search.fidelity.study import fidelity_config_from_mapping
+
+    for flag in ("gpus_per_node", "max_requeues", "signal_delay_s"):
+        if getattr(args, flag) < 0:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be non-negative, got {getattr(args, flag)}")
+    overrides = list(args.overrides)
+    if not any(_key(o) == "workers" for o in overrides):
+        overrides.append(f"workers={max(1, args.gpus_per_node)}")  # one process per GPU (GPU i mod n each)
+    cfg, text = resolve("fidelity", overrides)
+    fidelity_config_from_mapping(cfg)  # bad values fail here, in one line, before anything is queued
+    name = cfg["name"]
+    folder, record = _prepare(args, kind="fidelity", name=name, config_text=text)
+    run_dir = folder / "fidelity"
+    argv = [sys.executable, "-m", "composer.apps.fidelity", *overrides, f"hydra.run.dir={run_dir}"]
+    env = {}
+    if args.executor == "local" and "OMP_NUM_THREADS" not in os.environ:  # the workers share this machine's cores
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // cfg["workers"]))
+    job = Resumable(argv=argv, cwd=os.getcwd(), env=env, cpus_per_task=args.cpus_per_task,
+                    max_requeues=args.max_requeues)
+    res = _resources(args, gpus_per_node=args.gpus_per_node, signal_delay_s=args.signal_delay_s, preemptible=True)
+    executor = cluster.make_executor(args.executor, folder=folder / "submitit", name=name, resources=res)
+    jobs = _submit_first(folder, record, executor, [job])
+    _record_jobs(folder, record, jobs, ["fidelity"], [job.command(slurm=args.executor == "slurm")], group="fidelity")
+    print(f"{PROG}: {'submitted' if args.executor == 'slurm' else 'running'} fidelity study {name!r} as job "
+          f"{jobs[0]['id']}: {cfg['workers']} worker(s)\n{_next_steps(folder)}", flush=True)
+    if args.executor == "slurm" and not args.wait:
+        return 0
+    code = _report_failures(record, _wait(folder, record))
+    result = run_dir / "fidelity.json"
+    if result.exists():
+        import json
+
+        r = json.loads(result.read_text())
+        first = next((c for c in r["correlations"] if c["x"] == "proxy"), None)
+        shown = "" if first is None or first["spearman"]["value"] is None else (
+            f"; proxy -> {first['y']} Spearman {first['spearman']['value']:+.2f}")
+        print(f"{PROG}: fidelity {name!r}: {len(r['patterns'])} patterns{shown}; {result}")
     return code
 
 

@@ -118,11 +118,11 @@ class SearchConfig:
             raise ConfigError(f"aggregator must be one of {', '.join(METHODS)}, got {self.aggregator!r}")
         if not self.name or "/" in self.name:
             raise ConfigError(f"name must be a non-empty study name without '/', got {self.name!r}")
-        object.__setattr__(self, "baselines", self._fitting(
+        object.__setattr__(self, "baselines", self.fitting(
             "baselines", default_baselines(self) if self.baselines is None
             else read_patterns(self.baselines, where="baselines") if len(self.baselines) else ()))
         if self.strategy.name == "list":
-            self._fitting("strategy.patterns", self.strategy.patterns)
+            self.fitting("strategy.patterns", self.strategy.patterns)
             object.__setattr__(self, "n_trials", len(self.strategy.patterns))  # exactly the list, each once
 
     @property
@@ -131,7 +131,7 @@ class SearchConfig:
         s = self.strategy
         return len(s.start) + s.rounds * self.space.length if s.incremental else self.space.length
 
-    def _fitting(self, where: str, patterns: tuple[str, ...]) -> tuple[str, ...]:
+    def fitting(self, where: str, patterns: tuple[str, ...]) -> tuple[str, ...]:
         """`patterns`, refused in one line unless each has the searched length and the space's letters."""
         letters = self.space.alphabet + (self.strategy.start if self.strategy.incremental else "")
         for i, pattern in enumerate(patterns):
@@ -408,6 +408,17 @@ def evaluate_patterns(cfg: SearchConfig, run_dir: Path, patterns: list[str], *, 
         log.info("evaluating %d pattern(s) at seed %d: %s", len(todo), seed, " ".join(todo))
         run_trials(study, propose=propose, evaluate=lambda p: {**evaluator(p, seed=seed), **({"baseline": True} if p in mark else {})},
                    n_trials=len(todo) * MAX_ATTEMPTS_PER_EVALUATION, max_trials=count_evaluations(study) + len(todo))
+    done = completed_results(study)
+    return {p: done[p] for p in patterns if p in done}
+
+
+def evaluate_in_workers(cfg: SearchConfig, run_dir: Path, patterns: list[str], *, name: str,
+                        workers: int) -> dict[str, dict]:
+    """Evaluate `patterns` at the evaluator's seed with `workers` processes sharing the study `name`
+    in `run_dir` (the list strategy: each once, cached, resumable); pattern -> result."""
+    listed = dataclasses.replace(cfg, name=name, strategy=StrategyConfig(name="list", patterns=tuple(patterns)),
+                                 workers=workers, storage=None, phase="all", worker=0, leaderboard=None)
+    study = _search(listed, run_dir)
     done = completed_results(study)
     return {p: done[p] for p in patterns if p in done}
 

@@ -158,7 +158,8 @@ def test_killed_mid_study_the_same_command_trains_only_what_is_left(tmp_path, co
     (["patterns=['*-*-','M-Q-']"], "patterns[1]: unknown primitive 'Q' at position 2"),
     (["search_dir=/no/such/search"], "search_dir=/no/such/search: not a composer-search run folder (no search.json in it)"),
     (["rungs.0.method=grow"], "rungs.r1.method must be one of auto, stack, stretch, match, got 'grow'"),
-    (["rungs.0.n_blocks=1", "patterns=['*-*-*-*-*-*-','M-M-M-','*-M-*-']", "random=0"], "rungs.r1: pattern"),
+    (["rungs.0.n_blocks=1", "patterns=['*-*-*-','M-M-M-','*-M-*-']", "random=0"], "rungs.r1: pattern '*-*-*-'"),
+    (["patterns=['*-*-*-*-','M-M-M-']"], "patterns[0] '*-*-*-*-' has 8 layers; the search's patterns have 6"),
     (["patterns=['*-']", "random=0", "baselines=[]", "space.length=2"], "1 pattern(s) to compare"),
     (["+rungs.0.trainer.max_tokens=10"], "rungs.r1.trainer.max_tokens: a rung's budget is tokens_per_param"),
 ])

@@ -1,11 +1,11 @@
 """`composer-launch` as a user runs it: real subprocesses through submitit, first with the local
 executor, then on a real single-node SLURM cluster (tests/slurm.py): a job array of search workers
 and the finalize job after it, a pretraining job requeued twice (by SLURM, and by itself after the
-time-limit signal) that ends where an uninterrupted run ends, refusals in one line, cancelling,
-and the hydra-submitit-launcher presets.
+time-limit signal) that ends where an uninterrupted run ends, a fidelity study that requeues itself
+and resumes, refusals in one line, cancelling, and the hydra-submitit-launcher presets.
 
-Tiny settings throughout: 3-layer, 16-wide search proxies (~1 s a trial) and a 4-layer, 32-wide
-pretraining run of 40 steps over 2 CPU ranks.
+Tiny settings throughout: 3-layer, 16-wide search proxies (~1 s a trial), a 4-layer, 32-wide
+pretraining run of 40 steps over 2 CPU ranks, and a fidelity study of 3 patterns at one 32-wide rung.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from tests.conftest import app_argv, cli_env
+from tests.test_evaluator_lm import write_corpus
 from tests.test_pretrain import MODEL, make_corpus
 from tests.test_search_cli import TINY_SEARCH
 
@@ -32,6 +33,12 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 STEPS = 40
 SEARCH = [*TINY_SEARCH, "n_trials=6", "strategy=random", "evaluator.top_k=0",
           "evaluator.trainer.max_tokens=8192"]  # 2x the tiny budget: both workers get to train
+FIDELITY = ["patterns=['----','M---','*-*-']", "random=0", "baselines=[]", "space.length=4", "evaluator=lm",
+            "evaluator.seq_len=32", "evaluator.val_tokens=4096", "evaluator.trainer.max_tokens=20000",
+            "evaluator.model.d_model=16", "data.val_tokens=4096", "seq_len=32", "rungs.0.d_model=32",
+            "rungs.0.n_blocks=4", "rungs.0.tokens_per_param=1", "rungs.0.n_heads=2", "rungs.0.mamba_head_dim=8",
+            "rungs.0.mamba_d_state=8", "rungs.0.mamba_chunk_size=8", "rungs.0.seeds=[0]", "leaderboard=null",
+            "bootstrap=200"]  # 3 rung runs of ~65K tokens: ~20 s on one CPU
 
 
 def launch(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -145,6 +152,15 @@ def corpus(tmp_path_factory) -> Path:
     return make_corpus(tmp_path_factory.mktemp("launch") / "corpus")
 
 
+@pytest.fixture(scope="module")
+def text(tmp_path_factory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("fidelity") / "corpus")
+
+
+def fidelity_args(text: Path, name: str) -> list[str]:
+    return [*FIDELITY, f"name={name}", f"evaluator.corpus.path={text}", f"data.path={text}"]
+
+
 def pretrain_args(corpus: Path, name: str) -> list[str]:
     return [*MODEL, f"name={name}", f"data.path={corpus}", "data.val_tokens=4000",
             f"data.cache_dir={corpus.parent / 'cache'}", "seq_len=32", "trainer.batch_size=8",
@@ -181,7 +197,7 @@ def test_local_pretrain_runs_two_ranks_and_keeps_its_folder(reference):
     assert states(reference, cwd=reference.parents[2]) == {"pretrain": "COMPLETED"}
 
 
-def test_bad_input_is_one_line(tmp_path, corpus):
+def test_bad_input_is_one_line(tmp_path, corpus, text):
     cases = [
         (["search", "--executor", "local", *SEARCH, "bogus=1"], "unknown config key 'bogus'"),
         (["search", "--executor", "local", *SEARCH, "n_trials=0"], "n_trials must be a positive integer"),
@@ -192,6 +208,9 @@ def test_bad_input_is_one_line(tmp_path, corpus):
         (["pretrain", "--executor", "local", *pretrain_args(corpus, "x"), "model.pattern=*A"],
          "unknown primitive 'A' at position 1"),
         (["pretrain", "--executor", "local", "--config", str(tmp_path / "nope.yaml")], "no such YAML file"),
+        (["fidelity", *fidelity_args(text, "x"), "rungs.0.widht=64"], "unknown config key 'rungs[0].widht'"),
+        (["fidelity", *fidelity_args(text, "x"), "rungs.0.seeds=[]"], "rungs.r1.seeds must be distinct integers"),
+        (["fidelity", "--gpus-per-node", "-1", *fidelity_args(text, "x")], "--gpus-per-node must be non-negative"),
         (["status", str(tmp_path)], "is not a composer-launch run folder"),
         (["deploy"], "unknown command 'deploy'"),
     ]
@@ -276,6 +295,38 @@ def test_slurm_pretrain_requeued_twice_ends_like_an_uninterrupted_run(slurm, cor
     log = (run / "logs" / "pretrain.out").read_text()
     assert "requeueing job" in log and log.count("resumed from") == 2
     assert "--rdzv-backend c10d --rdzv-endpoint" in log and f"--rdzv-id {job}" in log
+
+
+def test_slurm_fidelity_requeues_itself_and_resumes(slurm, text, tmp_path):
+    """One job, one srun step: the time-limit signal (SIGUSR1 to the steps) in its second rung run, the
+    job requeues itself, and the rerun reads the finished run back and ends the study."""
+    env = slurm_env(slurm) | {"COMPOSER_CACHE": str(tmp_path / "cache")}
+    proc = launch("fidelity", "--partition", slurm.partition, "--cpus-per-task", "1", *fidelity_args(text, "f"),
+                  cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "submitted fidelity study 'f' as job" in proc.stdout and "1 worker(s)" in proc.stdout
+    run = tmp_path / "outputs" / "launch" / "f"
+    (job,) = json.loads((run / "launch.json").read_text())["submissions"][-1]["jobs"]
+    assert job["role"] == "fidelity" and job["argv"][:4] == ["srun", "--nodes=1", "--ntasks=1", "--unbuffered"]
+    assert "workers=1" in job["argv"] and job["argv"][-1] == f"hydra.run.dir={run / 'fidelity'}"
+    script = Path(job["sbatch"]).read_text()
+    assert "#SBATCH --requeue" in script and "#SBATCH --signal=USR1@120" in script
+    assert "workers: 1" in (run / "config.yaml").read_text()
+
+    wait_for(lambda: list((run / "fidelity" / "rungs").glob("*/*/summary.json")), timeout=120,
+             what="the first rung run", poll=0.5)
+    slurm.run("scancel", "--signal=USR1", job["id"])  # the time-limit warning
+    wait_for(lambda: states(run, cwd=tmp_path, env=env)["fidelity"] == "COMPLETED", timeout=180,
+             what="the job to end", poll=1.0)
+    assert int(slurm.job(job["id"]).get("Restarts", 0)) == 1
+    result = json.loads((run / "fidelity" / "fidelity.json").read_text())
+    assert len(result["patterns"]) == 3 and all(p["rungs"]["r1"]["mean"] is not None for p in result["patterns"])
+    log = (run / "logs" / "fidelity.out").read_text()
+    assert f"requeueing job {job['id']}" in log and "(restart 1)" in log
+    to_train = [int(line.split(" to train")[0].rsplit(" ", 1)[1]) for line in log.splitlines() if " to train," in line]
+    assert to_train[0] == 3 and 0 < to_train[1] < 3, to_train  # the rerun read the finished run back
+    shown = launch("status", str(run), cwd=tmp_path, env=env)
+    assert shown.returncode == 0 and "fidelity 'f' on slurm" in shown.stdout and "COMPLETED" in shown.stdout
 
 
 def test_slurm_refuses_a_partition_that_does_not_exist(slurm, tmp_path):

@@ -3,6 +3,7 @@
     composer-launch search --workers 8 --partition cpu strategy=tpe n_trials=200
     composer-launch pretrain --nodes 2 --gpus-per-node 8 --partition gpu name=run1 model.pattern='M-M-M*-'
     composer-launch pretrain --config outputs/extrapolate/<time>/pretrain.yaml --nodes 4 --gpus-per-node 8 ...
+    composer-launch fidelity --gpus-per-node 4 --partition gpu search_dir=outputs/search/x rungs.0.tokens_per_param=20
     composer-launch status [RUN FOLDER]          # the jobs of a run folder and their states
     composer-launch cancel [RUN FOLDER]
 
@@ -11,8 +12,11 @@
 `composer-search phase=finalize` job after the array (aggregate, evaluate the aggregate, result.json,
 leaderboard). `pretrain` submits one job of `--nodes` nodes: srun starts one torchrun per node
 (rendezvous on the first node); before the time limit the run checkpoints and the job requeues
-itself, and the requeued job resumes. `--executor local` runs the same jobs here and waits for them.
-Everything after the options is an override for composer-search / composer-pretrain. Each
+itself, and the requeued job resumes. `fidelity` submits one job on one node: composer-fidelity
+with `workers=` one process per GPU (--gpus-per-node, or 1), in one srun step that requeues itself
+before the time limit like pretraining does; the rerun reads finished runs back and resumes the
+others. `--executor local` runs the same jobs here and waits for them. Everything after the options
+is an override for composer-search / composer-pretrain / composer-fidelity. Each
 submission writes its run folder (launch/folder.py says what is in it; launch/submit.py does the work); submitting again into the
 same folder resumes. Bad input prints one line and exits 2; a job that failed (with --wait, or
 locally) exits 1.
@@ -26,9 +30,9 @@ from pathlib import Path
 
 from composer.apps.common import run_command
 from launch import cluster
-from launch.submit import PROG, cancel, launch_pretrain, launch_search, status
+from launch.submit import PROG, cancel, launch_fidelity, launch_pretrain, launch_search, status
 
-COMMANDS = ("search", "pretrain", "status", "cancel")
+COMMANDS = ("search", "pretrain", "fidelity", "status", "cancel")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -72,7 +76,15 @@ def build_parsers() -> dict[str, argparse.ArgumentParser]:
     pretrain.add_argument("--signal-delay-s", type=int, default=120,
                           help="SIGUSR1 this long before the time limit: checkpoint, then requeue (default 120)")
     _common(pretrain)
-    parsers = {"search": search, "pretrain": pretrain}
+    fidelity = _Parser(prog=f"{PROG} fidelity", description="one composer-fidelity job on one node (a rank-fidelity "
+                       "study), requeued before its time limit; rerunning resumes it")
+    fidelity.add_argument("--gpus-per-node", type=int, default=0,
+                          help="GPUs of the node; workers= defaults to one process per GPU (default 0: 1 on CPU)")
+    fidelity.add_argument("--max-requeues", type=int, default=10, help="self-requeues before the job gives up")
+    fidelity.add_argument("--signal-delay-s", type=int, default=120,
+                          help="SIGUSR1 this long before the time limit: checkpoint, then requeue (default 120)")
+    _common(fidelity)
+    parsers = {"search": search, "pretrain": pretrain, "fidelity": fidelity}
     for command, what in (("status", "list the jobs of a run folder and their states"),
                           ("cancel", "cancel the jobs of a run folder still queued or running")):
         p = _Parser(prog=f"{PROG} {command}", description=what)
@@ -93,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: unknown command {command!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     args = build_parsers()[command].parse_intermixed_args(rest)
-    run = {"search": launch_search, "pretrain": launch_pretrain, "status": status, "cancel": cancel}[command]
+    run = {"search": launch_search, "pretrain": launch_pretrain, "fidelity": launch_fidelity, "status": status,
+           "cancel": cancel}[command]
     try:
         return run_command(PROG, lambda: run(args))
     except KeyboardInterrupt:

@@ -151,7 +151,7 @@ def select(cfg: FidelityConfig, search_cfg: Any, scores: Mapping[str, float], re
     candidates = sorted((p for p in scores if p not in search_cfg.baselines), key=lambda p: (-scores[p], p))
     for p in candidates[: cfg.top_k] if cfg.search_dir is not None else ():
         add(p, "top")
-    for p in cfg.patterns:
+    for p in search_cfg.fitting("patterns", cfg.patterns):  # the proxy trains them: its space's length and letters
         add(p, "given")
     rng, drawn = random.Random(f"fidelity:{cfg.seed}"), 0
     for _ in range(100 * cfg.random):
@@ -172,13 +172,12 @@ def select(cfg: FidelityConfig, search_cfg: Any, scores: Mapping[str, float], re
 def proxy_scores(cfg: FidelityConfig, search_cfg: Any, patterns: list[str], known: Mapping[str, float],
                  run_dir: Path) -> dict[str, float]:
     """Each pattern's proxy score: the search's where it has one, else evaluated here (cached)."""
-    from search.runner import evaluate_patterns
+    from search.runner import evaluate_in_workers
 
     missing = [p for p in patterns if p not in known]
     out = {p: known[p] for p in patterns if p in known}
     if missing:
-        here = replace(search_cfg, storage=None, leaderboard=None, phase="all", worker=0)
-        done = evaluate_patterns(here, run_dir, missing, seed=search_cfg.evaluator.seed, name=f"{search_cfg.name}.fidelity")
+        done = evaluate_in_workers(search_cfg, run_dir, missing, name=f"{search_cfg.name}.fidelity", workers=cfg.workers)
         out |= {p: r["values"][0] for p, r in done.items()}
     for p in patterns:
         if p not in out:
