@@ -23,7 +23,7 @@ if [ "$PART" = search ]; then
 fi
 if [ "$PART" = fidelity ]; then
   [ -f /tmp/kernels/READY ] || echo "kernels not built: the Mamba-2 torch path trains the rungs"
-  [ -f /tmp/search/result.json ] || timeout -s INT 200 python3 -m composer.apps.search "${SEARCH[@]}" phase=finalize \
+  [ -f /tmp/search/result.json ] || timeout -s INT 200 python3 -m composer.apps.search "${SEARCH[@]}" ++phase=finalize \
     > "$OUT/issue15/search/finalize-$(date +%H%M%S).log" 2>&1
   timeout -s INT $((LIMIT - SECONDS)) python3 -m composer.apps.fidelity search_dir=/tmp/search name=issue15-fidelity \
     top_k=8 random=6 workers=3 data.path=.device/corpus data.val_tokens=200000 seq_len=512 \
@@ -36,4 +36,4 @@ cd /tmp && cp search/{study.db,search.json,result.json,leaderboard.jsonl} "$OUT/
 cp fidelity/{study.db,fidelity.json,fidelity.png,leaderboard.jsonl} "$OUT/issue15/fidelity/" 2>/dev/null
 find fidelity -name summary.json | while read -r f; do mkdir -p "$OUT/issue15/$(dirname "$f")"; cp "$f" "$OUT/issue15/$f"; done
 nvidia-smi --query-gpu=memory.used --format=csv,noheader
-tail -3 "$OUT"/issue15/*/*.log | grep -v "^$"
+for f in "$OUT"/issue15/*/*.log; do tail -n 3 "$f"; done
