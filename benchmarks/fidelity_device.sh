@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Issue 15's GPU study on a lent H200, in slices that each fit one call (PART=search | fidelity).
-# From the project root with `.device` prepared (../shared/device/README.md) and the rungs' text in
-# .device/corpus (`composer-text fetch-corpus --output .device/corpus --package python3.11-doc
-# --package git-doc --package cmake-doc --package sphinx-doc`), `.device` carried.
+# From the project root with `.device` prepared (../shared/device/README.md) and the rungs' text as a
+# token cache in .device/corpus-tokens (the machine has no `datasets` to read text files): fetch
+# `composer-text fetch-corpus --output /tmp/docs --package python3.11-doc --package git-doc
+# --package cmake-doc --package sphinx-doc`, load it once here (composer.data.text.load_corpus, byte
+# tokenizer) and copy the cache folder it names (17.4M tokens, 34 MB); `.device` carried.
 # Each slice resumes from what earlier slices left in $R (committed) and writes what it adds under
 # $OUT/issue15 (study databases, result and fidelity JSON, run summaries; no checkpoints, no trials).
 set -u
@@ -26,7 +28,7 @@ if [ "$PART" = fidelity ]; then
   [ -f /tmp/search/result.json ] || timeout -s INT 200 python3 -m composer.apps.search "${SEARCH[@]}" ++phase=finalize \
     > "$OUT/issue15/search/finalize-$(date +%H%M%S).log" 2>&1
   timeout -s INT $((LIMIT - SECONDS)) python3 -m composer.apps.fidelity search_dir=/tmp/search name=issue15-fidelity \
-    top_k=8 random=6 workers=3 data.path=.device/corpus data.val_tokens=200000 seq_len=512 \
+    top_k=8 random=6 workers=3 data.path=.device/corpus-tokens data.val_tokens=200000 seq_len=512 \
     rungs.0.name=r1 rungs.0.d_model=320 rungs.0.n_blocks=14 rungs.0.n_heads=5 rungs.0.mamba_d_state=64 \
     rungs.0.mamba_head_dim=32 rungs.0.mamba_chunk_size=64 rungs.0.tokens_per_param=${TPP:-1} \
     trainer.batch_size=64 trainer.cuda_graph=true trainer.ckpt_every=100 hydra.run.dir=/tmp/fidelity \
