@@ -81,6 +81,12 @@ def test_a_known_ordering_is_recovered_and_the_figures_match_scipy(tmp_path, cor
     assert again.returncode == 0 and "0 to train" in again.stdout and "bits/byte  " not in again.stdout
     assert json.loads((tmp_path / "f" / "fidelity.json").read_text())["patterns"] == out["patterns"]
 
+    # the rung under other settings is refused: its runs would be read back as if they were comparable
+    other = fidelity(tmp_path, "patterns=['M-M-','----','M---']", "random=0", "baselines=[]", *lm_proxy(corpus),
+                     *rung_args(corpus), "rungs.0.tokens_per_param=2")
+    assert other.returncode == 2 and other.stderr.strip().count("\n") == 0
+    assert "rung 'r1'" in other.stderr and "rung.tokens_per_param=1" in other.stderr and "this run has 2" in other.stderr
+
 
 def test_analysis_against_scipy_on_fixed_points():
     rungs = (RungConfig(name="a", d_model=8, n_blocks=1), RungConfig(name="b", d_model=8, n_blocks=1))

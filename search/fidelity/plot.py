@@ -8,6 +8,7 @@ from typing import Any
 
 MARKERS = {"aggregate": ("*", "tab:red", 160), "best_single": ("D", "tab:orange", 60),
            "baseline": ("s", "black", 60)}  # other roles: small grey dots
+LABEL_ALL = 24  # up to this many patterns every point is labelled; beyond, only the marked roles
 
 
 def scatter(out: Mapping[str, Any], path: Path) -> Path:
@@ -31,9 +32,9 @@ def scatter(out: Mapping[str, Any], path: Path) -> Path:
             seeds = list(at["bits_per_byte"].values())
             ax.vlines(point["proxy"], min(seeds), max(seeds), color=color, alpha=0.5, linewidth=1)
             ax.scatter([point["proxy"]], [at["mean"]], marker=marker, color=color, s=size, zorder=3)
-            if role:
-                ax.annotate(point["pattern"], (point["proxy"], at["mean"]), fontsize=7, xytext=(4, 4),
-                            textcoords="offset points")
+            if role or len(out["patterns"]) <= LABEL_ALL:
+                ax.annotate(point["pattern"], (point["proxy"], at["mean"]), fontsize=7 if role else 6, xytext=(4, 4),
+                            textcoords="offset points", color="black" if role else "dimgrey")
         corr = next((c for c in out["correlations"] if c["x"] == "proxy" and c["y"] == name), None)
         rho = corr and corr["spearman"]["value"]
         ax.set_title(f"{name}: {rung['target_non_embedding_params'] / 1e6:.2f}M params, {rung['tokens'] / 1e6:.1f}M tokens"
@@ -41,6 +42,9 @@ def scatter(out: Mapping[str, Any], path: Path) -> Path:
         ax.set_xlabel(f"proxy score ({out['proxy']['evaluator']}, higher is better)")
         ax.set_ylabel("validation bits per byte (lower is better)")
         ax.invert_yaxis()  # better is up and right on both axes
+        for role, (marker, color, size) in MARKERS.items():
+            ax.scatter([], [], marker=marker, color=color, s=size / 2, label=role.replace("_", " "))
+        ax.legend(fontsize=7, loc="lower right")
         ax.grid(alpha=0.3)
     fig.tight_layout()
     path = Path(path)

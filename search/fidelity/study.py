@@ -49,8 +49,8 @@ class FidelityConfig:
     name: str = "fidelity"
     search_dir: str | None = None  # a composer-search run folder: its patterns, proxy and scores; None: the fields below
     patterns: tuple[str, ...] | str = ()  # given patterns (a list, or a file of one a line), beside the search's
-    top_k: int = 8  # the search's best candidates taken
-    random: int = 4  # patterns drawn uniformly from the space (seeded by `seed`)
+    top_k: int = 5  # the search's best candidates taken
+    random: int = 3  # patterns drawn uniformly from the space (seeded by `seed`)
     seed: int = 0
     # Without a search: the proxy (a composer-search evaluator), the space drawn from, the baselines.
     space: SearchSpace = field(default_factory=SearchSpace)
@@ -193,6 +193,33 @@ def _vocab(corpus: Any) -> int:
     return padded_vocab(corpus.vocab_size)
 
 
+# What a rung's results depend on, beside the pattern and seed of each run: a rung folder trained
+# under other settings is refused (the runs in it would be read back as if they were this rung's).
+def _guard_rungs(cfg: FidelityConfig, run_dir: Path) -> None:
+    from search.runner import plain
+
+    from composer.config import flatten
+
+    free = ("rung.seeds", "rung.trainer", "trainer.progress", "trainer.device", "trainer.log_every",
+            "trainer.ckpt_every", "trainer.eval_every", "trainer.wandb", "data.cache_dir")  # rung.trainer: in trainer
+    shared = plain(cfg)
+    for rung in cfg.rungs:
+        settings = flatten({"rung": plain(rung), "trainer": {**shared["trainer"], **rung.trainer},
+                            "data": shared["data"], "seq_len": cfg.seq_len})
+        settings = {k: v for k, v in settings.items() if not any(k == f or k.startswith(f + ".") for f in free)}
+        path = run_dir / "rungs" / rung.name / "rung.json"
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            diff = sorted(k for k in saved.keys() | settings.keys() if saved.get(k) != settings.get(k))
+            if diff:
+                raise ConfigError(f"rung {rung.name!r} in {run_dir} was trained with {diff[0]}={saved.get(diff[0])!r}, "
+                                  f"this run has {settings.get(diff[0])!r}: its runs would not compare; give the rung "
+                                  f"another name (rungs.N.name=...) or the study another name=")
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(path, settings)
+
+
 def _jobs(cfg: FidelityConfig, patterns: list[str], vocab: int) -> tuple[list[tuple[int, str, int]], dict]:
     """Every (rung index, pattern, seed) run, and (rung, pattern) -> its growth; growing fails here, in one line."""
     grown = {(r.name, p): r.grow(p, vocab_size=vocab) for r in cfg.rungs for p in patterns}
@@ -324,6 +351,7 @@ def run_fidelity(cfg: FidelityConfig, *, run_dir: Path) -> dict[str, Any]:
     known, result = _search_scores(search_cfg, Path(cfg.search_dir).expanduser()) if cfg.search_dir else ({}, {})
     roles = select(cfg, search_cfg, known, result)
     patterns = list(roles)
+    _guard_rungs(cfg, run_dir)
     corpus = cfg.data.open(seed=0)  # fetched and tokenised once, before any worker starts
     jobs, grown = _jobs(cfg, patterns, _vocab(corpus))
     n_left = sum(finished(run_folder(run_dir, cfg.rungs[i], grown[(cfg.rungs[i].name, p)].pattern, s),
