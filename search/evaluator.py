@@ -267,10 +267,17 @@ class Evaluator:
         from composer.engine.trainer import DivergedError
 
         folder = self.run_dir / "trials" / pattern_hash(pattern, seed=seed) / f"{job.name}-lr{lr:g}"
-        try:
-            return self._run(job, replace(self.trainer, lr=lr), folder)
-        except DivergedError as exc:
-            return f"lr {lr:g}: {exc}"
+        for attempt in range(AUTOTUNER_RETRIES + 1):
+            try:
+                return self._run(job, replace(self.trainer, lr=lr), folder)
+            except DivergedError as exc:
+                return f"lr {lr:g}: {exc}"
+            except TypeError as exc:
+                if attempt == AUTOTUNER_RETRIES or not autotuner_race(exc):
+                    raise
+                log.warning("%s %s lr %g: Triton autotuner race (%s); training the run again", folder.parent.name,
+                            job.name, lr, exc)
+        raise AssertionError("unreachable")
 
     def _best(self, job: _Job, outcomes: list[Mapping[str, Any] | str]) -> tuple[float, Mapping[str, Any], float]:
         """The best score over the learning rates, its run's final metrics, and the rate that reached it."""
@@ -299,6 +306,23 @@ class Evaluator:
             raise FloatingPointError(f"{job.name}: score is {score}")
         log.debug("%s %s lr %g: score %.4f", folder.parent.name, job.name, trainer.lr, score)
         return final
+
+
+AUTOTUNER_RETRIES = 2
+
+
+def autotuner_race(exc: BaseException) -> bool:
+    """Whether `exc` is Triton's autotuner racing with itself. Its Autotuner keeps a call's arguments
+    on the kernel object shared by every thread (`self.nargs`, reset to None when a call ends), so runs
+    trained side by side in threads (`parallel`) that call one autotuned kernel at once can read None:
+    TypeError "'NoneType' object is not a mapping" in triton/runtime/autotuner.py. Seen on the first
+    evaluation of each search worker with mamba-ssm's kernels (benchmarks/RESULTS.md, issue 15);
+    the run is trained again (resumed from its checkpoint if it has one)."""
+    import traceback
+
+    return isinstance(exc, TypeError) and any(
+        "triton" in frame.filename and frame.filename.endswith("autotuner.py")
+        for frame in traceback.extract_tb(exc.__traceback__))
 
 
 def _accuracy(final: Mapping[str, Any]) -> float:
