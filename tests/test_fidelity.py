@@ -151,10 +151,12 @@ def test_killed_mid_study_the_same_command_trains_only_what_is_left(tmp_path, co
             if json.loads(p.read_text()).get("status") == "completed"}
     assert 2 <= len(done) < 6, "the kill should land mid-study"
 
-    again = fidelity(tmp_path, *args)
+    again = fidelity(tmp_path, *args, "workers=2")  # resumed by two processes: what is left, shared
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"6 rung runs, {6 - len(done)} to train" in again.stdout
-    assert again.stdout.count("bits/byte  ") == 6 - len(done)  # one progress line per run trained
+    assert f"6 rung runs, {6 - len(done)} to train, 2 worker(s)" in again.stdout
+    log = again.stdout + again.stderr
+    assert log.count("bits/byte  ") == 6 - len(done)  # one progress line per run trained, each run once
+    assert "] w1 [" in log and "- w0 [" in log  # both workers trained
     assert all(p.stat().st_mtime_ns == t for p, t in done.items())  # finished runs were read back, not retrained
     out = json.loads((tmp_path / "f" / "fidelity.json").read_text())
     assert all(len(p["rungs"]["r1"]["bits_per_byte"]) == 2 for p in out["patterns"])

@@ -354,8 +354,10 @@ def run_fidelity(cfg: FidelityConfig, *, run_dir: Path) -> dict[str, Any]:
     _guard_rungs(cfg, run_dir)
     corpus = cfg.data.open(seed=0)  # fetched and tokenised once, before any worker starts
     jobs, grown = _jobs(cfg, patterns, _vocab(corpus))
-    n_left = sum(finished(run_folder(run_dir, cfg.rungs[i], grown[(cfg.rungs[i].name, p)].pattern, s),
-                          grown[(cfg.rungs[i].name, p)].pattern, s) is None for i, p, s in jobs)
+    left = [(i, p, s) for i, p, s in jobs  # the runs still to train, shared among the workers
+            if finished(run_folder(run_dir, cfg.rungs[i], grown[(cfg.rungs[i].name, p)].pattern, s),
+                        grown[(cfg.rungs[i].name, p)].pattern, s) is None]
+    n_left = len(left)
     log.info("fidelity %r: %d patterns (%s), proxy %s, rungs %s; %d rung runs, %d to train, %d worker(s)",
              cfg.name, len(patterns), ", ".join(f"{sum(role in r for r in roles.values())} {role}" for role in ROLE_ORDER
                                                  if any(role in r for r in roles.values())),
@@ -363,7 +365,7 @@ def run_fidelity(cfg: FidelityConfig, *, run_dir: Path) -> dict[str, Any]:
              len(jobs), n_left, cfg.workers)
     proxy = proxy_scores(cfg, search_cfg, patterns, known, run_dir)
     if n_left:
-        _train_all(cfg, run_dir, jobs, corpus)
+        _train_all(cfg, run_dir, left, corpus)
     points = {}
     for p in patterns:
         per_rung = {}
