@@ -141,6 +141,16 @@ def _last_error(path: str) -> str:
     return (errors or lines or [""])[-1][:300]
 
 
+def _announce_and_wait(args: argparse.Namespace, folder: Path, record: dict[str, Any], what: str) -> int | None:
+    """Say what was submitted (or is running here) and what to do next; then wait for the jobs and
+    return the exit code, or None when SLURM runs them and --wait was not given."""
+    slurm = args.executor == "slurm"
+    print(f"{PROG}: {'submitted' if slurm else 'running'} {what}\n{_next_steps(folder)}", flush=True)
+    if slurm and not args.wait:
+        return None
+    return _report_failures(record, _wait(folder, record))
+
+
 def _report_failures(record: dict[str, Any], current: dict[str, str]) -> int:
     failed = 0
     for job in record["submissions"][-1]["jobs"]:
@@ -263,11 +273,9 @@ def launch_pretrain(args: argparse.Namespace) -> int:
                  else f"{procs} rank(s) here")
     planned = job.command(slurm=args.executor == "slurm", endpoint="<first node>:<port>", job=jobs[0]["id"])
     _record_jobs(folder, record, jobs, ["pretrain"], [planned], group="pretrain")
-    print(f"{PROG}: {'submitted' if args.executor == 'slurm' else 'running'} pretraining {name!r} as job "
-          f"{jobs[0]['id']}: {described}\n{_next_steps(folder)}", flush=True)
-    if args.executor == "slurm" and not args.wait:
+    code = _announce_and_wait(args, folder, record, f"pretraining {name!r} as job {jobs[0]['id']}: {described}")
+    if code is None:
         return 0
-    code = _report_failures(record, _wait(folder, record))
     summary = run_dir / "summary.json"
     if summary.exists():
         import json
@@ -303,11 +311,10 @@ def launch_fidelity(args: argparse.Namespace) -> int:
     executor = cluster.make_executor(args.executor, folder=folder / "submitit", name=name, resources=res)
     jobs = _submit_first(folder, record, executor, [job])
     _record_jobs(folder, record, jobs, ["fidelity"], [job.command(slurm=args.executor == "slurm")], group="fidelity")
-    print(f"{PROG}: {'submitted' if args.executor == 'slurm' else 'running'} fidelity study {name!r} as job "
-          f"{jobs[0]['id']}: {cfg['workers']} worker(s)\n{_next_steps(folder)}", flush=True)
-    if args.executor == "slurm" and not args.wait:
+    code = _announce_and_wait(args, folder, record,
+                              f"fidelity study {name!r} as job {jobs[0]['id']}: {cfg['workers']} worker(s)")
+    if code is None:
         return 0
-    code = _report_failures(record, _wait(folder, record))
     result = run_dir / "fidelity.json"
     if result.exists():
         import json
