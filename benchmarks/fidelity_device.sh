@@ -1,41 +1,58 @@
 #!/usr/bin/env bash
-# Issue 15's GPU study on a lent H200, in slices that each fit one call (PART=search | fidelity).
+# Issue 15's GPU study on a lent H200, in calls that each fit the device's 10-minute limit.
 # From the project root with `.device` prepared (../shared/device/README.md) and the rungs' text as a
 # token cache in .device/corpus-tokens (the machine has no `datasets` to read text files): fetch
 # `composer-text fetch-corpus --output /tmp/docs --package python3.11-doc --package git-doc
 # --package cmake-doc --package sphinx-doc`, load it once here (composer.data.text.load_corpus, byte
 # tokenizer) and copy the cache folder it names (17.4M tokens, 34 MB); `.device` carried.
-# Each slice resumes from what earlier slices left in $R (committed) and writes what it adds under
-# $OUT/issue15 (study databases, result and fidelity JSON, run summaries; no checkpoints, no trials).
+#   PART=search    more search evaluations (kernels if built, else the torch scan)
+#   PART=all       while the kernels build: search evaluations on the torch scan; once they are
+#                  built: finalize the search, then the fidelity study until LIMIT
+#   PART=fidelity  the fidelity study until LIMIT (resumes; call again while the machine is warm)
+# A cold machine starts from what $R holds (committed); a warm one keeps its /tmp state (the runs in
+# flight resume from their checkpoints). What a call adds comes back as $OUT/issue15.tar.gz (the device
+# returns at most 8 files): study databases, result and fidelity JSON, the plot, run summaries, logs.
 set -u
 source benchmarks/device_env.sh
 R=benchmarks/results/issue15-2026-12-03
-LIMIT=${LIMIT:-570}  # seconds this slice may use in all
+LIMIT=${LIMIT:-570}  # seconds this call may use in all
 NAME=issue15-gp-mad-n16
 SEARCH=(evaluator=mad space=long strategy=gp name=$NAME evaluator.top_k=0 hydra.run.dir=/tmp/search
         leaderboard=/tmp/search/leaderboard.jsonl)
-mkdir -p "$OUT/issue15/search" "$OUT/issue15/fidelity" /tmp/search /tmp/fidelity
-cp -r "$R/search/." /tmp/search/ 2>/dev/null
-cp -r "$R/fidelity/." /tmp/fidelity/ 2>/dev/null
+LOGS=/tmp/issue15-logs; mkdir -p $LOGS
+[ -d /tmp/search ] || { mkdir -p /tmp/search && cp -r "$R/search/." /tmp/search/; }
+[ -d /tmp/fidelity ] || { mkdir -p /tmp/fidelity && cp -r "$R/fidelity/." /tmp/fidelity/ 2>/dev/null; }
 python3 -c "import scipy, matplotlib; print('scipy', scipy.__version__, 'matplotlib', matplotlib.__version__)" 2>&1 | tail -1
-if [ "$PART" = search ]; then
+search() {  # search evaluations until $1 seconds into the call, or until the kernels are built ($2=until-kernels)
   [ -f /tmp/kernels/READY ] && W=3 || W=2  # the torch scan needs far more memory per worker
-  timeout -s INT $((LIMIT - SECONDS)) python3 -m composer.apps.search "${SEARCH[@]}" n_trials=${N_TRIALS:-400} \
-    workers=$W > "$OUT/issue15/search/search-$(date +%H%M%S).log" 2>&1
-fi
-if [ "$PART" = fidelity ]; then
+  python3 -m composer.apps.search "${SEARCH[@]}" n_trials=${N_TRIALS:-400} workers=$W \
+    > "$LOGS/search-$(date +%H%M%S).log" 2>&1 & pid=$!
+  while kill -0 $pid 2>/dev/null && [ $SECONDS -lt $1 ]; do
+    [ "${2:-}" = until-kernels ] && [ -f /tmp/kernels/READY -o -f /tmp/kernels/FAILED ] && break
+    sleep 5
+  done
+  kill -INT $pid 2>/dev/null; wait $pid
+}
+fidelity() {
   [ -f /tmp/kernels/READY ] || echo "kernels not built: the Mamba-2 torch path trains the rungs"
   [ -f /tmp/search/result.json ] || timeout -s INT 200 python3 -m composer.apps.search "${SEARCH[@]}" ++phase=finalize \
-    > "$OUT/issue15/search/finalize-$(date +%H%M%S).log" 2>&1
+    > "$LOGS/finalize-$(date +%H%M%S).log" 2>&1
   timeout -s INT $((LIMIT - SECONDS)) python3 -m composer.apps.fidelity search_dir=/tmp/search name=issue15-fidelity \
     top_k=8 random=6 workers=3 data.path=.device/corpus-tokens data.val_tokens=200000 seq_len=512 \
     rungs.0.name=r1 rungs.0.d_model=320 rungs.0.n_blocks=14 rungs.0.n_heads=5 rungs.0.mamba_d_state=64 \
     rungs.0.mamba_head_dim=32 rungs.0.mamba_chunk_size=64 rungs.0.tokens_per_param=${TPP:-1} \
     trainer.batch_size=64 trainer.cuda_graph=true trainer.ckpt_every=100 hydra.run.dir=/tmp/fidelity \
-    leaderboard=/tmp/fidelity/leaderboard.jsonl > "$OUT/issue15/fidelity/fidelity-$(date +%H%M%S).log" 2>&1
-fi
-cd /tmp && cp search/{study.db,search.json,result.json,leaderboard.jsonl} "$OUT/issue15/search/" 2>/dev/null
-cp fidelity/{study.db,fidelity.json,fidelity.png,leaderboard.jsonl} "$OUT/issue15/fidelity/" 2>/dev/null
-find fidelity -name summary.json | while read -r f; do mkdir -p "$OUT/issue15/$(dirname "$f")"; cp "$f" "$OUT/issue15/$f"; done
-nvidia-smi --query-gpu=memory.used --format=csv,noheader
-for f in "$OUT"/issue15/*/*.log; do tail -n 3 "$f"; done
+    leaderboard=/tmp/fidelity/leaderboard.jsonl > "$LOGS/fidelity-$(date +%H%M%S).log" 2>&1
+}
+case "$PART" in
+  search) search $((LIMIT - 20)) ;;
+  all) search $((LIMIT - 60)) until-kernels; wait_for_kernels && fidelity ;;
+  fidelity) wait_for_kernels; fidelity ;;
+esac
+cp $OUT/kernels_build.log $LOGS/ 2>/dev/null
+cd /tmp && tar czf "$OUT/issue15.tar.gz" --exclude='*.pt' --exclude='checkpoint*' --exclude='trials' \
+  search/study.db search/search.json search/result.json search/leaderboard.jsonl \
+  $(cd /tmp && ls fidelity/{study.db,fidelity.json,fidelity.png,leaderboard.jsonl} 2>/dev/null) \
+  $(cd /tmp && find fidelity -name summary.json -o -name rung.json -o -name metrics.jsonl) issue15-logs 2>/dev/null
+ls -la "$OUT"; nvidia-smi --query-gpu=memory.used --format=csv,noheader
+for f in $LOGS/*.log; do echo "== $f"; tail -n 4 "$f"; done

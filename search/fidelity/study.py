@@ -221,9 +221,10 @@ def _guard_rungs(cfg: FidelityConfig, run_dir: Path) -> None:
 
 
 def _jobs(cfg: FidelityConfig, patterns: list[str], vocab: int) -> tuple[list[tuple[int, str, int]], dict]:
-    """Every (rung index, pattern, seed) run, and (rung, pattern) -> its growth; growing fails here, in one line."""
+    """Every (rung index, pattern, seed) run, and (rung, pattern) -> its growth; growing fails here, in one line.
+    Seed-major within a rung: a study stopped early has every pattern at its first seed before any at its second."""
     grown = {(r.name, p): r.grow(p, vocab_size=vocab) for r in cfg.rungs for p in patterns}
-    jobs = [(i, p, s) for i, r in enumerate(cfg.rungs) for p in patterns for s in r.seeds]
+    jobs = [(i, p, s) for i, r in enumerate(cfg.rungs) for s in r.seeds for p in patterns]
     return jobs, grown
 
 
