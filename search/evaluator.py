@@ -218,9 +218,10 @@ class Evaluator:
         The first error stops the other runs at their next step (as Ctrl-C does) and is raised."""
         if self.cfg.parallel <= 1 or len(items) <= 1:
             return [fn(item) for item in items]
-        from composer.engine.graphs import INTERRUPT, own_stream
+        from composer.engine.graphs import INTERRUPT, own_stream, thread_safe_autotuners
 
         device = self.trainer.device
+        thread_safe_autotuners()
 
         def run(item: Any) -> Any:
             with own_stream(device):

@@ -44,7 +44,8 @@ from search.leaderboard.records import stats
 from search.space import SearchSpace, pattern_hash
 from search.strategies import (STRATEGIES, Strategy, end_layer, make_strategy, middle_layer, read_patterns,
                                run_incremental)
-from search.study import completed_results, count_evaluations, failed_patterns, open_study, run_trials, running_alive
+from search.study import (completed_results, count_evaluations, failed_patterns, open_study, retry_failures, run_trials,
+                          running_alive)
 
 log = logging.getLogger("composer.search")
 
@@ -104,6 +105,9 @@ class SearchConfig:
     # Reference patterns evaluated like candidates, never aggregated; None: the Llama layout ("*-"
     # repeated to the searched length) when the alphabet has both letters; []: none.
     baselines: tuple[str, ...] | None = None
+    # True: patterns whose evaluation failed in an earlier run are trained again when proposed (a
+    # failure of this run stays final): for failures that were not the pattern's fault.
+    retry_failed: bool = False
 
     def __post_init__(self) -> None:
         for name in ("n_trials", "workers", "top"):
@@ -223,7 +227,17 @@ def _study(cfg: SearchConfig, run_dir: Path, strategy: Strategy, name: str) -> o
     study = open_study(name=name, storage=cfg.storage, run_dir=run_dir, sampler=strategy.sampler,
                        directions=strategy.directions)
     _guard(study, _settings(cfg))
+    _retry(cfg, study)
     return study
+
+
+def _retry(cfg: SearchConfig, study: optuna.Study) -> None:
+    """retry_failed: the failures so far become retryable, once per run (its spawned workers leave it)."""
+    if cfg.retry_failed and multiprocessing.parent_process() is None:
+        if failed := failed_patterns(study):
+            log.info("%s: %d failed pattern(s) will be trained again when proposed (retry_failed): %s",
+                     study.study_name, len(failed), " ".join(failed))
+        retry_failures(study)
 
 
 class _Progress:
@@ -394,6 +408,7 @@ def evaluate_patterns(cfg: SearchConfig, run_dir: Path, patterns: list[str], *, 
     study = open_study(name=name, storage=cfg.storage, run_dir=run_dir, sampler=optuna.samplers.RandomSampler(seed),
                        directions=("maximize",))
     _guard(study, _settings(cfg))
+    _retry(cfg, study)
     mark = set(cfg.baselines)
 
     def propose(trial: optuna.Trial) -> str:

@@ -114,13 +114,14 @@ class ListStrategy(Strategy):
     patterns: tuple[str, ...] = ()
 
     def propose(self, trial: optuna.Trial) -> str:
-        taken = set()
+        from search.study import final_failure, retry_cutoff
+
+        taken, cutoff = set(), retry_cutoff(trial.study)
         for t in trial.study.get_trials(deepcopy=False):
             role = t.user_attrs.get("role")
             if t.number == trial.number or role not in (None, "evaluate"):
                 continue
-            if t.state == TrialState.RUNNING or t.state == TrialState.COMPLETE or (
-                    t.state == TrialState.FAIL and t.user_attrs.get("failure") == "error"):
+            if t.state == TrialState.RUNNING or t.state == TrialState.COMPLETE or final_failure(t, cutoff):
                 taken.add(t.user_attrs.get("pattern"))
         return next((p for p in self.patterns if p not in taken), self.patterns[0])
 

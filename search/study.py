@@ -142,8 +142,32 @@ def completed_results(study: optuna.Study) -> dict[str, dict[str, Any]]:
 
 
 def failed_patterns(study: optuna.Study) -> dict[str, str]:
-    """Pattern -> why its evaluation failed (evaluate raised); patterns with a result are left out."""
-    return _failed(study.get_trials(deepcopy=False))
+    """Pattern -> why its evaluation failed (evaluate raised); patterns with a result, and failures
+    before the study's retry cutoff (`retry_failures`), are left out."""
+    return _failed(study.get_trials(deepcopy=False), retry_cutoff(study))
+
+
+RETRY_ATTR = "retry_failed_before"
+
+
+def retry_failures(study: optuna.Study) -> None:
+    """Every failure recorded so far becomes retryable: a later proposal of its pattern trains it
+    again instead of answering with the failure (the study keeps the failed trial, and it still
+    counts towards max_trials). For failures that were not the pattern's fault (a killed node, a
+    library race); a failure after this call is final again."""
+    study.set_user_attr(RETRY_ATTR, time.time())
+
+
+def retry_cutoff(study: optuna.Study) -> float | None:
+    return study.user_attrs.get(RETRY_ATTR)
+
+
+def final_failure(t: FrozenTrial, cutoff: float | None) -> bool:
+    """Whether `t` failed in evaluate (not interrupted, not lost) after the retry cutoff: the
+    pattern's result, answered from the cache like a score."""
+    if t.state != TrialState.FAIL or t.user_attrs.get("role") != "evaluate" or t.user_attrs.get("failure") != "error":
+        return False
+    return cutoff is None or t.datetime_complete is None or t.datetime_complete.timestamp() >= cutoff
 
 
 def count_evaluations(study: optuna.Study) -> int:
@@ -162,11 +186,10 @@ def _completed(trials: Sequence[FrozenTrial]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _failed(trials: Sequence[FrozenTrial]) -> dict[str, str]:
+def _failed(trials: Sequence[FrozenTrial], cutoff: float | None) -> dict[str, str]:
     done = _completed(trials)
     return {t.user_attrs["pattern"]: t.user_attrs.get("error", "failed")
-            for t in sorted(trials, key=lambda t: t.number)
-            if _is_evaluation(t) and t.state == TrialState.FAIL and t.user_attrs["pattern"] not in done}
+            for t in sorted(trials, key=lambda t: t.number) if final_failure(t, cutoff) and t.user_attrs["pattern"] not in done}
 
 
 def _is_evaluation(t: FrozenTrial) -> bool:
@@ -255,9 +278,10 @@ def _decide(study: optuna.Study, trial: optuna.Trial, pattern: str, *, max_trial
         if undecided:
             time.sleep(poll_s)
             continue
+        cutoff = retry_cutoff(study)
         for t in sorted(trials, key=lambda t: t.number):
             if t.user_attrs.get("pattern") == pattern and t.user_attrs.get("role") == "evaluate" and t.number != trial.number:
-                if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and t.user_attrs.get("failure") == "error"):
+                if t.state == TrialState.COMPLETE or final_failure(t, cutoff):
                     return "cached", t
         for t in lower_running:
             if t.user_attrs.get("pattern") == pattern and t.user_attrs["role"] == "evaluate":

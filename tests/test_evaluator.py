@@ -5,6 +5,7 @@ finished runs, a forced NaN recorded as a failure while the search goes on, and 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -192,3 +193,52 @@ def test_a_triton_autotuner_race_trains_the_run_again_and_nothing_else_does(tmp_
         with pytest.raises(TypeError, match="not a mapping"):
             evaluator._attempt("*-", job, 1e-3, 0)
         assert len(calls) == 1
+
+
+class _RacyTuner:
+    """Shaped like Triton's Autotuner: a call's arguments kept on the shared object for the call's length."""
+
+    def __init__(self) -> None:
+        self.nargs = None
+
+    def run(self, *args):
+        self.nargs = dict(enumerate(args))
+        time.sleep(0.002)  # tuning: benchmarks the configs, another thread runs meanwhile
+        seen = dict(self.nargs)  # TypeError "'NoneType' object is not a mapping" once another call ended
+        self.nargs = None
+        return seen
+
+
+def _hammer(tuner: _RacyTuner, threads: int = 6, calls: int = 20) -> list[BaseException]:
+    import threading
+
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        for _ in range(calls):
+            try:
+                assert tuner.run(i) == {0: i}  # never another thread's arguments either
+            except (TypeError, AssertionError) as exc:
+                errors.append(exc)
+
+    pool = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return errors
+
+
+def test_serialized_calls_let_threads_share_an_autotuned_kernel():
+    from composer.engine.graphs import serialize_calls
+
+    racy = type("Racy", (_RacyTuner,), {})
+    assert _hammer(racy()), "the racy class must race without the lock, or this test proves nothing"
+    safe = type("Safe", (_RacyTuner,), {})
+    serialize_calls(safe, "run")
+    serialize_calls(safe, "run")  # idempotent: one lock, not two wrappers
+    assert getattr(safe.run, "__wrapped__").__qualname__ == "_RacyTuner.run"
+    assert _hammer(safe()) == []
+    a, b = safe(), safe()  # one lock per object: a call on `a` does not wait for a call on `b`
+    assert a.run(1) == {0: 1} and b.run(2) == {0: 2}
+    assert a.__dict__["_composer_lock"] is not b.__dict__["_composer_lock"]

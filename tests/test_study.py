@@ -102,6 +102,39 @@ def test_a_raising_evaluate_fails_the_trial_and_the_loop_goes_on(tmp_path):
     assert count_evaluations(study) == 3
 
 
+@pytest.mark.parametrize("storage", [None, "s.journal"])
+def test_retry_failures_trains_earlier_failures_once_more_and_later_ones_stay_final(tmp_path, storage):
+    from search.strategies import ListStrategy
+    from search.study import retry_failures
+
+    storage = None if storage is None else tmp_path / storage
+    study = open_study(name="s", storage=storage, run_dir=tmp_path, sampler=None)
+    calls: Counter[str] = Counter()
+    flaky = {"*-*"}  # fails until the "library" is fixed
+
+    def evaluate(pattern: str) -> dict:
+        calls[pattern] += 1
+        if pattern in flaky:
+            raise TypeError("'NoneType' object is not a mapping")
+        return {"score": score(pattern)}
+
+    listed = ListStrategy(name="list", space=None, seed=0, sampler=optuna.samplers.RandomSampler(0), patterns=("*-*", "---"))
+    run_trials(study, propose=listed.propose, evaluate=evaluate, n_trials=3)
+    assert calls == {"*-*": 1, "---": 1} and "*-*" in failed_patterns(study)  # the third trial: answered from the cache
+    time.sleep(0.01)
+    retry_failures(study)  # a new run with retry_failed=true
+    assert failed_patterns(study) == {}
+    run_trials(study, propose=listed.propose, evaluate=evaluate, n_trials=2)
+    assert calls == {"*-*": 2, "---": 1}  # retried once; the failure it had now is this run's: final again
+    assert "*-*" in failed_patterns(study)
+    flaky.clear()
+    time.sleep(0.01)
+    retry_failures(study)
+    run_trials(study, propose=listed.propose, evaluate=evaluate, n_trials=2)
+    assert calls == {"*-*": 3, "---": 1} and failed_patterns(study) == {}
+    assert set(completed_results(study)) == {"*-*", "---"} and count_evaluations(study) == 4  # failures still count
+
+
 def test_an_invalid_proposal_fails_the_trial_and_the_loop_goes_on(tmp_path):
     study = open_study(name="s", storage=None, run_dir=tmp_path, sampler=None)
     proposals = iter(["*x-", "*-"])

@@ -8,6 +8,7 @@ on its own CUDA stream (`search.evaluator`'s `parallel`), then keep the GPU's SM
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -46,6 +47,38 @@ def side_stream(device: torch.device) -> AbstractContextManager:
     """The current stream if this thread already has its own (`own_stream`), else a new one."""
     on_default = torch.cuda.current_stream(device) == torch.cuda.default_stream(device)
     return own_stream(device) if on_default else nullcontext()
+
+
+def serialize_calls(cls: type, name: str) -> None:
+    """Make every call of `cls.<name>` hold a lock of its instance for the call's length (idempotent):
+    calls on one object from several threads run one after another, calls on different objects do not wait."""
+    method = getattr(cls, name)
+    if getattr(method, "_composer_serialized", False):
+        return
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        lock = self.__dict__.get("_composer_lock") or self.__dict__.setdefault("_composer_lock", threading.RLock())
+        with lock:
+            return method(self, *args, **kwargs)
+
+    locked._composer_serialized = True
+    setattr(cls, name, locked)
+
+
+def thread_safe_autotuners() -> bool:
+    """Let runs in threads share Triton's autotuned kernels (mamba-ssm's among them). Triton's
+    `Autotuner.run` keeps a call's arguments on the kernel object every thread shares (`self.nargs`,
+    reset to None when the call ends), so two threads tuning one kernel at once fail with TypeError
+    "'NoneType' object is not a mapping" (seen on an H200 with Triton 3.6, benchmarks/RESULTS.md,
+    issue 15). Each autotuned kernel's `run` is serialised; a tuned kernel's call only launches, so the
+    wait is short, and a replayed CUDA graph calls none. Returns False where Triton is not installed."""
+    try:
+        from triton.runtime.autotuner import Autotuner
+    except ImportError:
+        return False
+    serialize_calls(Autotuner, "run")
+    return True
 
 
 def release_memory() -> None:

@@ -63,6 +63,7 @@ class FidelityConfig:
     workers: int = 1  # processes training rung runs (GPUs shared round-robin)
     bootstrap: int = 2000  # resamples of each confidence interval
     leaderboard: str | None = None  # append the study's record (composer-leaderboard --html draws it)
+    retry_failed: bool = False  # proxy evaluations that failed in an earlier run are trained again
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or "/" in self.name:
@@ -110,11 +111,12 @@ def _proxy_search(cfg: FidelityConfig):
         saved = json.loads((Path(cfg.search_dir).expanduser() / "search.json").read_text())
         log.info("proxy: search %r's own evaluator (%s), space and baselines; this config's evaluator, space and "
                  "baselines are not used", saved["name"], saved["evaluator"]["name"])
-        return search_config_from_mapping(saved)
+        return search_config_from_mapping({**saved, "retry_failed": cfg.retry_failed})
     from search.runner import plain
 
     return search_config_from_mapping({"name": cfg.name, "space": plain(cfg.space), "evaluator": plain(cfg.evaluator),
-                                       "baselines": None if cfg.baselines is None else list(cfg.baselines)})
+                                       "baselines": None if cfg.baselines is None else list(cfg.baselines),
+                                       "retry_failed": cfg.retry_failed})
 
 
 def _search_scores(search_cfg: Any, folder: Path) -> tuple[dict[str, float], dict[str, Any]]:
