@@ -75,7 +75,7 @@ class AttentionConfig:
     def state_bytes(self, d_model: int, *, context: int, dtype_bytes: int) -> int:
         """KV cache of one sequence: 2 · n_kv_heads · head_dim · min(context, window) · dtype_bytes.
 
-        With a window this is the ideal ring buffer; the module's cache holds max_len entries."""
+        With a window the module's cache is a ring of `window` entries (primitives/nn/attention.py)."""
         return 2 * self.kv_heads * self.head_size(d_model) * self.attended_keys(context) * dtype_bytes
 
 

@@ -11,6 +11,12 @@ The module contract (every mixer maps (B, T, D) -> (B, T, D)):
   allocate_state(*, batch_size, max_len, device, dtype) -> object | None
   init_weights(*, std, out_std)    out_std is the depth-scaled std for the output projection
   describe_impl(device) -> str     which implementation runs there, reported in the run folder
+
+Optional, for a mixer with training-time terms (the MoE's load balancing; composer/engine/auxiliary.py
+collects them): after each training forward, `aux_loss` (a scalar tensor the trainer adds to the
+loss, coefficients applied, or None) and `aux_stats` (a detached 1-D tensor); `after_step(stats)`
+(device work, no autograd) with the step's mean stats; `describe_stats(stats) -> dict[str, float]`,
+what metrics.jsonl records.
 """
 
 from __future__ import annotations

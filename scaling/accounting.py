@@ -9,7 +9,9 @@ FLOP conventions: matmul and conv FLOPs, 2 per multiply-add; elementwise work (n
 activations, RoPE) is left out, as torch's FlopCounterMode leaves it out. Attention's QKᵀ and AV
 count the full square, not halved for causality (PaLM, Chinchilla). Training = 3 × forward
 (backward costs twice the forward). The LM head (2 · d_model · vocab per token) is included; the
-embedding lookup is not (a gather, not a matmul).
+embedding lookup is not (a gather, not a matmul). A mixture of experts costs its active weights
+per token (router, its top-k experts, shared experts: `n_active_params`), while its parameters
+count every expert; `n_active_params` is the model's total as one token sees it.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class Accounting:
     attention_share: float  # attention layers / all layers
     n_params: int  # total, with the embedding (and the untied head)
     n_non_embedding_params: int  # layers, their norms and the final norm
+    n_active_params: int  # what one token runs through: n_params less the experts it is not routed to (MoE)
     params_by_primitive: dict[str, int]  # per letter: mixers and their pre-norms
     seq_len: int  # training sequence length the FLOPs are for
     forward_flops_per_token: int  # layers + LM head
@@ -52,17 +55,28 @@ def _letters(cfg: ModelConfig) -> Counter:
 
 
 def count_parameters(cfg: ModelConfig) -> dict[str, int]:
-    """{'n_params', 'n_non_embedding_params', 'n_embedding_params'} of the model `cfg` builds,
-    analytically (no torch). The untied head counts as embedding."""
+    """{'n_params', 'n_non_embedding_params', 'n_embedding_params', 'n_active_params'} of the model
+    `cfg` builds, analytically (no torch). The untied head counts as embedding. `n_active_params`
+    is what one token runs through: equal to n_params unless a primitive routes tokens to some of
+    its weights (MoE: `n_active_params` on its config)."""
     d = cfg.d_model
     layers = sum(k * (cfg.primitive_config(c).n_params(d) + d) for c, k in _letters(cfg).items())  # + pre-norms
+    inactive = sum(k * (cfg.primitive_config(c).n_params(d) - _active_params(cfg.primitive_config(c), d))
+                   for c, k in _letters(cfg).items())
     non_embedding = layers + d  # + final norm
     embedding = cfg.vocab_size * d * (1 if cfg.tie_embeddings else 2)
     return {
         "n_params": non_embedding + embedding,
         "n_non_embedding_params": non_embedding,
         "n_embedding_params": embedding,
+        "n_active_params": non_embedding + embedding - inactive,
     }
+
+
+def _active_params(primitive_cfg: object, d_model: int) -> int:
+    """A primitive's parameters one token runs through: its `n_active_params` where it has one, else all."""
+    active = getattr(primitive_cfg, "n_active_params", None)
+    return active(d_model) if active is not None else primitive_cfg.n_params(d_model)
 
 
 def _head_flops_per_token(cfg: ModelConfig) -> int:
@@ -132,6 +146,7 @@ def account(
         attention_share=counts[attention] / cfg.n_layers,
         n_params=params["n_params"],
         n_non_embedding_params=params["n_non_embedding_params"],
+        n_active_params=params["n_active_params"],
         params_by_primitive={
             c: k * (cfg.primitive_config(c).n_params(d) + d) for c, k in counts.items() if k
         },

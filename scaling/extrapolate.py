@@ -5,7 +5,8 @@ Width is the target's (a preset); depth grows by the size ratio
     s = non-embedding params of the preset's Llama reference ("*-" × n_blocks)
         / non-embedding params of the searched pattern, both at the preset's width
 
-(layers, their pre-norms and the final norm). This reproduces the published layer counts (27
+(layers, their pre-norms and the final norm; an MoE layer counts the parameters one token runs
+through, its active ones, so MoE patterns match the reference's compute). This reproduces the published layer counts (27
 stacked, 29 stretched at 1B); a ratio of layer counts does not. s is kept as an exact fraction,
 so ceil(s · h) never rounds up by float noise.
 
@@ -56,8 +57,9 @@ class Extrapolation:
     d_model: int
     n_params: int
     n_non_embedding_params: int
+    n_active_params: int  # per token: n_params less the experts a token is not routed to (MoE layers)
     target_non_embedding_params: int  # of the preset's Llama reference
-    deviation: float  # (n_non_embedding_params − target) / target, signed
+    deviation: float  # (non-embedding active params − target) / target, signed; active = all for dense patterns
     s: float  # the size ratio the pattern grew by
     preset: Preset = field(repr=False, compare=False)  # the target's widths
 
@@ -137,7 +139,11 @@ def _even(pattern: str, s: Fraction) -> str:
 
 
 def _non_embedding(preset: Preset, pattern: str) -> int:
-    return count_parameters(preset_model_config(preset, pattern))["n_non_embedding_params"]
+    """Non-embedding parameters a token runs through: all of them for dense patterns; MoE layers
+    count their active experts, so an `E` pattern grows to the reference's compute per token (as
+    OLMoE-1B-7B is set against dense 1B models), its total growing by the experts' ratio."""
+    params = count_parameters(preset_model_config(preset, pattern))
+    return params["n_active_params"] - params["n_embedding_params"]
 
 
 def scale_ratio(pattern: str, target: str | Preset) -> Fraction:
@@ -181,8 +187,9 @@ def extrapolate(pattern: str, *, target: str | Preset, method: str) -> Extrapola
         d_model=preset.d_model,
         n_params=params["n_params"],
         n_non_embedding_params=params["n_non_embedding_params"],
+        n_active_params=params["n_active_params"],
         target_non_embedding_params=goal,
-        deviation=(params["n_non_embedding_params"] - goal) / goal,
+        deviation=(params["n_active_params"] - params["n_embedding_params"] - goal) / goal,  # = total for dense
         s=float(s),
         preset=preset,
     )

@@ -37,6 +37,7 @@ import optuna
 
 from composer.config import flatten, from_mapping
 from composer.errors import ComposerError, ConfigError
+from primitives import REGISTRY
 from search.aggregate import METHODS, summarise
 from search.evaluator import EvaluatorConfig, evaluator_config_from_mapping
 from search.leaderboard import records, store
@@ -176,10 +177,20 @@ _FREE = {"evaluator.top_k", "evaluator.reeval_seeds", "evaluator.keep_checkpoint
 
 
 def _settings(cfg: SearchConfig) -> dict[str, Any]:
-    """What a study's results depend on, as dotted keys: compared when a study is resumed."""
+    """What a study's results depend on, as dotted keys: compared when a study is resumed. Settings
+    of primitives the space cannot place are left out (a preset gaining a section for a new
+    primitive leaves the studies of other alphabets resumable)."""
     config = plain(cfg)
     flat = flatten({key: config[key] for key in ("space", "strategy", "evaluator", "seed")})
-    return {k: v for k, v in flat.items() if not any(k == f or k.startswith(f + ".") for f in _FREE)}
+    return _drop(flat, _FREE | _unplaced(cfg.space.alphabet))
+
+
+def _unplaced(alphabet: str) -> set[str]:
+    return {f"evaluator.model.{p.name}" for letter, p in REGISTRY.items() if letter not in alphabet}
+
+
+def _drop(flat: dict[str, Any], prefixes: set[str]) -> dict[str, Any]:
+    return {k: v for k, v in flat.items() if not any(k == f or k.startswith(f + ".") for f in prefixes)}
 
 
 def _jsonable(obj: Any) -> Any:
@@ -197,6 +208,7 @@ def _guard(study: optuna.Study, settings: dict[str, Any]) -> None:
     if saved is None:
         study.set_user_attr("settings", settings)
         return
+    saved = _drop(saved, _unplaced(settings.get("space.alphabet", "")))  # saved before such keys were left out
     diff = sorted(k for k in saved.keys() | settings.keys() if saved.get(k) != settings.get(k))
     if diff:
         key = diff[0]

@@ -2,6 +2,7 @@
 FlopCounterMode (exact: the analytic counts are matmul + conv FLOPs, what the counter counts),
 inference state against the tensors allocate_states returns."""
 
+import math
 import subprocess
 import sys
 
@@ -15,8 +16,10 @@ from composer.model import ComposedModel
 from composer.pattern import count_primitives
 from primitives import REGISTRY
 from primitives.attention import AttentionConfig
+from primitives.gdn import GatedDeltaNetConfig
 from primitives.mamba2 import Mamba2Config
 from primitives.mlp import MLPConfig
+from primitives.moe import MoEConfig
 from scaling.accounting import (
     account,
     count_parameters,
@@ -28,7 +31,7 @@ from scaling.accounting import (
 )
 from scaling.presets import PRESETS, preset_model_config, reference_pattern
 
-PATTERNS = ["*-", "M", "M-M-*-", "**-----**---*---", "MM*-M-", "-*M"]
+PATTERNS = ["*-", "M", "M-M-*-", "**-----**---*---", "MM*-M-", "-*M", "GG*-G-", "*E-M"]
 D = 64
 VOCAB = 96
 
@@ -40,8 +43,20 @@ def _small(pattern: str, *, window: int | None = None, chunk_size: int = 16, tie
             "attention": AttentionConfig(n_heads=4, n_kv_heads=2, window=window),
             "mlp": MLPConfig(hidden=96),
             "mamba2": Mamba2Config(d_state=16, head_dim=16, chunk_size=chunk_size),
+            "gdn": GatedDeltaNetConfig(head_dim=16, chunk_size=chunk_size),
+            "moe": MoEConfig(n_experts=4, top_k=2, hidden=48, shared_experts=1),
         },
     )
+
+
+def _solve_triangular_flops(a_shape, b_shape, *, out_shape=None, unitriangular=False, **_) -> int:
+    """Forward substitution: L(L-1)/2 multiply-adds per right-hand column (+ L divisions unless unit)."""
+    n = a_shape[-1]
+    return math.prod(b_shape[:-2]) * b_shape[-1] * (n * (n - 1) + (0 if unitriangular else n))
+
+
+# The counter knows matmuls and convs; Gated DeltaNet's chunked form also solves triangular systems.
+COUNTED = {torch.ops.aten.linalg_solve_triangular: _solve_triangular_flops}
 
 
 def _measured_forward_flops(cfg: ModelConfig, *, batch: int, seq_len: int) -> int:
@@ -49,7 +64,7 @@ def _measured_forward_flops(cfg: ModelConfig, *, batch: int, seq_len: int) -> in
     model = ComposedModel(cfg)
     tokens = torch.randint(0, cfg.vocab_size, (batch, seq_len))
     # On CPU, SDPA's fused kernel is invisible to the counter; the math path runs it as bmm.
-    with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False, custom_mapping=COUNTED) as counter:
         model(tokens)
     return counter.get_total_flops()
 
@@ -76,7 +91,9 @@ def test_preset_reference_sizes():
     assert round(count_parameters(preset_model_config("8b", reference_pattern("8b")))["n_params"] / 1e9, 2) == 8.03
 
 
-@pytest.mark.parametrize("pattern", ["*", "-", "M", "M-M-*-", "*M-"])
+# MoE (`E`): the CPU runs the loop over experts, whose matmuls see each expert's routed tokens only,
+# so the counter measures the active path (router, top-k and shared experts), what the count uses.
+@pytest.mark.parametrize("pattern", ["*", "-", "M", "M-M-*-", "*M-", "G", "G-*M", "E", "*E-"])
 @pytest.mark.parametrize("seq_len", [16, 32, 64])  # per-token Mamba-2 counts are whole here
 @pytest.mark.parametrize("tie", [True, False])
 def test_forward_flops_equal_flop_counter(pattern, seq_len, tie):
@@ -140,6 +157,40 @@ def test_mamba_decode_is_constant_in_context():
     assert m.inference_flops_per_token(D, context=1) == m.inference_flops_per_token(D, context=10**6) == step
 
 
+def test_gdn_chunk_terms_with_padding():
+    # 40 tokens in chunks of 16: padded to 48, 3 chunks; the sequence total is exact
+    cfg = _small("G")
+    g = cfg.primitive_config("G")
+    head = 2 * D * VOCAB * 40
+    assert _measured_forward_flops(cfg, batch=1, seq_len=40) == g.forward_flops_per_sequence(D, seq_len=40) + head
+    assert g.forward_flops_per_token(D, seq_len=40) == round(g.forward_flops_per_sequence(D, seq_len=40) / 40)
+
+
+@pytest.mark.parametrize("context", [1, 7, 24])
+def test_gdn_decode_flops_equal_flop_counter(context):
+    # Gated DeltaNet decodes a single token through the recurrent step: the analytic count is what runs
+    cfg = _small("G-*")
+    torch.manual_seed(0)
+    model = ComposedModel(cfg)
+    states = model.allocate_states(batch_size=1, max_len=context)
+    with torch.no_grad():
+        if context > 1:
+            model(torch.randint(0, VOCAB, (1, context - 1)), states)
+        with sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False, custom_mapping=COUNTED) as counter:
+            model(torch.randint(0, VOCAB, (1, 1)), states)
+    assert counter.get_total_flops() == inference_flops_per_token(cfg, context=context)
+
+
+def test_gdn_decode_and_state_by_hand():
+    g = GatedDeltaNetConfig(head_dim=16)  # at D = 64: 4 query/key heads, 8 value heads of 16 channels
+    hv, dk, dv = 8, 16, 16
+    conv = 2 * 4 * dk + hv * dv  # q, k and v
+    step = 2 * D * (conv + hv * dv + 2 * hv) + 2 * hv * dv * D + 2 * conv * 4 + 6 * hv * dk * dv
+    assert g.inference_flops_per_token(D, context=1) == g.inference_flops_per_token(D, context=10**6) == step
+    state = conv * 3 * 2 + hv * dk * dv * 4  # conv tail at 2 bytes, the recurrent state in fp32
+    assert g.state_bytes(D, context=100, dtype_bytes=2) == g.state_bytes(D, context=5, dtype_bytes=2) == state
+
+
 def _tensor_bytes(obj) -> int:
     if obj is None:
         return 0
@@ -147,7 +198,7 @@ def _tensor_bytes(obj) -> int:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
-@pytest.mark.parametrize("pattern", ["*-", "M", "M-M-*-", "**M"])
+@pytest.mark.parametrize("pattern", ["*-", "M", "M-M-*-", "**M", "G-*"])
 @pytest.mark.parametrize("context", [5, 64])
 def test_state_bytes_equal_allocated_states(dtype, pattern, context):
     cfg = _small(pattern)

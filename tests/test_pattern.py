@@ -1,8 +1,9 @@
 import pytest
 
 from composer.errors import PatternError
-from composer.pattern import (count_primitives, from_hf_config, from_megatron, parse_pattern, runs,
-                              to_hf_config, to_megatron_args)
+from composer.pattern import (count_primitives, from_hf_config, from_megatron, from_qwen3_next_config, parse_pattern,
+                              runs, to_hf_config, to_megatron_args, to_qwen3_next_config)
+from primitives import REGISTRY
 
 NEMOTRON_H_8B = "M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M-"
 
@@ -10,12 +11,12 @@ NEMOTRON_H_8B = "M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M-"
 def test_counts_and_length_come_from_the_string():
     counts = count_primitives(NEMOTRON_H_8B)
     assert len(NEMOTRON_H_8B) == 52
-    assert counts == {"*": 4, "M": 24, "-": 24}
+    assert {k: n for k, n in counts.items() if n} == {"*": 4, "M": 24, "-": 24} and set(counts) == set(REGISTRY)
 
 
 @pytest.mark.parametrize(
     "bad, position, char",
-    [("*-x-", 2, "x"), ("A", 0, "A"), ("MM M", 2, " "), ("**-E", 3, "E"), ("*|-", 1, "|")],
+    [("*-x-", 2, "x"), ("A", 0, "A"), ("MM M", 2, " "), ("**-Q", 3, "Q"), ("*|-", 1, "|")],
 )
 def test_bad_letter_names_character_position_and_alphabet(bad, position, char):
     with pytest.raises(PatternError) as info:
@@ -45,6 +46,39 @@ def test_megatron_round_trip():
     assert from_megatron("M-M-|M*-M-") == "M-M-M*-M-"  # pipeline splits carry no layer
     with pytest.raises(PatternError, match="multi-token"):
         from_megatron("M-M-/*-")
+
+
+def test_letters_a_format_lacks_are_refused_by_its_converter_in_one_line():
+    for convert, where in ((to_megatron_args, "Megatron-LM"), (to_hf_config, "nemotron_h")):
+        with pytest.raises(PatternError, match=rf"swa 'W' at position 2 of '\*-W-' has no letter in {where}"):
+            convert("*-W-")
+    assert to_megatron_args("G-G-*E")[1] == "G-G-*E"  # Megatron has Gated DeltaNet ('G') and MoE ('E')
+    with pytest.raises(PatternError, match="gdn 'G' at position 0 .* nemotron_h"):
+        to_hf_config("G-*-")
+
+
+QWEN3_NEXT_48 = "GEGEGE*E" * 12  # Qwen3-Next-80B-A3B: 48 layers, three Gated DeltaNet to one gated attention, MoE in each
+
+
+def test_qwen3_next_round_trip():
+    hf = to_qwen3_next_config(QWEN3_NEXT_48)
+    assert hf["num_hidden_layers"] == 48 and hf["mlp_only_layers"] == [] and hf["model_type"] == "qwen3_next"
+    assert hf["layer_types"][:4] == ["linear_attention"] * 3 + ["full_attention"]
+    assert from_qwen3_next_config(hf) == QWEN3_NEXT_48
+    dense = to_qwen3_next_config("G-*E")
+    assert dense["mlp_only_layers"] == [0] and from_qwen3_next_config(dense) == "G-*E"
+    # Hugging Face's own sparsity rule: every decoder_sparse_step-th layer is sparse
+    assert from_qwen3_next_config({"layer_types": ["linear_attention"] * 4, "decoder_sparse_step": 2}) == "G-GEG-GE"
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("G-*", "odd number"), ("GE-E", r"mlp '-' at position 2 of 'GE-E'.*takes G or \*"),
+    ("GEGM", r"mamba2 'M' at position 3.*takes E or -")])
+def test_a_pattern_qwen3_next_cannot_hold_is_refused_in_one_line(bad, message):
+    with pytest.raises(PatternError, match=message):
+        to_qwen3_next_config(bad)
+    with pytest.raises(PatternError, match=r"layer_types\[1\] is 'mamba'"):
+        from_qwen3_next_config({"layer_types": ["linear_attention", "mamba"]})
 
 
 def test_hugging_face_round_trip():

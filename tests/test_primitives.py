@@ -21,7 +21,7 @@ def _layer(letter: str, **settings) -> Layer:
 
 
 def test_alphabet_is_megatrons():
-    assert {"*": "attention", "-": "mlp", "M": "mamba2"}.items() <= {k: p.name for k, p in REGISTRY.items()}.items()
+    assert {"*": "attention", "-": "mlp", "M": "mamba2", "G": "gdn", "E": "moe"}.items() <= {k: p.name for k, p in REGISTRY.items()}.items()
 
 
 @pytest.mark.parametrize("letter", LETTERS)
@@ -49,7 +49,10 @@ def test_analytic_parameter_count_equals_module(letter):
 @pytest.mark.parametrize(
     "letter, settings",
     [("*", {"n_heads": 8, "n_kv_heads": 2, "qk_norm": True}), ("*", {"n_heads": 2, "head_dim": 48}),
-     ("-", {"hidden": 100}), ("M", {"d_state": 16, "head_dim": 16, "n_groups": 2, "expand": 1})],
+     ("-", {"hidden": 100}), ("M", {"d_state": 16, "head_dim": 16, "n_groups": 2, "expand": 1}),
+     ("W", {"n_heads": 2, "n_kv_heads": 1, "window": 4}),
+     ("G", {"head_dim": 16, "n_heads": 3, "v_head_ratio": 1, "expand_v": 2, "d_conv": 3}),
+     ("E", {"n_experts": 4, "top_k": 1, "hidden": 40, "shared_experts": 2, "score": "sigmoid"})],
 )
 def test_analytic_count_for_non_default_settings(letter, settings):
     layer = _layer(letter, **settings)

@@ -40,6 +40,7 @@ def extrapolate_from_config(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any
         "pattern": result.pattern, "source_pattern": result.source_pattern, "method": result.method,
         "target": result.target, "n_layers": result.n_layers, "counts": result.counts, "d_model": result.d_model,
         "n_params": result.n_params, "n_non_embedding_params": result.n_non_embedding_params,
+        "n_active_params": result.n_active_params,
         "target_non_embedding_params": result.target_non_embedding_params, "deviation": result.deviation,
         "s": result.s, "train_flops_per_token": acct.train_flops_per_token,
         "state_bytes_per_token": {str(k): v for k, v in acct.state_bytes_per_token.items()},
@@ -65,7 +66,8 @@ def _extrapolation_text(r: dict[str, Any], run_dir: Path) -> str:
         f"  pattern      {r['pattern']}",
         f"  layers       {r['n_layers']} ({layers}), d_model {r['d_model']}",
         f"  parameters   {r['n_params']:,} total, {r['n_non_embedding_params']:,} non-embedding "
-        f"(target {r['target_non_embedding_params']:,}, deviation {r['deviation']:+.2%})",
+        f"(target {r['target_non_embedding_params']:,}, deviation {r['deviation']:+.2%})"
+        + (f", {r['n_active_params']:,} active" if r["n_active_params"] != r["n_params"] else ""),
         f"  train FLOPs  {r['train_flops_per_token']:.3e} per token at seq_len {plan['seq_len']}",
         f"  state/token  {states}",
         f"  plan         {plan['tokens'] / 1e9:.1f}B tokens, batch {plan['batch_sequences']} x {plan['seq_len']}, "

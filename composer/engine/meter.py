@@ -96,8 +96,9 @@ class Meter:
             return tokens_per_s * self.flops_per_token / (self.world.world_size * self.peak)
         return None
 
-    def train(self, step: int, *, loss: float, lr: float, grad_norm: float) -> None:
-        """The record of a logged step (throughput since the last one) and the periodic log line."""
+    def train(self, step: int, *, loss: float, lr: float, grad_norm: float, extra: dict[str, float] | None = None) -> None:
+        """The record of a logged step (throughput since the last one; `extra`: more keys, such as the
+        layers' auxiliary terms) and the periodic log line."""
         if self.logged(step):
             toc = time.perf_counter()
             n_steps = self.cfg.log_every if step % self.cfg.log_every == 0 else step % self.cfg.log_every
@@ -106,7 +107,7 @@ class Meter:
                       "train/grad_norm": grad_norm, "train/tokens_per_s": tokens_per_s}
             if (mfu := self.mfu(tokens_per_s)) is not None:
                 record["train/mfu"] = mfu
-            self.records.write(record)
+            self.records.write({**record, **(extra or {})})
             self.bar.set_postfix(loss=f"{loss:.4f}")
             self.tic = toc
         if self.reported(step) and not self.interactive and self.world.main:

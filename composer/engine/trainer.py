@@ -28,6 +28,7 @@ from torch import nn
 
 from composer.engine import checkpoint as ckpt
 from composer.engine import distributed
+from composer.engine.auxiliary import Auxiliary
 from composer.engine.batches import IGNORE, Batches
 from composer.errors import ComposerError, ConfigError
 from composer.engine.graphs import (GRAPH_WARMUP, INTERRUPT, Batch, StepGraph, compile_guard, release_memory,
@@ -307,6 +308,7 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         _, self.accum = micro_batches(cfg, self.world.world_size)
         prepare(self.module, cfg, self.device)
+        self.aux = Auxiliary(self.module)  # layers' auxiliary losses and stats (MoE balancing)
         self.graphed = cfg.cuda_graph and self.device.type == "cuda" and not self.sharded
         self.optimizer = torch.optim.AdamW(param_groups(self.module, cfg.weight_decay), lr=cfg.lr,
                                            betas=(cfg.beta1, cfg.beta2), fused=self.device.type == "cuda")
@@ -398,13 +400,16 @@ class Trainer:
     def _forward_backward(self, batches: list[Batch]) -> torch.Tensor:
         """The step's mean loss over its micro-batches, gradients accumulated."""
         loss_sum = torch.zeros((), device=self.device)
+        self.aux.begin()
         for micro, (inputs, targets) in enumerate(batches):
             distributed.set_gradient_sync(self.module, micro == self.accum - 1)  # FSDP2 reduces once per step
             # a graph must re-cast the weights every replay: no autocast cache
             with _autocast(self.cfg, self.device, cache=not self.graphed):
                 micro_loss, _, counted = self.module(inputs, targets)
             micro_loss = micro_loss / counted.clamp(min=1)  # each micro-batch weighs the same
-            (micro_loss / self.accum).backward()  # FSDP averages the gradients over ranks at the last
+            aux_loss = self.aux.collect()  # layers' balancing losses, before backward reruns checkpointed forwards
+            objective = micro_loss if aux_loss is None else micro_loss + aux_loss
+            (objective / self.accum).backward()  # FSDP averages the gradients over ranks at the last
             loss_sum += micro_loss.detach()
         return loss_sum / self.accum
 
@@ -412,6 +417,7 @@ class Trainer:
         """Clip and step; the gradient norm before clipping."""
         grad_norm = nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.grad_clip or float("inf"))
         self.optimizer.step()
+        self.aux.after_step()  # e.g. the MoE routing bias, outside autograd
         return grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
 
     def _measure(self, lr: float, loss_t: torch.Tensor, norm_t: torch.Tensor) -> None:
@@ -421,7 +427,7 @@ class Trainer:
         if self.meter.due(self.step):
             loss, grad_norm = loss_t.item(), norm_t.item()
             _check_finite(loss, self.step - 1, lr)
-            self.meter.train(self.step, loss=loss, lr=lr, grad_norm=grad_norm)
+            self.meter.train(self.step, loss=loss, lr=lr, grad_norm=grad_norm, extra=self.aux.metrics())
 
     def between_steps(self) -> None:
         """What runs after a step: periodic evaluation, another run's Ctrl-C, preemption, checkpoints."""

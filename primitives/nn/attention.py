@@ -21,9 +21,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class KVCache:
-    k: torch.Tensor  # (B, max_len, Hkv, hd)
-    v: torch.Tensor  # (B, max_len, Hkv, hd)
-    length: int = 0  # tokens written so far
+    k: torch.Tensor  # (B, S, Hkv, hd): S = max_len, or min(max_len, window) with a sliding window
+    v: torch.Tensor  # (B, S, Hkv, hd)
+    length: int = 0  # tokens written so far (the next token's position)
+    ring: bool = False  # sliding window: the last S tokens' keys, oldest first; else positions 0..length-1
 
 
 def rope(x: torch.Tensor, *, start: int, theta: float) -> torch.Tensor:
@@ -85,15 +86,33 @@ class Attention(nn.Module):
         start = state.length if state is not None else 0
         if self.cfg.rope_theta is not None:
             q, k = rope(q, start=start, theta=self.cfg.rope_theta), rope(k, start=start, theta=self.cfg.rope_theta)
-        if state is not None:
+        offset = start  # keys before this call's first query, in the keys attended
+        if state is not None and state.ring:
+            k, v, offset = self._through_ring(state, k, v)
+        elif state is not None:
             if start + T > state.k.shape[1]:
                 raise ValueError(f"KV cache holds {state.k.shape[1]} tokens, asked to reach {start + T}")
             state.k[:, start : start + T] = k.to(state.k.dtype)
             state.v[:, start : start + T] = v.to(state.v.dtype)
             state.length = start + T
             k, v = state.k[:, : start + T].to(q.dtype), state.v[:, : start + T].to(q.dtype)
-        y = self._attend(q, k, v, q_offset=start)  # (B, T, H, hd)
+        y = self._attend(q, k, v, q_offset=offset)  # (B, T, H, hd)
         return self.out_proj(y.reshape(B, T, self.n_heads * self.hd))
+
+    @staticmethod
+    def _through_ring(state: KVCache, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Sliding window: the cached keys (the last min(length, S) tokens) then this call's k, v
+        (B, T, Hkv, hd); the cache keeps the last S of them. Returns the keys, values and how many
+        came from the cache (the mask's offset: distances, and so the window, are kept)."""
+        size, T = state.k.shape[1], k.shape[1]
+        cached = min(state.length, size)
+        keys = torch.cat([state.k[:, size - cached :].to(k.dtype), k], dim=1)  # (B, cached + T, Hkv, hd)
+        values = torch.cat([state.v[:, size - cached :].to(v.dtype), v], dim=1)
+        keep = min(size, cached + T)
+        state.k[:, size - keep :] = keys[:, -keep:].to(state.k.dtype)
+        state.v[:, size - keep :] = values[:, -keep:].to(state.v.dtype)
+        state.length += T
+        return keys, values, cached
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, q_offset: int) -> torch.Tensor:
         """q (B, T, H, hd), k and v (B, S, Hkv, hd) with S = q_offset + T -> (B, T, H, hd)."""
@@ -137,8 +156,13 @@ class Attention(nn.Module):
         return "flash-attn" if self.cfg.backend == "flash_attn" else f"sdpa:{self.cfg.backend}"
 
     def allocate_state(self, *, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype) -> KVCache:
-        shape = (batch_size, max_len, self.n_kv, self.hd)
-        return KVCache(k=torch.zeros(shape, device=device, dtype=dtype), v=torch.zeros(shape, device=device, dtype=dtype))
+        """The KV cache of `max_len` tokens; with a window shorter than that, a ring of `window` (its
+        size no longer grows with the context, as the accounting's state_bytes counts)."""
+        window = self.cfg.window
+        ring = window is not None and window < max_len
+        shape = (batch_size, window if ring else max_len, self.n_kv, self.hd)
+        return KVCache(k=torch.zeros(shape, device=device, dtype=dtype), v=torch.zeros(shape, device=device, dtype=dtype),
+                       ring=ring)
 
     def init_weights(self, *, std: float, out_std: float) -> None:
         nn.init.normal_(self.qkv.weight, std=std)

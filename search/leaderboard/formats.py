@@ -17,7 +17,8 @@ from search.leaderboard.store import current
 
 FORMATS = ("text", "csv", "json", "md")
 BASE_COLUMNS = ("rank", "pattern", "search", "strategy", "role", "aggregator", "score", "score_std", "n_seeds")
-COST_COLUMNS = ("attention_share", "proxy_params", "params_350m", "params_1b", "params_3b", "layers_1b",
+COST_COLUMNS = ("attention_share", "proxy_params", "params_350m", "params_1b", "params_3b", "active_params_1b",
+                "layers_1b",
                 "flops_1b", "state_4k", "state_32k", "created")
 
 
@@ -30,7 +31,7 @@ def rows(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
     Columns: BASE_COLUMNS, one `task:<name>` mean per task seen, one `needle@<m>x` per probe multiple
     seen (None where a record has none), COST_COLUMNS. Units: params in
-    parameters, flops_1b in training FLOPs per token at seq_len 2048, state_* in bytes per token of
+    parameters (active_params_1b: those one token runs through, fewer than params_1b with MoE layers), flops_1b in training FLOPs per token at seq_len 2048, state_* in bytes per token of
     context at 4K / 32K tokens, all of the 1B extrapolation; None where it does not exist."""
     archs = sorted((r for r in current(records) if r["kind"] == "architecture"), key=sort_key)
     tasks = sorted({task for r in archs for task in r.get("tasks", {})})
@@ -54,6 +55,7 @@ def rows(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "attention_share": r.get("attention_share"),
             "proxy_params": r.get("proxy", {}).get("n_params"),
             **{f"params_{t}": targets.get(t, {}).get("n_params") for t in TARGETS},
+            "active_params_1b": targets.get("1b", {}).get("n_active_params"),
             "layers_1b": targets.get("1b", {}).get("n_layers"),
             "flops_1b": at_1b.get("train_flops_per_token"),
             "state_4k": state.get("4096"),
@@ -229,9 +231,23 @@ def _needle_display(column: str) -> Column:
     return (column, lambda r: format_score(r[column]), True)
 
 
+ACTIVE_DISPLAY: Column = ("1B active", lambda r: format_count(r.get("active_params_1b")), True)
+
+
+def has_experts(table: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether any row's 1B model has fewer active than total parameters (MoE layers): then the
+    tables show the active ones beside the total."""
+    return any(r.get("active_params_1b") not in (None, r.get("params_1b")) for r in table)
+
+
+def _cost_columns(table: Sequence[Mapping[str, Any]]) -> list[Column]:
+    """DISPLAY's cost columns, with the 1B active parameters after the 1B total when any row has MoE layers."""
+    return DISPLAY[4:7] + ([ACTIVE_DISPLAY] if has_experts(table) else []) + DISPLAY[7:]
+
+
 def _text_columns(table: Sequence[Mapping[str, Any]]) -> list[Column]:
     """DISPLAY, with the needle columns after the seeds when any record has them."""
-    return DISPLAY[:4] + [_needle_display(c) for c in needle_columns(table)] + DISPLAY[4:]
+    return DISPLAY[:4] + [_needle_display(c) for c in needle_columns(table)] + _cost_columns(table)
 
 
 BASELINE_NOTE = "ranks in (): baselines, reference patterns evaluated beside the search's candidates"
@@ -263,7 +279,7 @@ def _md(text: str) -> str:
 def to_markdown(table: Sequence[Mapping[str, Any]]) -> str:
     """A GitHub-flavoured markdown table: the text columns plus one column per task mean."""
     needles = [_needle_display(c) for c in needle_columns(table)]
-    columns = DISPLAY[:4] + [_task_display(c) for c in task_columns(table)] + needles + DISPLAY[4:]
+    columns = DISPLAY[:4] + [_task_display(c) for c in task_columns(table)] + needles + _cost_columns(table)
     lines = ["| " + " | ".join(_md(h) for h, _, _ in columns) + " |",
              "|" + "|".join("---:" if right else "---" for _, _, right in columns) + "|"]
     for r in table:

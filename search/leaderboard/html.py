@@ -43,6 +43,7 @@ from search.leaderboard.formats import (
     format_interval,
     format_score,
     format_share,
+    has_experts,
     needle_columns,
     rows,
     task_columns,
@@ -93,6 +94,8 @@ def _columns(tasks: Sequence[str], needles: Sequence[str] = ()) -> list[_Column]
         _Column(key="params_350m", label="350M params", numeric=True, show=format_count),
         _Column(key="params_1b", label="1B params", numeric=True, show=format_count),
         _Column(key="params_3b", label="3B params", numeric=True, show=format_count),
+        _Column(key="active_params_1b", label="1B active params", numeric=True, show=format_count,
+                hint="parameters one token runs through at 1B (MoE layers: router, top-k and shared experts)"),
         _Column(key="layers_1b", label="1B layers", numeric=True, show=plain),
         _Column(key="flops_1b", label="1B FLOPs/tok", numeric=True, show=format_flops,
                 hint="training FLOPs per token at 1B, seq_len 2048"),
@@ -112,7 +115,8 @@ def _table(table: Sequence[Mapping[str, Any]], grown: Mapping[tuple[str, str, st
     """The sortable table; `grown`: (search, role, pattern) -> its 1B pattern, the pattern cell's tooltip."""
     if not table:
         return '<p class="empty">No architectures yet: composer-search adds them to the leaderboard.</p>'
-    columns = _columns(task_columns(table), needle_columns(table))
+    columns = [c for c in _columns(task_columns(table), needle_columns(table))
+               if c.key != "active_params_1b" or has_experts(table)]  # only where MoE layers make it differ
     head = "".join(
         f'<th data-key="{_e(c.key)}" data-type="{"num" if c.numeric else "text"}"'
         + (f' title="{_e(c.hint)}"' if c.hint else "") + f">{_e(c.label)}</th>"

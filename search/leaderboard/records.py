@@ -124,6 +124,8 @@ def _extrapolations(pattern: str) -> tuple[dict[str, dict[str, Any]], dict[str, 
             continue
         targets[name] = {"pattern": grown.pattern, "n_layers": grown.n_layers, "n_params": grown.n_params,
                          "method": grown.method}
+        if grown.n_active_params != grown.n_params:  # MoE layers: what one token runs through
+            targets[name]["n_active_params"] = grown.n_active_params
         if name == "1b":
             cost = account(grown.model_config(), seq_len=COST_SEQ_LEN, contexts=CONTEXTS)
             at_1b = {
@@ -163,7 +165,8 @@ def _proxy_columns(pattern: str, *, d_model: int, vocab_size: int, seq_len: int,
     return {"d_model": proxy.d_model, "vocab_size": proxy.vocab_size, "seq_len": proxy.seq_len,
             "n_layers": proxy.n_layers, "n_params": proxy.n_params,
             "n_non_embedding_params": proxy.n_non_embedding_params,
-            "train_flops_per_token": proxy.train_flops_per_token, "primitives": plain}
+            "train_flops_per_token": proxy.train_flops_per_token, "primitives": plain,
+            **({"n_active_params": proxy.n_active_params} if proxy.n_active_params != proxy.n_params else {})}
 
 
 def architecture_record(
@@ -185,8 +188,10 @@ def architecture_record(
                         each seed's mean over tasks, "n": seeds}
       attention_share  attention layers / layers
       proxy            the searched model: d_model, vocab_size, seq_len, n_layers, n_params,
-                       n_non_embedding_params, train_flops_per_token (at seq_len), primitives
-      targets          {"350m"|"1b"|"3b": {"pattern", "n_layers", "n_params", "method"} or {"error"}}
+                       n_non_embedding_params, train_flops_per_token (at seq_len), primitives; with
+                       MoE layers also n_active_params
+      targets          {"350m"|"1b"|"3b": {"pattern", "n_layers", "n_params", "method"} or {"error"}};
+                       with MoE layers also n_active_params (what one token runs through, < n_params)
                        method: scaling.extrapolate.paper_method (stack below 16 layers, stretch from 16)
       at_1b            {"seq_len": 2048, "train_flops_per_token", "state_bytes_per_token":
                         {"4096", "32768"} (bf16 inference state / context)} or {"error"}

@@ -1,0 +1,30 @@
+"""The settings guard: what a resumed study compares, and what it leaves out."""
+
+import optuna
+import pytest
+
+from composer.errors import ConfigError
+from search.runner import _guard, _settings, search_config_from_mapping
+from search.study import open_study
+
+
+def _cfg(alphabet: str, **model) -> object:
+    return search_config_from_mapping({"name": "s", "space": {"alphabet": alphabet, "length": 4},
+                                       "evaluator": {"name": "mad_cpu", "model": {"d_model": 32, **model}}})
+
+
+def test_settings_of_primitives_the_space_cannot_place_do_not_count(tmp_path):
+    study = open_study(name="s", storage=None, run_dir=tmp_path, sampler=optuna.samplers.RandomSampler(0))
+    _guard(study, _settings(_cfg("*-M", attention={"n_heads": 2})))
+    # a preset that gained a section for sliding-window attention: the study over *-M resumes
+    with_swa = _settings(_cfg("*-M", attention={"n_heads": 2}, swa={"window": 16}))
+    assert not any(k.startswith("evaluator.model.swa") for k in with_swa)
+    _guard(study, with_swa)
+    # ... and a study saved with such keys by an older version resumes too
+    old = open_study(name="old", storage=None, run_dir=tmp_path, sampler=None)
+    old.set_user_attr("settings", {**with_swa, "evaluator.model.swa.window": 8})
+    _guard(old, with_swa)
+    # a primitive the space places still counts, named in one line
+    with pytest.raises(ConfigError, match=r"evaluator\.model\.attention\.n_heads=2, this run has 4"):
+        _guard(study, _settings(_cfg("*-M", attention={"n_heads": 4})))
+    assert "evaluator.model.swa.window" in _settings(_cfg("*-W", swa={"window": 16}))
