@@ -19,7 +19,7 @@ from composer.model import build_model
 from composer.tasks.mad import TASKS, task_config_from_mapping
 from primitives.mlp import MLPConfig
 from primitives.moe import MoEConfig
-from primitives.nn.moe import MoE, _grouped_mm
+from primitives.nn.moe import GROUPED_MM, MoE
 from scaling.accounting import account, count_parameters
 from scaling.extrapolate import extrapolate
 from scaling.presets import preset_model_config
@@ -35,10 +35,10 @@ SETTINGS = [
 
 def _grouped_runs_on_cpu() -> bool:
     """torch's grouped_mm has a CPU path in recent versions (2.13 here); older ones are CUDA only."""
-    if _grouped_mm() is None:
+    if GROUPED_MM is None:
         return False
     try:
-        _grouped_mm()(torch.zeros(8, 16), torch.zeros(2, 16, 16).transpose(-2, -1), offs=torch.tensor([8, 8]).int())
+        GROUPED_MM(torch.zeros(8, 16), torch.zeros(2, 16, 16).transpose(-2, -1), offs=torch.tensor([8, 8]).int())
     except RuntimeError:
         return False
     return True
@@ -137,8 +137,14 @@ def test_grouped_path_in_bf16():
     assert (y_grouped.float() - y_loop.float()).abs().max() <= 2e-2 * y_loop.float().abs().max()
 
 
-def test_auto_is_the_loop_on_cpu():
-    assert MoE(MoEConfig(), d_model=D).describe_impl("cpu") == "loop (cpu)"
+def test_auto_is_the_loop_on_cpu_and_grouped_in_bf16_on_cuda():
+    module = MoE(MoEConfig(), d_model=D)
+    assert module.describe_impl("cpu") == "loop (cpu)"
+    if GROUPED_MM is not None:  # the choice needs no GPU: it reads the device type and the compute dtype
+        assert module.describe_impl("cuda") == "grouped_mm (bf16; the loop in other dtypes)"
+        assert module._resolve(torch.device("cuda"), torch.bfloat16) == (True, "grouped_mm")
+        assert module._resolve(torch.device("cuda"), torch.float32)[0] is False
+    assert MoE(MoEConfig(hidden=36), d_model=D).describe_impl("cuda").startswith("loop (grouped_mm needs")
 
 
 # ---------------------------------------------------------------------------------------- dropless

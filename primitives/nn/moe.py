@@ -15,7 +15,8 @@ Two implementations of the experts, the same weights and routing (`impl`, report
   grouped   the (token, slot) assignments sorted by expert into one buffer, each expert's rows a
             contiguous group padded to a multiple of 8 rows, then two grouped GEMMs over all
             experts at once (torch's grouped_mm; CUTLASS in bf16 on Hopper): no Python loop
-            over experts, no host sync, static shapes (CUDA graphs, torch.compile).
+            over experts, no host sync, static shapes (CUDA graphs, torch.compile). `auto` takes
+            it on CUDA in bf16 (autocast or bf16 weights): torch.compile's grouped_mm is bf16 only.
 
 In training each forward leaves its balancing terms for the trainer (composer/engine/auxiliary.py):
 `aux_loss`, the Switch loss E · Σ_i f_i · P_i (f_i: the share of assignments routed to expert i,
@@ -26,7 +27,6 @@ routing bias by ±bias_update_rate towards the under-loaded experts (DeepSeek-V3
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable
 
@@ -45,10 +45,8 @@ GROUP_ALIGN = 8  # rows per expert group are padded to this: 16-byte aligned gro
 _REPORTED: set[str] = set()  # implementation choices already logged
 
 
-@functools.cache
-def _grouped_mm() -> Callable | None:
-    """torch's grouped GEMM (`F.grouped_mm`, earlier `torch._grouped_mm`), or None when this torch lacks it."""
-    return getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
+# torch's grouped GEMM (`F.grouped_mm`, earlier `torch._grouped_mm`), or None when this torch lacks it
+GROUPED_MM: Callable | None = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
 
 
 class ExpertWeights(nn.Module):
@@ -66,7 +64,7 @@ class MoE(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.d_model, self.hidden = d_model, cfg.hidden_size(d_model)
-        if cfg.impl == "kernels" and _grouped_mm() is None:
+        if cfg.impl == "kernels" and GROUPED_MM is None:
             raise KernelUnavailableError(f"moe.impl='kernels' needs torch's grouped_mm (torch >= 2.8), "
                                          f"torch {torch.__version__} has none; upgrade torch or use moe.impl=torch")
         if cfg.impl == "kernels" and (d_model % GROUP_ALIGN or self.hidden % GROUP_ALIGN):
@@ -91,18 +89,24 @@ class MoE(nn.Module):
         with torch.no_grad():
             self.router_bias.zero_()
 
-    def _resolve(self, device: torch.device) -> tuple[bool, str]:
-        """(run the grouped GEMM?, a description for the logs and the run folder)."""
+    def _resolve(self, device: torch.device, dtype: torch.dtype | None = None) -> tuple[bool, str]:
+        """(run the grouped GEMM?, a description for the logs and the run folder) for inputs of
+        `dtype` (the autocast dtype where autocast is on; None: any, as describe_impl reports it)."""
         if self.cfg.impl == "torch":
             return False, "loop (impl='torch')"
         if self.cfg.impl == "kernels":
             return True, "grouped_mm"  # availability was checked at construction
         if device.type != "cuda":
             return False, f"loop ({device.type})"
-        if _grouped_mm() is None:
+        if GROUPED_MM is None:
             return False, f"loop (torch {torch.__version__} has no grouped_mm)"
         if self.d_model % GROUP_ALIGN or self.hidden % GROUP_ALIGN:
             return False, f"loop (grouped_mm needs d_model and hidden divisible by {GROUP_ALIGN})"
+        # torch's fast kernel (and its torch.compile support) is bf16 only; other dtypes take the loop
+        if dtype is None:
+            return True, "grouped_mm (bf16; the loop in other dtypes)"
+        if dtype != torch.bfloat16:
+            return False, f"loop ({str(dtype).removeprefix('torch.')}: grouped_mm's kernel is bf16)"
         return True, "grouped_mm"
 
     def describe_impl(self, device: torch.device | str) -> str:
@@ -112,7 +116,7 @@ class MoE(nn.Module):
         return None  # position-wise: nothing to carry between tokens
 
     def forward(self, x: Tensor, state: None = None) -> Tensor:
-        grouped, description = self._resolve(x.device)
+        grouped, description = self._resolve(x.device, self._compute_dtype(x))
         if not self._impl_logged:
             if description not in _REPORTED:  # once per process and choice, not once per layer
                 log.info("moe experts run %s", description)
@@ -162,7 +166,7 @@ class MoE(nn.Module):
     def experts_grouped(self, flat: Tensor, gates: Tensor, experts: Tensor, counts: Tensor) -> Tensor:
         """The same by two grouped GEMMs over every expert at once (see the module docstring)."""
         (n, d), k, n_experts = flat.shape, self.cfg.top_k, self.cfg.n_experts
-        dtype, grouped_mm = self._compute_dtype(flat), _grouped_mm()
+        dtype, grouped_mm = self._compute_dtype(flat), GROUPED_MM
         n_assign = n * k
         rows = n_assign + n_experts * (GROUP_ALIGN - 1)  # room for every group's padding: a static shape
         expert_of = experts.reshape(-1)  # (A,): assignment a is token a // k, slot a % k
