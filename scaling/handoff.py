@@ -53,6 +53,21 @@ def megatron_args(model_cfg: ModelConfig, *, seq_len: int) -> list[str]:
             "--swiglu", "--disable-bias-linear"]
     if attn.rope_theta is not None:
         args += ["--position-embedding-type", "rope", "--rotary-base", f"{attn.rope_theta:g}"]
+    if "G" in model_cfg.pattern:  # Gated DeltaNet: Megatron's linear-attention settings
+        gdn = model_cfg.primitives["gdn"]
+        args += ["--linear-num-key-heads", str(gdn.n_qk_heads(d)), "--linear-key-head-dim", str(gdn.head_dim),
+                 "--linear-num-value-heads", str(gdn.n_v_heads(d)), "--linear-value-head-dim", str(gdn.head_v_dim),
+                 "--linear-conv-kernel-dim", str(gdn.d_conv)]
+    if "E" in model_cfg.pattern:  # MoE: experts, routing and balancing as Megatron's MoE layer takes them
+        moe = model_cfg.primitives["moe"]
+        args += ["--num-experts", str(moe.n_experts), "--moe-router-topk", str(moe.top_k),
+                 "--moe-ffn-hidden-size", str(moe.hidden_size(d)), "--moe-router-score-function", moe.score,
+                 "--moe-router-load-balancing-type", "aux_loss" if moe.aux_loss_coeff else "none",
+                 "--moe-aux-loss-coeff", f"{moe.aux_loss_coeff:g}", "--moe-z-loss-coeff", f"{moe.z_loss_coeff:g}"]
+        if moe.shared_experts:
+            args += ["--moe-shared-expert-intermediate-size", str(moe.shared_experts * moe.hidden_size(d))]
+        if moe.bias_update_rate:
+            args += ["--moe-router-enable-expert-bias", "--moe-router-bias-update-rate", f"{moe.bias_update_rate:g}"]
     if not model_cfg.tie_embeddings:
         args.append("--untie-embeddings-and-output-weights")
     return [f"'{a}'" if any(c in a for c in "*|") else a for a in args]

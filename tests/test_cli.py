@@ -12,7 +12,7 @@ def test_single_run_writes_the_run_folder(tmp_path, tiny):
     assert run.returncode == 0, run.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["pattern"] == "*-M-" and summary["n_layers"] == 4 and summary["status"] == "completed"
-    assert summary["layers"] == {"*": 1, "M": 1, "-": 2}
+    assert {k: n for k, n in summary["layers"].items() if n} == {"*": 1, "M": 1, "-": 2}
     assert summary["n_params"] > summary["n_non_embedding_params"] > 0
     assert set(summary["final"]) == {"loss", "accuracy"} and 0 <= summary["final"]["accuracy"] <= 1
     assert summary["impl"]["M"].startswith("torch")  # reported, not silent

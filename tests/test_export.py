@@ -68,6 +68,29 @@ def test_round_trip_is_bit_exact(tmp_path, tie):
         assert torch.equal(loaded(tokens), model(tokens))
 
 
+def test_the_2026_primitives_round_trip_with_their_buffers(tmp_path):
+    """Gated DeltaNet, sliding-window attention and MoE (its router bias, a buffer, included)."""
+    small = {**SMALL, "gdn": {"head_dim": 16, "chunk_size": 16}, "swa": {"n_heads": 2, "window": 8},
+             "moe": {"n_experts": 4, "top_k": 2, "bias_update_rate": 0.01}}
+    cfg = model_config_from_mapping({"pattern": "GEW-*E", "vocab_size": 257, "d_model": 32, **small})
+    model = build_model(cfg, seed=0)
+    biases = [b for name, b in model.named_buffers() if "bias" in name]
+    assert len(biases) == 2  # one router bias per MoE layer
+    with torch.no_grad():
+        for b in biases:  # a balanced router's bias has moved away from zero
+            b.copy_(torch.linspace(-0.1, 0.1, b.numel()).view_as(b))
+    save_pretrained(model.eval(), tmp_path, tokenizer_spec="bytes", max_length=64)
+    config = read_config(tmp_path)
+    assert config["model"]["primitives"]["swa"]["window"] == 8 and config["model"]["primitives"]["moe"]["n_experts"] == 4
+    loaded, _ = load_pretrained(tmp_path)
+    assert loaded.cfg == model.cfg
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    tokens = torch.randint(0, 257, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded(tokens), model(tokens))
+
+
 def test_shared_tensors_are_stored_separately(tmp_path):
     """safetensors refuses tensors sharing memory; a state dict with an alias still saves and loads."""
     model = _model("*-", tie=False)

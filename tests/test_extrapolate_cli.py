@@ -69,3 +69,29 @@ def test_errors_are_one_line(tmp_path):
     big = "*-" * 40  # already larger than the 350M reference
     assert "larger" in _error(f"pattern={big}", "target=350m", tmp_path=tmp_path)
     assert "unknown config key 'targte'" in _error("targte=1b", tmp_path=tmp_path)
+
+
+def _megatron(tmp_path) -> dict[str, str]:
+    words = (tmp_path / "megatron_args.txt").read_text().replace("\\\n", " ").split()
+    return {words[i]: words[i + 1] if i + 1 < len(words) else "" for i in range(len(words)) if words[i].startswith("--")}
+
+
+def test_gated_deltanet_and_moe_reach_megatron_with_their_settings(tmp_path):
+    run = run_cli("extrapolate", "pattern=GEGE*E", "method=stack", "target=1b", f"hydra.run.dir={tmp_path}")
+    assert run.returncode == 0, run.stderr
+    record = json.loads((tmp_path / "extrapolation.json").read_text())
+    model = model_config_from_mapping(yaml.safe_load((tmp_path / "pretrain.yaml").read_text())["model"])
+    gdn, moe = model.primitives["gdn"], model.primitives["moe"]
+    value = _megatron(tmp_path)
+    assert value["--hybrid-override-pattern"].strip("'") == record["pattern"] and record["megatron"] == "megatron_args.txt"
+    assert value["--linear-key-head-dim"] == str(gdn.head_dim) and value["--linear-num-value-heads"] == str(gdn.n_v_heads(2048))
+    assert value["--num-experts"] == str(moe.n_experts) and value["--moe-router-topk"] == str(moe.top_k)
+    assert value["--moe-ffn-hidden-size"] == str(moe.hidden_size(2048))
+
+
+def test_a_layer_megatron_does_not_build_still_extrapolates_and_says_why(tmp_path):
+    run = run_cli("extrapolate", "pattern=W-*-", "method=stack", "target=350m", f"hydra.run.dir={tmp_path}")
+    assert run.returncode == 0, run.stderr
+    assert not (tmp_path / "megatron_args.txt").exists() and (tmp_path / "pretrain.yaml").is_file()
+    assert "megatron     none: swa 'W' at position 0" in run.stdout and "DeepSeek-V4" in run.stdout
+    assert json.loads((tmp_path / "extrapolation.json").read_text())["megatron"].startswith("none: swa 'W'")

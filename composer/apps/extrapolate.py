@@ -16,7 +16,7 @@ from typing import Any
 import hydra
 
 from composer.apps.common import hydra_job, run_hydra
-from composer.errors import ConfigError
+from composer.errors import ConfigError, PatternError
 
 PROG = "composer-extrapolate"
 
@@ -47,8 +47,13 @@ def extrapolate_from_config(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any
         "plan": {**asdict(plan), "stable_steps": plan.stable_steps},
     }
     (run_dir / "pretrain.yaml").write_text(pretrain_config(result, model_cfg, plan, seq_len=cfg["seq_len"]))
-    args = megatron_args(model_cfg, seq_len=cfg["seq_len"])
-    (run_dir / "megatron_args.txt").write_text(" \\\n".join(args) + "\n")
+    try:
+        args = megatron_args(model_cfg, seq_len=cfg["seq_len"])
+        (run_dir / "megatron_args.txt").write_text(" \\\n".join(args) + "\n")
+        record["megatron"] = "megatron_args.txt"
+    except PatternError as exc:  # a layer Megatron-LM does not build: the composer config is still written
+        (run_dir / "megatron_args.txt").unlink(missing_ok=True)
+        record["megatron"] = f"none: {exc}"
     (run_dir / "extrapolation.json").write_text(json.dumps(record, indent=2) + "\n")
     if cfg["format"] == "json":
         print(json.dumps(record))
@@ -73,7 +78,10 @@ def _extrapolation_text(r: dict[str, Any], run_dir: Path) -> str:
         f"  plan         {plan['tokens'] / 1e9:.1f}B tokens, batch {plan['batch_sequences']} x {plan['seq_len']}, "
         f"{plan['steps']:,} steps (warmup {plan['warmup_steps']:,}, decay {plan['decay_steps']:,}), "
         f"peak lr {plan['peak_lr']:.2e}",
-        f"  wrote        {run_dir}/pretrain.yaml, megatron_args.txt, extrapolation.json",
+        f"  wrote        {run_dir}/pretrain.yaml, "
+        + ("megatron_args.txt, " if r["megatron"] == "megatron_args.txt" else "")
+        + "extrapolation.json"
+        + ("" if r["megatron"] == "megatron_args.txt" else f"\n  megatron     {r['megatron']}"),
     ])
 
 
