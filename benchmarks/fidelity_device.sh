@@ -6,8 +6,9 @@
 # --package cmake-doc --package sphinx-doc`, load it once here (composer.data.text.load_corpus, byte
 # tokenizer) and copy the cache folder it names (17.4M tokens, 34 MB); `.device` carried.
 #   PART=search    more search evaluations (kernels if built, else the torch scan)
-#   PART=all       while the kernels build: search evaluations on the torch scan; once they are
-#                  built: finalize the search, then the fidelity study until LIMIT
+#   PART=all       while the kernels build: issue 16's GPU parity tests (Gated DeltaNet against fla,
+#                  grouped-GEMM MoE; they need no mamba-ssm); once built: finalize the search (retrying
+#                  the evaluations the autotuner race failed), then the fidelity study until LIMIT
 #   PART=fidelity  the fidelity study until LIMIT (resumes; call again while the machine is warm)
 # A cold machine starts from what $R holds (committed); a warm one keeps its /tmp state (the runs in
 # flight resume from their checkpoints). What a call adds comes back as $OUT/issue15.tar.gz (the device
@@ -50,7 +51,9 @@ fidelity() {
 }
 case "$PART" in
   search) search $((LIMIT - 20)) ;;
-  all) search $((LIMIT - 60)) until-kernels; wait_for_kernels && fidelity ;;
+  all) timeout -k 10 300 python3 -m pytest -q -s tests/gpu/test_gdn_parity.py tests/gpu/test_moe_parity.py \
+         > "$LOGS/gpu-parity-issue16.log" 2>&1; tail -n 5 "$LOGS/gpu-parity-issue16.log"
+       wait_for_kernels && fidelity ;;
   fidelity) wait_for_kernels; fidelity ;;
 esac
 cp $OUT/kernels_build.log $LOGS/ 2>/dev/null
