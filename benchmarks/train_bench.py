@@ -1,22 +1,28 @@
-"""Training throughput of composer against mamba-ssm's `MambaLMHeadModel` at the same layout (issue 7).
+"""Training throughput of composer against a peer at the same layout: mamba-ssm's `MambaLMHeadModel`
+(issue 7) for the Llama, Nemotron-H and Mamba-2 layouts, fla's `GatedDeltaNetForCausalLM` (issue 16)
+for the Qwen3-Next-style one.
 
 For each layout composer's model and the peer are built in this one process and timed alike: one
 training step is forward, backward and a fused AdamW step on the same batch of random tokens under
 bf16 autocast (fp32 parameters), timed with CUDA events after warm-up (compile time excluded),
 median of the timed steps. Reported per model: tokens/s, MFU (training FLOPs per token from
-scaling.accounting, 6N plus attention's 12·L·d·T and the SSD scan, against the GPU's dense bf16
-peak: 989 TFLOP/s on H100/H200), peak memory, and composer's tokens/s over the peer's.
+scaling.accounting, 6N plus attention's 12·L·d·T, the SSD scan and the chunked delta rule, against
+the GPU's dense bf16 peak: 989 TFLOP/s on H100/H200; the peer is counted with the same FLOPs as the
+composer pattern it computes), peak memory, and composer's tokens/s over the peer's.
 
     python benchmarks/train_bench.py                                  # every layout, both sides (GPU)
     python benchmarks/train_bench.py --layouts llama-1b --variants eager:chunked,compile:chunked,eager:full
+    python benchmarks/train_bench.py --layouts qwen3next-1b --variants compile:full,eager:full  # against fla
     python benchmarks/train_bench.py --cpu-smoke                      # tiny sizes on the CPU, composer only
     python benchmarks/train_bench.py --report results.json            # the table again, from a results file
 
 Layouts (`LAYOUTS`): the pattern unit repeated to the preset's size by the extrapolator's ratio s
 (scaling.extrapolate.scale_ratio, rounded to whole repeats), at the preset's widths
-(scaling.presets: 128K vocabulary, tied embeddings, GQA, Mamba-2 state 128, head dim 64).
+(scaling.presets: 128K vocabulary, tied embeddings, GQA, Mamba-2 state 128, head dim 64; Gated
+DeltaNet head dim 128, d_model / 128 query/key heads and twice as many value heads). Each layout's
+peer is in `PEERS` (mamba-ssm unless named there).
 
-The peer (`peer_settings`): mamba-ssm's LM is a stack of Blocks, each one mixer (Mamba2 or MHA)
+The mamba-ssm peer (`peer_settings`): its LM is a stack of Blocks, each one mixer (Mamba2 or MHA)
 with its own MLP of one global width d_intermediate. So `*-` repeated maps exactly (every mixer
 followed by an MLP); `M` repeated maps exactly (d_intermediate 0); `M-M-M*-` has 3 MLPs per 4
 mixers, so the peer gets an MLP after every mixer at 3/4 of the width: the same FLOPs and the same
@@ -25,6 +31,34 @@ runs without rotary embeddings (rotary_emb_dim=0): mamba-ssm takes them from the
 package, which the GPU machine lacks; composer keeps its RoPE. Its attention runs through SDPA's
 default backend, its Mamba-2 through its fused conv+scan path, its norms through its Triton
 add+norm kernel, its loss over the full logits.
+
+The fla peer (`fla_settings`; flash-linear-attention 0.6.0): fla's GatedDeltaNetForCausalLM is a
+stack of blocks, each a mixer (Gated DeltaNet, or attention at the block indices of `attn.layers`)
+and a SwiGLU MLP of `intermediate_size`, each behind its own RMSNorm, then a final norm. So a
+pattern of (mixer, `-`) pairs, such as `G-G-G-*-` repeated, maps exactly: the same widths, heads,
+MLP size and vocabulary, and the same parameter count (the same projections, convs, A_log/dt_bias,
+gated-norm weight, norms and tied embedding; fla splits composer's one in_proj into q/k/v/a/b/g
+projections). The FLOPs counted for it are composer's. Where the two still differ:
+- Attention: fla's `Attention` calls the flash-attn package, which the GPU machine lacks; the
+  benchmark then puts its own SDPA call at fla's `flash_attn_func` with composer's backend (cuDNN
+  on CUDA: K/V heads copied for GQA as composer does), so both sides run the same attention
+  kernel, and says so in the record's `impl`. fla applies RoPE (θ 500,000, over the whole head)
+  with its Triton rotary kernel, composer with its own. Neither has Qwen3-Next's output gate on
+  attention, its q/k norms or its partial rotary.
+- Gated DeltaNet: fla runs its layer's own path (Triton short conv over q, k, v; gates, sigmoid and
+  q/k L2 norms inside the chunk kernel; value heads grouped over query/key heads inside the
+  kernel; its fused gated RMSNorm); composer computes the gates and the gated norm in torch and
+  repeats q, k per value head before the same fla chunk kernel (or runs its torch chunked form
+  when `impl=auto` refuses fla: see the record's `impl`). fla's kernels fix the chunk at 64, as
+  composer's accounting counts. Initialisation differs (A uniform in (0, 16] against [1, 16]),
+  which does not change the time.
+- Norms and MLP: fla's Triton fused add+RMSNorm and fused SwiGLU; composer's are torch (fused by
+  torch.compile in the compile variants). Norm epsilon is set to composer's.
+- Loss: the logits and the cross-entropy over them in fp32 outside the model, as for mamba-ssm
+  (fla's fused cross-entropy, used only with `labels`, is off).
+- Hopper: fla 0.6.0 refuses the gated delta rule's backward with Triton >= 3.4.0, < 3.7.1 unless
+  tilelang is installed (its issue #640); with the GPU machine's Triton 3.6, carry tilelang, or the
+  peer's row records that error and composer's GDN falls back to its torch path.
 """
 
 from __future__ import annotations
@@ -63,13 +97,18 @@ LAYOUTS = {  # name -> (pattern unit, preset)
     "nemotron-350m": ("M-M-M*-", "350m"),  # Nemotron-H-style hybrid
     "nemotron-1b": ("M-M-M*-", "1b"),
     "mamba2-350m": ("M", "350m"),  # pure Mamba-2 stack
+    "qwen3next-1b": ("G-G-G-*-", "1b"),  # Qwen3-Next-style hybrid: 3 Gated DeltaNet to 1 attention, dense MLPs
 }
+PEERS = {"qwen3next-1b": "fla"}  # layout -> its peer; a layout not named here: mamba-ssm
 SMOKE_PRESET = Preset(name="smoke", d_model=64, n_blocks=2, mlp_hidden=128, n_heads=4, n_kv_heads=2, head_dim=16,
-                      vocab_size=512, mamba_d_state=16, mamba_head_dim=16, mamba_chunk_size=32)
+                      vocab_size=512, mamba_d_state=16, mamba_head_dim=16, mamba_chunk_size=32, gdn_head_dim=16)
+FLA_CHUNK = 64  # fla's chunked delta-rule kernels fix their chunk length
 MLP_MULTIPLE = 128  # mamba-ssm's GatedMLP rounds its hidden size up to this
 KERNEL_GROUPS = {  # group -> kernel-name pattern; the first that matches takes the kernel
     "attention": r"flash|fmha|sdpa|scaled_dot|attention|cudnn",
     "ssd scan": r"chunk_scan|chunk_state|state_passing|bmm_chunk|chunk_cumsum|ssd|selective",
+    "delta rule": r"gated_delta|delta_rule|gdn_gate|wy_repr|recompute_w_u|kkt|solve_tril|chunk_(fwd|bwd)_kernel|"
+                  r"chunk_(local|global)_cumsum|l2norm|solve_triangular|trsm",  # Gated DeltaNet (fla's, or torch's)
     "conv1d": r"conv1d",
     "norm": r"norm",
     "loss": r"softmax|cross_entropy|nll_loss|logsumexp",
@@ -119,6 +158,11 @@ class Job:
     variant: Variant | None  # None for the peer
 
 
+def peer_kind(layout: str) -> str:
+    """The package whose model is the layout's peer: "mamba-ssm" or "fla"."""
+    return PEERS.get(layout, "mamba-ssm")
+
+
 def layout_config(layout: str, *, smoke: bool, attention_backend: str) -> ModelConfig:
     """Composer's model of a layout: the unit repeated round(s) times at the preset's widths."""
     unit, preset = LAYOUTS[layout]
@@ -164,6 +208,74 @@ def peer_settings(equivalent: ModelConfig) -> dict[str, Any]:
     }
 
 
+def fla_equivalent(cfg: ModelConfig) -> ModelConfig:
+    """The composer pattern that fla's model computes: the layout itself, once `fla_settings` maps it,
+    its delta rule counted at fla's chunk length (the presets' own, 64)."""
+    fla_settings(cfg)  # raises ConfigError where fla's blocks cannot hold the layout
+    gdn = cfg.primitive_config("G")
+    if "G" not in cfg.pattern or gdn.chunk_size == FLA_CHUNK:
+        return cfg
+    return replace(cfg, primitives={**cfg.primitives, "gdn": replace(gdn, chunk_size=FLA_CHUNK)})
+
+
+def fla_settings(cfg: ModelConfig, *, seq_len: int = 2048) -> dict[str, Any]:
+    """fla 0.6.0 GatedDeltaNetConfig fields for a composer layout of (mixer, `-`) pairs with mixers
+    `G` and `*` (see the module docstring): one fla block per pair, attention at the pairs whose
+    mixer is `*`, every width and head count equal to composer's."""
+    pattern, d = cfg.pattern, cfg.d_model
+    pairs = [pattern[i : i + 2] for i in range(0, len(pattern), 2)]
+    if len(pattern) % 2 or any(pair[1] != "-" or pair[0] not in "G*" for pair in pairs):
+        raise ConfigError(f"pattern {pattern!r}: fla's GatedDeltaNet blocks are (G or *) each followed by an MLP")
+    gdn, attn, mlp = cfg.primitive_config("G"), cfg.primitive_config("*"), cfg.primitive_config("-")
+    head_dim = attn.head_size(d)
+    if head_dim * attn.n_heads != d or attn.window is not None or attn.qk_norm or attn.rope_theta is None:
+        raise ConfigError(f"fla's attention has head_dim = d_model / num_heads, RoPE, no window and no q/k norm; "
+                          f"composer's: head_dim {head_dim} × {attn.n_heads} heads at d_model {d}, window "
+                          f"{attn.window}, qk_norm {attn.qk_norm}, rope_theta {attn.rope_theta}")
+    return {
+        "hidden_size": d,
+        "num_hidden_layers": len(pairs),
+        "vocab_size": cfg.vocab_size,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "norm_eps": cfg.norm_eps,
+        "max_position_embeddings": seq_len,  # the rotary table's length
+        "initializer_range": 0.02,
+        # Gated DeltaNet mixers: H query/key heads of head_dim, H_v = v_head_ratio · H value heads of expand_v · head_dim
+        "attn_mode": "chunk",
+        "head_dim": gdn.head_dim,
+        "num_heads": gdn.n_qk_heads(d),
+        "num_v_heads": gdn.n_v_heads(d),
+        "expand_v": float(gdn.expand_v),
+        "use_gate": True,  # the SiLU output gate through the per-head gated RMSNorm, as composer's
+        "output_gate_activation": "swish",
+        "use_short_conv": True,
+        "conv_size": gdn.d_conv,
+        "allow_neg_eigval": False,
+        # the attention blocks
+        "attn": {"layers": [i for i, pair in enumerate(pairs) if pair[0] == "*"], "num_heads": attn.n_heads,
+                 "num_kv_heads": attn.kv_heads, "qkv_bias": False, "window_size": None,
+                 "rope_theta": float(attn.rope_theta)},
+        # every block's SwiGLU MLP
+        "intermediate_size": mlp.hidden_size(d),
+        "hidden_act": "swish",
+        "fuse_norm": True,
+        "fuse_swiglu": True,
+        "fuse_cross_entropy": False,  # the loss runs outside the model, over the full logits, as for mamba-ssm
+        "fuse_linear_cross_entropy": False,
+        "use_cache": False,
+    }
+
+
+def peer_config(layout: str, cfg: ModelConfig) -> ModelConfig:
+    """The composer pattern that the layout's peer computes (its parameters and FLOPs are counted on it)."""
+    return fla_equivalent(cfg) if peer_kind(layout) == "fla" else peer_equivalent(cfg)
+
+
+def peer_config_fields(layout: str, measured: ModelConfig, *, seq_len: int) -> dict[str, Any]:
+    """The peer's own config fields for `peer_config(layout, cfg)`."""
+    return fla_settings(measured, seq_len=seq_len) if peer_kind(layout) == "fla" else peer_settings(measured)
+
+
 @functools.cache
 def _peer_model_cls() -> tuple[type, type] | str:
     """(MambaConfig, MambaLMHeadModel), or why mamba-ssm cannot be imported."""
@@ -173,6 +285,20 @@ def _peer_model_cls() -> tuple[type, type] | str:
     except (ImportError, OSError) as exc:
         return f"mamba-ssm not importable: {exc}"
     return MambaConfig, MambaLMHeadModel
+
+
+@functools.cache
+def _fla_model_cls() -> tuple[type, type] | str:
+    """(GatedDeltaNetConfig, GatedDeltaNetForCausalLM) of fla, or why fla cannot be imported."""
+    try:
+        from fla.models import GatedDeltaNetConfig, GatedDeltaNetForCausalLM
+    except (ImportError, OSError, RuntimeError) as exc:  # RuntimeError: fla's import-time device checks
+        return f"fla not importable: {exc}"
+    return GatedDeltaNetConfig, GatedDeltaNetForCausalLM
+
+
+def _peer_classes(kind: str) -> tuple[type, type] | str:
+    return _fla_model_cls() if kind == "fla" else _peer_model_cls()
 
 
 def _batch(vocab: int, s: Settings, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,15 +330,15 @@ def build_composer(cfg: ModelConfig, variant: Variant, s: Settings, device: torc
     return step, module, impl
 
 
-def build_peer(equivalent: ModelConfig, s: Settings, device: torch.device):
-    """(one training step, the model, what ran) for mamba-ssm's side: its LM over the full logits."""
-    classes = _peer_model_cls()
-    if isinstance(classes, str):
-        raise RuntimeError(classes)
-    MambaConfig, MambaLMHeadModel = classes
-    model = MambaLMHeadModel(MambaConfig(**peer_settings(equivalent)), device=device, dtype=torch.float32)
+def build_peer(equivalent: ModelConfig, s: Settings, device: torch.device, kind: str = "mamba-ssm"):
+    """(one training step, the model, what ran) for the peer's side, `kind` "mamba-ssm" or "fla"."""
+    return (_build_fla_peer if kind == "fla" else _build_mamba_peer)(equivalent, s, device)
+
+
+def _peer_step(model: torch.nn.Module, vocab: int, s: Settings, device: torch.device) -> Callable[[], None]:
+    """A peer's training step: its logits, the cross-entropy over them in fp32, the fused AdamW step."""
     optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4, betas=(0.9, 0.95), fused=True)
-    inputs, targets = _batch(equivalent.vocab_size, s, device)
+    inputs, targets = _batch(vocab, s, device)
 
     def step() -> None:
         with _autocast(device):
@@ -221,9 +347,69 @@ def build_peer(equivalent: ModelConfig, s: Settings, device: torch.device):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    return step
+
+
+def _build_mamba_peer(equivalent: ModelConfig, s: Settings, device: torch.device):
+    """mamba-ssm's LM over the full logits."""
+    classes = _peer_model_cls()
+    if isinstance(classes, str):
+        raise RuntimeError(classes)
+    MambaConfig, MambaLMHeadModel = classes
+    model = MambaLMHeadModel(MambaConfig(**peer_settings(equivalent)), device=device, dtype=torch.float32)
     impl = {"attention": "sdpa, default backend, no rotary", "mamba2": "fused conv1d + SSD scan (mem-eff path)",
             "loss": "full"}
-    return step, model, impl
+    return _peer_step(model, equivalent.vocab_size, s, device), model, impl
+
+
+def sdpa_as_flash_attn(backend: str) -> Callable[..., torch.Tensor]:
+    """A stand-in for flash-attn's `flash_attn_func(q, k, v, causal=True, window_size=(-1, -1))`, the
+    one call fla's Attention makes without padding masks: SDPA with composer's attention backend."""
+
+    def flash_attn_func(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+                        window_size: tuple[int, int] = (-1, -1), **unsupported: Any) -> torch.Tensor:
+        if not causal or tuple(window_size) != (-1, -1) or unsupported:
+            raise NotImplementedError(f"the SDPA stand-in is causal and unwindowed only; got causal={causal}, "
+                                      f"window_size={window_size}, {sorted(unsupported)}")
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, hd), K/V with Hkv heads
+        gqa = k.shape[1] != q.shape[1]
+        if gqa and backend in ("efficient", "cudnn"):  # as composer's attention: these backends lack native GQA
+            k, v = (x.repeat_interleave(q.shape[1] // x.shape[1], dim=1) for x in (k, v))
+            gqa = False
+        if backend == "auto":
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        else:
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            chosen = {"math": SDPBackend.MATH, "flash": SDPBackend.FLASH_ATTENTION,
+                      "efficient": SDPBackend.EFFICIENT_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}[backend]
+            with sdpa_kernel([chosen]):
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        return y.transpose(1, 2)  # (B, T, H, hd)
+
+    flash_attn_func.composer_stand_in = True
+    return flash_attn_func
+
+
+def _build_fla_peer(equivalent: ModelConfig, s: Settings, device: torch.device):
+    """fla's GatedDeltaNetForCausalLM over the full logits; its attention through flash-attn, or, where
+    that package is missing, through `sdpa_as_flash_attn` with composer's attention backend."""
+    classes = _fla_model_cls()
+    if isinstance(classes, str):
+        raise RuntimeError(classes)
+    GatedDeltaNetConfig, GatedDeltaNetForCausalLM = classes
+    import fla.layers.attn as fla_attn
+
+    attention = "flash-attn (fla's own call)"
+    if getattr(fla_attn, "flash_attn_func", None) is None or getattr(fla_attn.flash_attn_func, "composer_stand_in", False):
+        fla_attn.flash_attn_func = sdpa_as_flash_attn(s.attention_backend)
+        attention = f"sdpa:{s.attention_backend} at fla's flash_attn_func (no flash-attn package), fla's rotary"
+    with device:
+        model = GatedDeltaNetForCausalLM(GatedDeltaNetConfig(**fla_settings(equivalent, seq_len=s.seq_len)))
+    model.to(device=device, dtype=torch.float32).train()
+    impl = {"attention": attention, "gdn": "fla GatedDeltaNet layer (chunk mode, Triton)",
+            "norm": "fla fused add+RMSNorm", "mlp": "fla fused SwiGLU", "loss": "full"}
+    return _peer_step(model, equivalent.vocab_size, s, device), model, impl
 
 
 def time_steps(step: Callable[[], None], s: Settings, device: torch.device) -> list[float]:
@@ -277,7 +463,7 @@ def profile_step(step: Callable[[], None], device: torch.device) -> dict[str, An
 def run_job(job: Job, s: Settings, device: torch.device) -> dict[str, Any]:
     """Build and time one model: the record of the result."""
     cfg = layout_config(job.layout, smoke=s.smoke, attention_backend=s.attention_backend)
-    measured = cfg if job.side == "composer" else peer_equivalent(cfg)
+    measured = cfg if job.side == "composer" else peer_config(job.layout, cfg)
     record: dict[str, Any] = {"layout": job.layout, "side": job.side, "variant": str(job.variant or ""),
                               "pattern": measured.pattern, "n_layers": measured.n_layers,
                               "n_params_analytic": count_parameters(measured)["n_params"],
@@ -287,8 +473,9 @@ def run_job(job: Job, s: Settings, device: torch.device) -> dict[str, Any]:
     if job.side == "composer":
         step, model, impl = build_composer(cfg, job.variant, s, device)
     else:
-        step, model, impl = build_peer(measured, s, device)
-        record["peer_config"] = peer_settings(measured)
+        step, model, impl = build_peer(measured, s, device, peer_kind(job.layout))
+        record["peer"] = peer_kind(job.layout)
+        record["peer_config"] = peer_config_fields(job.layout, measured, seq_len=s.seq_len)
     record["impl"] = impl
     record["n_params"] = sum(p.numel() for p in model.parameters())
     times = time_steps(step, s, device)
@@ -322,28 +509,46 @@ def _release(device: torch.device) -> None:
     torch._dynamo.reset()  # compiled layers hold their modules
 
 
-def environment(device: torch.device, *, peer_side: bool) -> dict[str, Any]:
-    """The machine and versions; mamba-ssm's only when the peer runs (it may be mid-install otherwise)."""
-    peer = _peer_model_cls() if peer_side else "not imported (no peer side)"
+def environment(device: torch.device, *, peer_side: bool, peers: tuple[str, ...] = ("mamba-ssm",)) -> dict[str, Any]:
+    """The machine and versions; a peer package's only when its peer runs (it may be mid-install
+    otherwise); fla's only when one of the layouts has it as its peer."""
+    if not peer_side:
+        peer = "not imported (no peer side)"
+    elif "mamba-ssm" not in peers:
+        peer = "not imported (no mamba-ssm peer)"
+    else:
+        peer = _peer_model_cls()
     if not isinstance(peer, str):
         import mamba_ssm
 
         peer = mamba_ssm.__version__
-    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "torch": torch.__version__, "cuda": torch.version.cuda, "host": os.uname().nodename, "mamba_ssm": peer}
+    env = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+           "torch": torch.__version__, "cuda": torch.version.cuda, "host": os.uname().nodename, "mamba_ssm": peer}
+    if "fla" in peers:
+        fla = _fla_model_cls() if peer_side else "not imported (no peer side)"
+        if not isinstance(fla, str):
+            import importlib.metadata
+
+            import triton
+
+            fla = f"{importlib.metadata.version('flash-linear-attention')} (triton {triton.__version__})"
+        env["fla"] = fla
+    return env
 
 
 def run(s: Settings, out: Path) -> dict[str, Any]:
     device = torch.device(s.device)
     started = time.monotonic()
     settings = {**asdict(s), "variants": [str(v) for v in s.variants]}
-    results: dict[str, Any] = {"environment": environment(device, peer_side="peer" in s.sides), "settings": settings,
-                               "results": []}
+    peers = tuple(sorted({peer_kind(layout) for layout in s.layouts}))
+    results: dict[str, Any] = {"environment": environment(device, peer_side="peer" in s.sides, peers=peers),
+                               "settings": settings, "results": []}
     for job in plan(s):
         record: dict[str, Any] = {"layout": job.layout, "side": job.side, "variant": str(job.variant or "")}
         if s.budget_s is not None and time.monotonic() - started > s.budget_s:
             record["error"] = f"skipped: past the time budget of {s.budget_s:.0f} s"
-        elif job.side == "peer" and (isinstance(reason := _peer_model_cls(), str) or device.type != "cuda"):
+        elif job.side == "peer" and (isinstance(reason := _peer_classes(peer_kind(job.layout)), str)
+                                     or device.type != "cuda"):
             record["error"] = f"skipped: {reason if isinstance(reason, str) else 'the peer runs on CUDA only'}"
         else:
             tic = time.monotonic()
@@ -359,10 +564,16 @@ def run(s: Settings, out: Path) -> dict[str, Any]:
     return results
 
 
+def _side(r: dict[str, Any]) -> str:
+    """The side as shown: "peer:fla" for fla's peer, "peer" for mamba-ssm's (as before fla's came)."""
+    kind = peer_kind(r["layout"]) if r["layout"] in LAYOUTS else "mamba-ssm"
+    return f"peer:{kind}" if r["side"] == "peer" and kind != "mamba-ssm" else r["side"]
+
+
 def _one_line(r: dict[str, Any]) -> str:
     if "error" in r:
-        return f"{r['layout']:>14} {r['side']:>8} {r['variant']:>15}  {r['error']}"
-    return (f"{r['layout']:>14} {r['side']:>8} {r['variant']:>15}  {r['n_params'] / 1e6:7.1f}M params  "
+        return f"{r['layout']:>14} {_side(r):>8} {r['variant']:>15}  {r['error']}"
+    return (f"{r['layout']:>14} {_side(r):>8} {r['variant']:>15}  {r['n_params'] / 1e6:7.1f}M params  "
             f"{r['step_ms']:8.1f} ms/step  {r['tokens_per_s']:>9,} tokens/s  MFU {_pct(r['mfu'])}  "
             f"{r.get('peak_memory_gib', '-')} GiB  ({r['seconds']} s)")
 
@@ -383,7 +594,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [_row("layout", "side", "variant", "layers", "params", "ms/step", "tokens/s", "MFU", "peak GiB", "vs peer"),
              _row("---", "---", "---", *["---:"] * 7)]
     for r in rows:
-        name = (r["layout"], r["side"], r["variant"])
+        name = (r["layout"], _side(r), r["variant"])
         if "error" in r:
             lines.append(_row(*name, r["error"], *[""] * 6))
             continue
@@ -395,10 +606,11 @@ def markdown(results: dict[str, Any]) -> str:
         groups = sorted({g for r in profiled for g in r["profile"]["shares"]})
         lines += ["", "Share of the step's device time by kernel group:", "",
                   _row("layout", "side", "variant", *groups), _row("---", "---", "---", *["---:"] * len(groups))]
-        lines += [_row(r["layout"], r["side"], r["variant"], *(_pct(r["profile"]["shares"].get(g, 0.0)) for g in groups))
+        lines += [_row(r["layout"], _side(r), r["variant"], *(_pct(r["profile"]["shares"].get(g, 0.0)) for g in groups))
                   for r in profiled]
     env, st = results["environment"], results["settings"]
-    lines += ["", f"{env['device']}, torch {env['torch']}, mamba-ssm: {env['mamba_ssm']}; batch {st['batch']} × "
+    fla = f", fla: {env['fla']}" if "fla" in env else ""
+    lines += ["", f"{env['device']}, torch {env['torch']}, mamba-ssm: {env['mamba_ssm']}{fla}; batch {st['batch']} × "
                   f"{st['seq_len']} tokens, median of {st['steps']} steps after {st['warmup']} warm-up"]
     return "\n".join(lines)
 
