@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import random
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,22 +109,26 @@ class ListStrategy(Strategy):
     """`strategy=list`: exactly `patterns`, in order, each once: a shortlist re-scored, a paper's patterns.
 
     `propose` takes the first pattern no other trial of the study holds (finished, or being trained
-    by a live worker); once every pattern is taken it repeats the first, which the study answers
-    from its cache (or, while the last ones train, with its budget), so nothing trains twice."""
+    by a live worker); once every pattern is taken it raises `Exhausted` and the worker stops, so
+    nothing trains twice. A trial whose worker is gone does not hold its pattern."""
 
     patterns: tuple[str, ...] = ()
 
     def propose(self, trial: optuna.Trial) -> str:
-        from search.study import final_failure, retry_cutoff
+        from search.study import STALE_AFTER_S, Exhausted, is_lost, final_failure, retry_cutoff
 
-        taken, cutoff = set(), retry_cutoff(trial.study)
+        taken, cutoff, now = set(), retry_cutoff(trial.study), time.time()
         for t in trial.study.get_trials(deepcopy=False):
             role = t.user_attrs.get("role")
             if t.number == trial.number or role not in (None, "evaluate"):
                 continue
-            if t.state == TrialState.RUNNING or t.state == TrialState.COMPLETE or final_failure(t, cutoff):
+            live = t.state == TrialState.RUNNING and not is_lost(t, stale_after_s=STALE_AFTER_S, now=now)
+            if live or t.state == TrialState.COMPLETE or final_failure(t, cutoff):
                 taken.add(t.user_attrs.get("pattern"))
-        return next((p for p in self.patterns if p not in taken), self.patterns[0])
+        free = next((p for p in self.patterns if p not in taken), None)
+        if free is None:
+            raise Exhausted(f"every one of the {len(self.patterns)} listed patterns is evaluated or being evaluated")
+        return free
 
 
 def read_patterns(source: str | Sequence[str], *, where: str) -> tuple[str, ...]:

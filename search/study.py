@@ -18,6 +18,8 @@ Duplicate handling (several workers, one study). Each trial goes through three s
                    for a whole training run; the sampler sees the real value on a later proposal;
        "budget"    the study-wide `max_trials` is reached counting evaluations in flight: PRUNED;
        "evaluate"  otherwise: this trial trains the pattern.
+     A propose that raises `Exhausted` (a fixed list with every pattern taken) ends this worker's
+     loop: the trial is told PRUNED with role "exhausted".
      Decisions are serialised by trial number (storage writes are ordered), so two trials can
      never both decide "evaluate" for one pattern; the wait is only for lower trials still in
      `propose`, never for a training run.
@@ -60,6 +62,11 @@ _RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _JOURNAL_SUFFIXES = (".log", ".journal")
 # Attributes this module writes; evaluate's extra metrics may not use these names.
+class Exhausted(Exception):
+    """Raised by a `propose` with nothing left to offer (every listed pattern finished or being
+    trained by a live worker): this worker stops instead of answering trials from the cache."""
+
+
 RESERVED_ATTRS = frozenset({"pattern", "heartbeat", "worker", "role", "cached", "cached_from",
                             "duplicate_of", "error", "failure", "reason"})
 
@@ -229,7 +236,7 @@ UNCLAIMED_GRACE_S = 20.0
 STALE_AFTER_S = 300.0  # a RUNNING trial without a heartbeat for this long belongs to a dead worker
 
 
-def _is_lost(t: FrozenTrial, *, stale_after_s: float, now: float) -> bool:
+def is_lost(t: FrozenTrial, *, stale_after_s: float, now: float) -> bool:
     """A RUNNING trial whose worker is gone: its process is dead (same host), its heartbeat is stale,
     or it never wrote its identity within UNCLAIMED_GRACE_S of starting."""
     worker = t.user_attrs.get("worker", "")
@@ -250,10 +257,10 @@ def _is_lost(t: FrozenTrial, *, stale_after_s: float, now: float) -> bool:
 
 
 def running_alive(study: optuna.Study, *, stale_after_s: float = STALE_AFTER_S) -> list[FrozenTrial]:
-    """The study's RUNNING trials whose workers are still at work (`_is_lost` says which are not)."""
+    """The study's RUNNING trials whose workers are still at work (`is_lost` says which are not)."""
     now = time.time()
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if not _is_lost(t, stale_after_s=stale_after_s, now=now)]
+            if not is_lost(t, stale_after_s=stale_after_s, now=now)]
 
 
 def _decide(study: optuna.Study, trial: optuna.Trial, pattern: str, *, max_trials: int | None,
@@ -266,7 +273,7 @@ def _decide(study: optuna.Study, trial: optuna.Trial, pattern: str, *, max_trial
         for t in trials:
             if t.number >= trial.number or t.state != TrialState.RUNNING:
                 continue
-            if _is_lost(t, stale_after_s=stale_after_s, now=now):
+            if is_lost(t, stale_after_s=stale_after_s, now=now):
                 log.warning("trial %d (%s) lost its worker %s; marking it FAIL", t.number,
                             t.user_attrs.get("pattern", "?"), t.user_attrs.get("worker", "?"))
                 study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
@@ -330,7 +337,7 @@ def run_trials(study: optuna.Study, *, propose: Callable[[optuna.Trial], str], e
             heartbeat.stop()
         finished.append(frozen)
         _log_trial(study, frozen)
-        if role == "budget":
+        if role in ("budget", "exhausted"):
             break
     return finished
 
@@ -360,6 +367,11 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, *, propose: Callable[[opt
              heartbeat: _Heartbeat) -> tuple[FrozenTrial, str]:
     try:
         pattern = parse_pattern(propose(trial))
+    except Exhausted as exc:
+        trial.set_user_attr("role", "exhausted")
+        trial.set_user_attr("reason", str(exc))
+        heartbeat.stop()
+        return study.tell(trial, state=TrialState.PRUNED), "exhausted"
     except Exception as exc:  # a strategy bug or an invalid pattern: record it and let the role wait of later trials go on
         return _fail(study, trial, heartbeat, role="propose", failure="error", reason=f"propose: {_one_line(exc)}"), "fail"
     trial.set_user_attr("pattern", pattern)

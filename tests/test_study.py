@@ -119,8 +119,10 @@ def test_retry_failures_trains_earlier_failures_once_more_and_later_ones_stay_fi
         return {"score": score(pattern)}
 
     listed = ListStrategy(name="list", space=None, seed=0, sampler=optuna.samplers.RandomSampler(0), patterns=("*-*", "---"))
-    run_trials(study, propose=listed.propose, evaluate=evaluate, n_trials=3)
-    assert calls == {"*-*": 1, "---": 1} and "*-*" in failed_patterns(study)  # the third trial: answered from the cache
+    trials = run_trials(study, propose=listed.propose, evaluate=evaluate, n_trials=30)
+    assert calls == {"*-*": 1, "---": 1} and "*-*" in failed_patterns(study)
+    # every listed pattern taken: the worker stops at once, not answering 28 trials from the cache
+    assert len(trials) == 3 and trials[-1].user_attrs["role"] == "exhausted" and trials[-1].state == TrialState.PRUNED
     time.sleep(0.01)
     retry_failures(study)  # a new run with retry_failed=true
     assert failed_patterns(study) == {}
@@ -133,6 +135,22 @@ def test_retry_failures_trains_earlier_failures_once_more_and_later_ones_stay_fi
     run_trials(study, propose=listed.propose, evaluate=evaluate, n_trials=2)
     assert calls == {"*-*": 3, "---": 1} and failed_patterns(study) == {}
     assert set(completed_results(study)) == {"*-*", "---"} and count_evaluations(study) == 4  # failures still count
+
+
+def test_a_listed_pattern_held_by_a_lost_worker_is_proposed_again(tmp_path):
+    from search.strategies import ListStrategy
+    from search.study import STALE_AFTER_S
+
+    study = open_study(name="s", storage=None, run_dir=tmp_path, sampler=None)
+    killed = study.ask()  # a worker on another machine took "*-*" and then went silent
+    for key, value in {"pattern": "*-*", "role": "evaluate", "worker": "elsewhere:1",
+                       "heartbeat": time.time() - 2 * STALE_AFTER_S}.items():
+        killed.set_user_attr(key, value)
+    alive = study.ask()  # ... while "---" is being trained by a live one
+    for key, value in {"pattern": "---", "role": "evaluate", "worker": "elsewhere:2", "heartbeat": time.time()}.items():
+        alive.set_user_attr(key, value)
+    listed = ListStrategy(name="list", space=None, seed=0, sampler=None, patterns=("---", "*-*"))
+    assert listed.propose(study.ask()) == "*-*"
 
 
 def test_an_invalid_proposal_fails_the_trial_and_the_loop_goes_on(tmp_path):
