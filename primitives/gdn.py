@@ -14,9 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from composer.errors import ConfigError
+from primitives.mamba2 import check_decay_init
 from primitives.registry import register
-
-_IMPLS = ("auto", "torch", "kernels")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,17 +42,7 @@ class GatedDeltaNetConfig:
             not isinstance(self.n_heads, int) or isinstance(self.n_heads, bool) or self.n_heads < 1
         ):
             raise ValueError(f"n_heads must be a positive integer or null, got {self.n_heads!r}")
-        if not 0 < self.dt_min <= self.dt_max:
-            raise ValueError(f"dt_min and dt_max need 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
-        if self.dt_init_floor < 0:
-            raise ValueError(f"dt_init_floor must be >= 0, got {self.dt_init_floor}")
-        if not 0 < self.a_init_min <= self.a_init_max:
-            raise ValueError(
-                f"a_init_min and a_init_max need 0 < a_init_min <= a_init_max, "
-                f"got {self.a_init_min}, {self.a_init_max}"
-            )
-        if self.impl not in _IMPLS:
-            raise ValueError(f"impl must be one of {', '.join(_IMPLS)}, got {self.impl!r}")
+        check_decay_init(self)
 
     def n_qk_heads(self, d_model: int) -> int:
         if self.n_heads is not None:

@@ -34,17 +34,7 @@ class Mamba2Config:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not 0 < self.dt_min <= self.dt_max:
-            raise ValueError(f"dt_min and dt_max need 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
-        if self.dt_init_floor < 0:
-            raise ValueError(f"dt_init_floor must be >= 0, got {self.dt_init_floor}")
-        if not 0 < self.a_init_min <= self.a_init_max:
-            raise ValueError(
-                f"a_init_min and a_init_max need 0 < a_init_min <= a_init_max, "
-                f"got {self.a_init_min}, {self.a_init_max}"
-            )
-        if self.impl not in _IMPLS:
-            raise ValueError(f"impl must be one of {', '.join(_IMPLS)}, got {self.impl!r}")
+        check_decay_init(self)
 
     def d_inner(self, d_model: int) -> int:
         return self.expand * d_model
@@ -119,3 +109,17 @@ class Mamba2Config:
 
 
 register(letter="M", name="mamba2", config_cls=Mamba2Config, module="primitives.nn.mamba2:Mamba2", mixes_sequence=True)
+
+
+def check_decay_init(cfg) -> None:
+    """The init ranges and `impl` shared by the decaying-state mixers (Mamba-2, Gated DeltaNet):
+    dt log-uniform in [dt_min, dt_max] clamped at dt_init_floor, -A uniform in [a_init_min, a_init_max]."""
+    if not 0 < cfg.dt_min <= cfg.dt_max:
+        raise ValueError(f"dt_min and dt_max need 0 < dt_min <= dt_max, got {cfg.dt_min}, {cfg.dt_max}")
+    if cfg.dt_init_floor < 0:
+        raise ValueError(f"dt_init_floor must be >= 0, got {cfg.dt_init_floor}")
+    if not 0 < cfg.a_init_min <= cfg.a_init_max:
+        raise ValueError(f"a_init_min and a_init_max need 0 < a_init_min <= a_init_max, "
+                         f"got {cfg.a_init_min}, {cfg.a_init_max}")
+    if cfg.impl not in _IMPLS:
+        raise ValueError(f"impl must be one of {', '.join(_IMPLS)}, got {cfg.impl!r}")

@@ -31,7 +31,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from torch import Tensor, nn
 
 from composer.errors import KernelUnavailableError
 from primitives.gdn import GatedDeltaNetConfig
+from primitives.nn.mamba2 import init_decay_, scan_dtype
 
 log = logging.getLogger(__name__)
 
@@ -212,12 +212,7 @@ class GatedDeltaNet(nn.Module):
         nn.init.normal_(self.out_proj.weight, std=out_std)
         self.conv1d.reset_parameters()  # kaiming uniform
         with torch.no_grad():
-            u = torch.rand(self.n_v_heads, dtype=torch.float64)
-            self.A_log.copy_(torch.log(cfg.a_init_min + u * (cfg.a_init_max - cfg.a_init_min)))
-            u = torch.rand(self.n_v_heads, dtype=torch.float64)
-            dt = torch.exp(math.log(cfg.dt_min) + u * (math.log(cfg.dt_max) - math.log(cfg.dt_min)))
-            dt = dt.clamp(min=cfg.dt_init_floor)
-            self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1, so softplus(dt_bias) = dt
+            init_decay_(self.A_log, self.dt_bias, cfg)
             self.norm_weight.fill_(1.0)
 
     def _resolve(self, device: torch.device) -> tuple[bool, str]:
@@ -246,7 +241,7 @@ class GatedDeltaNet(nn.Module):
         dk, dv = self.cfg.head_dim, self.cfg.head_v_dim
         return GatedDeltaNetState(
             conv=torch.zeros(batch_size, conv_dim, width, device=device, dtype=dtype),
-            recurrent=torch.zeros(batch_size, self.n_v_heads, dk, dv, device=device, dtype=_scan_dtype(dtype)),
+            recurrent=torch.zeros(batch_size, self.n_v_heads, dk, dv, device=device, dtype=scan_dtype(dtype)),
         )
 
     def forward(self, x: Tensor, state: GatedDeltaNetState | None = None) -> Tensor:
@@ -288,7 +283,7 @@ class GatedDeltaNet(nn.Module):
     def _gated_norm_out(self, o: Tensor, z: Tensor, dtype: torch.dtype) -> Tensor:
         """o (B, T, H_v, d_v): per-head RMSNorm, then the SiLU output gate, then out_proj."""
         bsz, t = o.shape[:2]
-        sdtype = _scan_dtype(dtype)
+        sdtype = scan_dtype(dtype)
         o = o.to(sdtype)
         o = o * torch.rsqrt(o.pow(2).mean(dim=-1, keepdim=True) + _NORM_EPS) * self.norm_weight.to(sdtype)
         o = o * F.silu(z.to(sdtype).reshape(o.shape))  # (B, T, H_v, d_v)
@@ -297,7 +292,7 @@ class GatedDeltaNet(nn.Module):
     def _forward_torch(self, x: Tensor, state: GatedDeltaNetState | None) -> Tensor:
         cfg, t = self.cfg, x.shape[1]
         q, k, v, z, b, a = self._project(x, state)
-        sdtype = _scan_dtype(x.dtype)  # the rule in float32 at least: decays compound over thousands of steps
+        sdtype = scan_dtype(x.dtype)  # the rule in float32 at least: decays compound over thousands of steps
         with torch.autocast(x.device.type, enabled=False):
             q, k, v = q.to(sdtype), k.to(sdtype), v.to(sdtype)
             q = q * torch.rsqrt(q.pow(2).sum(dim=-1, keepdim=True) + _L2_EPS) * cfg.head_dim**-0.5
@@ -337,7 +332,3 @@ class GatedDeltaNet(nn.Module):
         if state is not None:
             state.recurrent.copy_(final.detach())
         return self._gated_norm_out(o, z, x.dtype)
-
-
-def _scan_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.promote_types(dtype, torch.float32)  # float32, or float64 when asked for

@@ -155,12 +155,7 @@ class Mamba2(nn.Module):
         nn.init.normal_(self.out_proj.weight, std=out_std)
         self.conv1d.reset_parameters()  # kaiming uniform
         with torch.no_grad():
-            u = torch.rand(self.n_heads, dtype=torch.float64)
-            self.A_log.copy_(torch.log(cfg.a_init_min + u * (cfg.a_init_max - cfg.a_init_min)))
-            u = torch.rand(self.n_heads, dtype=torch.float64)
-            dt = torch.exp(math.log(cfg.dt_min) + u * (math.log(cfg.dt_max) - math.log(cfg.dt_min)))
-            dt = dt.clamp(min=cfg.dt_init_floor)
-            self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1, so softplus(dt_bias) = dt
+            init_decay_(self.A_log, self.dt_bias, cfg)
             self.D.fill_(1.0)
             self.norm_weight.fill_(1.0)
 
@@ -189,7 +184,7 @@ class Mamba2(nn.Module):
         n, p = self.cfg.d_state, self.cfg.head_dim
         return Mamba2State(
             conv=torch.zeros(batch_size, conv_dim, width, device=device, dtype=dtype),
-            ssm=torch.zeros(batch_size, self.n_heads, p, n, device=device, dtype=_scan_dtype(dtype)),
+            ssm=torch.zeros(batch_size, self.n_heads, p, n, device=device, dtype=scan_dtype(dtype)),
         )
 
     def forward(self, x: Tensor, state: Mamba2State | None = None) -> Tensor:
@@ -214,7 +209,7 @@ class Mamba2(nn.Module):
         return xBC.split([self.d_inner, bc, bc], dim=-1)
 
     def _gated_norm_out(self, y: Tensor, z: Tensor, dtype: torch.dtype) -> Tensor:
-        sdtype = _scan_dtype(dtype)
+        sdtype = scan_dtype(dtype)
         y = y.to(sdtype) * F.silu(z.to(sdtype))  # (B, T, d_inner); gate first, then normalise
         y = y * torch.rsqrt(y.pow(2).mean(dim=-1, keepdim=True) + _NORM_EPS) * self.norm_weight
         return self.out_proj(y.to(dtype))  # (B, T, D)
@@ -236,7 +231,7 @@ class Mamba2(nn.Module):
         xs, B, C = self._split_xbc(xBC.transpose(1, 2))  # (B, T, d_inner), (B, T, G*N), (B, T, G*N)
 
         # The scan in float32 at least: decays compound over thousands of steps.
-        sdtype = _scan_dtype(x.dtype)
+        sdtype = scan_dtype(x.dtype)
         with torch.autocast(x.device.type, enabled=False):
             xs = xs.to(sdtype).reshape(b, t, self.n_heads, cfg.head_dim)  # (B, T, H, P)
             dt = F.softplus(dt.to(sdtype) + self.dt_bias.to(sdtype))  # (B, T, H)
@@ -276,5 +271,16 @@ class Mamba2(nn.Module):
         return self._gated_norm_out(y.reshape(b, t, self.d_inner), z, x.dtype)
 
 
-def _scan_dtype(dtype: torch.dtype) -> torch.dtype:
+def init_decay_(A_log: Tensor, dt_bias: Tensor, cfg) -> None:
+    """-A uniform in [a_init_min, a_init_max]; dt log-uniform in [dt_min, dt_max], clamped at
+    dt_init_floor, stored as softplus^-1(dt) so that softplus(dt_bias) = dt (one value per head)."""
+    u = torch.rand(A_log.shape, dtype=torch.float64)
+    A_log.copy_(torch.log(cfg.a_init_min + u * (cfg.a_init_max - cfg.a_init_min)))
+    u = torch.rand(dt_bias.shape, dtype=torch.float64)
+    dt = torch.exp(math.log(cfg.dt_min) + u * (math.log(cfg.dt_max) - math.log(cfg.dt_min)))
+    dt = dt.clamp(min=cfg.dt_init_floor)
+    dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+
+def scan_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)  # float32, or float64 when asked for
