@@ -159,9 +159,9 @@ RETRY_ATTR = "retry_failed_before"
 
 def retry_failures(study: optuna.Study) -> None:
     """Every failure recorded so far becomes retryable: a later proposal of its pattern trains it
-    again instead of answering with the failure (the study keeps the failed trial, and it still
-    counts towards max_trials). For failures that were not the pattern's fault (a killed node, a
-    library race); a failure after this call is final again."""
+    again instead of answering with the failure (the study keeps the failed trial, which no longer
+    counts towards max_trials: a list study of n patterns trains its n again). For failures that were
+    not the pattern's fault (a killed node, a library race); a failure after this call is final again."""
     study.set_user_attr(RETRY_ATTR, time.time())
 
 
@@ -178,8 +178,10 @@ def final_failure(t: FrozenTrial, cutoff: float | None) -> bool:
 
 
 def count_evaluations(study: optuna.Study) -> int:
-    """Training runs that finished (COMPLETE or FAIL from evaluate): what `max_trials` counts."""
-    return sum(_is_evaluation(t) for t in study.get_trials(deepcopy=False))
+    """Training runs that finished (COMPLETE, or FAIL from evaluate after the retry cutoff): what
+    `max_trials` counts."""
+    cutoff = retry_cutoff(study)
+    return sum(_is_evaluation(t, cutoff) for t in study.get_trials(deepcopy=False))
 
 
 def _completed(trials: Sequence[FrozenTrial]) -> dict[str, dict[str, Any]]:
@@ -199,10 +201,8 @@ def _failed(trials: Sequence[FrozenTrial], cutoff: float | None) -> dict[str, st
             for t in sorted(trials, key=lambda t: t.number) if final_failure(t, cutoff) and t.user_attrs["pattern"] not in done}
 
 
-def _is_evaluation(t: FrozenTrial) -> bool:
-    if t.user_attrs.get("role") != "evaluate":
-        return False
-    return t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and t.user_attrs.get("failure") == "error")
+def _is_evaluation(t: FrozenTrial, cutoff: float | None) -> bool:
+    return (t.state == TrialState.COMPLETE and t.user_attrs.get("role") == "evaluate") or final_failure(t, cutoff)
 
 
 # ----------------------------------------------------------------------------------------- the loop
@@ -295,7 +295,7 @@ def _decide(study: optuna.Study, trial: optuna.Trial, pattern: str, *, max_trial
                 return "duplicate", t
         if max_trials is not None:
             in_flight = sum(t.user_attrs["role"] == "evaluate" for t in lower_running)
-            if sum(_is_evaluation(t) for t in trials) + in_flight >= max_trials:
+            if sum(_is_evaluation(t, cutoff) for t in trials) + in_flight >= max_trials:
                 return "budget", None
         return "evaluate", None
 

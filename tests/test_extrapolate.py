@@ -12,6 +12,7 @@ from scaling.extrapolate import (
     allocate_evenly,
     baseline_pattern,
     extrapolate,
+    fit,
     scale_ratio,
     stack,
     stretch,
@@ -137,7 +138,7 @@ def test_result_fields_are_consistent(method, target):
     goal = e.target_non_embedding_params
     assert e.deviation == pytest.approx((e.n_non_embedding_params - goal) / goal)
     assert e.s >= 1 and e.model_config().pattern == e.pattern
-    assert e.method in ("stack", "stretch", "even")
+    assert e.method in ("stack", "stretch", "fit", "even")
 
 
 def test_allocate_evenly():
@@ -187,6 +188,8 @@ def test_bad_factors():
     with pytest.raises(ConfigError):
         stretch("*-", 0)
     with pytest.raises(ConfigError):
+        fit("*-", 0, size=len, goal=4)
+    with pytest.raises(ConfigError):
         stack("*-", -1)
     with pytest.raises(PatternError):
         stack("", 2)
@@ -196,3 +199,33 @@ def test_bad_factors():
 
 def test_preset_names_are_case_insensitive():
     assert get_preset("1B") == get_preset("1b") and get_preset(get_preset("3b")).name == "3b"
+
+
+@pytest.mark.parametrize("pattern, s, goal, expected", [
+    ("*-M-", 2.5, 10, "*-M-*-M-*-"),  # under 16 layers: two copies, the tail fitted (stack: three copies)
+    ("**--M", 1.5, 7, "**--M*-"),  # one copy, then a tail of 1, 1 and 0.5 layers rounded to 1, 1, 0
+    ("*" * 9 + "-" * 7 + "M", 1.5, 25, "*" * 14 + "-" * 10 + "M"),  # 13.5, 10.5, 1.5: one extra layer, first run first
+    ("*-" * 8, 1.75, 28, "*-" * 14),  # the Llama layout grows by its period: still alternating
+    ("M*-*-M**M*-*M**-", 2, 32, stretch("M*-*-M**M*-*M**-", 2)),  # whole s: stretch exactly
+])
+def test_fit_by_hand(pattern, s, goal, expected):
+    assert fit(pattern, s, size=len, goal=goal) == expected
+
+
+RANDOM_16 = ["M*-*-M**M*-*M**-", "M***-M**M*-MMMM-", "--**---M*-**--**", "-M-*M*MM*M--MM**", "***--M*-***-M--*",
+             "-**MM*M--***-*-*", "M**-MM**M*-*M-*-", "--**--**M--*-*--"]
+
+
+@pytest.mark.parametrize("pattern", RANDOM_16)
+def test_fit_lands_within_about_a_layer_where_ceil_overshoots(pattern):
+    # the issue-15 rung (d_model 320, '*-' x 14: s from 1.7 to 2.9 for 16-layer patterns): ceil-stretching
+    # lands 1-40 % over; fit within 2 %, keeps the runs' order, and is never farther than stretch
+    from scaling.presets import Preset
+
+    rung = Preset(name="r1", d_model=320, n_blocks=14, mlp_hidden=1280, n_heads=5, n_kv_heads=5, head_dim=64,
+                  vocab_size=256, rope_theta=1e4, mamba_d_state=64, mamba_head_dim=32, mamba_expand=2,
+                  mamba_chunk_size=64)
+    fitted, stretched = (extrapolate(pattern, target=rung, method=m) for m in ("fit", "stretch"))
+    assert abs(fitted.deviation) < 0.02 and abs(fitted.deviation) <= abs(stretched.deviation)
+    assert [p for p, _ in runs(fitted.pattern)] == [p for p, _ in runs(pattern)]
+    assert fitted.method == "fit"

@@ -151,6 +151,15 @@ def test_killed_mid_study_the_same_command_trains_only_what_is_left(tmp_path, co
             if json.loads(p.read_text()).get("status") == "completed"}
     assert 2 <= len(done) < 6, "the kill should land mid-study"
 
+    partial = fidelity(tmp_path, *args, "train=false")  # the figures so far, training nothing
+    assert partial.returncode == 0, partial.stderr[-3000:]
+    assert f"PARTIAL: {6 - len(done)} rung run(s) not finished" in partial.stdout
+    out = json.loads((tmp_path / "f" / "fidelity.json").read_text())
+    assert out["unfinished_runs"] == 6 - len(done)
+    assert sum(len(p["rungs"]["r1"]["bits_per_byte"]) for p in out["patterns"]) == len(done)
+    assert all(p["proxy"] is not None for p in out["patterns"])  # read back from the killed run's study
+    assert len(list(runs.glob("*/summary.json"))) == len(done) and "bits/byte  " not in partial.stdout + partial.stderr
+
     again = fidelity(tmp_path, *args, "workers=2")  # resumed by two processes: what is left, shared
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"6 rung runs, {6 - len(done)} to train, 2 worker(s)" in again.stdout
@@ -165,7 +174,7 @@ def test_killed_mid_study_the_same_command_trains_only_what_is_left(tmp_path, co
 @pytest.mark.parametrize("args, message", [
     (["patterns=['*-*-','M-Q-']"], "patterns[1]: unknown primitive 'Q' at position 2"),
     (["search_dir=/no/such/search"], "search_dir=/no/such/search: not a composer-search run folder (no search.json in it)"),
-    (["rungs.0.method=grow"], "rungs.r1.method must be one of auto, stack, stretch, match, got 'grow'"),
+    (["rungs.0.method=grow"], "rungs.r1.method must be one of auto, stack, stretch, match, fit, got 'grow'"),
     (["rungs.0.n_blocks=1", "patterns=['*-*-*-','M-M-M-','*-M-*-']", "random=0"], "rungs.r1: pattern '*-*-*-'"),
     (["patterns=['*-*-*-*-','M-M-M-']"], "patterns[0] '*-*-*-*-' has 8 layers; the search's patterns have 6"),
     (["patterns=['*-']", "random=0", "baselines=[]", "space.length=2"], "1 pattern(s) to compare"),
@@ -175,3 +184,40 @@ def test_bad_input_is_one_line(tmp_path, corpus, args, message):
     proc = fidelity(tmp_path, *rung_args(corpus), *args, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr[-2000:]
     assert message in proc.stderr
+
+
+def test_a_run_out_of_gpu_memory_is_left_unfinished_and_the_next_call_resumes_it(tmp_path, corpus, monkeypatch):
+    # Out of memory is not the pattern's fault (workers sharing a GPU): the worker goes on with its other
+    # runs, says in one line which it left, and the same call again trains only those.
+    import torch
+
+    from composer.errors import ComposerError
+    from search.fidelity import study
+
+    cfg = study.fidelity_config_from_mapping({
+        "data": {"path": str(corpus), "val_tokens": 4096}, "seq_len": 32, "trainer": {"progress": False},
+        "rungs": [{"name": "r1", "d_model": 32, "n_blocks": 4, "tokens_per_param": 1, "n_heads": 2, "seeds": [0]}]})
+    jobs = [(0, p, 0) for p in ("*-*-", "----", "-*--")]
+    real, calls = study.train_run, []
+
+    def short_of_memory(rung, grown, **kw):
+        calls.append(grown.source_pattern)
+        if grown.source_pattern == "----" and calls.count("----") == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 MiB")
+        return real(rung, grown, **kw)
+
+    monkeypatch.setattr(study, "train_run", short_of_memory)
+    with pytest.raises(ComposerError, match=r"1 run\(s\) ran out of GPU memory \(r1 ---- seed 0\): rerun"):
+        study._train(cfg, tmp_path, jobs, worker=0)
+    assert calls == ["*-*-", "----", "-*--"]  # the runs after it were trained
+    assert len(list(tmp_path.glob("rungs/r1/*/summary.json"))) == 2
+    study._train(cfg, tmp_path, jobs, worker=0)
+    assert calls[3:] == ["----"] and len(list(tmp_path.glob("rungs/r1/*/summary.json"))) == 3
+
+
+@pytest.mark.parametrize("workers, gpus, share", [(1, 1, None), (2, 2, None), (1, 0, None), (3, 0, None),
+                                                  (2, 1, 0.475), (5, 1, 0.19), (3, 2, 0.475), (8, 2, 0.237)])
+def test_workers_sharing_a_gpu_each_get_a_bounded_share_of_its_memory(workers, gpus, share):
+    from search.runner import gpu_share
+
+    assert gpu_share(workers, gpus) == share

@@ -44,7 +44,7 @@ class RungConfig:
     mamba_head_dim: int = 32
     mamba_expand: int = 2
     mamba_chunk_size: int = 64
-    method: str = "auto"  # auto (stack below 16 layers, stretch from 16) | stack | stretch | match
+    method: str = "fit"  # fit | auto (the paper's ceil growth) | stack | stretch | match: scaling/extrapolate.py
     tokens_per_param: float = 20.0  # training tokens = this × the reference's non-embedding parameters
     seeds: tuple[int, ...] = (0, 1)
     trainer: Mapping[str, Any] = field(default_factory=dict)  # TrainerConfig overrides for this rung (lr, batch_size...)

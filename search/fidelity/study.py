@@ -38,6 +38,7 @@ from search.fidelity import stats
 from search.fidelity.rungs import RungConfig, finished, rung_config_from_mapping, run_folder, train_run
 from search.space import SearchSpace
 from search.strategies import read_patterns
+from search.study import completed_results, open_study
 
 log = logging.getLogger("composer.fidelity")
 
@@ -64,6 +65,7 @@ class FidelityConfig:
     bootstrap: int = 2000  # resamples of each confidence interval
     leaderboard: str | None = None  # append the study's record (composer-leaderboard --html draws it)
     retry_failed: bool = False  # proxy evaluations that failed in an earlier run are trained again
+    train: bool = True  # False: analyse the runs already finished (a partial study), train and evaluate nothing
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or "/" in self.name:
@@ -173,17 +175,22 @@ def select(cfg: FidelityConfig, search_cfg: Any, scores: Mapping[str, float], re
 
 def proxy_scores(cfg: FidelityConfig, search_cfg: Any, patterns: list[str], known: Mapping[str, float],
                  run_dir: Path) -> dict[str, float]:
-    """Each pattern's proxy score: the search's where it has one, else evaluated here (cached)."""
+    """Each pattern's proxy score: the search's where it has one, else evaluated here (cached; with
+    train=false only read back)."""
     from search.runner import evaluate_in_workers
 
     missing = [p for p in patterns if p not in known]
     out = {p: known[p] for p in patterns if p in known}
-    if missing:
-        done = evaluate_in_workers(search_cfg, run_dir, missing, name=f"{search_cfg.name}.fidelity", workers=cfg.workers)
-        out |= {p: r["values"][0] for p, r in done.items()}
+    name = f"{search_cfg.name}.fidelity"
+    if missing and cfg.train:
+        done = evaluate_in_workers(search_cfg, run_dir, missing, name=name, workers=cfg.workers)
+    elif missing:
+        done = completed_results(open_study(name=name, storage=None, run_dir=run_dir, sampler=None))
+    out |= {p: done[p]["values"][0] for p in missing if p in done}
     for p in patterns:
         if p not in out:
-            log.warning("%s: no proxy score (its evaluation failed); left out of the proxy correlations", p)
+            log.warning("%s: no proxy score (%s); left out of the proxy correlations", p,
+                        "its evaluation failed" if cfg.train else "not evaluated yet")
     return out
 
 
@@ -242,10 +249,12 @@ def _train(cfg: FidelityConfig, run_dir: Path, jobs: list[tuple[int, str, int]],
     """Train this worker's share of the runs (every `cfg.workers`-th, from `worker`), skipping finished ones."""
     from search.runner import worker_device
 
+    import torch
+
     corpus = corpus if corpus is not None else cfg.data.open(seed=0)
-    vocab, device = _vocab(corpus), worker_device(worker)
+    vocab, device = _vocab(corpus), worker_device(worker, cfg.workers)
     mine = jobs[worker :: cfg.workers]
-    started, seconds = time.time(), []
+    started, seconds, short = time.time(), [], []
     for n, (i, pattern, seed) in enumerate(mine, 1):
         rung = cfg.rungs[i]
         grown = rung.grow(pattern, vocab_size=vocab)
@@ -253,13 +262,23 @@ def _train(cfg: FidelityConfig, run_dir: Path, jobs: list[tuple[int, str, int]],
         if finished(folder, grown.pattern, seed) is not None:
             continue
         tic = time.time()
-        bpb = train_run(rung, grown, seed=seed, corpus=corpus, trainer=_rung_trainer(cfg, rung, device),
-                        seq_len=cfg.seq_len, folder=folder)
+        try:
+            bpb = train_run(rung, grown, seed=seed, corpus=corpus, trainer=_rung_trainer(cfg, rung, device),
+                            seq_len=cfg.seq_len, folder=folder)
+        except torch.OutOfMemoryError:  # not the pattern's fault: its checkpoint stays, the next call resumes it
+            short.append(f"{rung.name} {pattern} seed {seed}")
+            log.warning("%s%s %s seed %d: out of GPU memory; left unfinished (its checkpoint is kept)",
+                        f"w{worker} " if cfg.workers > 1 else "", rung.name, pattern, seed)
+            torch.cuda.empty_cache()
+            continue
         seconds.append(time.time() - tic)
         left = sum(seconds) / len(seconds) * (len(mine) - n)
         log.info("%s[%d/%d] %s %s seed %d: %.4f bits/byte  %.0fs | ~%.0fs left", f"w{worker} " if cfg.workers > 1 else "",
                  n, len(mine), rung.name, pattern, seed, bpb, seconds[-1], left)
     log.debug("worker %d done in %.0fs", worker, time.time() - started)
+    if short:
+        raise ComposerError(f"{len(short)} run(s) ran out of GPU memory ({', '.join(short)}): rerun the same command "
+                            f"to resume them, with fewer workers than {cfg.workers} if it happens again")
 
 
 def _worker_main(config: dict[str, Any], run_dir: Path, jobs: list, worker: int) -> None:
@@ -289,8 +308,11 @@ def _train_all(cfg: FidelityConfig, run_dir: Path, jobs: list[tuple[int, str, in
                                 name=f"composer-fidelity-worker-{w}") for w in range(1, min(cfg.workers, len(jobs)))]
     for child in children:
         child.start()
+    mine: ComposerError | None = None
     try:
         _train(cfg, run_dir, jobs, worker=0, corpus=corpus)
+    except ComposerError as exc:  # runs of worker 0 left unfinished: the other workers finish theirs first
+        mine = exc
     except BaseException:
         for child in children:
             if child.is_alive():
@@ -301,7 +323,10 @@ def _train_all(cfg: FidelityConfig, run_dir: Path, jobs: list[tuple[int, str, in
             child.join()
     failed = [c.name for c in children if c.exitcode not in (0, None)]
     if failed:
-        raise ConfigError(f"worker process(es) {', '.join(failed)} exited with an error (see their log above)")
+        raise ConfigError(f"worker process(es) {', '.join(failed)} exited with an error (see their log above)"
+                          + (f"; worker 0: {mine}" if mine else ""))
+    if mine:
+        raise mine
 
 
 # ----------------------------------------------------------------------------------------- the analysis
@@ -367,8 +392,10 @@ def run_fidelity(cfg: FidelityConfig, *, run_dir: Path) -> dict[str, Any]:
              search_cfg.evaluator.name, " ".join(_describe(r, grown[(r.name, patterns[0])]) for r in cfg.rungs),
              len(jobs), n_left, cfg.workers)
     proxy = proxy_scores(cfg, search_cfg, patterns, known, run_dir)
-    if n_left:
+    if n_left and cfg.train:
         _train_all(cfg, run_dir, left, corpus)
+    elif n_left:
+        log.warning("train=false: %d of %d rung runs are not finished; the figures below leave them out", n_left, len(jobs))
     points = {}
     for p in patterns:
         per_rung = {}
@@ -391,6 +418,8 @@ def run_fidelity(cfg: FidelityConfig, *, run_dir: Path) -> dict[str, Any]:
                    "tokens": r.tokens(grown[(r.name, patterns[0])]), "tokens_per_param": float(r.tokens_per_param),
                    "seeds": list(r.seeds), "method": r.method} for r in cfg.rungs],
         "patterns": list(points.values()),
+        "unfinished_runs": sum(len(r.seeds) - len(v["rungs"][r.name]["bits_per_byte"]) for v in points.values()
+                               for r in cfg.rungs),
         **analysis,
         "seconds": round(time.time() - started, 1),
     }
@@ -398,7 +427,9 @@ def run_fidelity(cfg: FidelityConfig, *, run_dir: Path) -> dict[str, Any]:
     from search.fidelity.plot import scatter
 
     scatter(out, run_dir / "fidelity.png")
-    if cfg.leaderboard:
+    if cfg.leaderboard and out["unfinished_runs"]:
+        log.info("a partial study: not appended to the leaderboard %s", cfg.leaderboard)
+    elif cfg.leaderboard:
         from search.leaderboard import records, store
 
         store.append(records.fidelity_record(out), Path(cfg.leaderboard))
@@ -421,7 +452,8 @@ def report(out: Mapping[str, Any], run_dir: Path) -> str:
     """The end of a study on the terminal: correlations, noise floors, where the winner and baselines land."""
     n = len(out["patterns"])
     lines = [f"fidelity {out['name']!r}: {n} patterns, proxy {out['proxy']['evaluator']} "
-             f"(d_model {out['proxy']['d_model']}), in {out['seconds']:.0f}s"]
+             f"(d_model {out['proxy']['d_model']}), in {out['seconds']:.0f}s"
+             + (f"; PARTIAL: {out['unfinished_runs']} rung run(s) not finished" if out.get("unfinished_runs") else "")]
     for r in out["rungs"]:
         lines.append(f"  rung {r['name']}: d_model {r['d_model']}, {r['target_non_embedding_params']:,} non-embedding "
                      f"parameters, {r['tokens']:,} tokens, seeds {r['seeds']}")
