@@ -6,9 +6,10 @@
 # --package cmake-doc --package sphinx-doc`, load it once here (composer.data.text.load_corpus, byte
 # tokenizer) and copy the cache folder it names (17.4M tokens, 34 MB); `.device` carried.
 #   PART=search    more search evaluations (kernels if built, else the torch scan)
-#   PART=all       while the kernels build: issue 16's GPU parity tests (Gated DeltaNet against fla,
-#                  grouped-GEMM MoE; they need no mamba-ssm); once built: finalize the search (retrying
-#                  the evaluations the autotuner race failed), then the fidelity study until LIMIT
+#   PART=all       while the kernels build: the command in $WHILE_BUILDING if set (GPU work that needs no
+#                  mamba-ssm, e.g. issue 18's float8 runs of the Llama layout); once built: finalize the search
+#                  (retrying the evaluations the autotuner race failed), then the fidelity study until LIMIT
+#   PART=parity    issue 16's GPU parity tests (Gated DeltaNet against fla, grouped-GEMM MoE; passed 2026-12-03)
 #   PART=fidelity  the fidelity study until LIMIT (resumes; call again while the machine is warm)
 # fidelity/ starts with the proxy scores of fidelity-ceil/ (its study.db): the first study, grown by the paper's
 # ceil rule (+1 % to +40 % over the rung's size), stopped at 11 of 32 runs; this one grows by `fit` (within 2 %).
@@ -53,8 +54,11 @@ fidelity() {
 }
 case "$PART" in
   search) search $((LIMIT - 20)) ;;
-  all) timeout -k 10 300 python3 -m pytest -q -s tests/gpu/test_gdn_parity.py tests/gpu/test_moe_parity.py \
-         > "$LOGS/gpu-parity-issue16.log" 2>&1; tail -n 5 "$LOGS/gpu-parity-issue16.log"
+  parity) timeout -k 10 300 python3 -m pytest -q -s tests/gpu/test_gdn_parity.py tests/gpu/test_moe_parity.py \
+         > "$LOGS/gpu-parity-issue16.log" 2>&1; tail -n 5 "$LOGS/gpu-parity-issue16.log" ;;
+  all) if [ -n "${WHILE_BUILDING:-}" ]; then  # GPU work that needs no mamba-ssm, while the kernels build
+         timeout -k 10 $(( $(left) < 330 ? $(left) : 330 )) bash -c "$WHILE_BUILDING" > "$LOGS/while-building.log" 2>&1
+         tail -n 20 "$LOGS/while-building.log"; fi
        wait_for_kernels && fidelity ;;
   fidelity) wait_for_kernels; fidelity ;;
 esac

@@ -38,7 +38,9 @@ def scatter(out: Mapping[str, Any], path: Path) -> Path:
         corr = next((c for c in out["correlations"] if c["x"] == "proxy" and c["y"] == name), None)
         rho = corr and corr["spearman"]["value"]
         ax.set_title(f"{name}: {rung['target_non_embedding_params'] / 1e6:.2f}M params, {rung['tokens'] / 1e6:.1f}M tokens"
-                     + (f"\nSpearman {rho:+.2f}" if rho is not None else ""), fontsize=9)
+                     + (f"\nSpearman {rho:+.2f}" if rho is not None else "")
+                     + (f" (PARTIAL: {out['unfinished_runs']} runs missing)" if out.get("unfinished_runs") else ""),
+                     fontsize=9)
         ax.set_xlabel(f"proxy score ({out['proxy']['evaluator']}, higher is better)")
         ax.set_ylabel("validation bits per byte (lower is better)")
         ax.invert_yaxis()  # better is up and right on both axes
