@@ -310,7 +310,9 @@ def gpu_share(workers: int, gpus: int) -> float | None:
 
 def worker_device(worker: int, workers: int = 1) -> str | None:
     """Worker i of `workers` trains on GPU i mod n when there are GPUs, held to its `gpu_share` of
-    that GPU's memory; None keeps the trainer's setting."""
+    that GPU's memory (composer-fidelity's rung runs; a search's proxy workers pass workers=1: their
+    captured graphs' pools, measured at up to 66 GB a worker with the torch scan, are left alone);
+    None keeps the trainer's setting."""
     import torch
 
     n = torch.cuda.device_count()
@@ -339,7 +341,7 @@ def _run_round(cfg: SearchConfig, run_dir: Path, study: optuna.Study, strategy: 
 
     _threads(cfg.workers)
     logging.getLogger("composer.engine.trainer").setLevel(logging.WARNING)  # one line per trial, not per task
-    evaluator = Evaluator(cfg.evaluator, run_dir=run_dir, device=worker_device(worker, cfg.workers))
+    evaluator = Evaluator(cfg.evaluator, run_dir=run_dir, device=worker_device(worker))  # proxies: memory unbounded
     label = (f"w{worker} " if cfg.workers > 1 else "") + label
     run_trials(study, propose=strategy.propose, evaluate=_Progress(cfg, study, evaluator, label),
                n_trials=cfg.n_trials * MAX_ATTEMPTS_PER_EVALUATION, max_trials=cfg.n_trials)

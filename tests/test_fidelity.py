@@ -179,6 +179,9 @@ def test_killed_mid_study_the_same_command_trains_only_what_is_left(tmp_path, co
     (["patterns=['*-*-*-*-','M-M-M-']"], "patterns[0] '*-*-*-*-' has 8 layers; the search's patterns have 6"),
     (["patterns=['*-']", "random=0", "baselines=[]", "space.length=2"], "1 pattern(s) to compare"),
     (["+rungs.0.trainer.max_tokens=10"], "rungs.r1.trainer.max_tokens: a rung's budget is tokens_per_param"),
+    (["proxies=[{evaluator:{}}]"], "proxies[0] must be {name: ..., evaluator: {overrides}}"),
+    (["proxies=[{name:r1}]"], "rung and proxy names must be distinct"),
+    (["proxies=[{name:fast,evaluator:{trainer:{bogus:1}}}]"], "proxies.fast: "),
 ])
 def test_bad_input_is_one_line(tmp_path, corpus, args, message):
     proc = fidelity(tmp_path, *rung_args(corpus), *args, timeout=120)
@@ -221,3 +224,24 @@ def test_workers_sharing_a_gpu_each_get_a_bounded_share_of_its_memory(workers, g
     from search.runner import gpu_share
 
     assert gpu_share(workers, gpus) == share
+
+
+def test_another_budget_of_the_proxy_is_ranked_against_it_without_rungs(tmp_path, corpus):
+    # issue 17's budget study: the same patterns at the proxy and at a cheaper budget, compared
+    proc = fidelity(tmp_path, "patterns=['M-M-','----','M---','*-*-']", "random=0", "baselines=[]", *lm_proxy(corpus),
+                    "rungs=[]", "proxies=[{name:quarter,evaluator:{trainer:{max_tokens:10000}}}]", "bootstrap=200")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads((tmp_path / "f" / "fidelity.json").read_text())
+    (quarter,) = out["proxies"]
+    assert quarter["name"] == "quarter" and quarter["evaluator"] == {"trainer": {"max_tokens": 10000}}
+    assert set(quarter["scores"]) == {"M-M-", "----", "M---", "*-*-"} and quarter["seconds_per_evaluation"] > 0
+    (against,) = quarter["correlations"]
+    proxy = {p["pattern"]: p["proxy"] for p in out["patterns"]}
+    x = [quarter["scores"][p] for p in proxy]
+    assert against["y"] == "proxy" and against["n"] == 4
+    assert against["spearman"]["value"] == pytest.approx(scipy.stats.spearmanr(x, list(proxy.values())).statistic)
+    # its own runs, trained at its budget: nothing read back from the proxy's runs of the same patterns
+    runs = list((tmp_path / "f" / "proxies" / "quarter" / "trials").glob("*/lm-*/summary.json"))
+    assert len(runs) == 4 and all(json.loads(r.read_text())["tokens"] <= 10000 for r in runs)  # the proxy: 40,000
+    assert out["rungs"] == [] and not (tmp_path / "f" / "fidelity.png").exists()
+    assert "quarter -> proxy  Spearman" in proc.stdout and "s per evaluation" in proc.stdout

@@ -23,6 +23,9 @@ import logging
 import multiprocessing
 import random
 import time
+from types import MappingProxyType
+
+import optuna
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -58,6 +61,9 @@ class FidelityConfig:
     evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
     baselines: tuple[str, ...] | None = None  # None: the Llama layout of the space's length; [] none
     rungs: tuple[RungConfig, ...] = ()
+    # other budgets of the proxy, each ranking the same patterns: {name, evaluator: overrides of the proxy's
+    # evaluator}, e.g. fewer tokens per task; reported against the proxy and each rung (issue 17's budget study)
+    proxies: tuple[Mapping[str, Any], ...] = ()
     data: CorpusConfig = field(default_factory=CorpusConfig)  # the rungs' text (validation split: seed 0)
     seq_len: int = 256
     trainer: TrainerConfig = field(default_factory=TrainerConfig)  # every rung's trainer; rungs override fields
@@ -75,11 +81,18 @@ class FidelityConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ConfigError(f"{key} must be an integer >= {least}, got {value!r}")
         object.__setattr__(self, "patterns", read_patterns(self.patterns, where="patterns") if self.patterns else ())
-        if not self.rungs:
-            raise ConfigError("rungs is empty: give at least one rung (name, d_model, n_blocks, tokens_per_param, seeds)")
-        names = [r.name for r in self.rungs]
-        if len(set(names)) < len(names) or "proxy" in names:
-            raise ConfigError(f"rung names must be distinct and not 'proxy', got {names}")
+        proxies = tuple(MappingProxyType(dict(v)) if isinstance(v, Mapping) else v for v in self.proxies)
+        for i, v in enumerate(proxies):
+            if not isinstance(v, Mapping) or set(v) - {"name", "evaluator"} or not isinstance(v.get("name"), str) \
+                    or not isinstance(v.get("evaluator", {}), Mapping):
+                raise ConfigError(f"proxies[{i}] must be {{name: ..., evaluator: {{overrides}}}}, got {v!r}")
+        object.__setattr__(self, "proxies", proxies)
+        if not self.rungs and not self.proxies:
+            raise ConfigError("rungs is empty: give at least one rung (name, d_model, n_blocks, tokens_per_param, seeds) "
+                              "or another proxy to compare (proxies=[{name: ..., evaluator: {...}}])")
+        names = [r.name for r in self.rungs] + [v["name"] for v in self.proxies]
+        if len(set(names)) < len(names) or "proxy" in names or any(not n or "/" in n for n in names):
+            raise ConfigError(f"rung and proxy names must be distinct, non-empty, without '/' and not 'proxy', got {names}")
         if self.search_dir is not None and not (Path(self.search_dir).expanduser() / "search.json").is_file():
             raise ConfigError(f"search_dir={self.search_dir}: not a composer-search run folder (no search.json in it)")
 
@@ -192,6 +205,55 @@ def proxy_scores(cfg: FidelityConfig, search_cfg: Any, patterns: list[str], know
             log.warning("%s: no proxy score (%s); left out of the proxy correlations", p,
                         "its evaluation failed" if cfg.train else "not evaluated yet")
     return out
+
+
+def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `over` merged in, key by key into nested mappings."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
+def variant_search(search_cfg: Any, variant: Mapping[str, Any]) -> Any:
+    """The proxy's SearchConfig with the variant's evaluator overrides (one-line error for a bad key)."""
+    from search.runner import plain
+
+    evaluator = _merge(plain(search_cfg.evaluator), {**variant.get("evaluator", {}), "name": variant["name"]})
+    try:
+        return replace(search_cfg, evaluator=evaluator_config_from_mapping(evaluator))
+    except ConfigError as exc:
+        raise ConfigError(f"proxies.{variant['name']}: {exc}") from None
+
+
+def variant_scores(cfg: FidelityConfig, search_cfg: Any, patterns: list[str], run_dir: Path) -> dict[str, dict]:
+    """Each other proxy's scores of `patterns` (pattern -> score) and its median seconds per evaluation,
+    evaluated in its own folder proxies/<name>/ (its runs never read back another budget's)."""
+    from search.runner import evaluate_in_workers
+
+    out = {}
+    for variant in cfg.proxies:
+        name, folder = variant["name"], run_dir / "proxies" / variant["name"]
+        vcfg = variant_search(search_cfg, variant)
+        study_name = f"{search_cfg.name}.fidelity.{name}"
+        if cfg.train:
+            log.info("proxy %s: evaluating %d patterns (%s)", name, len(patterns), dict(variant.get("evaluator", {})))
+            done = evaluate_in_workers(vcfg, folder, patterns, name=study_name, workers=cfg.workers)
+        else:
+            done = completed_results(open_study(name=study_name, storage=None, run_dir=folder, sampler=None))
+        out[name] = {"evaluator": dict(variant.get("evaluator", {})),
+                     "scores": {p: done[p]["values"][0] for p in patterns if p in done},
+                     "seconds_per_evaluation": median_seconds(open_study(name=study_name, storage=None, run_dir=folder,
+                                                                         sampler=None))}
+    return out
+
+
+def median_seconds(study: optuna.Study) -> float | None:
+    """Median wall seconds of the study's completed evaluations (with its workers sharing the machine)."""
+    seconds = sorted((t.datetime_complete - t.datetime_start).total_seconds() for t in study.get_trials(deepcopy=False)
+                     if t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs.get("role") == "evaluate"
+                     and t.datetime_complete and t.datetime_start)
+    return round(seconds[len(seconds) // 2], 2) if seconds else None
 
 
 # ----------------------------------------------------------------------------------------- the rungs
@@ -367,6 +429,31 @@ def analyse(points: Mapping[str, Mapping[str, Any]], rungs: tuple[RungConfig, ..
     return {"correlations": correlations, "noise_floor": noise, "placement": placement}
 
 
+def _pair(x: list[float], y: list[float], *, bootstrap: int, seed: int) -> dict[str, Any]:
+    return {"n": len(x), **{m: stats.correlation(x, y, method=m, n_resamples=bootstrap, seed=seed) for m in stats.METHODS},
+            "decision_accuracy": stats.decision_accuracy(x, y)}
+
+
+def compare_proxies(points: Mapping[str, Mapping[str, Any]], variants: Mapping[str, Mapping[str, Any]],
+                    rungs: tuple[RungConfig, ...], *, bootstrap: int, seed: int) -> list[dict[str, Any]]:
+    """Each other proxy against the proxy and each rung (higher is better on every axis): its ranking's
+    Spearman and Kendall with intervals, and decision accuracy, over the patterns both scored."""
+    out = []
+    for name, v in variants.items():
+        against = []
+        axes = {"proxy": {p: pt["proxy"] for p, pt in points.items() if pt["proxy"] is not None}}
+        for r in rungs:
+            axes[r.name] = {p: -pt["rungs"][r.name]["mean"] for p, pt in points.items()
+                            if pt["rungs"].get(r.name, {}).get("mean") is not None}
+        for axis, by in axes.items():
+            both = [p for p in v["scores"] if p in by]
+            if len(both) >= 2:
+                against.append({"y": axis, **_pair([v["scores"][p] for p in both], [by[p] for p in both],
+                                                   bootstrap=bootstrap, seed=seed)})
+        out.append({"name": name, **v, "correlations": against})
+    return out
+
+
 def run_fidelity(cfg: FidelityConfig, *, run_dir: Path) -> dict[str, Any]:
     """Select, score at the proxy, train every rung, analyse; returns what fidelity.json holds."""
     from datetime import datetime, timezone
@@ -379,9 +466,11 @@ def run_fidelity(cfg: FidelityConfig, *, run_dir: Path) -> dict[str, Any]:
     known, result = _search_scores(search_cfg, Path(cfg.search_dir).expanduser()) if cfg.search_dir else ({}, {})
     roles = select(cfg, search_cfg, known, result)
     patterns = list(roles)
+    for variant in cfg.proxies:  # a bad override fails here, in one line, before anything trains
+        variant_search(search_cfg, variant)
     _guard_rungs(cfg, run_dir)
-    corpus = cfg.data.open(seed=0)  # fetched and tokenised once, before any worker starts
-    jobs, grown = _jobs(cfg, patterns, _vocab(corpus))
+    corpus = cfg.data.open(seed=0) if cfg.rungs else None  # fetched and tokenised once, before any worker starts
+    jobs, grown = _jobs(cfg, patterns, _vocab(corpus)) if cfg.rungs else ([], {})
     left = [(i, p, s) for i, p, s in jobs  # the runs still to train, shared among the workers
             if finished(run_folder(run_dir, cfg.rungs[i], grown[(cfg.rungs[i].name, p)].pattern, s),
                         grown[(cfg.rungs[i].name, p)].pattern, s) is None]
@@ -389,9 +478,15 @@ def run_fidelity(cfg: FidelityConfig, *, run_dir: Path) -> dict[str, Any]:
     log.info("fidelity %r: %d patterns (%s), proxy %s, rungs %s; %d rung runs, %d to train, %d worker(s)",
              cfg.name, len(patterns), ", ".join(f"{sum(role in r for r in roles.values())} {role}" for role in ROLE_ORDER
                                                  if any(role in r for r in roles.values())),
-             search_cfg.evaluator.name, " ".join(_describe(r, grown[(r.name, patterns[0])]) for r in cfg.rungs),
+             search_cfg.evaluator.name, " ".join(_describe(r, grown[(r.name, patterns[0])]) for r in cfg.rungs) or "none",
              len(jobs), n_left, cfg.workers)
     proxy = proxy_scores(cfg, search_cfg, patterns, known, run_dir)
+    variants = variant_scores(cfg, search_cfg, patterns, run_dir)
+    if cfg.search_dir:  # the proxy's time: the search's own evaluations, else those made here
+        main = search_cfg.name if not search_cfg.strategy.incremental else f"{search_cfg.name}.round{search_cfg.strategy.rounds}"
+        timed = open_study(name=main, storage=search_cfg.storage, run_dir=Path(cfg.search_dir).expanduser(), sampler=None)
+    else:
+        timed = open_study(name=f"{search_cfg.name}.fidelity", storage=None, run_dir=run_dir, sampler=None)
     if n_left and cfg.train:
         _train_all(cfg, run_dir, left, corpus)
     elif n_left:
@@ -418,17 +513,21 @@ def run_fidelity(cfg: FidelityConfig, *, run_dir: Path) -> dict[str, Any]:
                    "tokens": r.tokens(grown[(r.name, patterns[0])]), "tokens_per_param": float(r.tokens_per_param),
                    "seeds": list(r.seeds), "method": r.method} for r in cfg.rungs],
         "patterns": list(points.values()),
+        "proxy_seconds_per_evaluation": median_seconds(timed),
+        "proxies": compare_proxies(points, variants, cfg.rungs, bootstrap=cfg.bootstrap, seed=cfg.seed),
         "unfinished_runs": sum(len(r.seeds) - len(v["rungs"][r.name]["bits_per_byte"]) for v in points.values()
                                for r in cfg.rungs),
         **analysis,
         "seconds": round(time.time() - started, 1),
     }
     write_json(run_dir / "fidelity.json", out)
-    from search.fidelity.plot import scatter
+    if cfg.rungs:
+        from search.fidelity.plot import scatter
 
-    scatter(out, run_dir / "fidelity.png")
-    if cfg.leaderboard and out["unfinished_runs"]:
-        log.info("a partial study: not appended to the leaderboard %s", cfg.leaderboard)
+        scatter(out, run_dir / "fidelity.png")
+    if cfg.leaderboard and (out["unfinished_runs"] or not cfg.rungs):
+        log.info("%s: not appended to the leaderboard %s", "no rungs" if not cfg.rungs else "a partial study",
+                 cfg.leaderboard)
     elif cfg.leaderboard:
         from search.leaderboard import records, store
 
@@ -468,13 +567,24 @@ def report(out: Mapping[str, Any], run_dir: Path) -> str:
         lines.append(f"  noise floor {name}: neighbours swap in {100 * f['neighbour_swap_rate']:.0f}% of seed pairs; "
                      f"seed against seed Spearman {f['seed_spearman']:+.2f}, decisions {100 * f['seed_decision_accuracy']:.0f}%"
                      f"; seed std {f['std']:.4f} bits/byte")
+    if out.get("proxies"):
+        secs = out.get("proxy_seconds_per_evaluation")
+        lines.append(f"  proxy {out['proxy']['evaluator']}: {'-' if secs is None else f'{secs:.1f}'} s per evaluation")
+    for v in out.get("proxies", []):
+        secs = v["seconds_per_evaluation"]
+        lines.append(f"  proxy {v['name']} ({len(v['scores'])} scored, "
+                     f"{'-' if secs is None else f'{secs:.1f}'} s per evaluation): {v['evaluator']}")
+        for c in v["correlations"]:
+            acc = c["decision_accuracy"]
+            lines.append(f"  {v['name']:>6} -> {c['y']:<6} Spearman {_interval(c['spearman'])}  Kendall "
+                         f"{_interval(c['kendall'])}  decisions {'n/a' if acc is None else f'{100 * acc:.0f}%'}  (n={c['n']})")
     ranks = [k for k in next(iter(out["placement"].values())) if k.endswith("_rank")]
     for p, place in out["placement"].items():
         shown = [r for r in place["roles"] if r in ("aggregate", "best_single", "baseline")]
         if shown:
             lines.append(f"  {'/'.join(shown):<22} {p}  " + "  ".join(
                 f"{k[:-5]} #{place[k] if place[k] is not None else '-'}" for k in ranks) + f" of {n}")
-    lines.append(f"wrote {run_dir / 'fidelity.json'} and {run_dir / 'fidelity.png'}")
+    lines.append(f"wrote {run_dir / 'fidelity.json'}" + (f" and {run_dir / 'fidelity.png'}" if out["rungs"] else ""))
     return "\n".join(lines)
 
 
