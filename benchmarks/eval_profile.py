@@ -1,0 +1,140 @@
+"""Where one proxy evaluation's time goes (issue 17): its task runs, their streams, the GPU busy or idle.
+
+One evaluation of `pattern` by the search's evaluator (composed from configs/search like
+`composer-search` does, with the same overrides), in a fresh folder, timed as a search times it.
+Two views, printed as tables and written to `<out>/profile.json`:
+
+- the critical path, from each task run's summary.json: steps, tokens, train seconds. The runs
+  of one evaluation run `evaluator.parallel` at a time (threads, one CUDA stream each; the GPU
+  preset starts all six together), so `busy streams` (the sum of the runs' seconds over the
+  evaluation's wall) is how many run on average: 6 when every task ends together, near 2 when two
+  long tasks carry the tail alone;
+- the GPU (CUDA only): a torch.profiler trace of the first `--trace-seconds` of the evaluation
+  (CUPTI sees every thread's kernels), from which the share of that window any kernel runs
+  (kernel time vs idle), the share with k kernels at once, and each stream's busy share.
+
+    python benchmarks/eval_profile.py --out $OUT/profile -- evaluator=mad space=long
+    python benchmarks/eval_profile.py --pattern 'M*-*' --out /tmp/p -- evaluator=mad_cpu space.length=4  # CPU
+
+Everything after `--` is a composer-search override.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+
+def evaluator_config(overrides: list[str]) -> Any:
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from search.evaluator import evaluator_config_from_mapping
+
+    with initialize_config_module(config_module="configs.search", version_base=None):
+        cfg = compose(config_name="search", overrides=overrides)
+    return evaluator_config_from_mapping(OmegaConf.to_container(cfg.evaluator, resolve=True))
+
+
+def critical_path(trials: Path, wall: float) -> dict[str, Any]:
+    """Per task run: steps, tokens and train seconds (its summary.json); the busy-stream average."""
+    runs = {}
+    for summary in sorted(trials.glob("*/*/summary.json")):
+        s = json.loads(summary.read_text())
+        runs[summary.parent.name] = {"steps": s.get("step"), "tokens": s.get("tokens"),
+                                     "seconds": s.get("train_seconds"), "tokens_per_s": s.get("tokens_per_s")}
+    seconds = [r["seconds"] for r in runs.values() if r["seconds"]]
+    return {"wall_seconds": round(wall, 2), "runs": runs,
+            "busy_streams": round(sum(seconds) / wall, 2) if seconds and wall else None,
+            "longest_over_median": round(max(seconds) / statistics.median(seconds), 2) if seconds else None}
+
+
+def kernel_timeline(trace: dict[str, Any], window_us: float) -> dict[str, Any]:
+    """From a chrome trace: the share of the window with any kernel running, with k at once, and per stream."""
+    kernels = [e for e in trace.get("traceEvents", []) if e.get("cat") == "kernel" and "dur" in e]
+    if not kernels:
+        return {"kernels": 0}
+    start = min(e["ts"] for e in kernels)
+    edges = sorted([(e["ts"], 1) for e in kernels] + [(e["ts"] + e["dur"], -1) for e in kernels])
+    at_once: dict[int, float] = {}
+    active, last = 0, start
+    for ts, step in edges:
+        at_once[active] = at_once.get(active, 0.0) + (ts - last)
+        active, last = active + step, ts
+    span = max(window_us, last - start)
+    per_stream: dict[str, float] = {}
+    for e in kernels:
+        stream = str(e.get("args", {}).get("stream", "?"))
+        per_stream[stream] = per_stream.get(stream, 0.0) + e["dur"]
+    return {"kernels": len(kernels), "window_s": round(span / 1e6, 3),
+            "busy": round(1 - at_once.get(0, 0.0) / span, 3),
+            "share_with_k_kernels": {k: round(v / span, 3) for k, v in sorted(at_once.items())},
+            "stream_busy": {s: round(v / span, 3) for s, v in sorted(per_stream.items(), key=lambda kv: -kv[1])}}
+
+
+def profile(pattern: str, overrides: list[str], out: Path, trace_seconds: float) -> dict[str, Any]:
+    import torch
+
+    from search.evaluator import Evaluator
+    from search.runner import worker_device
+
+    cfg = evaluator_config(overrides)
+    evaluator = Evaluator(cfg, run_dir=out / "run", device=worker_device(0))
+    cuda = torch.cuda.is_available()
+    result: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: result.update(evaluator(pattern)), name="evaluation")
+    started = time.perf_counter()
+    if cuda:
+        activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        with torch.profiler.profile(activities=activities) as prof:
+            thread.start()
+            thread.join(trace_seconds)
+        prof.export_chrome_trace(str(out / "trace.json"))
+    else:
+        thread.start()
+    thread.join()
+    wall = time.perf_counter() - started
+    record = {"pattern": pattern, "overrides": overrides, "evaluator": cfg.name, "parallel": cfg.parallel,
+              "score": result.get("score"), "device": torch.cuda.get_device_name() if cuda else "cpu",
+              "critical_path": critical_path(out / "run" / "trials", wall)}
+    if cuda:
+        record["gpu"] = kernel_timeline(json.loads((out / "trace.json").read_text()), trace_seconds * 1e6)
+    return record
+
+
+def markdown(record: dict[str, Any]) -> str:
+    cp = record["critical_path"]
+    lines = [f"{record['pattern']} ({record['evaluator']}, parallel {record['parallel']}, {record['device']}): "
+             f"score {record['score']:.3f}, {cp['wall_seconds']:.1f} s, busy streams {cp['busy_streams']}, "
+             f"longest run {cp['longest_over_median']}x the median",
+             "", "| run | steps | tokens | seconds | tokens/s |", "| --- | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {name} | {r['steps']} | {r['tokens']} | {r['seconds']:.1f} | {r['tokens_per_s']:,.0f} |"
+              for name, r in cp["runs"].items()]
+    gpu = record.get("gpu")
+    if gpu and gpu.get("kernels"):
+        lines += ["", f"GPU, first {gpu['window_s']} s: kernels running {100 * gpu['busy']:.0f}% of the time; "
+                  "with k at once: " + ", ".join(f"{k}: {100 * v:.0f}%" for k, v in gpu["share_with_k_kernels"].items()),
+                  "streams busy: " + ", ".join(f"{s}: {100 * v:.0f}%" for s, v in gpu["stream_busy"].items())]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pattern", default="M*-*-M**M*-*M**-")  # issue 15's aggregate
+    parser.add_argument("--trace-seconds", type=float, default=5.0)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    record = profile(args.pattern, args.overrides, args.out, args.trace_seconds)
+    (args.out / "profile.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(markdown(record))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""benchmarks/eval_profile.py (issue 17): the GPU timeline arithmetic by hand, and a CPU run's critical path
+read from the evaluation's own run folders (structure only: timings are not tested)."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import cli_env
+
+SCRIPT = Path(__file__).parents[1] / "benchmarks/eval_profile.py"
+_spec = importlib.util.spec_from_file_location("eval_profile", SCRIPT)
+profile = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(profile)
+
+
+def kernel(ts: float, dur: float, stream: int) -> dict:
+    return {"cat": "kernel", "ts": ts, "dur": dur, "args": {"stream": stream}}
+
+
+def test_kernel_timeline_by_hand():
+    # stream 7: [0, 40) and [60, 100); stream 9: [20, 50). Window 100 us: idle in [50, 60) only.
+    trace = {"traceEvents": [kernel(0, 40, 7), kernel(20, 30, 9), kernel(60, 40, 7), {"cat": "cpu_op", "ts": 0, "dur": 500}]}
+    t = profile.kernel_timeline(trace, window_us=100)
+    assert t["kernels"] == 3 and t["busy"] == pytest.approx(0.9)
+    assert t["share_with_k_kernels"] == {0: pytest.approx(0.1), 1: pytest.approx(0.7), 2: pytest.approx(0.2)}
+    assert t["stream_busy"] == {"7": pytest.approx(0.8), "9": pytest.approx(0.3)}
+    assert profile.kernel_timeline({"traceEvents": []}, window_us=10) == {"kernels": 0}
+
+
+def test_a_cpu_evaluation_s_critical_path(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--pattern", "M*", "--out", str(tmp_path), "--",
+                           "evaluator=mad_cpu", "space.length=2", "evaluator.trainer.max_tokens=4000",
+                           "evaluator.parallel=2"], capture_output=True, text=True, timeout=600, env=cli_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((tmp_path / "profile.json").read_text())
+    cp = record["critical_path"]
+    assert len(cp["runs"]) == 6 and all(r["steps"] > 0 and r["seconds"] > 0 for r in cp["runs"].values())
+    # two runs at a time: on average between one and two busy
+    assert 0.5 < cp["busy_streams"] <= 2.05 and cp["longest_over_median"] >= 1
+    assert record["device"] == "cpu" and "gpu" not in record and "| compression-lr" in proc.stdout
