@@ -5,7 +5,10 @@ for the Qwen3-Next-style one.
 For each layout composer's model and the peer are built in this one process and timed alike: one
 training step is forward, backward and a fused AdamW step on the same batch of random tokens under
 bf16 autocast (fp32 parameters), timed with CUDA events after warm-up (compile time excluded),
-median of the timed steps. Reported per model: tokens/s, MFU (training FLOPs per token from
+median of the timed steps. A variant's third part, `rowwise` or `tensorwise`, runs composer's
+linear layers in float8 (`trainer.float8`, torchao: composer/engine/float8.py; the record's
+`impl.float8` says which layers); where the machine cannot (no CUDA GPU of compute capability
+>= 8.9, no torchao) the row says why instead. Reported per model: tokens/s, MFU (training FLOPs per token from
 scaling.accounting, 6N plus attention's 12·L·d·T, the SSD scan and the chunked delta rule, against
 the GPU's dense bf16 peak: 989 TFLOP/s on H100/H200; the peer is counted with the same FLOPs as the
 composer pattern it computes), peak memory, and composer's tokens/s over the peer's.
@@ -13,6 +16,8 @@ composer pattern it computes), peak memory, and composer's tokens/s over the pee
     python benchmarks/train_bench.py                                  # every layout, both sides (GPU)
     python benchmarks/train_bench.py --layouts llama-1b --variants eager:chunked,compile:chunked,eager:full
     python benchmarks/train_bench.py --layouts qwen3next-1b --variants compile:full,eager:full  # against fla
+    python benchmarks/train_bench.py --layouts llama-1b,nemotron-1b \
+        --variants compile:full,compile:full:rowwise,compile:full:tensorwise     # float8 against bf16 (issue 18)
     python benchmarks/train_bench.py --cpu-smoke                      # tiny sizes on the CPU, composer only
     python benchmarks/train_bench.py --report results.json            # the table again, from a results file
 
@@ -81,10 +86,11 @@ import torch
 import torch.nn.functional as F
 
 from composer.config import ModelConfig
+from composer.engine.float8 import RECIPES, torchao_version
 from composer.errors import ConfigError
 from composer.model import build_model
 from composer.records import write_json
-from composer.engine.trainer import TrainerConfig, param_groups, peak_flops, prepare
+from composer.engine.trainer import TrainerConfig, param_groups, peak_flops, preflight, prepare
 from composer.engine.objective import Objective
 from primitives.mlp import MLPConfig
 from scaling.accounting import count_parameters, train_flops_per_token
@@ -119,20 +125,23 @@ KERNEL_GROUPS = {  # group -> kernel-name pattern; the first that matches takes 
 
 @dataclass(frozen=True, kw_only=True)
 class Variant:
-    """How composer's side runs: torch.compile per layer or not, and the loss path."""
+    """How composer's side runs: torch.compile per layer or not, the loss path, float8 or not."""
 
     compile: bool
     loss: str  # chunked | full
+    float8: str | None = None  # a float8 recipe (trainer.float8); None: bf16
 
     @classmethod
     def parse(cls, text: str) -> Variant:
-        mode, _, loss = text.partition(":")
-        if mode not in ("eager", "compile") or loss not in ("chunked", "full"):
-            raise ConfigError(f"variant {text!r}: expected eager|compile:chunked|full, e.g. eager:chunked")
-        return cls(compile=mode == "compile", loss=loss)
+        parts = text.split(":")  # mode, loss[, float8 recipe]
+        if len(parts) not in (2, 3) or parts[0] not in ("eager", "compile") or parts[1] not in ("chunked", "full") \
+                or parts[2:] and parts[2] not in RECIPES:
+            raise ConfigError(f"variant {text!r}: expected eager|compile:chunked|full[:{'|'.join(RECIPES)}], "
+                              "e.g. eager:chunked or compile:full:rowwise")
+        return cls(compile=parts[0] == "compile", loss=parts[1], float8=parts[2] if len(parts) == 3 else None)
 
     def __str__(self) -> str:
-        return f"{'compile' if self.compile else 'eager'}:{self.loss}"
+        return f"{'compile' if self.compile else 'eager'}:{self.loss}" + (f":{self.float8}" if self.float8 else "")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -315,7 +324,8 @@ def build_composer(cfg: ModelConfig, variant: Variant, s: Settings, device: torc
     """(one training step, the module, what ran) for composer's side."""
     with device:
         module = Objective(build_model(cfg, seed=0))
-    prepare(module, TrainerConfig(compile=variant.compile, loss=variant.loss, device=str(device)), device)
+    float8 = prepare(module, TrainerConfig(compile=variant.compile, loss=variant.loss, float8=variant.float8,
+                                           device=str(device)), device)
     optimizer = torch.optim.AdamW(param_groups(module, 0.1), lr=1e-4, betas=(0.9, 0.95), fused=device.type == "cuda")
     inputs, targets = _batch(cfg.vocab_size, s, device)
 
@@ -326,8 +336,20 @@ def build_composer(cfg: ModelConfig, variant: Variant, s: Settings, device: torc
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    impl = {**module.model.impl_report(), "loss": module.loss_impl, "compile": variant.compile}
+    impl = {**module.model.impl_report(), "loss": module.loss_impl, "compile": variant.compile,
+            "float8": float8.describe() if float8 else "off"}
     return step, module, impl
+
+
+def float8_refusal(variant: Variant | None, device: torch.device) -> str | None:
+    """Why this machine cannot run the variant's float8 (the trainer's own one-line refusal); None if it can."""
+    if variant is None or variant.float8 is None:
+        return None
+    try:
+        preflight(TrainerConfig(float8=variant.float8, device=str(device)), device)
+    except ConfigError as exc:
+        return str(exc)
+    return None
 
 
 def build_peer(equivalent: ModelConfig, s: Settings, device: torch.device, kind: str = "mamba-ssm"):
@@ -543,6 +565,8 @@ def run(s: Settings, out: Path) -> dict[str, Any]:
     peers = tuple(sorted({peer_kind(layout) for layout in s.layouts}))
     results: dict[str, Any] = {"environment": environment(device, peer_side="peer" in s.sides, peers=peers),
                                "settings": settings, "results": []}
+    if any(v.float8 for v in s.variants):
+        results["environment"]["torchao"] = torchao_version() or "not installed"
     for job in plan(s):
         record: dict[str, Any] = {"layout": job.layout, "side": job.side, "variant": str(job.variant or "")}
         if s.budget_s is not None and time.monotonic() - started > s.budget_s:
@@ -550,6 +574,8 @@ def run(s: Settings, out: Path) -> dict[str, Any]:
         elif job.side == "peer" and (isinstance(reason := _peer_classes(peer_kind(job.layout)), str)
                                      or device.type != "cuda"):
             record["error"] = f"skipped: {reason if isinstance(reason, str) else 'the peer runs on CUDA only'}"
+        elif job.side == "composer" and (refusal := float8_refusal(job.variant, device)):
+            record["error"] = f"skipped: {refusal}"
         else:
             tic = time.monotonic()
             try:
@@ -610,6 +636,7 @@ def markdown(results: dict[str, Any]) -> str:
                   for r in profiled]
     env, st = results["environment"], results["settings"]
     fla = f", fla: {env['fla']}" if "fla" in env else ""
+    fla += f", torchao: {env['torchao']}" if "torchao" in env else ""
     lines += ["", f"{env['device']}, torch {env['torch']}, mamba-ssm: {env['mamba_ssm']}{fla}; batch {st['batch']} × "
                   f"{st['seq_len']} tokens, median of {st['steps']} steps after {st['warmup']} warm-up"]
     return "\n".join(lines)
@@ -620,7 +647,8 @@ def settings_from_args(argv: list[str] | None = None) -> tuple[Settings, Path] |
     p.add_argument("--layouts", default="all", help=f"comma-separated, or all: {', '.join(LAYOUTS)}")
     p.add_argument("--sides", default="composer,peer")
     p.add_argument("--variants", default="eager:chunked",
-                   help="composer's, comma-separated: eager|compile:chunked|full; the first runs first for all layouts")
+                   help="composer's, comma-separated: eager|compile:chunked|full[:rowwise|tensorwise] (float8); "
+                        "the first runs first for all layouts")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=2048)
     p.add_argument("--warmup", type=int, default=3)

@@ -156,3 +156,20 @@ def test_cpu_smoke_run_of_the_qwen3next_layout(tmp_path, capsys):
     assert "fla" in results["environment"] and results["environment"]["mamba_ssm"].startswith("not imported")
     table = capsys.readouterr().out
     assert "| qwen3next-1b | peer:fla |" in table and ", fla: " in table
+
+
+def test_float8_variants_parse_and_are_skipped_on_the_cpu_with_the_reason(tmp_path, capsys):
+    assert str(bench.Variant.parse("compile:full:rowwise")) == "compile:full:rowwise"
+    assert bench.Variant.parse("eager:chunked").float8 is None
+    with pytest.raises(ConfigError, match="tensorwise"):
+        bench.Variant.parse("compile:full:fp8")
+    out = tmp_path / "results.json"
+    bench.main(["--cpu-smoke", "--layouts", "llama-350m", "--sides", "composer",
+                "--variants", "eager:full,eager:full:tensorwise", "--out", str(out)])
+    results = json.loads(out.read_text())
+    bf16, fp8 = results["results"]
+    assert bf16["impl"]["float8"] == "off" and bf16["tokens_per_s"] > 0
+    assert fp8["variant"] == "eager:full:tensorwise" and "tokens_per_s" not in fp8
+    assert fp8["error"].startswith("skipped: trainer.float8=tensorwise: float8 training needs a CUDA GPU")
+    assert results["environment"]["torchao"]  # its version, or "not installed": said either way
+    assert fp8["error"].removeprefix("skipped: ") in capsys.readouterr().out  # printed as the row runs

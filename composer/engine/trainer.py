@@ -1,6 +1,7 @@
 """The shared trainer: the one loop behind every proxy and every full run.
 
-It owns optimisation (AdamW parameter groups, schedule, clipping, precision, accumulation), the
+It owns optimisation (AdamW parameter groups, schedule, clipping, accumulation), precision (bf16
+autocast; with `float8`, the primitives' GEMMs in float8: composer.engine.float8), the
 loss (the plain cross-entropy, or composer.engine.loss's chunked one that never holds the full logits),
 the token budget, evaluation, checkpoints with exact resume, and the run folder's records
 (`metrics.jsonl`, `summary.json`, the checkpoint). The model owns only its forward pass.
@@ -28,6 +29,7 @@ from torch import nn
 
 from composer.engine import checkpoint as ckpt
 from composer.engine import distributed
+from composer.engine import float8
 from composer.engine.auxiliary import Auxiliary
 from composer.engine.batches import IGNORE, Batches
 from composer.errors import ComposerError, ConfigError
@@ -77,6 +79,7 @@ class TrainerConfig:
     cuda_graph: bool = False  # one CUDA device: replay each step (fwd, bwd, clip, AdamW) as one captured CUDA graph
     loss: str = "full"  # full (fastest measured: benchmarks/RESULTS.md) | chunked (never the full logits: less memory)
     activation_checkpointing: bool = False  # recompute each layer's mixer in backward
+    float8: str | None = None  # None (off) | tensorwise | rowwise: the primitives' linears in float8 (torchao)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     eval_every: int = 0  # steps between evaluations; 0: only at the end
     ckpt_every: int = 100  # steps between checkpoints; 0: only at the end
@@ -94,6 +97,8 @@ class TrainerConfig:
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.float8 is not None and self.float8 not in float8.RECIPES:
+            raise ValueError(f"float8 must be null (off) or one of {', '.join(float8.RECIPES)}, got {self.float8!r}")
         if self.batch_size < 1 or self.grad_accum < 1 or self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size ({self.batch_size}) must be a positive multiple of grad_accum ({self.grad_accum})")
         if not 0 <= self.warmup <= 1 or not 0 <= self.decay <= 1:
@@ -246,13 +251,30 @@ def _bf16(cfg: TrainerConfig, device: torch.device) -> bool:
     return cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
 
 
-def prepare(module: Objective, cfg: TrainerConfig, device: torch.device) -> None:
-    """The loss path, activation checkpointing and torch.compile per layer, the device, and in a
-    process group FSDP2."""
+def graphed(cfg: TrainerConfig, device: torch.device) -> bool:
+    """Whether the step runs as a captured CUDA graph: asked for, on one CUDA device, unsharded."""
+    return cfg.cuda_graph and device.type == "cuda" and not torch.distributed.is_initialized()
+
+
+def preflight(cfg: TrainerConfig, device: torch.device) -> None:
+    """Refuse, before any model or data exists, what `prepare` cannot do on `device`: float8 training
+    where it cannot run (a job calls this before loading its corpus; `prepare` calls it again)."""
+    if cfg.float8:
+        float8.check_support(cfg.float8, device=device, gpu=float8.describe_gpu(device), bf16=_bf16(cfg, device),
+                             graphed=graphed(cfg, device))
+
+
+def prepare(module: Objective, cfg: TrainerConfig, device: torch.device) -> float8.Float8Report | None:
+    """The loss path, float8 linear layers, activation checkpointing and torch.compile per layer,
+    the device, and in a process group FSDP2 (float8 before compile and FSDP2: torchao's order).
+    Returns what float8 converted (None when off); refuses float8 where it cannot run before any change."""
     from composer.model import Layer
 
+    sharded = torch.distributed.is_initialized()
+    preflight(cfg, device)
     module.loss_impl = resolve_loss(cfg, module)
     layers = [m for m in module.modules() if isinstance(m, Layer)]
+    report = float8.apply_float8(module, recipe=cfg.float8, fsdp=sharded) if cfg.float8 else None
     if cfg.compile:  # every layer type x shape x train/eval is one entry of Module._call_impl's cache (default 8)
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     for layer in layers:
@@ -260,8 +282,9 @@ def prepare(module: Objective, cfg: TrainerConfig, device: torch.device) -> None
         if cfg.compile:
             layer.compile()
     module.to(device)
-    if torch.distributed.is_initialized():
+    if sharded:
         distributed.shard(module, layers, bf16=_bf16(cfg, device))
+    return report
 
 
 class _Preemption:
@@ -307,9 +330,9 @@ class Trainer:
         self.world, self.sharded = distributed.current(), torch.distributed.is_initialized()
         self.device = resolve_device(cfg.device)
         _, self.accum = micro_batches(cfg, self.world.world_size)
-        prepare(self.module, cfg, self.device)
+        self.float8 = prepare(self.module, cfg, self.device)
         self.aux = Auxiliary(self.module)  # layers' auxiliary losses and stats (MoE balancing)
-        self.graphed = cfg.cuda_graph and self.device.type == "cuda" and not self.sharded
+        self.graphed = graphed(cfg, self.device)
         self.optimizer = torch.optim.AdamW(param_groups(self.module, cfg.weight_decay), lr=cfg.lr,
                                            betas=(cfg.beta1, cfg.beta2), fused=self.device.type == "cuda")
         self.tokens_per_step = cfg.batch_size * seq_len  # over all ranks
@@ -331,6 +354,7 @@ class Trainer:
         summary = {**(summary or {}), **self.signature, "world_size": self.world.world_size}
         summary["impl"] = {**summary.get("impl", {}), "loss": self.module.loss_impl, "compile": cfg.compile,
                            "step": "cuda_graph" if self.graphed else "eager",
+                           "float8": self.float8.describe() if self.float8 else "off",
                            "optimizer": "AdamW (fused)" if cuda else "AdamW"}
         if flops_per_token:
             summary["train_flops_per_token"] = flops_per_token
@@ -417,6 +441,7 @@ class Trainer:
         """Clip and step; the gradient norm before clipping."""
         grad_norm = nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.grad_clip or float("inf"))
         self.optimizer.step()
+        float8.after_optimizer_step(self.float8, self.module)  # float8 all-gather: the next step's weight scales
         self.aux.after_step()  # e.g. the MoE routing bias, outside autograd
         return grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
 

@@ -24,7 +24,7 @@ from composer.engine import distributed
 from composer.config import from_mapping, model_config_from_mapping
 from composer.errors import ConfigError
 from composer.data.text import CorpusConfig
-from composer.engine.trainer import TrainerConfig, resolve_device
+from composer.engine.trainer import TrainerConfig, preflight, resolve_device
 
 log = logging.getLogger("composer")
 
@@ -50,6 +50,7 @@ def pretrain_from_config(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
 
     data_cfg, trainer_cfg = pretrain_config_from_mapping(cfg)
     world = distributed.init()
+    preflight(trainer_cfg, resolve_device(trainer_cfg.device))  # e.g. float8 on a GPU without it: before the corpus loads
     if not world.main:
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 speaks for the job
     seq_len, seed = int(cfg["seq_len"]), int(cfg["seed"])

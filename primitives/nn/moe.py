@@ -60,6 +60,11 @@ class ExpertWeights(nn.Module):
 class MoE(nn.Module):
     """Top-k token-choice mixture of SwiGLU experts: (B, T, d_model) -> (B, T, d_model)."""
 
+    # Out of float8 training (composer/engine/float8.py), submodule -> why; the shared experts convert.
+    keep_precision = {"router": "MoE router (routes in fp32)",
+                      "gate_up": "MoE experts (stacked weights for grouped GEMMs, not nn.Linear)",
+                      "out_proj": "MoE experts (stacked weights for grouped GEMMs, not nn.Linear)"}
+
     def __init__(self, cfg: MoEConfig, *, d_model: int) -> None:
         super().__init__()
         self.cfg = cfg
