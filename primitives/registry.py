@@ -17,6 +17,14 @@ collects them): after each training forward, `aux_loss` (a scalar tensor the tra
 loss, coefficients applied, or None) and `aux_stats` (a detached 1-D tensor); `after_step(stats)`
 (device work, no autograd) with the step's mean stats; `describe_stats(stats) -> dict[str, float]`,
 what metrics.jsonl records.
+
+Optional, for a state that keeps a changing Python number (the KV cache's length): a method
+`use_device_position()` on the state object that moves it to the device, after which the layer
+decodes one token per call with no host value involved, so that a captured CUDA graph of the
+decode step replays correctly (composer/evals/bench.py). States of tensors only need nothing.
+
+Optional, for float8 training (composer/engine/float8.py converts a mixer's nn.Linear layers):
+`keep_precision`, a dict of submodule name -> why it stays in high precision (the MoE's router).
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ def test_no_unused_imports_or_names():
 
 def test_every_command_is_one_module_of_composer_apps_with_main():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert len(scripts) == 11
+    assert len(scripts) == 12
     for command, target in scripts.items():
         module, _, function = target.partition(":")
         assert function == "main" and module == f"composer.apps.{command.removeprefix('composer-')}", (command, target)

@@ -4,6 +4,7 @@
                                                   # pretraining runs and the rank-fidelity studies
     composer-leaderboard --format md --top 10     # or csv, json
     composer-leaderboard --html report.html       # the HTML report
+    composer-leaderboard --html report.html --pareto-x decode   # its Pareto plot against measured decode speed
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from composer.apps.common import run_command
 from composer.errors import ConfigError
 from search.leaderboard.formats import (
     FORMATS,
+    bench_text,
     fidelity_text,
     full_runs_text,
     rows,
@@ -37,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", choices=FORMATS, help="output format (default: text)")
     parser.add_argument("--output", type=Path, help="write the table to this file instead of stdout")
     parser.add_argument("--html", type=Path, help="write the HTML report to this file")
+    parser.add_argument("--pareto-x", choices=("state", "decode"), default="state",
+                        help="the HTML report's Pareto cost axis: state (inference state per token at 1B, the "
+                             "default) or decode (composer-bench's measured decode tokens/s)")
     parser.add_argument("--search", help="only this search's architectures")
     parser.add_argument("--top", type=int, help="only the N best architectures")
     return parser
@@ -44,12 +49,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def _select(records: list[dict[str, Any]], *, search: str | None, top: int | None) -> list[dict[str, Any]]:
     """The records to show: one search's (if named), the `top` best architectures, then the other records
-    (searches, pretraining runs, fidelity studies)."""
+    (searches, pretraining runs, fidelity studies, and every composer-bench run: they belong to patterns,
+    not to searches)."""
     if search is not None:
         known = sorted({r["search"] for r in records if isinstance(r.get("search"), str)})
         if search not in known:
             raise ConfigError(f"unknown search {search!r} (known searches: {', '.join(known) or 'none'})")
-        records = [r for r in records if r.get("search") == search]
+        records = [r for r in records if r.get("search") == search or r["kind"] == "bench"]
     if top is not None and top < 1:
         raise ConfigError(f"--top must be a positive integer, got {top}")
     archs = sorted((r for r in records if r["kind"] == "architecture"), key=sort_key)[:top]
@@ -61,7 +67,7 @@ def _render(records: list[dict[str, Any]], fmt: str) -> str:
         return to_json(records)
     table = rows(records)
     out = {"text": to_text, "csv": to_csv, "md": to_markdown}[fmt](table)
-    return out + full_runs_text(records) + fidelity_text(records) if fmt == "text" else out
+    return out + full_runs_text(records) + fidelity_text(records) + bench_text(records) if fmt == "text" else out
 
 
 def _show(args: argparse.Namespace) -> None:
@@ -71,7 +77,7 @@ def _show(args: argparse.Namespace) -> None:
     if args.html is not None:
         from search.leaderboard import html
 
-        html.write(records, args.html)
+        html.write(records, args.html, pareto_x=args.pareto_x)
         print(args.html)
     if args.html is None or args.format is not None or args.output is not None:
         text = _render(records, args.format or "text")

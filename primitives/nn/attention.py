@@ -23,15 +23,32 @@ log = logging.getLogger(__name__)
 class KVCache:
     k: torch.Tensor  # (B, S, Hkv, hd): S = max_len, or min(max_len, window) with a sliding window
     v: torch.Tensor  # (B, S, Hkv, hd)
-    length: int = 0  # tokens written so far (the next token's position)
+    length: int = 0  # tokens written so far (the next token's position); stale once `position` is set
     ring: bool = False  # sliding window: the last S tokens' keys, oldest first; else positions 0..length-1
+    # (1,) int64 on the cache's device once `use_device_position` was called: the next token's position,
+    # read and advanced by the device, so that a captured CUDA graph replays each step at its own position
+    # (a Python int would be baked into the graph). Then a ring holds position p at slot p mod S.
+    position: torch.Tensor | None = None
+
+    def use_device_position(self) -> None:
+        """From here on keep the position on the device and decode one token per call (composer-bench's
+        graph-captured decode step). A ring is rotated from its oldest-first layout to slot = position
+        mod S, which a step can address without the host."""
+        if self.position is not None:
+            return
+        if self.ring:
+            shift = self.length % self.k.shape[1]
+            self.k.copy_(torch.roll(self.k, shift, dims=1))
+            self.v.copy_(torch.roll(self.v, shift, dims=1))
+        self.position = torch.tensor([self.length], dtype=torch.long, device=self.k.device)
 
 
-def rope(x: torch.Tensor, *, start: int, theta: float) -> torch.Tensor:
-    """Rotary embedding (Su et al. 2021), rotate-half layout; x (B, T, H, hd), positions start..start+T."""
+def rope(x: torch.Tensor, *, start: int | torch.Tensor, theta: float) -> torch.Tensor:
+    """Rotary embedding (Su et al. 2021), rotate-half layout; x (B, T, H, hd), positions start..start+T
+    (`start` an int, or a (1,) tensor on x's device: a KV cache's device position)."""
     T, hd = x.shape[1], x.shape[-1]
     inv_freq = 1.0 / theta ** (torch.arange(0, hd, 2, device=x.device, dtype=torch.float32) / hd)  # (hd/2,)
-    pos = torch.arange(start, start + T, device=x.device, dtype=torch.float32)
+    pos = torch.arange(T, device=x.device, dtype=torch.float32) + start  # (T,)
     angles = torch.outer(pos, inv_freq)  # (T, hd/2)
     cos = torch.cat([angles.cos(), angles.cos()], dim=-1)[None, :, None, :]  # (1, T, 1, hd)
     sin = torch.cat([angles.sin(), angles.sin()], dim=-1)[None, :, None, :]
@@ -83,9 +100,15 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv, self.hd)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        start = state.length if state is not None else 0
+        on_device = state is not None and state.position is not None
+        if on_device and T != 1:
+            raise ValueError(f"a KV cache with a device position decodes one token per call, got {T}")
+        start = state.position if on_device else state.length if state is not None else 0
         if self.cfg.rope_theta is not None:
             q, k = rope(q, start=start, theta=self.cfg.rope_theta), rope(k, start=start, theta=self.cfg.rope_theta)
+        if on_device:
+            y = self._step_on_device(state, q, k, v)  # (B, 1, H, hd)
+            return self.out_proj(y.reshape(B, T, self.n_heads * self.hd))
         offset = start  # keys before this call's first query, in the keys attended
         if state is not None and state.ring:
             k, v, offset = self._through_ring(state, k, v)
@@ -113,6 +136,33 @@ class Attention(nn.Module):
         state.v[:, size - keep :] = values[:, -keep:].to(state.v.dtype)
         state.length += T
         return keys, values, cached
+
+    def _step_on_device(self, state: KVCache, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """One token at the cache's device position, no host value involved: its key and value go to
+        slot position (mod S in a ring), and the query attends every slot holding a visible position.
+        q (B, 1, H, hd), k and v (B, 1, Hkv, hd) -> (B, 1, H, hd).
+
+        One query token needs no causal order among heads, so the H / Hkv query heads sharing a K/V head
+        are laid along SDPA's query axis: grouped-query attention with no copy of the cache, and a mask,
+        which SDPA's automatic choice runs (memory-efficient on CUDA) whatever `backend` says."""
+        B, size, pos = q.shape[0], state.k.shape[1], state.position  # pos (1,)
+        slot = pos % size if state.ring else pos
+        state.k.index_copy_(1, slot, k.to(state.k.dtype))
+        state.v.index_copy_(1, slot, v.to(state.v.dtype))
+        held = torch.arange(size, device=pos.device)  # (S,) the position each slot holds
+        if state.ring:
+            held = pos - (slot - held) % size  # the last S positions; negative: never written
+        visible = (held >= 0) & (held <= pos)  # (S,)
+        if self.cfg.window is not None:
+            visible &= held > pos - self.cfg.window
+        group = self.n_heads // self.n_kv
+        y = F.scaled_dot_product_attention(
+            q.view(B, self.n_kv, group, self.hd),  # (B, Hkv, H/Hkv, hd): query head h sits with K/V head h // group
+            state.k.transpose(1, 2).to(q.dtype), state.v.transpose(1, 2).to(q.dtype),  # (B, Hkv, S, hd)
+            attn_mask=visible[None, :],  # (1, S)
+        )  # (B, Hkv, H/Hkv, hd)
+        state.position.add_(1)
+        return y.reshape(B, 1, self.n_heads, self.hd)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, q_offset: int) -> torch.Tensor:
         """q (B, T, H, hd), k and v (B, S, Hkv, hd) with S = q_offset + T -> (B, T, H, hd)."""

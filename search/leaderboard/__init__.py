@@ -1,7 +1,7 @@
 """The leaderboard: every architecture the searches found, in one file, with what it costs at size.
 
 Storage is one JSON Lines file (`DEFAULT_PATH`, relative to the working directory), one record per
-line, of four kinds:
+line, of five kinds:
 
   architecture  a pattern a search evaluated, by its role: "aggregate" (the aggregated architecture),
                 "best_single", "candidate" (one of its top candidates) or "baseline" (a reference
@@ -15,18 +15,24 @@ line, of four kinds:
   fidelity      one rank-fidelity study (`composer-fidelity`'s fidelity.json): the proxy and the larger
                 rungs it is checked against, each pattern's proxy score and bits per byte per rung and
                 seed, the rank correlations with their intervals, the noise floor per rung
+  bench         one `composer-bench` run: a pattern at a size and the Llama layout of that size, measured
+                on one named device (training, prefill and decode tokens/s, memory, the ratios); an
+                architecture row whose pattern (as searched or grown to the bench's size) was measured
+                gets the measured columns beside the analytic ones
 
 A record is updated by appending a new version of it: a later line with the same key replaces the
-earlier one (architecture: search, role, pattern; search: search; pretrain and fidelity: run_dir).
+earlier one (architecture: search, role, pattern; search: search; pretrain and fidelity: run_dir; bench:
+pattern, size, device).
 Each append is one `write()` of one line to a file opened with O_APPEND, so concurrent writers never
 interleave or lose lines.
 
-The builders (`architecture_record`, `search_record`, `pretrain_record`, `fidelity_record`) check
+The builders (`architecture_record`, `search_record`, `pretrain_record`, `fidelity_record`, `bench_record`) check
 what a tool knows and compute every derived column, so the writer and the readers never disagree on
 a formula. `rows` flattens the current architecture records into the table that
 `composer-leaderboard` prints (text, csv, json, markdown) and that html.py renders as HTML; the text
-format then summarises the pretraining runs and the fidelity studies (`full_runs_text`,
-`fidelity_text`), and the report gives the studies a "Rank fidelity" section. Imports no torch.
+format then summarises the pretraining runs, the fidelity studies and the bench runs (`full_runs_text`,
+`fidelity_text`, `bench_text`), and the report gives the studies a "Rank fidelity" section and can plot
+quality against measured decode throughput (`--pareto-x decode`). Imports no torch.
 
   records.py   what a record holds: the builders and their checks
   store.py     the JSON Lines file: append, read, the current version of each record

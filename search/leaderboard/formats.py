@@ -1,7 +1,8 @@
 """The leaderboard as a table: `rows` flattens the current architecture records; text, markdown,
 csv and JSON render them (html.py draws the same rows as a page). Baselines (role "baseline") are
 rows like the others, ranked by score; the text and markdown tables show their rank in parentheses.
-`full_runs_text` and `fidelity_text` summarise the pretraining runs and the rank-fidelity studies."""
+`full_runs_text`, `fidelity_text` and `bench_text` summarise the pretraining runs, the rank-fidelity studies
+and the composer-bench runs; a row that a bench measured gets MEASURED_COLUMNS."""
 
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ from search.leaderboard.records import BASELINE, TARGETS, needle_multiple
 from search.leaderboard.store import current
 
 FORMATS = ("text", "csv", "json", "md")
+# composer-bench's measured figures for a row, at the largest context it measured (only when the leaderboard
+# holds bench records): the device and size, decode tokens/s at the largest batch that fit and that batch,
+# at batch 1 and its memory, prefill and training tokens/s, MFU, and decode tokens/s over the Llama layout's.
+MEASURED_COLUMNS = ("bench_device", "bench_size", "bench_context", "decode_tps", "decode_batch", "decode_b1_tps",
+                    "decode_memory", "prefill_tps", "train_tps", "train_mfu", "decode_vs_llama")
 BASE_COLUMNS = ("rank", "pattern", "search", "strategy", "role", "aggregator", "score", "score_std", "n_seeds")
 COST_COLUMNS = ("attention_share", "proxy_params", "params_350m", "params_1b", "params_3b", "active_params_1b",
                 "layers_1b",
@@ -32,8 +38,11 @@ def rows(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     Columns: BASE_COLUMNS, one `task:<name>` mean per task seen, one `needle@<m>x` per probe multiple
     seen (None where a record has none), COST_COLUMNS. Units: params in
     parameters (active_params_1b: those one token runs through, fewer than params_1b with MoE layers), flops_1b in training FLOPs per token at seq_len 2048, state_* in bytes per token of
-    context at 4K / 32K tokens, all of the 1B extrapolation; None where it does not exist."""
-    archs = sorted((r for r in current(records) if r["kind"] == "architecture"), key=sort_key)
+    context at 4K / 32K tokens, all of the 1B extrapolation; None where it does not exist. When the records
+    hold composer-bench runs, also MEASURED_COLUMNS (`measured`: tokens/s, bytes, MFU as a fraction)."""
+    records = current(records)
+    archs = sorted((r for r in records if r["kind"] == "architecture"), key=sort_key)
+    benches = [r for r in records if r["kind"] == "bench"]
     tasks = sorted({task for r in archs for task in r.get("tasks", {})})
     needles = sorted({k for r in archs for k in r if needle_multiple(k) is not None}, key=needle_multiple)
     out = []
@@ -61,8 +70,102 @@ def rows(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "state_4k": state.get("4096"),
             "state_32k": state.get("32768"),
             "created": r.get("created"),
+            **(measured(r, benches) if benches else {}),
         })
     return out
+
+
+def _bench_for(arch: Mapping[str, Any], benches: Sequence[Mapping[str, Any]]) -> tuple[Mapping[str, Any], str] | None:
+    """The bench record that measured this architecture, and which side of it ("model", or "reference" when
+    the row is the Llama layout a bench compared against): its pattern as searched, as grown to the bench's
+    size (the record's targets), or as given to composer-bench before growing. Ties: a 1B bench, the
+    pattern itself over the reference, the newest."""
+    best = None
+    for b in benches:
+        grown = (arch.get("targets") or {}).get(b["size"], {}).get("pattern")
+        names = {arch["pattern"], grown} - {None}
+        if b["pattern"] in names or b.get("source_pattern") == arch["pattern"]:
+            side = "model"
+        elif b["reference_pattern"] in names:
+            side = "reference"
+        else:
+            continue
+        key = (b["size"] == "1b", side == "model", b.get("created") or "")
+        if best is None or key > best[0]:
+            best = (key, b, side)
+    return None if best is None else best[1:]
+
+
+def measured(arch: Mapping[str, Any], benches: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """MEASURED_COLUMNS of one architecture row (all None when no bench measured it)."""
+    found = _bench_for(arch, benches)
+    if found is None:
+        return dict.fromkeys(MEASURED_COLUMNS)
+    b, side = found
+    c = str(max(b["contexts"]))
+    figs = b[side]
+    return {"bench_device": b["device"], "bench_size": b["size"], "bench_context": int(c),
+            "decode_tps": figs["decode_tokens_per_s"][c], "decode_batch": figs["decode_batch"][c],
+            "decode_b1_tps": figs["decode_b1_tokens_per_s"][c], "decode_memory": figs["decode_b1_memory_bytes"][c],
+            "prefill_tps": figs["prefill_tokens_per_s"][c], "train_tps": figs["train_tokens_per_s"],
+            "train_mfu": figs["mfu"],
+            "decode_vs_llama": b["ratios"]["decode_tokens_per_s"][c] if side == "model" else 1.0}
+
+
+def has_measured(table: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether any row has composer-bench figures."""
+    return any(r.get("bench_device") is not None for r in table)
+
+
+def short_device(name: str | None) -> str:
+    """'NVIDIA H200' -> 'H200'; '-' for None."""
+    return "-" if name is None else name.removeprefix("NVIDIA ").strip()
+
+
+def format_context(tokens: int | None) -> str:
+    """32768 -> '32K', 4096 -> '4K', 100 -> '100'."""
+    if tokens is None:
+        return "-"
+    return f"{tokens // 1024}K" if tokens >= 1024 and tokens % 1024 == 0 else str(tokens)
+
+
+def format_ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def bench_text(records: Iterable[Mapping[str, Any]]) -> str:
+    """The composer-bench runs ('' when there are none): per run and context, the model and its Llama
+    reference, each figure with the device named; decode 'max' is the largest batch that fit."""
+    benches = [r for r in current(records) if r.get("kind") == "bench"]
+    if not benches:
+        return ""
+    header = ["pattern", "size", "device", "ctx", "train/s", "MFU", "prefill/s", "decode/s b1", "memory b1",
+              "decode/s max", "batch", "decode vs Llama"]
+    table = [header]
+    for b in benches:
+        for side in ("model", "reference"):
+            figs, pattern = b[side], b["pattern" if side == "model" else "reference_pattern"]
+            for c in map(str, b["contexts"]):
+                ratio = b["ratios"]["decode_tokens_per_s"][c] if side == "model" else None
+                table.append([_short_pattern(pattern) + ("" if side == "model" else " (Llama)"), b["size"],
+                              short_device(b["device"]) + ("" if b["decode_graph"] else " eager"),
+                              format_context(int(c)), format_count(figs["train_tokens_per_s"]),
+                              _number(figs["mfu"], ".1%"), format_count(figs["prefill_tokens_per_s"][c]),
+                              format_count(figs["decode_b1_tokens_per_s"][c]),
+                              format_bytes(figs["decode_b1_memory_bytes"][c]),
+                              format_count(figs["decode_tokens_per_s"][c]),
+                              _number(figs["decode_batch"][c], "d"), format_ratio(ratio) if side == "model" else ""])
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+             for row in table]
+    note = ("tokens/s; b1: batch 1; max: the largest batch that fit (out of memory: -); eager: decoding without "
+            "CUDA graphs")
+    return ("\nMeasured speed (composer-bench)\n" + "\n".join(lines[:1] + ["  ".join("-" * w for w in widths)] + lines[1:])
+            + "\n" + note + "\n")
+
+
+def _short_pattern(pattern: str, n: int = 24) -> str:
+    return pattern if len(pattern) <= n else pattern[: n - 1] + "…"
 
 
 def _fraction(value: Any) -> float | None:
@@ -232,6 +335,16 @@ def _needle_display(column: str) -> Column:
 
 
 ACTIVE_DISPLAY: Column = ("1B active", lambda r: format_count(r.get("active_params_1b")), True)
+MEASURED_DISPLAY: list[Column] = [  # composer-bench's figures, at the largest context measured
+    ("measured on", lambda r: "-" if r.get("bench_device") is None else
+     f"{short_device(r['bench_device'])} {r['bench_size']} @{format_context(r['bench_context'])}", False),
+    ("decode/s", lambda r: format_count(r.get("decode_tps")), True),
+    ("batch", lambda r: _number(r.get("decode_batch"), "d"), True),
+    ("vs Llama", lambda r: format_ratio(r.get("decode_vs_llama")), True),
+    ("memory b1", lambda r: format_bytes(r.get("decode_memory")), True),
+    ("prefill/s", lambda r: format_count(r.get("prefill_tps")), True),
+    ("train/s", lambda r: format_count(r.get("train_tps")), True),
+]
 
 
 def has_experts(table: Sequence[Mapping[str, Any]]) -> bool:
@@ -241,8 +354,10 @@ def has_experts(table: Sequence[Mapping[str, Any]]) -> bool:
 
 
 def _cost_columns(table: Sequence[Mapping[str, Any]]) -> list[Column]:
-    """DISPLAY's cost columns, with the 1B active parameters after the 1B total when any row has MoE layers."""
-    return DISPLAY[4:7] + ([ACTIVE_DISPLAY] if has_experts(table) else []) + DISPLAY[7:]
+    """DISPLAY's cost columns, with the 1B active parameters after the 1B total when any row has MoE layers
+    and the measured ones before the role when any row has composer-bench figures."""
+    return (DISPLAY[4:7] + ([ACTIVE_DISPLAY] if has_experts(table) else []) + DISPLAY[7:10]
+            + (MEASURED_DISPLAY if has_measured(table) else []) + DISPLAY[10:])
 
 
 def _text_columns(table: Sequence[Mapping[str, Any]]) -> list[Column]:

@@ -9,10 +9,12 @@ inside <script>. Imports no torch.
   table     `#leaderboard`, one `tr.arch[data-pattern]` per architecture, `th[data-key]` headers;
             a click sorts by that column (numbers numerically, empty cells last), a second reverses.
             A baseline's row is `tr.arch.baseline` (muted), its role cell a `span.badge`
-  pareto    `svg#pareto`: proxy score (y) against bytes of inference state per token at a 32K
-            context at 1B (x; log scale when the range is wide), one `circle.point` per plotted
-            architecture a search found; the non-dominated ones (higher score, fewer bytes) joined by
-            `polyline.front`. Baselines are `path.baseline-point` diamonds, labelled, never on the front
+  pareto    `svg#pareto[data-x]`: proxy score (y) against a cost (x; log scale when the range is wide):
+            `pareto_x="state"` (the default), bytes of inference state per token at a 32K context at 1B;
+            `"decode"`, composer-bench's measured decode tokens/s (the largest batch that fit, at the
+            largest context it measured; more is better). One `circle.point` per plotted architecture a
+            search found; the non-dominated ones (higher score, and fewer bytes or more tokens/s) joined
+            by `polyline.front`. Baselines are `path.baseline-point` diamonds, labelled, never on the front
   curves    `svg#curves`: one `polyline.curve[data-search]` per search, best score so far against
             evaluations, with a legend; each of the search's baselines a dashed `line.baseline-ref`
             across the plot at its score, labelled with its pattern
@@ -34,18 +36,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from composer.errors import ConfigError
 from search.leaderboard.formats import (
     correlation_text,
     fidelity_records,
     format_bytes,
+    format_context,
     format_count,
     format_flops,
     format_interval,
+    format_ratio,
     format_score,
     format_share,
     has_experts,
+    has_measured,
     needle_columns,
     rows,
+    short_device,
     task_columns,
 )
 from search.leaderboard.records import BASELINE
@@ -103,6 +110,7 @@ def _columns(tasks: Sequence[str], needles: Sequence[str] = ()) -> list[_Column]
                 hint="bf16 inference state per token of context at 4K tokens, at 1B"),
         _Column(key="state_32k", label="1B state/tok 32K", numeric=True, show=format_bytes,
                 hint="bf16 inference state per token of context at 32K tokens, at 1B"),
+        *_MEASURED,
         _Column(key="role", label="role", numeric=False, show=plain),
         _Column(key="aggregator", label="aggregator", numeric=False, show=plain),
         _Column(key="strategy", label="strategy", numeric=False, show=plain),
@@ -111,12 +119,33 @@ def _columns(tasks: Sequence[str], needles: Sequence[str] = ()) -> list[_Column]
     ]
 
 
+_MEASURED = (  # composer-bench's figures, only when a row has them (`_table`)
+    _Column(key="bench_device", label="measured on", numeric=False, show=short_device,
+            hint="the device composer-bench ran on; its size and context are in the cells' tooltips"),
+    _Column(key="decode_tps", label="decode tok/s", numeric=True, show=format_count,
+            hint="measured decode tokens/s at the largest batch that fit, at the largest context measured"),
+    _Column(key="decode_batch", label="batch", numeric=True, show=lambda v: "-" if v is None else str(v),
+            hint="the largest decode batch that fit (capped by composer-bench's max_batch)"),
+    _Column(key="decode_vs_llama", label="vs Llama", numeric=True, show=format_ratio,
+            hint="decode tokens/s over the Llama layout's of the same size, same run"),
+    _Column(key="decode_memory", label="memory b1", numeric=True, show=format_bytes,
+            hint="peak memory decoding one sequence at that context (weights, state, activations)"),
+    _Column(key="prefill_tps", label="prefill tok/s", numeric=True, show=format_count,
+            hint="measured prefill tokens/s at that context, batch 1"),
+    _Column(key="train_tps", label="train tok/s", numeric=True, show=format_count,
+            hint="measured training tokens/s (forward, backward, AdamW)"),
+)
+_MEASURED_KEYS = {c.key for c in _MEASURED}
+
+
 def _table(table: Sequence[Mapping[str, Any]], grown: Mapping[tuple[str, str, str], str]) -> str:
     """The sortable table; `grown`: (search, role, pattern) -> its 1B pattern, the pattern cell's tooltip."""
     if not table:
         return '<p class="empty">No architectures yet: composer-search adds them to the leaderboard.</p>'
+    measured = has_measured(table)
     columns = [c for c in _columns(task_columns(table), needle_columns(table))
-               if c.key != "active_params_1b" or has_experts(table)]  # only where MoE layers make it differ
+               if (c.key != "active_params_1b" or has_experts(table))  # only where MoE layers make it differ
+               and (c.key not in _MEASURED_KEYS or measured)]
     head = "".join(
         f'<th data-key="{_e(c.key)}" data-type="{"num" if c.numeric else "text"}"'
         + (f' title="{_e(c.hint)}"' if c.hint else "") + f">{_e(c.label)}</th>"
@@ -131,6 +160,9 @@ def _table(table: Sequence[Mapping[str, Any]], grown: Mapping[tuple[str, str, st
             css = ' class="pattern"' if c.key == "pattern" else ' class="num"' if c.numeric else ""
             big = grown.get((row["search"], row["role"], row["pattern"])) if c.key == "pattern" else None
             tip = f' title="at 1B: {_e(big)}"' if big else ""
+            if c.key in _MEASURED_KEYS and row.get("bench_device") is not None:
+                tip = f' title="{_e(_measured_where(row))}"'
+
             text = _e(c.show(value))
             if c.key == "role" and value == BASELINE:
                 text = f'<span class="badge" title="a reference pattern, not found by the search">{text}</span>'
@@ -191,9 +223,17 @@ def _range(values: Sequence[float], *, pad: float = 0.05, log: bool = False) -> 
     return lo - margin, hi + margin
 
 
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the non-dominated points, x ascending: lower x (bytes) and higher y (score) are
-    better; a point is dominated when another is at least as good in both and better in one."""
+def _measured_where(row: Mapping[str, Any]) -> str:
+    return (f"{row['bench_device']}, {row['bench_size']}, {format_context(row['bench_context'])} context "
+            f"(composer-bench)")
+
+
+def pareto_front(points: Sequence[tuple[float, float]], *, lower_x_is_better: bool = True) -> list[int]:
+    """Indices of the non-dominated points, x ascending: lower x (bytes; with `lower_x_is_better=False`
+    higher x, tokens/s) and higher y (score) are better; a point is dominated when another is at least
+    as good in both and better in one."""
+    if not lower_x_is_better:
+        return pareto_front([(-x, y) for x, y in points])[::-1]
     order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
     front: list[int] = []
     for i in order:
@@ -235,29 +275,56 @@ def _short(pattern: str, n: int = 20) -> str:
     return pattern if len(pattern) <= n else pattern[: n - 1] + "…"
 
 
-def _pareto(table: Sequence[Mapping[str, Any]]) -> str:
-    shown = [r for r in table if r.get("state_32k") is not None and r.get("score") is not None]
+@dataclass(frozen=True, kw_only=True)
+class _Cost:
+    """A Pareto plot's x axis: a `rows` column and how to show it."""
+
+    key: str
+    label: str  # the axis title, before its unit
+    lower_is_better: bool
+    binary: bool  # bytes: ticks at powers of 1024
+    show: Callable[[float], str]
+    tip: Callable[[Mapping[str, Any]], str]  # a point's cost in its tooltip
+    missing: str  # why a row is not plotted
+    heading: str  # the section's title
+
+
+PARETO_AXES: dict[str, _Cost] = {
+    "state": _Cost(key="state_32k", label="inference state per token at 32K context, 1B (bytes",
+                   lower_is_better=True, binary=True, show=format_bytes,
+                   tip=lambda r: f"{format_bytes(r['state_32k'])}/token at 32K (1B)",
+                   missing="without a 1B extrapolation", heading="Quality against inference state"),
+    "decode": _Cost(key="decode_tps", label="measured decode throughput (tokens/s at the largest batch that fit",
+                    lower_is_better=False, binary=False, show=format_count,
+                    tip=lambda r: f"{format_count(r['decode_tps'])} decode tokens/s at batch {r['decode_batch']}, "
+                                  f"{_measured_where(r)}",
+                    missing="without composer-bench figures", heading="Quality against measured decode throughput"),
+}
+
+
+def _pareto(table: Sequence[Mapping[str, Any]], cost: _Cost = PARETO_AXES["state"]) -> str:
+    shown = [r for r in table if r.get(cost.key) is not None and r.get("score") is not None]
     missing = len(table) - len(shown)
-    note = (f'<p class="note">{missing} architecture(s) without a 1B extrapolation are not plotted.</p>'
+    note = (f'<p class="note">{missing} architecture(s) {_e(cost.missing)} are not plotted.</p>'
             if missing else "")
     if not shown:
-        return '<p class="empty">No architecture with a 1B extrapolation to plot yet.</p>' + note
-    xs, ys = [float(r["state_32k"]) for r in shown], [float(r["score"]) for r in shown]
+        return f'<p class="empty">No architecture {_e(cost.missing.replace("without", "with"))} to plot yet.</p>' + note
+    xs, ys = [float(r[cost.key]) for r in shown], [float(r["score"]) for r in shown]
     log = min(xs) > 0 and max(xs) / min(xs) >= WIDE_RANGE
     (x_lo, x_hi), (y_lo, y_hi) = _range(xs, log=log), _range(ys)
-    x = _Axis(lo=x_lo, hi=x_hi, start=LEFT, end=W - RIGHT, log=log, binary=True)
+    x = _Axis(lo=x_lo, hi=x_hi, start=LEFT, end=W - RIGHT, log=log, binary=cost.binary)
     y = _Axis(lo=y_lo, hi=y_hi, start=H - BOTTOM, end=TOP)
     found = [i for i, r in enumerate(shown) if r["role"] != BASELINE]  # the front is of what the searches found
-    front = [found[k] for k in pareto_front([(xs[i], ys[i]) for i in found])]
-    x_label = "inference state per token at 32K context, 1B (bytes" + (", log scale)" if log else ")")
-    parts = _frame(x, y, x_label=x_label, y_label="proxy score", x_fmt=format_bytes, y_fmt=lambda v: f"{v:.3g}")
+    front = [found[k] for k in pareto_front([(xs[i], ys[i]) for i in found], lower_x_is_better=cost.lower_is_better)]
+    x_label = cost.label + (", log scale)" if log else ")")
+    parts = _frame(x, y, x_label=x_label, y_label="proxy score", x_fmt=cost.show, y_fmt=lambda v: f"{v:.3g}")
     if front:
         line = " ".join(f"{x(xs[i]):.1f},{y(ys[i]):.1f}" for i in front)
         parts.append(f'<polyline class="front" points="{line}"/>')
     on_front = set(front)
     for i, r in enumerate(shown):
         tip = (f'{r["pattern"]}  score {format_score(r["score"], r.get("score_std"))}  '
-               f'{format_bytes(r["state_32k"])}/token at 32K (1B)  {r["search"]} / {r["role"]}')
+               f'{cost.tip(r)}  {r["search"]} / {r["role"]}')
         if r["role"] == BASELINE:
             parts.append(f'<path class="baseline-point" data-pattern="{_e(r["pattern"])}" '
                          f'd="{_diamond(x(xs[i]), y(ys[i]), 6.5)}"><title>{_e(tip)}</title></path>')
@@ -271,8 +338,10 @@ def _pareto(table: Sequence[Mapping[str, Any]]) -> str:
         left = x(xs[i]) > x.end - 140  # near the right edge: label on the left of the point
         parts.append(f'<text class="{css}" x="{x(xs[i]) + (-9 if left else 9):.1f}" y="{y(ys[i]) + 4:.1f}" '
                      f'text-anchor="{"end" if left else "start"}">{_e(_short(shown[i]["pattern"]))}</text>')
-    return (f'<svg id="pareto" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" height="{H}" '
-            f'role="img" aria-label="score against inference state">{"".join(parts)}</svg>' + note)
+    axis = next(name for name, c in PARETO_AXES.items() if c is cost)
+    return (f'<svg id="pareto" data-x="{_e(axis)}" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" '
+            f'width="{W}" height="{H}" role="img" aria-label="{_e(cost.heading.replace("Quality", "score"))}">'
+            f'{"".join(parts)}</svg>' + note)
 
 
 def _steps(points: Sequence[Sequence[float]]) -> list[tuple[float, float]]:
@@ -563,8 +632,12 @@ _JS = """
 
 
 def render(records: Iterable[Mapping[str, Any]], *, generated: datetime | None = None,
-           title: str = "composer leaderboard") -> str:
-    """The whole page for these records (current versions only), as one HTML string."""
+           title: str = "composer leaderboard", pareto_x: str = "state") -> str:
+    """The whole page for these records (current versions only), as one HTML string. `pareto_x`: the Pareto
+    plot's cost axis, "state" (inference state per token at 1B) or "decode" (measured decode tokens/s)."""
+    if pareto_x not in PARETO_AXES:
+        raise ConfigError(f"pareto_x must be one of {', '.join(PARETO_AXES)}, got {pareto_x!r}")
+    cost = PARETO_AXES[pareto_x]
     records = current(records)
     table = rows(records)
     searches = sorted((r for r in records if r["kind"] == "search"), key=lambda r: r["search"])
@@ -574,8 +647,9 @@ def render(records: Iterable[Mapping[str, Any]], *, generated: datetime | None =
             baselines.setdefault(row["search"], []).append((row["pattern"], float(row["score"])))
     n_fidelity = sum(r["kind"] == "fidelity" for r in records)
     studies = f' · <span id="n-fidelity">{n_fidelity}</span> fidelity studies' if n_fidelity else ""
+    better = "with less state per token" if pareto_x == "state" else "with more measured decode throughput"
     pareto_note = ("Red: the Pareto front of the architectures the searches found (no other found architecture "
-                   "scores higher with less state per token).")
+                   f"scores higher {better}).")
     curves_note = "Each search's best score after each evaluation."
     if baselines:
         pareto_note += (" White diamonds: baselines, reference patterns the searches evaluated beside their "
@@ -604,9 +678,9 @@ def render(records: Iterable[Mapping[str, Any]], *, generated: datetime | None =
 extrapolated to 1B (stacked below 16 layers, stretched from 16).</p>
 {_table(table, grown)}
 </section>
-<section><h2>Quality against inference state</h2>
+<section><h2>{_e(cost.heading)}</h2>
 <p class="note">{_e(pareto_note)}</p>
-{_pareto(table)}
+{_pareto(table, cost)}
 </section>
 <section><h2>Searches: best score so far</h2>
 <p class="note">{_e(curves_note)}</p>
@@ -618,9 +692,10 @@ extrapolated to 1B (stacked below 16 layers, stretched from 16).</p>
 """
 
 
-def write(records: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
+def write(records: Iterable[Mapping[str, Any]], path: str | Path, *, pareto_x: str = "state") -> Path:
     """Render the report and write it to `path` (parent folders created); returns the path."""
+    page = render(records, pareto_x=pareto_x)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render(records), encoding="utf-8")
+    path.write_text(page, encoding="utf-8")
     return path

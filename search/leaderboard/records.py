@@ -20,7 +20,7 @@ from scaling.accounting import account
 from scaling.extrapolate import extrapolate, paper_method
 
 SCHEMA = 1  # bumped when a field changes meaning; readers of older lines use .get
-KINDS = ("architecture", "search", "pretrain", "fidelity")
+KINDS = ("architecture", "search", "pretrain", "fidelity", "bench")
 BASELINE = "baseline"  # the role of a reference pattern a search evaluated beside its candidates (not found by it)
 ROLES = ("aggregate", "best_single", "candidate", BASELINE)
 FIDELITY_SCHEMA = 1  # the version of composer-fidelity's fidelity.json that fidelity_record reads
@@ -519,14 +519,108 @@ def fidelity_record(result: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"fidelity result is not JSON-serialisable: {exc}") from None
 
 
+# ------------------------------------------------------------------------------------------ measured speed
+# composer-bench's figures (composer/evals/bench.py `figures`): per model, scalars and per-context mappings.
+
+BENCH_SCHEMA = 1  # the version of composer-bench's bench.json that bench_record reads
+BENCH_SCALARS = ("n_params", "train_tokens_per_s", "mfu", "train_memory_bytes")
+BENCH_PER_CONTEXT = ("prefill_tokens_per_s", "decode_b1_tokens_per_s", "decode_b1_memory_bytes",
+                     "decode_tokens_per_s", "decode_memory_bytes", "decode_batch")
+BENCH_ROLES = {"model": "model", "reference": "llama"}  # record field -> bench.json's role
+
+
+def _bench_figures(path: str, value: Any, contexts: Sequence[int], *, counts: bool = True) -> dict[str, Any]:
+    """One model's figures (or the ratios, `counts=False`), checked: every scalar and every context's value
+    positive and finite, or None (out of memory, or no GPU peak for MFU); decode_batch a count."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"bench {path} must be a mapping, got {type(value).__name__}")
+    keys = [*BENCH_SCALARS, *BENCH_PER_CONTEXT]
+    if set(value) != set(keys):
+        missing, extra = sorted(set(keys) - set(value)), sorted(set(value) - set(keys))
+        raise ConfigError(f"bench {path} must hold {', '.join(keys)}"
+                          + (f"; missing {', '.join(missing)}" if missing else "") + (f"; unknown {', '.join(extra)}" if extra else ""))
+
+    def number(where: str, v: Any, *, count: bool) -> float | int | None:
+        if v is None:
+            return None
+        if count:
+            return _check_count(f"bench {where}", v, minimum=1)
+        if _check_number(f"bench {where}", v) <= 0:
+            raise ConfigError(f"bench {where} must be positive, got {v}")
+        return v
+
+    out: dict[str, Any] = {k: number(f"{path}.{k}", value[k], count=counts and k == "n_params") for k in BENCH_SCALARS}
+    for k in BENCH_PER_CONTEXT:
+        per = value[k]
+        if not isinstance(per, Mapping) or set(per) != {str(c) for c in contexts}:
+            raise ConfigError(f"bench {path}.{k} must map each context ({', '.join(map(str, contexts))}) to a value, "
+                              f"got {per!r}")
+        out[k] = {str(c): number(f"{path}.{k}[{str(c)!r}]", per[str(c)], count=counts and k == "decode_batch")
+                  for c in contexts}
+    return out
+
+
+def bench_record(result: Mapping[str, Any], *, run_dir: str) -> dict[str, Any]:
+    """One composer-bench run (its bench.json): the measured speed of a pattern and of the Llama layout of its
+    size on one device, every field checked (a bad one is a one-line ConfigError naming it). JSON-ready; the
+    key is (pattern, size, device), so a rerun on the same device replaces the row.
+
+    Fields: kind ("bench"), schema, pattern (measured), source_pattern (as given, before any growth),
+    reference_pattern (the Llama layout), size (a preset's name, or "export:<folder>"), device (e.g. "NVIDIA
+    H200", or "cpu"), device_type, dtype, decode_graph (whether decoding replayed CUDA graphs) and its
+    reason when not, contexts, run_dir, created;
+      model, reference  {n_params, train_tokens_per_s, mfu (None off known GPUs), train_memory_bytes, and per
+                        context (str): prefill_tokens_per_s, decode_b1_tokens_per_s, decode_b1_memory_bytes,
+                        decode_tokens_per_s, decode_memory_bytes and decode_batch (the largest batch that fit)};
+                        None where that measurement ran out of memory
+      ratios            model / reference, the same shape (None where either is missing)
+    """
+    if not isinstance(result, Mapping):
+        raise ConfigError(f"bench result must be a mapping, got {type(result).__name__}")
+    if result.get("schema") != BENCH_SCHEMA or isinstance(result.get("schema"), bool):
+        raise ConfigError(f"bench schema must be {BENCH_SCHEMA} (the version this leaderboard reads), "
+                          f"got {result.get('schema')!r}")
+    patterns = {}
+    for key in ("pattern", "source_pattern", "reference_pattern"):
+        try:
+            patterns[key] = parse_pattern(result.get(key))
+        except ConfigError as exc:
+            raise ConfigError(f"bench {key}: {exc}") from None
+    for key in ("size", "device", "dtype"):
+        _check_text(f"bench {key}", result.get(key))
+    if result.get("device_type") not in ("cuda", "cpu"):
+        raise ConfigError(f"bench device_type must be cuda or cpu, got {result.get('device_type')!r}")
+    if not isinstance(result.get("decode_graph"), bool):
+        raise ConfigError(f"bench decode_graph must be true or false, got {result.get('decode_graph')!r}")
+    _check_text("bench decode_graph_reason", result.get("decode_graph_reason"), optional=True)
+    contexts = (result.get("config") or {}).get("contexts")
+    if isinstance(contexts, (str, bytes)) or not isinstance(contexts, Sequence) or not contexts:
+        raise ConfigError(f"bench config.contexts must be a non-empty list, got {contexts!r}")
+    contexts = [_check_count("bench context", c, minimum=1) for c in contexts]
+    figures = result.get("figures")
+    if not isinstance(figures, Mapping):
+        raise ConfigError(f"bench figures must be a mapping of role -> figures, got {figures!r}")
+    record = {
+        "kind": "bench", "schema": SCHEMA, **patterns, "size": result["size"], "device": result["device"],
+        "device_type": result["device_type"], "dtype": result["dtype"], "decode_graph": result["decode_graph"],
+        "decode_graph_reason": result.get("decode_graph_reason"), "contexts": contexts,
+        "run_dir": _check_text("bench run_dir", run_dir), "created": _now(),
+        **{field: _bench_figures(f"figures.{role}", figures.get(role), contexts) for field, role in BENCH_ROLES.items()},
+        "ratios": _bench_figures("ratios", result.get("ratios"), contexts, counts=False),
+    }
+    if record["model"]["n_params"] is None or record["reference"]["n_params"] is None:
+        raise ConfigError("bench figures.<role>.n_params must be given")
+    return record
+
+
 def record_key(record: Mapping[str, Any]) -> tuple[str, ...]:
     """What a record is the latest version of: ("architecture", search, role, pattern), ("search", search),
-    ("pretrain", run_dir) or ("fidelity", run_dir)."""
+    ("pretrain", run_dir), ("fidelity", run_dir) or ("bench", pattern, size, device)."""
     kind = record.get("kind")
     if kind not in KINDS:
         raise ConfigError(f"record kind must be one of {', '.join(KINDS)}, got {kind!r}")
     fields = {"architecture": ("search", "role", "pattern"), "search": ("search",), "pretrain": ("run_dir",),
-              "fidelity": ("run_dir",)}[kind]
+              "fidelity": ("run_dir",), "bench": ("pattern", "size", "device")}[kind]
     for name in fields:
         if not isinstance(record.get(name), str):
             raise ConfigError(f"{kind} record without a {name!r} string")
