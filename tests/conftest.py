@@ -35,6 +35,16 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(app_argv(*args), capture_output=True, text=True, timeout=timeout, env=cli_env())
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread: on a busy 2-core machine a second one only waits
+    (10-20x slower training measured). Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tiny() -> list[str]:
     return list(TINY)

@@ -35,13 +35,7 @@ ARGS = ["preset=tiny", *(f"bench.{k}={json.dumps(v).replace(' ', '')}" for k, v 
         "bench.device=cpu"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (with two, each op waits for the other on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def bench(tmp_path: Path, *args: str, name: str = "run") -> subprocess.CompletedProcess:

@@ -54,13 +54,7 @@ def write_corpus(folder: Path, *, n_documents: int = 120, seed: int = 0) -> Path
     return folder
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Proxies this small train fastest on one thread (on a busy 2-core machine, 20x faster than two)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

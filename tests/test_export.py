@@ -19,13 +19,7 @@ from conftest import cli_env
 SMALL = {"attention": {"n_heads": 2}, "mamba2": {"head_dim": 16, "d_state": 16, "chunk_size": 16}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny matrices: a second thread only waits."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(pattern: str, *, tie: bool, vocab: int = 257, seed: int = 0):

@@ -38,13 +38,7 @@ def _text(rng: random.Random, n_bytes: int) -> list[int]:
     return out[:n_bytes]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny matrices: a second thread only waits (training here took 10x longer with two on a busy machine)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -134,14 +134,19 @@ def _proxy_search(cfg: FidelityConfig):
                                        "retry_failed": cfg.retry_failed})
 
 
+def _main_study(search_cfg: Any) -> str:
+    """The study a search's candidates are in: its own, or its last round's (incremental strategies)."""
+    s = search_cfg.strategy
+    return f"{search_cfg.name}.round{s.rounds}" if s.incremental else search_cfg.name
+
+
 def _search_scores(search_cfg: Any, folder: Path) -> tuple[dict[str, float], dict[str, Any]]:
     """The proxy scores the search holds at its evaluator's seed (its last study, the aggregate's and the
     baselines'), and its result.json ({} before it finished)."""
     from search.study import completed_results, open_study
 
-    main = search_cfg.name if not search_cfg.strategy.incremental else f"{search_cfg.name}.round{search_cfg.strategy.rounds}"
     scores: dict[str, float] = {}
-    for name in (main, f"{search_cfg.name}.final", f"{search_cfg.name}.baselines"):
+    for name in (_main_study(search_cfg), f"{search_cfg.name}.final", f"{search_cfg.name}.baselines"):
         study = open_study(name=name, storage=search_cfg.storage, run_dir=folder, sampler=None)
         scores |= {p: r["values"][0] for p, r in completed_results(study).items() if p not in scores}
     try:
@@ -238,13 +243,12 @@ def variant_scores(cfg: FidelityConfig, search_cfg: Any, patterns: list[str], ru
         study_name = f"{search_cfg.name}.fidelity.{name}"
         if cfg.train:
             log.info("proxy %s: evaluating %d patterns (%s)", name, len(patterns), dict(variant.get("evaluator", {})))
-            done = evaluate_in_workers(vcfg, folder, patterns, name=study_name, workers=cfg.workers)
-        else:
-            done = completed_results(open_study(name=study_name, storage=None, run_dir=folder, sampler=None))
+            evaluate_in_workers(vcfg, folder, patterns, name=study_name, workers=cfg.workers)
+        study = open_study(name=study_name, storage=None, run_dir=folder, sampler=None)
+        done = completed_results(study)
         out[name] = {"evaluator": dict(variant.get("evaluator", {})),
                      "scores": {p: done[p]["values"][0] for p in patterns if p in done},
-                     "seconds_per_evaluation": median_seconds(open_study(name=study_name, storage=None, run_dir=folder,
-                                                                         sampler=None))}
+                     "seconds_per_evaluation": median_seconds(study)}
     return out
 
 
@@ -483,8 +487,7 @@ def run_fidelity(cfg: FidelityConfig, *, run_dir: Path) -> dict[str, Any]:
     proxy = proxy_scores(cfg, search_cfg, patterns, known, run_dir)
     variants = variant_scores(cfg, search_cfg, patterns, run_dir)
     if cfg.search_dir:  # the proxy's time: the search's own evaluations, else those made here
-        main = search_cfg.name if not search_cfg.strategy.incremental else f"{search_cfg.name}.round{search_cfg.strategy.rounds}"
-        timed = open_study(name=main, storage=search_cfg.storage, run_dir=Path(cfg.search_dir).expanduser(), sampler=None)
+        timed = open_study(name=_main_study(search_cfg), storage=search_cfg.storage, run_dir=Path(cfg.search_dir).expanduser(), sampler=None)
     else:
         timed = open_study(name=f"{search_cfg.name}.fidelity", storage=None, run_dir=run_dir, sampler=None)
     if n_left and cfg.train:
@@ -547,6 +550,12 @@ def _interval(c: Mapping[str, Any]) -> str:
     return f"{c['value']:+.2f}" + (f" [{c['low']:+.2f}, {c['high']:+.2f}]" if c["low"] is not None else "")
 
 
+def _correlation_line(x: str, c: Mapping[str, Any]) -> str:
+    acc = c["decision_accuracy"]
+    return (f"  {x:>6} -> {c['y']:<6} Spearman {_interval(c['spearman'])}  Kendall {_interval(c['kendall'])}"
+            f"  decisions {'n/a' if acc is None else f'{100 * acc:.0f}%'}  (n={c['n']})")
+
+
 def report(out: Mapping[str, Any], run_dir: Path) -> str:
     """The end of a study on the terminal: correlations, noise floors, where the winner and baselines land."""
     n = len(out["patterns"])
@@ -556,10 +565,7 @@ def report(out: Mapping[str, Any], run_dir: Path) -> str:
     for r in out["rungs"]:
         lines.append(f"  rung {r['name']}: d_model {r['d_model']}, {r['target_non_embedding_params']:,} non-embedding "
                      f"parameters, {r['tokens']:,} tokens, seeds {r['seeds']}")
-    for c in out["correlations"]:
-        acc = c["decision_accuracy"]
-        lines.append(f"  {c['x']:>6} -> {c['y']:<6} Spearman {_interval(c['spearman'])}  Kendall {_interval(c['kendall'])}"
-                     f"  decisions {'n/a' if acc is None else f'{100 * acc:.0f}%'}  (n={c['n']})")
+    lines += [_correlation_line(c["x"], c) for c in out["correlations"]]
     for name, f in out["noise_floor"].items():
         if f["neighbour_swap_rate"] is None:
             lines.append(f"  noise floor {name}: needs 2 seeds of 2 patterns")
@@ -574,10 +580,7 @@ def report(out: Mapping[str, Any], run_dir: Path) -> str:
         secs = v["seconds_per_evaluation"]
         lines.append(f"  proxy {v['name']} ({len(v['scores'])} scored, "
                      f"{'-' if secs is None else f'{secs:.1f}'} s per evaluation): {v['evaluator']}")
-        for c in v["correlations"]:
-            acc = c["decision_accuracy"]
-            lines.append(f"  {v['name']:>6} -> {c['y']:<6} Spearman {_interval(c['spearman'])}  Kendall "
-                         f"{_interval(c['kendall'])}  decisions {'n/a' if acc is None else f'{100 * acc:.0f}%'}  (n={c['n']})")
+        lines += [_correlation_line(v["name"], c) for c in v["correlations"]]
     ranks = [k for k in next(iter(out["placement"].values())) if k.endswith("_rank")]
     for p, place in out["placement"].items():
         shown = [r for r in place["roles"] if r in ("aggregate", "best_single", "baseline")]

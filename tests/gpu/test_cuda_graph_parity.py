@@ -10,18 +10,13 @@ Tolerances, after 24 steps of a hybrid proxy (the graph starts at step 2):
 Threaded evaluations on their own streams: every task's accuracy within 0.02 of one at a time.
 """
 
-import json
 
 import pytest
 import torch
 
-from composer.config import model_config_from_mapping
 from composer.engine.batches import ArrayBatches
-from composer.model import build_model
-from composer.tasks.mad import TASKS, task_config_from_mapping
-from composer.engine.trainer import TrainerConfig, train
 from search.evaluator import Evaluator, evaluator_config_from_mapping
-from tests.gpu.parity import no_tf32, norm_err  # noqa: F401  (no_tf32: an autouse fixture)
+from tests.gpu.parity import no_tf32, norm_err, train_recall  # noqa: F401  (no_tf32: an autouse fixture)
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 PATTERN = "*-M-*M-M"
@@ -37,19 +32,7 @@ class _StopsAt12(ArrayBatches):
 
 
 def _train(tmp_path, name, batches=ArrayBatches, **trainer):
-    cfg = TrainerConfig(**{"max_tokens": 24 * 16 * 64, "batch_size": 16, "lr": 3e-3, "device": DEVICE.type,
-                           "log_every": 1, "ckpt_every": 0, "progress": False, **trainer})
-    task_cfg = task_config_from_mapping("in_context_recall", {"length": 64, "n_train": 512, "n_test": 64})
-    x, y = TASKS["in_context_recall"].generate(task_cfg, n_examples=512, seed=0)
-    model = build_model(model_config_from_mapping({"pattern": PATTERN, "vocab_size": 16, "d_model": 64, "mamba2": {
-        "impl": "torch", "head_dim": 16, "chunk_size": 16}}, where="model"), seed=0)
-    summary = train(model, train_batches=batches(x.to(DEVICE), y.to(DEVICE), batch_size=16, seed=0),
-                    eval_batches=[(x[:64], y[:64])], seq_len=64, cfg=cfg, run_dir=tmp_path / name,
-                    signature={"name": name})
-    losses = [json.loads(line)["train/loss"] for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
-              if "train/loss" in line]
-    weights = torch.cat([p.detach().flatten().float() for p in model.parameters()])
-    return summary, torch.tensor(losses), weights
+    return train_recall(tmp_path, name, pattern=PATTERN, steps=24, n_examples=512, batches=batches, **trainer)
 
 
 @pytest.mark.parametrize("precision, compile, tol", [("fp32", False, 1e-4), ("bf16", False, 2e-2), ("bf16", True, 2e-2)])

@@ -8,18 +8,13 @@ own; over 50 steps that moves the loss by a few percent at most at this width, n
 real-text parity over hundreds of steps, with tighter bounds, is benchmarks/float8_parity.py.
 """
 
-import json
 
 import pytest
 import torch
 
-from composer.config import model_config_from_mapping
-from composer.engine.batches import ArrayBatches
 from composer.engine.float8 import MIN_CAPABILITY, torchao_version
-from composer.engine.trainer import TrainerConfig, train
 from composer.errors import ConfigError
-from composer.model import build_model
-from composer.tasks.mad import TASKS, task_config_from_mapping
+from tests.gpu.parity import train_recall
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 PATTERN = "*-M-*-E-"  # attention, MLP, Mamba-2 and MoE linears (the MoE's router and experts stay in bf16)
@@ -31,18 +26,8 @@ pytestmark = pytest.mark.skipif(
 
 
 def _train(tmp_path, name, **trainer):
-    cfg = TrainerConfig(**{"max_tokens": STEPS * 16 * 64, "batch_size": 16, "lr": 3e-3, "device": DEVICE.type,
-                           "log_every": 1, "ckpt_every": 0, "progress": False, **trainer})
-    task_cfg = task_config_from_mapping("in_context_recall", {"length": 64, "n_train": 1024, "n_test": 64})
-    x, y = TASKS["in_context_recall"].generate(task_cfg, n_examples=1024, seed=0)
-    model = build_model(model_config_from_mapping({"pattern": PATTERN, "vocab_size": 16, "d_model": 64, "mamba2": {
-        "impl": "torch", "head_dim": 16, "chunk_size": 16}}, where="model"), seed=0)
-    summary = train(model, train_batches=ArrayBatches(x.to(DEVICE), y.to(DEVICE), batch_size=16, seed=0),
-                    eval_batches=[(x[:64], y[:64])], seq_len=64, cfg=cfg, run_dir=tmp_path / name,
-                    signature={"name": name})
-    losses = [json.loads(line)["train/loss"] for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
-              if "train/loss" in line]
-    return summary, torch.tensor(losses)
+    summary, losses, _ = train_recall(tmp_path, name, pattern=PATTERN, steps=STEPS, n_examples=1024, **trainer)
+    return summary, losses
 
 
 @pytest.mark.parametrize("recipe", ["rowwise", "tensorwise"])
