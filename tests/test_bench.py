@@ -196,6 +196,8 @@ def test_a_failed_check_ends_the_command_with_one_line_and_exit_2(tmp_path):
     ({"bench": {"dtype": "fp8"}}, "bench: dtype must be auto, bf16 or fp32, got 'fp8'"),
     ({"bench": {"device": "tpu"}}, "bench: device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
     ({"bench": {"tolerance": -1.0}}, "bench: tolerance must be >= 0"),
+    pytest.param({"bench": {"device": "cuda"}}, "bench: device=cuda but CUDA is not available on this machine",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")),
     ({"bench": {"batch": 4}}, "unknown key bench.batch (valid keys in bench: contexts,"),
 ])
 def test_bad_input_is_one_line_before_anything_runs(tmp_path, change, message):

@@ -43,6 +43,7 @@ import torch
 from composer.config import ModelConfig
 from composer.engine.objective import Objective
 from composer.engine.trainer import TrainerConfig, param_groups, peak_flops, prepare
+from composer.engine.trainer import resolve_device as trainer_device
 from composer.errors import ComposerError, ConfigError
 from composer.model import ComposedModel, build_model
 from scaling.accounting import count_parameters, train_flops_per_token
@@ -142,15 +143,19 @@ def llama_layout(cfg: ModelConfig) -> ModelConfig:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The trainer's rule (auto: this process's GPU, else the CPU; CUDA asked for but absent refused),
+    for cpu and cuda devices only."""
+    if name != "auto":
+        try:
+            kind = torch.device(name).type
+        except RuntimeError:
+            kind = None
+        if kind not in ("cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
-    return device
+        return trainer_device(name)
+    except ConfigError:
+        raise ValueError(f"device={name} but CUDA is not available on this machine") from None
 
 
 def device_name(device: torch.device) -> str:
