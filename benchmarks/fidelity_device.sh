@@ -43,6 +43,8 @@ left() { echo $((LIMIT - SECONDS)); }  # seconds left to this call; every step i
 fidelity() {
   [ -f /tmp/kernels/READY ] || echo "kernels not built: the Mamba-2 torch path trains the rungs"
   # retry_failed: the evaluations that hit Triton's autotuner race before the evaluator serialised it
+  python3 -c "import json, sys; sys.exit(json.load(open('/tmp/search/result.json'))['n_failed'] > 0)" 2>/dev/null \
+    && touch /tmp/search/FINAL  # finalized before (the committed search): nothing to retry
   [ -f /tmp/search/FINAL ] || { timeout -k 10 -s INT $(( $(left) < 200 ? $(left) : 200 )) python3 -m composer.apps.search \
     "${SEARCH[@]}" ++phase=finalize retry_failed=true > "$LOGS/finalize-$(date +%H%M%S).log" 2>&1 && touch /tmp/search/FINAL; }
   [ $(left) -gt 30 ] && timeout -k 20 -s INT $(left) python3 -m composer.apps.fidelity search_dir=/tmp/search name=issue15-fidelity \

@@ -245,3 +245,25 @@ def test_another_budget_of_the_proxy_is_ranked_against_it_without_rungs(tmp_path
     assert len(runs) == 4 and all(json.loads(r.read_text())["tokens"] <= 10000 for r in runs)  # the proxy: 40,000
     assert out["rungs"] == [] and not (tmp_path / "f" / "fidelity.png").exists()
     assert "quarter -> proxy  Spearman" in proc.stdout and "s per evaluation" in proc.stdout
+
+
+def test_each_run_goes_to_the_first_free_worker_and_a_killed_calls_claims_hold_nothing_back(tmp_path, corpus, monkeypatch):
+    # Workers claim runs one at a time (a file per run in the call's claims folder), so one that draws
+    # short runs takes the next instead of idling on a fixed share while another works through long ones.
+    from search.fidelity import study
+
+    cfg = study.fidelity_config_from_mapping({
+        "data": {"path": str(corpus), "val_tokens": 4096}, "seq_len": 32, "trainer": {"progress": False},
+        "rungs": [{"name": "r1", "d_model": 32, "n_blocks": 4, "tokens_per_param": 1, "n_heads": 2, "seeds": [0]}]})
+    jobs = [(0, p, 0) for p in ("*-*-", "----", "-*--")]
+    real, calls = study.train_run, []
+    monkeypatch.setattr(study, "train_run", lambda rung, grown, **kw: calls.append(grown.source_pattern) or real(rung, grown, **kw))
+    killed = tmp_path / ".claims-killed"
+    killed.mkdir()
+    assert study._claim(killed, 2) and not study._claim(killed, 2)  # another worker holds run 2 now
+    study._train(cfg, tmp_path, jobs, worker=0, claims=killed)
+    assert calls == ["*-*-", "-*--"]
+    fresh = tmp_path / ".claims-next"  # the next call: its own folder, so run 2 (never finished) is free again
+    fresh.mkdir()
+    study._train(cfg, tmp_path, jobs, worker=0, claims=fresh)
+    assert calls == ["*-*-", "-*--", "----"] and len(list(tmp_path.glob("rungs/r1/*/summary.json"))) == 3

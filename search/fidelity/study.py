@@ -21,7 +21,10 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import os
 import random
+import shutil
+import tempfile
 import time
 from types import MappingProxyType
 
@@ -311,21 +314,34 @@ def _rung_trainer(cfg: FidelityConfig, rung: RungConfig, device: str | None) -> 
         raise ConfigError(f"rungs.{rung.name}.trainer: {exc}") from None
 
 
-def _train(cfg: FidelityConfig, run_dir: Path, jobs: list[tuple[int, str, int]], *, worker: int, corpus: Any = None) -> None:
-    """Train this worker's share of the runs (every `cfg.workers`-th, from `worker`), skipping finished ones."""
+def _claim(claims: Path | None, job: int) -> bool:
+    """Whether this worker takes run `job`: the first to create its file in `claims` (one folder per call of
+    the command, so a killed call's claims don't hold the next one back) does; no folder, one worker: all."""
+    if claims is None:
+        return True
+    try:
+        os.close(os.open(claims / str(job), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
+def _train(cfg: FidelityConfig, run_dir: Path, jobs: list[tuple[int, str, int]], *, worker: int, corpus: Any = None,
+           claims: Path | None = None) -> None:
+    """Train runs in `jobs` order, skipping finished ones, each taken by whichever worker is free first
+    (`claims`): workers that draw short runs go on to the next instead of waiting on a fixed share."""
     from search.runner import worker_device
 
     import torch
 
     corpus = corpus if corpus is not None else cfg.data.open(seed=0)
     vocab, device = _vocab(corpus), worker_device(worker, cfg.workers)
-    mine = jobs[worker :: cfg.workers]
     started, seconds, short = time.time(), [], []
-    for n, (i, pattern, seed) in enumerate(mine, 1):
+    for n, (i, pattern, seed) in enumerate(jobs, 1):
         rung = cfg.rungs[i]
         grown = rung.grow(pattern, vocab_size=vocab)
         folder = run_folder(run_dir, rung, grown.pattern, seed)
-        if finished(folder, grown.pattern, seed) is not None:
+        if finished(folder, grown.pattern, seed) is not None or not _claim(claims, n):
             continue
         tic = time.time()
         try:
@@ -338,22 +354,22 @@ def _train(cfg: FidelityConfig, run_dir: Path, jobs: list[tuple[int, str, int]],
             torch.cuda.empty_cache()
             continue
         seconds.append(time.time() - tic)
-        left = sum(seconds) / len(seconds) * (len(mine) - n)
+        left = sum(seconds) / len(seconds) * (len(jobs) - n) / max(1, cfg.workers)
         log.info("%s[%d/%d] %s %s seed %d: %.4f bits/byte  %.0fs | ~%.0fs left", f"w{worker} " if cfg.workers > 1 else "",
-                 n, len(mine), rung.name, pattern, seed, bpb, seconds[-1], left)
+                 n, len(jobs), rung.name, pattern, seed, bpb, seconds[-1], left)
     log.debug("worker %d done in %.0fs", worker, time.time() - started)
     if short:
         raise ComposerError(f"{len(short)} run(s) ran out of GPU memory ({', '.join(short)}): rerun the same command "
                             f"to resume them, with fewer workers than {cfg.workers} if it happens again")
 
 
-def _worker_main(config: dict[str, Any], run_dir: Path, jobs: list, worker: int) -> None:
+def _worker_main(config: dict[str, Any], run_dir: Path, jobs: list, worker: int, claims: Path) -> None:
     import sys
 
     logging.basicConfig(level=logging.INFO, format=f"[%(asctime)s][worker {worker}] %(message)s")
     logging.getLogger("composer.engine.trainer").setLevel(logging.WARNING)
     try:
-        _train(fidelity_config_from_mapping(config), run_dir, [tuple(j) for j in jobs], worker=worker)
+        _train(fidelity_config_from_mapping(config), run_dir, [tuple(j) for j in jobs], worker=worker, claims=claims)
     except KeyboardInterrupt:
         pass
     except ComposerError as exc:
@@ -363,20 +379,20 @@ def _worker_main(config: dict[str, Any], run_dir: Path, jobs: list, worker: int)
 
 def _train_all(cfg: FidelityConfig, run_dir: Path, jobs: list[tuple[int, str, int]], corpus: Any) -> None:
     """Worker 0 here, workers 1..n-1 spawned: every run trained once."""
-    import os
     import signal
 
     from search.runner import plain
 
     logging.getLogger("composer.engine.trainer").setLevel(logging.WARNING)
     context = multiprocessing.get_context("spawn")
-    children = [context.Process(target=_worker_main, args=(plain(cfg), run_dir, jobs, w), daemon=True,
+    claims = Path(tempfile.mkdtemp(prefix=".claims-", dir=run_dir)) if cfg.workers > 1 else None
+    children = [context.Process(target=_worker_main, args=(plain(cfg), run_dir, jobs, w, claims), daemon=True,
                                 name=f"composer-fidelity-worker-{w}") for w in range(1, min(cfg.workers, len(jobs)))]
     for child in children:
         child.start()
     mine: ComposerError | None = None
     try:
-        _train(cfg, run_dir, jobs, worker=0, corpus=corpus)
+        _train(cfg, run_dir, jobs, worker=0, corpus=corpus, claims=claims)
     except ComposerError as exc:  # runs of worker 0 left unfinished: the other workers finish theirs first
         mine = exc
     except BaseException:
@@ -387,6 +403,8 @@ def _train_all(cfg: FidelityConfig, run_dir: Path, jobs: list[tuple[int, str, in
     finally:
         for child in children:
             child.join()
+        if claims is not None:
+            shutil.rmtree(claims, ignore_errors=True)
     failed = [c.name for c in children if c.exitcode not in (0, None)]
     if failed:
         raise ConfigError(f"worker process(es) {', '.join(failed)} exited with an error (see their log above)"
