@@ -43,10 +43,10 @@ left() { echo $((LIMIT - SECONDS)); }  # seconds left to this call; every step i
 fidelity() {
   [ -f /tmp/kernels/READY ] || echo "kernels not built: the Mamba-2 torch path trains the rungs"
   # retry_failed: the evaluations that hit Triton's autotuner race before the evaluator serialised it
+  # (skipped once the search's result counts no failures, as the committed one does)
   python3 -c "import json, sys; sys.exit(json.load(open('/tmp/search/result.json'))['n_failed'] > 0)" 2>/dev/null \
-    && touch /tmp/search/FINAL  # finalized before (the committed search): nothing to retry
-  [ -f /tmp/search/FINAL ] || { timeout -k 10 -s INT $(( $(left) < 200 ? $(left) : 200 )) python3 -m composer.apps.search \
-    "${SEARCH[@]}" ++phase=finalize retry_failed=true > "$LOGS/finalize-$(date +%H%M%S).log" 2>&1 && touch /tmp/search/FINAL; }
+    || timeout -k 10 -s INT $(( $(left) < 200 ? $(left) : 200 )) python3 -m composer.apps.search \
+    "${SEARCH[@]}" ++phase=finalize retry_failed=true > "$LOGS/finalize-$(date +%H%M%S).log" 2>&1
   [ $(left) -gt 30 ] && timeout -k 20 -s INT $(left) python3 -m composer.apps.fidelity search_dir=/tmp/search name=issue15-fidelity \
     retry_failed=true top_k=8 random=6 workers=${WORKERS:-4} data.path=.device/corpus-tokens data.val_tokens=200000 seq_len=512 \
     rungs.0.name=r1 rungs.0.d_model=320 rungs.0.n_blocks=14 rungs.0.n_heads=5 rungs.0.mamba_d_state=64 \

@@ -189,6 +189,16 @@ def test_bad_input_is_one_line(tmp_path, corpus, args, message):
     assert message in proc.stderr
 
 
+def three_runs(corpus):
+    """A one-rung study of tiny runs and its three (rung, pattern, seed) jobs, for `_train` called directly."""
+    from search.fidelity import study
+
+    cfg = study.fidelity_config_from_mapping({
+        "data": {"path": str(corpus), "val_tokens": 4096}, "seq_len": 32, "trainer": {"progress": False},
+        "rungs": [{"name": "r1", "d_model": 32, "n_blocks": 4, "tokens_per_param": 1, "n_heads": 2, "seeds": [0]}]})
+    return cfg, [(0, p, 0) for p in ("*-*-", "----", "-*--")]
+
+
 def test_a_run_out_of_gpu_memory_is_left_unfinished_and_the_next_call_resumes_it(tmp_path, corpus, monkeypatch):
     # Out of memory is not the pattern's fault (workers sharing a GPU): the worker goes on with its other
     # runs, says in one line which it left, and the same call again trains only those.
@@ -197,10 +207,7 @@ def test_a_run_out_of_gpu_memory_is_left_unfinished_and_the_next_call_resumes_it
     from composer.errors import ComposerError
     from search.fidelity import study
 
-    cfg = study.fidelity_config_from_mapping({
-        "data": {"path": str(corpus), "val_tokens": 4096}, "seq_len": 32, "trainer": {"progress": False},
-        "rungs": [{"name": "r1", "d_model": 32, "n_blocks": 4, "tokens_per_param": 1, "n_heads": 2, "seeds": [0]}]})
-    jobs = [(0, p, 0) for p in ("*-*-", "----", "-*--")]
+    cfg, jobs = three_runs(corpus)
     real, calls = study.train_run, []
 
     def short_of_memory(rung, grown, **kw):
@@ -252,10 +259,7 @@ def test_each_run_goes_to_the_first_free_worker_and_a_killed_calls_claims_hold_n
     # short runs takes the next instead of idling on a fixed share while another works through long ones.
     from search.fidelity import study
 
-    cfg = study.fidelity_config_from_mapping({
-        "data": {"path": str(corpus), "val_tokens": 4096}, "seq_len": 32, "trainer": {"progress": False},
-        "rungs": [{"name": "r1", "d_model": 32, "n_blocks": 4, "tokens_per_param": 1, "n_heads": 2, "seeds": [0]}]})
-    jobs = [(0, p, 0) for p in ("*-*-", "----", "-*--")]
+    cfg, jobs = three_runs(corpus)
     real, calls = study.train_run, []
     monkeypatch.setattr(study, "train_run", lambda rung, grown, **kw: calls.append(grown.source_pattern) or real(rung, grown, **kw))
     killed = tmp_path / ".claims-killed"

@@ -363,7 +363,7 @@ def _train(cfg: FidelityConfig, run_dir: Path, jobs: list[tuple[int, str, int]],
                             f"to resume them, with fewer workers than {cfg.workers} if it happens again")
 
 
-def _worker_main(config: dict[str, Any], run_dir: Path, jobs: list, worker: int, claims: Path) -> None:
+def _worker_main(config: dict[str, Any], run_dir: Path, jobs: list, worker: int, claims: Path | None) -> None:
     import sys
 
     logging.basicConfig(level=logging.INFO, format=f"[%(asctime)s][worker {worker}] %(message)s")
