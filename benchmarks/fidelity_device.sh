@@ -48,7 +48,7 @@ fidelity() {
     || timeout -k 10 -s INT $(( $(left) < 200 ? $(left) : 200 )) python3 -m composer.apps.search \
     "${SEARCH[@]}" ++phase=finalize retry_failed=true > "$LOGS/finalize-$(date +%H%M%S).log" 2>&1
   [ $(left) -gt 30 ] && timeout -k 20 -s INT $(left) python3 -m composer.apps.fidelity search_dir=/tmp/search name=issue15-fidelity \
-    retry_failed=true top_k=8 random=6 workers=${WORKERS:-4} data.path=.device/corpus-tokens data.val_tokens=200000 seq_len=512 \
+    retry_failed=true top_k=8 random=6 workers=${WORKERS:-3} data.path=.device/corpus-tokens data.val_tokens=200000 seq_len=512 \
     rungs.0.name=r1 rungs.0.d_model=320 rungs.0.n_blocks=14 rungs.0.n_heads=5 rungs.0.mamba_d_state=64 \
     rungs.0.mamba_head_dim=32 rungs.0.mamba_chunk_size=64 rungs.0.method=fit rungs.0.tokens_per_param=${TPP:-1} \
     trainer.batch_size=64 trainer.cuda_graph=true trainer.ckpt_every=100 hydra.run.dir=/tmp/fidelity \

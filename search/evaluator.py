@@ -186,6 +186,7 @@ class Evaluator:
         # Search workers train quietly: the search prints one line per trial instead.
         self.trainer = replace(cfg.trainer, progress=False, **({"device": device} if device else {}))
         self.corpus, self.corpus_identity = None, None
+        self.failed = False  # a run failed since memory was last freed (see __call__)
         if cfg.language_modelling:
             from composer.runs.proxy import describe_corpus
 
@@ -194,6 +195,9 @@ class Evaluator:
 
     def __call__(self, pattern: str, seed: int | None = None) -> dict[str, Any]:
         seed = self.cfg.seed if seed is None else seed
+        if self.failed:  # the failed run's traceback is gone now, and its model, optimizer and graph with it
+            self.failed = False
+            _free_accelerator_memory()
         started = time.perf_counter()
         jobs = self._jobs(pattern, seed)
         lrs = self.cfg.learning_rates
@@ -298,7 +302,7 @@ class Evaluator:
             try:
                 final = job.train(trainer, folder)["final"]
             except Exception:
-                _free_accelerator_memory()  # an OOM must not poison the next trial in this worker
+                self.failed = True  # an OOM must not poison the next trial in this worker: freed before it
                 raise
             if not self.cfg.keep_checkpoints:
                 (folder / CHECKPOINT).unlink(missing_ok=True)
@@ -368,8 +372,12 @@ def load_evaluator_corpus(cfg: EvaluatorConfig) -> Any:
 
 
 def _free_accelerator_memory() -> None:
+    """Collect garbage (a failed run's objects sit in reference cycles) and hand cached GPU memory back."""
+    import gc
+
     import torch
 
+    gc.collect()
     if torch.cuda.is_available():
         from composer.engine.graphs import release_memory
 

@@ -108,6 +108,41 @@ def test_a_failing_parallel_run_stops_the_others_and_raises(tmp_path, monkeypatc
     assert list(tmp_path.glob("trials/*/in_context_recall-*")) and not list(tmp_path.glob("trials/*/*/summary.json"))
 
 
+def test_a_failed_evaluation_is_freed_before_the_next_one_trains(tmp_path, monkeypatch):
+    """A failed run's model, optimizer and CUDA graph sit in reference cycles and in its traceback: a
+    worker that kept them ran its later trials out of memory too. Garbage collection is off here, so
+    only the evaluator's own collection (before its next evaluation) frees them."""
+    import gc
+    import weakref
+
+    import composer.runs.proxy
+
+    original, alive = composer.runs.proxy.train_on_task, []
+
+    class Held:  # stands for the run's model: reachable only from its frame and from itself
+        def __init__(self):
+            self.me = self
+
+    def failing(**kwargs):
+        held = Held()
+        if kwargs["task_name"] == "memorization" and len(alive) < 2:
+            alive.append(weakref.ref(held))
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        assert not any(ref() for ref in alive), "the failed evaluation's objects are still alive"
+        return original(**kwargs)
+
+    monkeypatch.setattr(composer.runs.proxy, "train_on_task", failing)
+    ev = evaluator(tmp_path, tasks={"memorization": EVALUATOR["tasks"]["memorization"]})
+    gc.disable()
+    try:
+        for _ in range(2):
+            with pytest.raises(torch.OutOfMemoryError, match="simulated"):
+                ev("*-")
+        assert ev("*-")["score"] >= 0
+    finally:
+        gc.enable()
+
+
 @pytest.mark.parametrize("bad, message", [
     ({"tasks": {"sorting": {}}}, "unknown task 'sorting'"),
     ({"tasks": {"in_context_recall": {"lenght": 8}}}, "unknown key task.lenght"),

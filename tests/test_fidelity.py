@@ -225,6 +225,43 @@ def test_a_run_out_of_gpu_memory_is_left_unfinished_and_the_next_call_resumes_it
     assert calls[3:] == ["----"] and len(list(tmp_path.glob("rungs/r1/*/summary.json"))) == 3
 
 
+def test_a_run_that_runs_out_of_memory_is_freed_before_the_next_starts(tmp_path, corpus, monkeypatch):
+    # A failed run's model, optimizer and CUDA graph sit in reference cycles and in its traceback; a worker
+    # that kept them ran every later run out of memory too. Garbage collection is off here, so only the
+    # worker's own collection frees them.
+    import gc
+    import weakref
+
+    import torch
+
+    from composer.errors import ComposerError
+    from search.fidelity import study
+
+    cfg, jobs = three_runs(corpus)
+    real, alive = study.train_run, []
+
+    class Held:  # stands for the run's model: reachable only from its frame and from itself
+        def __init__(self):
+            self.me = self
+
+    def short_of_memory(rung, grown, **kw):
+        assert not any(ref() for ref in alive), "the last run's objects are still alive"
+        held = Held()
+        alive.append(weakref.ref(held))
+        if grown.source_pattern == "*-*-":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 MiB")
+        return real(rung, grown, **kw)
+
+    monkeypatch.setattr(study, "train_run", short_of_memory)
+    gc.disable()
+    try:
+        with pytest.raises(ComposerError, match=r"1 run\(s\) ran out of GPU memory \(r1 \*-\*- seed 0\)"):
+            study._train(cfg, tmp_path, jobs, worker=0)
+    finally:
+        gc.enable()
+    assert len(alive) == 3 and not any(ref() for ref in alive)
+
+
 @pytest.mark.parametrize("workers, gpus, share", [(1, 1, None), (2, 2, None), (1, 0, None), (3, 0, None),
                                                   (2, 1, 0.475), (5, 1, 0.19), (3, 2, 0.475), (8, 2, 0.237)])
 def test_workers_sharing_a_gpu_each_get_a_bounded_share_of_its_memory(workers, gpus, share):

@@ -9,6 +9,7 @@ on its own CUDA stream (`search.evaluator`'s `parallel`), then keep the GPU's SM
 from __future__ import annotations
 
 import functools
+import gc
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -81,10 +82,14 @@ def thread_safe_autotuners() -> bool:
     return True
 
 
-def release_memory() -> None:
+def release_memory(*, collect: bool = False) -> None:
     """Hand the allocator's cached blocks (a finished graph's pool among them) back to the driver:
     another process on the GPU may need them, and while a capture runs in any thread the allocator
-    cannot free them itself (so it would fail an allocation instead). Waits for the device."""
+    cannot free them itself (so it would fail an allocation instead). Waits for the device.
+    `collect`: first collect garbage, so a finished or failed run's model, optimizer and graph, held
+    only in reference cycles, give their memory back too."""
+    if collect:
+        gc.collect()
     with _CAPTURE:
         torch.cuda.empty_cache()
 

@@ -334,6 +334,8 @@ def _train(cfg: FidelityConfig, run_dir: Path, jobs: list[tuple[int, str, int]],
 
     import torch
 
+    from composer.engine.graphs import release_memory
+
     corpus = corpus if corpus is not None else cfg.data.open(seed=0)
     vocab, device = _vocab(corpus), worker_device(worker, cfg.workers)
     started, seconds, short = time.time(), [], []
@@ -348,10 +350,14 @@ def _train(cfg: FidelityConfig, run_dir: Path, jobs: list[tuple[int, str, int]],
             bpb = train_run(rung, grown, seed=seed, corpus=corpus, trainer=_rung_trainer(cfg, rung, device),
                             seq_len=cfg.seq_len, folder=folder)
         except torch.OutOfMemoryError:  # not the pattern's fault: its checkpoint stays, the next call resumes it
+            bpb = None
+        # out of the handler, where the run's traceback no longer holds its model, optimizer and CUDA graph: a
+        # worker that kept them ran every later run out of memory too (seen on the H200, 13 runs in a row)
+        release_memory(collect=True)
+        if bpb is None:
             short.append(f"{rung.name} {pattern} seed {seed}")
             log.warning("%s%s %s seed %d: out of GPU memory; left unfinished (its checkpoint is kept)",
                         f"w{worker} " if cfg.workers > 1 else "", rung.name, pattern, seed)
-            torch.cuda.empty_cache()
             continue
         seconds.append(time.time() - tic)
         left = sum(seconds) / len(seconds) * (len(jobs) - n) / max(1, cfg.workers)
