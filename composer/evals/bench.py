@@ -200,9 +200,21 @@ def _reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def _memory(device: torch.device, resident: int) -> int:
-    """The allocator's peak on CUDA; elsewhere `resident`, the bytes the measurement must hold."""
-    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else resident
+def _memory(device: torch.device, resident: int, foreign: int = 0) -> int:
+    """The allocator's peak on CUDA less `foreign` (bytes held before the measurement that are not its
+    model's: `_foreign`); elsewhere `resident`, the bytes the measurement must hold."""
+    return torch.cuda.max_memory_allocated(device) - foreign if device.type == "cuda" else resident
+
+
+def _foreign(device: torch.device, model: torch.nn.Module | None = None) -> int:
+    """Bytes on the device now that are not `model`'s weights and buffers: left by what ran before (on the
+    H200 the second of two identical models measured 0.6 GiB more). Subtracted, a figure does not depend on
+    what was measured before it."""
+    if device.type != "cuda":
+        return 0
+    own = 0 if model is None else sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]
+                                      if t.device.type == "cuda")
+    return max(0, torch.cuda.memory_allocated(device) - own)
 
 
 def _or_oom(what: str, measure: Callable[[], dict[str, Any]], *, device: torch.device) -> dict[str, Any]:
@@ -351,6 +363,7 @@ def measure_training(model_cfg: ModelConfig, cfg: BenchConfig, device: torch.dev
     """Training tokens/s and MFU of a freshly built model: forward, backward and fused AdamW on random tokens
     (train_batch × train_seq_len), bf16 autocast on CUDA, the median of `train_steps` after `warmup`."""
     batch, seq_len = cfg.train_batch, cfg.train_seq_len
+    foreign = _foreign(device)
     with device:
         module = Objective(build_model(model_cfg, seed=cfg.seed))
     prepare(module, TrainerConfig(compile=cfg.compile, device=str(device)), device)
@@ -376,7 +389,7 @@ def measure_training(model_cfg: ModelConfig, cfg: BenchConfig, device: torch.dev
     peak = peak_flops(TrainerConfig(peak_tflops=cfg.peak_tflops), device)
     return {"batch": batch, "seq_len": seq_len, "step_ms": 1e3 * median, "tokens_per_s": tokens_per_s,
             "flops_per_token": flops, "mfu": tokens_per_s * flops / peak if peak else None,
-            "memory_bytes": _memory(device, 4 * _weight_bytes(module))}  # weights, gradients, two AdamW moments
+            "memory_bytes": _memory(device, 4 * _weight_bytes(module), foreign)}  # weights, gradients, AdamW moments
 
 
 @torch.no_grad()
@@ -387,7 +400,7 @@ def measure_prefill(model: ComposedModel, *, context: int, max_len: int, cfg: Be
     the model is on a GPU (the decode measurement copies them to each batch)."""
     generator = torch.Generator().manual_seed(cfg.seed + context)
     tokens = torch.randint(0, model.cfg.vocab_size, (1, context), generator=generator).to(device)  # (1, C)
-    times = []
+    times, foreign = [], _foreign(device, model)
     for i in range(cfg.warmup + cfg.prefill_repeats):
         states = model.allocate_states(batch_size=1, max_len=max_len)
         _reset_peak(device)
@@ -395,7 +408,7 @@ def measure_prefill(model: ComposedModel, *, context: int, max_len: int, cfg: Be
         if i >= cfg.warmup:
             times.append(seconds)
     median = statistics.median(times)
-    memory = _memory(device, _weight_bytes(model) + state_bytes(states))
+    memory = _memory(device, _weight_bytes(model) + state_bytes(states), foreign)
     if device.type == "cuda":
         states = [_map_state(s, lambda t: t.cpu()) for s in states]
     return {"batch": 1, "tokens_per_s": context / median, "ms": 1e3 * median, "memory_bytes": memory}, states
@@ -406,6 +419,7 @@ def measure_decode(model: ComposedModel, context_states: list, *, batch: int, cf
                    device: torch.device) -> dict[str, Any]:
     """`decode_steps` timed steps at `batch` sequences, each starting from the prefilled `context_states`
     (batch 1, copied to every sequence), after `warmup` untimed ones; the step greedy (argmax fed back)."""
+    foreign = _foreign(device, model)
     states = [_map_state(s, lambda t: t.to(device).expand(batch, *t.shape[1:]).clone()) for s in context_states]
     use_device_positions(states, model.cfg.pattern)
     _reset_peak(device)
@@ -423,7 +437,7 @@ def measure_decode(model: ComposedModel, context_states: list, *, batch: int, cf
     seconds = _seconds(run, device)
     held = state_bytes(states)
     return {"batch": batch, "tokens_per_s": batch * cfg.decode_steps / seconds,
-            "ms_per_step": 1e3 * seconds / cfg.decode_steps, "memory_bytes": _memory(device, _weight_bytes(model) + held),
+            "ms_per_step": 1e3 * seconds / cfg.decode_steps, "memory_bytes": _memory(device, _weight_bytes(model) + held, foreign),
             "state_bytes": held, "graph": graph and reason is None,
             **({"graph_failed": reason} if reason else {})}
 
@@ -591,7 +605,7 @@ def run_bench(subjects: Sequence[Subject], cfg: BenchConfig, *,
         "device_type": device.type,
         "dtype": str(dtype).removeprefix("torch."),
         "torch": torch.__version__,
-        "memory": ("CUDA allocator peak (weights, states, activations)" if device.type == "cuda"
+        "memory": ("CUDA allocator peak (weights, states, activations), less what was held before" if device.type == "cuda"
                    else "weights + states (training: + gradients and AdamW moments); no allocator peak off CUDA"),
         "decode_graph": graph,
         "decode_graph_reason": reason,
