@@ -7,7 +7,7 @@ import torch
 
 from composer.errors import KernelUnavailableError
 from primitives.attention import AttentionConfig
-from primitives.nn.attention import Attention, rope
+from primitives.nn.attention import Attention, causal_mask, rope
 
 D_MODEL = 48
 
@@ -107,3 +107,19 @@ def test_flash_attn_backend_without_the_package_says_how_to_install():
     # flash-attn is a CUDA-only extra, never installed on CPU machines
     with pytest.raises(KernelUnavailableError, match="pip install"):
         Attention(AttentionConfig(backend="flash_attn"), d_model=D_MODEL)
+
+
+@pytest.mark.parametrize("T, window, kv", [(8, 4, 6), (13, 4, 2), (40, 7, 1), (64, 16, 3)])
+def test_a_long_sequence_under_a_window_is_attended_in_blocks_as_the_dense_mask_does(T, window, kv):
+    # From 2 · window tokens on, the window runs block by block (O(T · window)); the dense T x T mask it
+    # replaces is the reference, for values and gradients, at lengths that are no multiple of the window.
+    torch.manual_seed(0)
+    module = Attention(AttentionConfig(n_heads=6, n_kv_heads=kv, window=window), d_model=D_MODEL).double()
+    q, k, v = (torch.randn(2, T, h, module.hd, dtype=torch.float64, requires_grad=True) for h in (6, kv, kv))
+    blocked = module._attend(q, k, v, q_offset=0)
+    dense = module._sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal_mask(
+        T, T, q_offset=0, window=window, device=q.device)).transpose(1, 2)
+    torch.testing.assert_close(blocked, dense, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(blocked)
+    torch.testing.assert_close(torch.autograd.grad(blocked, (q, k, v), grad),
+                               torch.autograd.grad(dense, (q, k, v), grad), rtol=1e-12, atol=1e-12)

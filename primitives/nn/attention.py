@@ -171,10 +171,39 @@ class Attention(nn.Module):
             # flash-attn aligns the causal mask bottom-right when S > T, as a KV cache needs.
             size = (window - 1, 0) if window is not None else (-1, -1)
             return _flash_attn_func()(q, k, v, causal=True, window_size=size)
+        if window is not None and q_offset == 0 and q.shape[1] >= 2 * window:
+            return self._attend_blocks(q, k, v, window)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, hd)
         mask = None
         if window is not None or q_offset > 0:
             mask = causal_mask(q.shape[2], k.shape[2], q_offset=q_offset, window=window, device=q.device)
+        return self._sdpa(q, k, v, mask).transpose(1, 2)  # (B, T, H, hd)
+
+    def _attend_blocks(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
+        """Sliding window over a whole sequence in O(T · window): queries in blocks of `window`, each block
+        attending its own block and the one before (2 · window keys, the band masked), the blocks laid
+        along the batch axis. A dense T × T mask computed every pair (0.45x full attention's prefill at
+        32K on the H200). q (B, T, H, hd), k and v (B, T, Hkv, hd) -> (B, T, H, hd)."""
+        B, T, H, hd = q.shape
+        n = -(-T // window)  # blocks
+        pad = n * window - T
+        q = F.pad(q, (0, 0, 0, 0, 0, pad)).view(B * n, window, H, hd).transpose(1, 2)  # (B·n, H, w, hd)
+
+        def blocks(x: torch.Tensor) -> torch.Tensor:  # (B, T, Hkv, hd) -> (B·n, Hkv, 2w, hd): previous + own block
+            x = F.pad(x, (0, 0, 0, 0, window, pad)).view(B, n + 1, window, *x.shape[2:])  # (B, n+1, w, Hkv, hd)
+            return torch.cat([x[:, :-1], x[:, 1:]], dim=2).flatten(0, 1).transpose(1, 2)
+
+        i = torch.arange(window, device=q.device)[:, None]  # query i of a block
+        j = torch.arange(2 * window, device=q.device)[None, :]  # key j: the previous block, then its own
+        mask = ((j > i) & (j <= i + window)).expand(n, window, 2 * window).clone()  # (n, w, 2w)
+        mask[0, :, :window] = False  # the first block has no previous block (padding)
+        mask = mask.repeat(B, 1, 1)[:, None]  # (B·n, 1, w, 2w)
+        y = self._sdpa(q, blocks(k), blocks(v), mask)  # (B·n, H, w, hd)
+        return y.transpose(1, 2).reshape(B, n * window, H, hd)[:, :T]
+
+    def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """SDPA on the configured backend: q (N, H, T, hd), k and v (N, Hkv, S, hd), mask None (causal) or
+        (.., T, S) bool -> (N, H, T, hd)."""
         backend = self.cfg.backend
         gqa = self.n_kv != self.n_heads
         if gqa and backend in ("efficient", "cudnn"):  # backends without native GQA: share K/V heads by copy
@@ -200,7 +229,7 @@ class Attention(nn.Module):
                       "efficient": SDPBackend.EFFICIENT_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}[backend]
             with sdpa_kernel([chosen]):
                 y = F.scaled_dot_product_attention(q, k, v, **kwargs)
-        return y.transpose(1, 2)  # (B, T, H, hd)
+        return y
 
     def describe_impl(self, device: torch.device) -> str:
         return "flash-attn" if self.cfg.backend == "flash_attn" else f"sdpa:{self.cfg.backend}"
