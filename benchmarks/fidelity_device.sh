@@ -4,7 +4,9 @@
 # token cache in .device/corpus-tokens (the machine has no `datasets` to read text files): fetch
 # `composer-text fetch-corpus --output /tmp/docs --package python3.11-doc --package git-doc
 # --package cmake-doc --package sphinx-doc`, load it once here (composer.data.text.load_corpus, byte
-# tokenizer) and copy the cache folder it names (17.4M tokens, 34 MB); `.device` carried.
+# tokenizer) and copy the cache folder it names (17.4M tokens, 34 MB), or carry it packed:
+# `tar cJf .device/corpus-tokens.tar.xz -C <parent> corpus-tokens` (3.8 MB; device_env.sh unpacks it).
+# `.device` carried; with the kernel parts of an earlier call in .device/kernel-wheels, nothing is built.
 #   PART=search    more search evaluations (kernels if built, else the torch scan)
 #   PART=all       while the kernels build: the command in $WHILE_BUILDING if set (GPU work that needs no
 #                  mamba-ssm, e.g. issue 18's float8 runs of the Llama layout); once built: finalize the search
@@ -65,9 +67,7 @@ case "$PART" in
   fidelity) wait_for_kernels; fidelity ;;
 esac
 cp $OUT/kernels_build.log $LOGS/ 2>/dev/null
-# the built kernel wheels come back once (≤ 16 MiB each): carried in .device/kernel-wheels they skip the build
-[ -f /tmp/kernels/READY ] && [ ! -f /tmp/kernels/RETURNED ] && for w in /tmp/kernels/wheels/*.whl; do
-  [ $(stat -c %s "$w") -lt 16000000 ] && cp "$w" "$OUT/" && touch /tmp/kernels/RETURNED; done
+return_kernels  # once: the built wheels in parts; copied into .device/kernel-wheels, later calls skip the build
 cd /tmp && tar czf "$OUT/issue15.tar.gz" --exclude='*.pt' --exclude='checkpoint*' --exclude='trials' \
   search/study.db search/search.json search/result.json search/leaderboard.jsonl \
   $(cd /tmp && ls fidelity/{study.db,fidelity.json,fidelity.png,leaderboard.jsonl} 2>/dev/null) \

@@ -12,5 +12,5 @@ timeout 100 python3 -m composer.apps.train model.mamba2.impl=torch trainer.max_t
   hydra.run.dir="$OUT/train_cuda_torch_scan" > "$OUT/train_cuda_torch_scan.log" 2>&1; tail -2 "$OUT/train_cuda_torch_scan.log"
 
 wait_for_kernels || exit 1
-mkdir -p "$OUT/kernel-wheels" && cp /tmp/kernels/wheels/*.whl "$OUT/kernel-wheels/" 2>/dev/null
+return_kernels
 timeout $((585 - SECONDS)) python3 -m pytest -q -s tests/gpu 2>&1 | tee "$OUT/gpu_all.log" | tail -15
