@@ -22,8 +22,8 @@ carried_kernels() {  # install what .device/kernel-wheels holds (wheels, or part
   cp .device/kernel-wheels/*.whl $dir/ 2> /dev/null
   ls $dir/*.whl > /dev/null 2>&1 || return 0
   python3 -m pip install -q --no-index --no-deps --target /tmp/site $dir/*.whl > /dev/null 2>&1
-  python3 -c "import causal_conv1d_cuda" 2> /dev/null && echo causal_conv1d
-  python3 -c "import selective_scan_cuda, mamba_ssm" 2> /dev/null && echo mamba_ssm
+  python3 -c "import torch, causal_conv1d_cuda" 2> /dev/null && echo causal_conv1d  # torch first: it loads libc10
+  python3 -c "import torch, selective_scan_cuda, mamba_ssm" 2> /dev/null && echo mamba_ssm
 }
 build_missing() {  # $1: what imports already; builds the rest as .device/build_kernels.sh does, then READY
   set -u
@@ -32,11 +32,12 @@ build_missing() {  # $1: what imports already; builds the rest as .device/build_
   local pids=() name
   for name in causal_conv1d mamba_ssm; do
     case " $1 " in *" $name "*) continue ;; esac
-    tar xzf "$OLDPWD/.device/$name-patched.tar.gz" && local dir=$(ls -d ${name}-*/ | head -1)
+    tar xzf "$OLDPWD/.device/$name-patched.tar.gz" || { echo "no $name source in .device" | tee FAILED; return 1; }
+    local dir=$(ls -d ${name}-*/ | head -1)
     python3 -m pip wheel --no-deps --no-build-isolation --no-index -w /tmp/kernels/wheels "./$dir" > "$name.log" 2>&1 &
     pids+=($!)
   done
-  for pid in "${pids[@]}"; do wait $pid || { echo "build failed (logs in /tmp/kernels)" | tee FAILED; return 1; }; done
+  for pid in ${pids[@]+"${pids[@]}"}; do wait $pid || { echo "build failed (logs in /tmp/kernels)" | tee FAILED; return 1; }; done
   ls wheels/*.whl > /dev/null 2>&1 && python3 -m pip install -q --no-index --no-deps --target /tmp/site wheels/*.whl
   touch READY; echo "kernels ready in /tmp/site (carried: ${1:-none})"
 }
