@@ -43,18 +43,25 @@ class KVCache:
         self.position = torch.tensor([self.length], dtype=torch.long, device=self.k.device)
 
 
-def rope(x: torch.Tensor, *, start: int | torch.Tensor, theta: float) -> torch.Tensor:
-    """Rotary embedding (Su et al. 2021), rotate-half layout; x (B, T, H, hd), positions start..start+T
-    (`start` an int, or a (1,) tensor on x's device: a KV cache's device position)."""
-    T, hd = x.shape[1], x.shape[-1]
-    inv_freq = 1.0 / theta ** (torch.arange(0, hd, 2, device=x.device, dtype=torch.float32) / hd)  # (hd/2,)
-    pos = torch.arange(T, device=x.device, dtype=torch.float32) + start  # (T,)
-    angles = torch.outer(pos, inv_freq)  # (T, hd/2)
-    cos = torch.cat([angles.cos(), angles.cos()], dim=-1)[None, :, None, :]  # (1, T, 1, hd)
-    sin = torch.cat([angles.sin(), angles.sin()], dim=-1)[None, :, None, :]
-    x1, x2 = x.float().chunk(2, dim=-1)
-    rotated = torch.cat([-x2, x1], dim=-1)
-    return (x.float() * cos + rotated * sin).to(x.dtype)
+def rope_tables(length: int, head_dim: int, *, start: int | torch.Tensor, theta: float,
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (1, T, 1, hd/2) of the rotary embedding (Su et al. 2021) at positions start..start+T
+    (`start` an int, or a (1,) tensor on the device: a KV cache's device position). Made once per call
+    and shared by q and k: each decode step replays them, so fewer kernels is faster decoding."""
+    inv_freq = theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / -head_dim)  # (hd/2,)
+    pos = torch.arange(length, device=device, dtype=torch.float32) + start  # (T,)
+    angles = torch.outer(pos, inv_freq)[None, :, None, :]  # (1, T, 1, hd/2)
+    return angles.cos(), angles.sin()
+
+
+def rope(x: torch.Tensor, *, start: int | torch.Tensor = 0, theta: float = 10_000.0,
+         tables: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Rotary embedding of x (B, T, H, hd), rotate-half layout: each pair (i, i + hd/2) turned by its
+    angle, at positions start..start+T, or by `tables` (rope_tables)."""
+    cos, sin = tables if tables is not None else rope_tables(x.shape[1], x.shape[-1], start=start, theta=theta,
+                                                            device=x.device)
+    x1, x2 = x.float().chunk(2, dim=-1)  # (B, T, H, hd/2) each
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
 
 
 def causal_mask(n_q: int, n_k: int, *, q_offset: int, window: int | None, device: torch.device) -> torch.Tensor:
@@ -105,7 +112,8 @@ class Attention(nn.Module):
             raise ValueError(f"a KV cache with a device position decodes one token per call, got {T}")
         start = state.position if on_device else state.length if state is not None else 0
         if self.cfg.rope_theta is not None:
-            q, k = rope(q, start=start, theta=self.cfg.rope_theta), rope(k, start=start, theta=self.cfg.rope_theta)
+            tables = rope_tables(T, self.hd, start=start, theta=self.cfg.rope_theta, device=x.device)
+            q, k = rope(q, tables=tables), rope(k, tables=tables)
         if on_device:
             y = self._step_on_device(state, q, k, v)  # (B, 1, H, hd)
             return self.out_proj(y.reshape(B, T, self.n_heads * self.hd))
