@@ -98,6 +98,15 @@ def ssd_chunked(
     return y.reshape(b, c * L, h, p)[:, :t], states[:, -1]
 
 
+def ssd_step(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+    """One step of the recurrence: x (b, h, p), dt (b, h), A (h,), B and C (b, h, n) (one group per head),
+    state (b, h, p, n) -> (y (b, h, p), the new state). A decoding step takes it: a handful of operations
+    where the chunked form at length 1 runs its whole block machinery (each one a kernel in a decode graph)."""
+    decay = torch.exp(dt * A)[..., None, None]  # (b, h, 1, 1)
+    state = decay * state + (dt[..., None] * x)[..., None] * B[:, :, None, :]  # (b, h, p, n)
+    return (state @ C[..., None]).squeeze(-1), state  # (b, h, p)
+
+
 def ssd_sequential(
     x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, *, initial_state: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
@@ -108,9 +117,8 @@ def ssd_sequential(
     state = x.new_zeros(b, h, p, n) if initial_state is None else initial_state
     ys = []
     for i in range(t):
-        decay = torch.exp(dt[:, i] * A)[..., None, None]  # (b, h, 1, 1)
-        state = decay * state + torch.einsum("bh,bhp,bhn->bhpn", dt[:, i], x[:, i], B[:, i])  # (b, h, p, n)
-        ys.append(torch.einsum("bhpn,bhn->bhp", state, C[:, i]))  # (b, h, p)
+        y, state = ssd_step(x[:, i], dt[:, i], A, B[:, i], C[:, i], state)
+        ys.append(y)
     return torch.stack(ys, dim=1), state
 
 
@@ -239,7 +247,13 @@ class Mamba2(nn.Module):
             B = B.to(sdtype).reshape(b, t, cfg.n_groups, cfg.d_state)  # (B, T, G, N)
             C = C.to(sdtype).reshape(b, t, cfg.n_groups, cfg.d_state)  # (B, T, G, N)
             initial = None if state is None else state.ssm.to(sdtype)
-            y, final = ssd_chunked(xs, dt, A, B, C, chunk_size=min(cfg.chunk_size, t), initial_state=initial)
+            if state is not None and t == 1:  # a decoding step: the recurrence itself
+                heads = self.n_heads // cfg.n_groups
+                B1, C1 = (v[:, 0].repeat_interleave(heads, dim=1) for v in (B, C))  # (B, H, N)
+                y, final = ssd_step(xs[:, 0], dt[:, 0], A, B1, C1, initial)
+                y = y[:, None]  # (B, 1, H, P)
+            else:
+                y, final = ssd_chunked(xs, dt, A, B, C, chunk_size=min(cfg.chunk_size, t), initial_state=initial)
             y = y + self.D.to(sdtype)[:, None] * xs  # (B, T, H, P)
         if state is not None:
             state.ssm.copy_(final.detach())
