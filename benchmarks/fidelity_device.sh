@@ -13,6 +13,9 @@
 #                  (retrying the evaluations the autotuner race failed), then the fidelity study until LIMIT
 #   PART=parity    issue 16's GPU parity tests (Gated DeltaNet against fla, grouped-GEMM MoE; passed 2026-12-03)
 #   PART=fidelity  the fidelity study until LIMIT (resumes; call again while the machine is warm)
+#   PART=profile   issue 17: where one evaluation of the GPU preset spends its time (benchmarks/eval_profile.py)
+#   PART=budget    issue 17: the study's 16 patterns at half, a quarter of the proxy's tokens and at batch_tokens=4096,
+#                  each ranked against the default budget (composer-fidelity proxies=[...], rungs=[]; resumes)
 # fidelity/ starts with the proxy scores of fidelity-ceil/ (its study.db): the first study, grown by the paper's
 # ceil rule (+1 % to +40 % over the rung's size), stopped at 11 of 32 runs; this one grows by `fit` (within 2 %).
 # A cold machine starts from what $R holds (committed); a warm one keeps its /tmp state (the runs in
@@ -28,6 +31,7 @@ SEARCH=(evaluator=mad space=long strategy=gp name=$NAME evaluator.top_k=0 hydra.
 LOGS=/tmp/issue15-logs; mkdir -p $LOGS
 [ -d /tmp/search ] || { mkdir -p /tmp/search && cp -r "$R/search/." /tmp/search/; }
 [ -d /tmp/fidelity ] || { mkdir -p /tmp/fidelity && cp -r "$R/fidelity/." /tmp/fidelity/ 2>/dev/null; }
+[ -d /tmp/budget ] || { mkdir -p /tmp/budget && cp -r "$R/budget/." /tmp/budget/ 2>/dev/null; }  # issue 17's
 python3 -c "import scipy, matplotlib; print('scipy', scipy.__version__, 'matplotlib', matplotlib.__version__)" 2>&1 | tail -1
 search() {  # search evaluations until $1 seconds into the call, or until the kernels are built ($2=until-kernels)
   [ -f /tmp/kernels/READY ] && W=3 || W=2  # the torch scan needs far more memory per worker
@@ -56,6 +60,12 @@ fidelity() {
     trainer.batch_size=64 trainer.cuda_graph=true trainer.ckpt_every=100 hydra.run.dir=/tmp/fidelity \
     leaderboard=/tmp/fidelity/leaderboard.jsonl > "$LOGS/fidelity-$(date +%H%M%S).log" 2>&1
 }
+budget() {  # issue 17: the same 16 patterns scored at cheaper budgets of the proxy, each ranked against the default's
+  timeout -k 20 -s INT $(left) python3 -m composer.apps.fidelity search_dir=/tmp/search name=issue17-budget top_k=8 random=6 \
+    workers=${WORKERS:-3} retry_failed=true 'rungs=[]' hydra.run.dir=/tmp/budget leaderboard=/tmp/budget/leaderboard.jsonl \
+    'proxies=[{name:half,evaluator:{trainer:{max_tokens:1000000}}},{name:quarter,evaluator:{trainer:{max_tokens:500000}}},{name:even4096,evaluator:{trainer:{batch_tokens:4096}}}]' \
+    > "$LOGS/budget-$(date +%H%M%S).log" 2>&1
+}
 case "$PART" in
   search) search $((LIMIT - 20)) ;;
   parity) timeout -k 10 300 python3 -m pytest -q -s tests/gpu/test_gdn_parity.py tests/gpu/test_moe_parity.py \
@@ -65,12 +75,15 @@ case "$PART" in
          tail -n 20 "$LOGS/while-building.log"; fi
        wait_for_kernels && fidelity ;;
   fidelity) wait_for_kernels; fidelity ;;
+  profile) wait_for_kernels; timeout $(left) python3 benchmarks/eval_profile.py --out $LOGS/profile -- evaluator=mad space=long \
+         > "$LOGS/profile.log" 2>&1; tail -n 30 "$LOGS/profile.log" ;;
+  budget) wait_for_kernels; budget ;;
 esac
 cp $OUT/kernels_build.log $LOGS/ 2>/dev/null
 return_kernels  # once: the built wheels in parts; copied into .device/kernel-wheels, later calls skip the build
 cd /tmp && tar czf "$OUT/issue15.tar.gz" --exclude='*.pt' --exclude='checkpoint*' --exclude='trials' \
   search/study.db search/search.json search/result.json search/leaderboard.jsonl \
-  $(cd /tmp && ls fidelity/{study.db,fidelity.json,fidelity.png,leaderboard.jsonl} 2>/dev/null) \
+  $(cd /tmp && ls fidelity/{study.db,fidelity.json,fidelity.png,leaderboard.jsonl} budget/{study.db,fidelity.json,fidelity.png} budget/proxies/*/study.db 2>/dev/null) \
   $(cd /tmp && find fidelity -name summary.json -o -name rung.json -o -name metrics.jsonl) issue15-logs 2>/dev/null
 ls -la "$OUT" /tmp/kernels/wheels 2>/dev/null; nvidia-smi --query-gpu=memory.used --format=csv,noheader
 for f in $LOGS/*.log; do echo "== $f"; tail -n 4 "$f"; done
