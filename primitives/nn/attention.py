@@ -101,19 +101,20 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, state: KVCache | None = None) -> torch.Tensor:
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).split([self.n_heads * self.hd, self.n_kv * self.hd, self.n_kv * self.hd], dim=-1)
-        q = q.view(B, T, self.n_heads, self.hd)  # (B, T, H, hd)
-        k = k.view(B, T, self.n_kv, self.hd)  # (B, T, Hkv, hd)
-        v = v.view(B, T, self.n_kv, self.hd)
+        heads = [self.n_heads, self.n_kv]
+        qk, v = self.qkv(x).split([(self.n_heads + self.n_kv) * self.hd, self.n_kv * self.hd], dim=-1)
+        qk = qk.view(B, T, self.n_heads + self.n_kv, self.hd)  # (B, T, H + Hkv, hd): the queries, then the keys
+        v = v.view(B, T, self.n_kv, self.hd)  # (B, T, Hkv, hd)
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+            q, k = qk.split(heads, dim=2)
+            qk = torch.cat([self.q_norm(q), self.k_norm(k)], dim=2)
         on_device = state is not None and state.position is not None
         if on_device and T != 1:
             raise ValueError(f"a KV cache with a device position decodes one token per call, got {T}")
         start = state.position if on_device else state.length if state is not None else 0
-        if self.cfg.rope_theta is not None:
-            tables = rope_tables(T, self.hd, start=start, theta=self.cfg.rope_theta, device=x.device)
-            q, k = rope(q, tables=tables), rope(k, tables=tables)
+        if self.cfg.rope_theta is not None:  # queries and keys turned together: one rotation's kernels, not two
+            qk = rope(qk, tables=rope_tables(T, self.hd, start=start, theta=self.cfg.rope_theta, device=x.device))
+        q, k = qk.split(heads, dim=2)  # (B, T, H, hd), (B, T, Hkv, hd)
         if on_device:
             y = self._step_on_device(state, q, k, v)  # (B, 1, H, hd)
             return self.out_proj(y.reshape(B, T, self.n_heads * self.hd))
