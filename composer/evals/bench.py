@@ -72,7 +72,7 @@ class BenchConfig:
     train_batch: int = 8  # sequences per training step
     train_seq_len: int = 2048  # tokens per training sequence
     train_steps: int = 10  # timed training steps; the median counts
-    prefill_repeats: int = 3  # timed prefills per context; the median counts
+    prefill_repeats: int = 10  # timed prefills per context; the median counts (3 left 17% between identical models at 4K)
     decode_steps: int = 32  # timed decode steps per batch size
     warmup: int = 3  # untimed repeats before each timing (kernel autotuning, cuDNN plans, allocator)
     max_batch: int = 256  # the largest decode batch tried
