@@ -23,6 +23,8 @@ def scatter(out: Mapping[str, Any], path: Path) -> Path:
     fig, axes = plt.subplots(1, len(rungs), figsize=(5.5 * len(rungs), 4.5), squeeze=False)
     for ax, rung in zip(axes[0], rungs):
         name = rung["name"]
+        xs = [p["proxy"] for p in out["patterns"] if p["proxy"] is not None] or [0.0]
+        right = min(xs) + 0.6 * (max(xs) - min(xs))  # labels of points beyond it go to their left: none cut off
         for point in out["patterns"]:
             at = point["rungs"].get(name, {})
             if point["proxy"] is None or at.get("mean") is None:
@@ -33,7 +35,9 @@ def scatter(out: Mapping[str, Any], path: Path) -> Path:
             ax.vlines(point["proxy"], min(seeds), max(seeds), color=color, alpha=0.5, linewidth=1)
             ax.scatter([point["proxy"]], [at["mean"]], marker=marker, color=color, s=size, zorder=3)
             if role or len(out["patterns"]) <= LABEL_ALL:
-                ax.annotate(point["pattern"], (point["proxy"], at["mean"]), fontsize=7 if role else 6, xytext=(4, 4),
+                left = point["proxy"] > right
+                ax.annotate(point["pattern"], (point["proxy"], at["mean"]), fontsize=7 if role else 6,
+                            xytext=(-4 if left else 4, 4), ha="right" if left else "left",
                             textcoords="offset points", color="black" if role else "dimgrey")
         corr = next((c for c in out["correlations"] if c["x"] == "proxy" and c["y"] == name), None)
         rho = corr and corr["spearman"]["value"]
