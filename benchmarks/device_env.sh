@@ -5,20 +5,22 @@
 # kernels are ready (returns 1 if the build failed); `return_kernels` sends the built wheels back once.
 #
 # Saving the build (341 s of a session's 1,800 s of device time; causal-conv1d alone takes 284 s):
-# `return_kernels` puts the wheels in $OUT as xz-compressed parts of 15 MiB (the device returns files
-# of at most 16 MiB); copy those parts into .device/kernel-wheels/ here, and later calls install them
-# and build only what is missing or does not import (another torch on the machine). The rungs'
-# corpus may travel as .device/corpus-tokens.tar.xz (3.8 MB instead of 34 MB), unpacked here.
+# `return_kernels` puts each built wheel in $OUT as xz-compressed parts of 15 MiB (the device returns
+# files of at most 16 MiB); copy the parts of one or both wheels into .device/kernel-wheels/ here
+# (causal-conv1d's 26 MB saves the most; both and .device exceed the 64 MiB a call carries), and later
+# calls install them and build only what is missing or does not import (another torch on the machine).
+# The rungs' corpus may travel as .device/corpus-tokens.tar.xz (3.8 MB instead of 34 MB), unpacked here.
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 [ -d .device/corpus-tokens ] || [ ! -f .device/corpus-tokens.tar.xz ] || tar xJf .device/corpus-tokens.tar.xz -C .device
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .device/wheels/*.whl 2>&1 | grep -v "already exists"
 export PYTHONPATH=/tmp/site:$PWD
-carried_kernels() {  # install what .device/kernel-wheels holds (wheels, or parts of kernels.tar.xz); print what imports
+carried_kernels() {  # install what .device/kernel-wheels holds (wheels, or <wheel>.xz.part-* from return_kernels); print what imports
   local dir=/tmp/kernels/carried
   rm -rf $dir && mkdir -p $dir
-  if ls .device/kernel-wheels/kernels.tar.xz.part-* > /dev/null 2>&1; then
-    cat .device/kernel-wheels/kernels.tar.xz.part-* | xz -d | tar x -C $dir
-  fi
+  local whl
+  for whl in $(ls .device/kernel-wheels/*.whl.xz.part-* 2> /dev/null | sed 's/\.xz\.part-[a-z]*$//' | sort -u); do
+    cat "$whl".xz.part-* | xz -d > "$dir/$(basename "$whl")"
+  done
   cp .device/kernel-wheels/*.whl $dir/ 2> /dev/null
   ls $dir/*.whl > /dev/null 2>&1 || return 0
   python3 -m pip install -q --no-index --no-deps --target /tmp/site $dir/*.whl > /dev/null 2>&1
@@ -55,8 +57,11 @@ wait_for_kernels() {
   [ -f /tmp/kernels/FAILED ] && { cat /tmp/kernels/FAILED; return 1; }
   return 0
 }
-return_kernels() {  # once per machine: the wheels built here, as parts of kernels.tar.xz in $OUT (2 to 5 files)
+return_kernels() {  # once per machine: each wheel built here as <wheel>.xz.part-aa, -ab, ... in $OUT (15 MiB each)
   [ -f /tmp/kernels/READY ] && [ ! -f /tmp/kernels/RETURNED ] && ls /tmp/kernels/wheels/*.whl > /dev/null 2>&1 || return 0
-  tar cf - -C /tmp/kernels/wheels . | xz -T0 -6 | split -b 15M - "$OUT/kernels.tar.xz.part-" && touch /tmp/kernels/RETURNED
-  ls -la "$OUT"/kernels.tar.xz.part-*
+  local whl
+  for whl in /tmp/kernels/wheels/*.whl; do
+    xz -T0 -6 -c "$whl" | split -b 15M - "$OUT/$(basename "$whl").xz.part-"
+  done
+  touch /tmp/kernels/RETURNED; ls -la "$OUT"/*.whl.xz.part-*
 }

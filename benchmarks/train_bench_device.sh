@@ -4,7 +4,7 @@
 # Prepare on the CPU machine and carry `.device` (torch, einops, transformers and tqdm are on the
 # device's image: no wheels are needed beyond the kernel sources):
 #   mkdir -p .device && cp ../shared/device/* .device/
-#   (the mamba-ssm and causal-conv1d wheels this script returns as $OUT/kernels.tar.xz.part-*, put in
+#   (the mamba-ssm and causal-conv1d wheels this script returns as $OUT/<wheel>.xz.part-*, put in
 #    .device/kernel-wheels/ for a later call, skip the 341 s build and leave the call to the benchmark)
 # Then, from the project root:   bash benchmarks/train_bench_device.sh        # results under $OUT
 # Time plan: the kernel build takes ~341 s of the call (measured on an H200), so the side-by-side runs
@@ -12,7 +12,7 @@
 # Each results file is rewritten after every model, so a cut run keeps what it measured. The call
 # ends by ~550 s. Files under $OUT (8 at most come back): gpu.txt, kernels_build.log,
 # during_build.{json,log} (the log starts with the chunked loss's GPU parity tests),
-# train_bench.{json,log}, kernels.tar.xz.part-*.
+# train_bench.{json,log}, <wheel>.xz.part-*.
 set -u
 source benchmarks/device_env.sh
 BENCH="python3 benchmarks/train_bench.py"
