@@ -45,6 +45,7 @@ search() {  # search evaluations until $1 seconds into the call, or until the ke
   for _ in $(seq 30); do kill -0 $pid 2>/dev/null || break; sleep 1; done
   pkill -KILL -f composer.apps.search 2>/dev/null; wait $pid
 }
+STUDY=(search_dir=/tmp/search top_k=8 random=6 workers=${WORKERS:-3} retry_failed=true)  # both studies: the same 16 patterns
 left() { echo $((LIMIT - SECONDS)); }  # seconds left to this call; every step is bounded by it
 fidelity() {
   [ -f /tmp/kernels/READY ] || echo "kernels not built: the Mamba-2 torch path trains the rungs"
@@ -53,16 +54,16 @@ fidelity() {
   python3 -c "import json, sys; sys.exit(json.load(open('/tmp/search/result.json'))['n_failed'] > 0)" 2>/dev/null \
     || timeout -k 10 -s INT $(( $(left) < 200 ? $(left) : 200 )) python3 -m composer.apps.search \
     "${SEARCH[@]}" ++phase=finalize retry_failed=true > "$LOGS/finalize-$(date +%H%M%S).log" 2>&1
-  [ $(left) -gt 30 ] && timeout -k 20 -s INT $(left) python3 -m composer.apps.fidelity search_dir=/tmp/search name=issue15-fidelity \
-    retry_failed=true top_k=8 random=6 workers=${WORKERS:-3} data.path=.device/corpus-tokens data.val_tokens=200000 seq_len=512 \
+  [ $(left) -gt 30 ] && timeout -k 20 -s INT $(left) python3 -m composer.apps.fidelity "${STUDY[@]}" name=issue15-fidelity \
+    data.path=.device/corpus-tokens data.val_tokens=200000 seq_len=512 \
     rungs.0.name=r1 rungs.0.d_model=320 rungs.0.n_blocks=14 rungs.0.n_heads=5 rungs.0.mamba_d_state=64 \
     rungs.0.mamba_head_dim=32 rungs.0.mamba_chunk_size=64 rungs.0.method=fit rungs.0.tokens_per_param=${TPP:-1} \
     trainer.batch_size=64 trainer.cuda_graph=true trainer.ckpt_every=100 hydra.run.dir=/tmp/fidelity \
     leaderboard=/tmp/fidelity/leaderboard.jsonl > "$LOGS/fidelity-$(date +%H%M%S).log" 2>&1
 }
 budget() {  # issue 17: the same 16 patterns scored at cheaper budgets of the proxy, each ranked against the default's
-  timeout -k 20 -s INT $(left) python3 -m composer.apps.fidelity search_dir=/tmp/search name=issue17-budget top_k=8 random=6 \
-    workers=${WORKERS:-3} retry_failed=true 'rungs=[]' hydra.run.dir=/tmp/budget leaderboard=/tmp/budget/leaderboard.jsonl \
+  timeout -k 20 -s INT $(left) python3 -m composer.apps.fidelity "${STUDY[@]}" name=issue17-budget 'rungs=[]' \
+    hydra.run.dir=/tmp/budget leaderboard=/tmp/budget/leaderboard.jsonl \
     'proxies=[{name:half,evaluator:{trainer:{max_tokens:1000000}}},{name:quarter,evaluator:{trainer:{max_tokens:500000}}},{name:even4096,evaluator:{trainer:{batch_tokens:4096}}}]' \
     > "$LOGS/budget-$(date +%H%M%S).log" 2>&1
 }

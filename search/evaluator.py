@@ -373,12 +373,6 @@ def load_evaluator_corpus(cfg: EvaluatorConfig) -> Any:
 
 def _free_accelerator_memory() -> None:
     """Collect garbage (a failed run's objects sit in reference cycles) and hand cached GPU memory back."""
-    import gc
+    from composer.engine.graphs import release_memory
 
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        from composer.engine.graphs import release_memory
-
-        release_memory()  # not while another thread captures a graph
+    release_memory(collect=True)  # not while another thread captures a graph
