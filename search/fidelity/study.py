@@ -298,11 +298,18 @@ def _guard_rungs(cfg: FidelityConfig, run_dir: Path) -> None:
             write_json(path, settings)
 
 
-def _jobs(cfg: FidelityConfig, patterns: list[str], vocab: int) -> tuple[list[tuple[int, str, int]], dict]:
+HEADLINE = ("aggregate", "baseline")  # the roles whose runs go first, every seed: the search's answer against its baselines
+
+
+def _jobs(cfg: FidelityConfig, roles: Mapping[str, list[str]], vocab: int) -> tuple[list[tuple[int, str, int]], dict]:
     """Every (rung index, pattern, seed) run, and (rung, pattern) -> its growth; growing fails here, in one line.
-    Seed-major within a rung: a study stopped early has every pattern at its first seed before any at its second."""
+    Within a rung, the headline (the aggregate and the baselines) at every seed first, then the rest seed-major:
+    a study stopped early has its headline with a seed spread and every pattern at its first seed."""
+    patterns = list(roles)
     grown = {(r.name, p): r.grow(p, vocab_size=vocab) for r in cfg.rungs for p in patterns}
-    jobs = [(i, p, s) for i, r in enumerate(cfg.rungs) for s in r.seeds for p in patterns]
+    head = [p for p in patterns if any(role in HEADLINE for role in roles[p])]
+    rest = [p for p in patterns if p not in head]
+    jobs = [(i, p, s) for i, r in enumerate(cfg.rungs) for group in (head, rest) for s in r.seeds for p in group]
     return jobs, grown
 
 
@@ -498,7 +505,7 @@ def run_fidelity(cfg: FidelityConfig, *, run_dir: Path) -> dict[str, Any]:
         variant_search(search_cfg, variant)
     _guard_rungs(cfg, run_dir)
     corpus = cfg.data.open(seed=0) if cfg.rungs else None  # fetched and tokenised once, before any worker starts
-    jobs, grown = _jobs(cfg, patterns, _vocab(corpus)) if cfg.rungs else ([], {})
+    jobs, grown = _jobs(cfg, roles, _vocab(corpus)) if cfg.rungs else ([], {})
     left = [(i, p, s) for i, p, s in jobs  # the runs still to train, shared among the workers
             if finished(run_folder(run_dir, cfg.rungs[i], grown[(cfg.rungs[i].name, p)].pattern, s),
                         grown[(cfg.rungs[i].name, p)].pattern, s) is None]
