@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import scipy.stats
 
-from search.fidelity.study import analyse
+from search.fidelity.study import _jobs, analyse, fidelity_config_from_mapping
 from search.fidelity.rungs import RungConfig
 from tests.conftest import cli_env
 from tests.test_evaluator_lm import write_corpus
@@ -133,6 +133,20 @@ def test_a_search_s_patterns_are_taken_with_their_roles_and_its_scores_read_back
     here = json.loads(json.dumps([line for line in (tmp_path / "f" / "trials").glob("*/*/summary.json")], default=str))
     assert len({Path(p).parent.parent.name for p in here}) == 1  # one pattern trained at the proxy: the random one
     assert "aggregate" in proc.stdout and "baseline" in proc.stdout
+
+
+def test_the_headline_trains_first_at_every_seed_then_the_rest_seed_major():
+    # A study stopped early should already hold the comparison it exists for: the aggregate against its
+    # baselines with a seed spread; after that, every pattern at its first seed before any at its second.
+    rung = {"name": "r1", "d_model": 32, "n_blocks": 4, "n_heads": 2, "mamba_head_dim": 8, "mamba_d_state": 8,
+            "mamba_chunk_size": 8, "seeds": [0, 1]}
+    cfg = fidelity_config_from_mapping({"patterns": ["M---"], "rungs": [rung, {**rung, "name": "r2", "d_model": 48}]})
+    roles = {"-M--": ["top"], "M-M-": ["aggregate", "top"], "M---": ["random"], "*-*-": ["baseline"]}
+    jobs, grown = _jobs(cfg, roles, 256)
+    assert jobs[:8] == [(0, "M-M-", 0), (0, "*-*-", 0), (0, "M-M-", 1), (0, "*-*-", 1),
+                        (0, "-M--", 0), (0, "M---", 0), (0, "-M--", 1), (0, "M---", 1)]
+    assert jobs[8:] == [(1, p, s) for _, p, s in jobs[:8]]  # each rung in the same order
+    assert set(grown) == {(r, p) for r in ("r1", "r2") for p in roles}
 
 
 def test_killed_mid_study_the_same_command_trains_only_what_is_left(tmp_path, corpus):
