@@ -8,9 +8,10 @@
 # `tar cJf .device/corpus-tokens.tar.xz -C <parent> corpus-tokens` (3.8 MB; device_env.sh unpacks it).
 # `.device` carried; with the kernel parts of an earlier call in .device/kernel-wheels, nothing is built.
 #   PART=search    more search evaluations (kernels if built, else the torch scan)
-#   PART=all       while the kernels build: the command in $WHILE_BUILDING if set (GPU work that needs no
-#                  mamba-ssm, e.g. issue 18's float8 runs of the Llama layout); once built: finalize the search
-#                  (retrying the evaluations the autotuner race failed), then the fidelity study until LIMIT
+#   PART=all       while the kernels build: the Llama baseline's rung runs (train_roles=[baseline]), then the
+#                  command in $WHILE_BUILDING if set (GPU work that needs no mamba-ssm, e.g. issue 18's composer-bench
+#                  of sliding-window layouts); once built: $AFTER_BUILD if set (e.g. composer-bench of hybrids),
+#                  finalize the search (retrying failed evaluations), then the fidelity study until LIMIT
 #   PART=parity    issue 16's GPU parity tests (Gated DeltaNet against fla, grouped-GEMM MoE; passed 2026-12-03)
 #   PART=fidelity  the fidelity study until LIMIT (resumes; call again while the machine is warm)
 #   PART=profile   issue 17: where one evaluation of the GPU preset spends its time (benchmarks/eval_profile.py)
@@ -47,19 +48,20 @@ search() {  # search evaluations until $1 seconds into the call, or until the ke
 }
 STUDY=(search_dir=/tmp/search top_k=8 random=6 workers=${WORKERS:-3} retry_failed=true)  # both studies: the same 16 patterns
 left() { echo $((LIMIT - SECONDS)); }  # seconds left to this call; every step is bounded by it
-fidelity() {
-  [ -f /tmp/kernels/READY ] || echo "kernels not built: the Mamba-2 torch path trains the rungs"
+fidelity() {  # arguments: more overrides (train_roles=[baseline]); $T: seconds it may take (default: what is left)
+  [ -f /tmp/kernels/READY ] || [ -n "${T:-}" ] || echo "kernels not built: the Mamba-2 torch path trains the rungs"
   # retry_failed: the evaluations that hit Triton's autotuner race before the evaluator serialised it
   # (skipped once the search's result counts no failures, as the committed one does)
   python3 -c "import json, sys; sys.exit(json.load(open('/tmp/search/result.json'))['n_failed'] > 0)" 2>/dev/null \
     || timeout -k 10 -s INT $(( $(left) < 200 ? $(left) : 200 )) python3 -m composer.apps.search \
     "${SEARCH[@]}" ++phase=finalize retry_failed=true > "$LOGS/finalize-$(date +%H%M%S).log" 2>&1
-  [ $(left) -gt 30 ] && timeout -k 20 -s INT $(left) python3 -m composer.apps.fidelity "${STUDY[@]}" name=issue15-fidelity \
+  local t=${T:-$(left)}; [ $t -gt $(left) ] && t=$(left)
+  [ $t -gt 30 ] && timeout -k 20 -s INT $t python3 -m composer.apps.fidelity "${STUDY[@]}" name=issue15-fidelity \
     data.path=.device/corpus-tokens data.val_tokens=200000 seq_len=512 \
     rungs.0.name=r1 rungs.0.d_model=320 rungs.0.n_blocks=14 rungs.0.n_heads=5 rungs.0.mamba_d_state=64 \
     rungs.0.mamba_head_dim=32 rungs.0.mamba_chunk_size=64 rungs.0.method=fit rungs.0.tokens_per_param=${TPP:-1} \
     trainer.batch_size=64 trainer.cuda_graph=true trainer.ckpt_every=100 hydra.run.dir=/tmp/fidelity \
-    leaderboard=/tmp/fidelity/leaderboard.jsonl > "$LOGS/fidelity-$(date +%H%M%S).log" 2>&1
+    leaderboard=/tmp/fidelity/leaderboard.jsonl "$@" > "$LOGS/fidelity-$(date +%H%M%S).log" 2>&1
 }
 budget() {  # issue 17: the same 16 patterns scored at cheaper budgets of the proxy, each ranked against the default's
   timeout -k 20 -s INT $(left) python3 -m composer.apps.fidelity "${STUDY[@]}" name=issue17-budget 'rungs=[]' \
@@ -71,10 +73,12 @@ case "$PART" in
   search) search $((LIMIT - 20)) ;;
   parity) timeout -k 10 300 python3 -m pytest -q -s tests/gpu/test_gdn_parity.py tests/gpu/test_moe_parity.py \
          > "$LOGS/gpu-parity-issue16.log" 2>&1; tail -n 5 "$LOGS/gpu-parity-issue16.log" ;;
-  all) if [ -n "${WHILE_BUILDING:-}" ]; then  # GPU work that needs no mamba-ssm, while the kernels build
+  all) [ -f /tmp/kernels/READY ] || T=240 fidelity 'train_roles=[baseline]'  # the Llama layout needs no mamba-ssm
+       if [ -n "${WHILE_BUILDING:-}" ]; then  # GPU work that needs no mamba-ssm, while the kernels build
          timeout -k 10 $(( $(left) < 330 ? $(left) : 330 )) bash -c "$WHILE_BUILDING" > "$LOGS/while-building.log" 2>&1
          tail -n 20 "$LOGS/while-building.log"; fi
-       wait_for_kernels && fidelity ;;
+       wait_for_kernels && { [ -z "${AFTER_BUILD:-}" ] || timeout -k 10 $(left) bash -c "$AFTER_BUILD" \
+         > "$LOGS/after-build.log" 2>&1; tail -n 20 "$LOGS/after-build.log" 2>/dev/null; fidelity; } ;;
   fidelity) wait_for_kernels; fidelity ;;
   profile) wait_for_kernels; timeout $(left) python3 benchmarks/eval_profile.py --out $LOGS/profile -- evaluator=mad space=long \
          > "$LOGS/profile.log" 2>&1; tail -n 30 "$LOGS/profile.log" ;;
