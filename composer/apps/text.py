@@ -28,16 +28,18 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--max-documents", type=int, default=None, help="fit on the first N documents only")
     fetch = commands.add_parser("fetch-corpus", help="the default corpus: Debian documentation packages as text files")
     fetch.add_argument("--output", required=True, help="folder to write <package>/... text files into")
-    fetch.add_argument("--package", action="append", help="a Debian package (repeatable; default python3.11-doc)")
+    fetch.add_argument("--package", action="append",
+                       help="a Debian package, or name=version to pin one (repeatable; default python3.11-doc)")
     return parser
 
 
 def _fetch_corpus(args: argparse.Namespace) -> None:
-    from composer.data.corpus import DEFAULT_PACKAGES, fetch_debian_docs
+    from composer.data.corpus import DEFAULT_PACKAGES, VERSIONS, fetch_debian_docs
 
     copied = fetch_debian_docs(args.output, tuple(args.package or DEFAULT_PACKAGES))
-    for package, n in copied.items():
-        print(f"{package}: {n} files -> {Path(args.output) / package}")
+    for package, (version, n) in copied.items():
+        print(f"{package} {version}: {n} files -> {Path(args.output) / package}")
+    print(f"versions in {Path(args.output) / VERSIONS} (pin one with --package name=version)")
 
 
 def _train_tokenizer(args: argparse.Namespace) -> None:

@@ -6,6 +6,10 @@
 and `dpkg -x` unpacks it; every .txt, .rst and .md file under its `usr/share/doc/` is copied to
 `<output>/<package>/…`, one document per file (composer.data.text's rule for text files). Other packages
 work the same way, e.g. `--package linux-doc-6.1` (the kernel's documentation, ~24 MB).
+
+A package's text changes with its version, and which version `apt-get download` takes depends on how
+fresh the machine's package lists are (`apt-get update`): the versions fetched are written to
+`<output>/packages.tsv` (package, version, files; not a corpus file), and `name=version` pins one.
 """
 
 from __future__ import annotations
@@ -25,22 +29,29 @@ DEFAULT_PACKAGES = ("python3.11-doc",)
 TEXT_SUFFIXES = (".txt", ".rst", ".md")
 
 
-def fetch_debian_docs(output: str | Path, packages: tuple[str, ...] = DEFAULT_PACKAGES) -> dict[str, int]:
-    """Download and unpack `packages`, copy their text files under `output`; package -> files copied."""
+VERSIONS = "packages.tsv"  # in the output folder: package, version, files copied (a suffix no corpus reads)
+
+
+def fetch_debian_docs(output: str | Path, packages: tuple[str, ...] = DEFAULT_PACKAGES) -> dict[str, tuple[str, int]]:
+    """Download and unpack `packages` (`name` or `name=version`), copy their text files under `output`;
+    package -> (version, files copied), also merged into `output`/packages.tsv."""
     for tool in ("apt-get", "dpkg"):
         if shutil.which(tool) is None:
             raise ConfigError(f"fetch-corpus needs {tool} (a Debian or Ubuntu machine); point --input at any text folder instead")
     output = Path(output)
     copied: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="composer-corpus-") as tmp:
-        for package in packages:
-            download = subprocess.run(["apt-get", "download", package], cwd=tmp, capture_output=True, text=True)
+        for spec in packages:
+            package = spec.split("=", 1)[0]
+            download = subprocess.run(["apt-get", "download", spec], cwd=tmp, capture_output=True, text=True)
             debs = sorted(Path(tmp).glob(f"{package}_*.deb"))
             if download.returncode != 0 or not debs:
                 reason = (download.stderr.strip().splitlines() or ["no .deb downloaded"])[-1]
-                raise ConfigError(f"apt-get download {package} failed: {reason}")
+                raise ConfigError(f"apt-get download {spec} failed: {reason}")
             unpacked = Path(tmp) / package
             subprocess.run(["dpkg", "-x", str(debs[-1]), str(unpacked)], check=True, capture_output=True)
+            version = subprocess.run(["dpkg-deb", "-f", str(debs[-1]), "Version"], check=True, capture_output=True,
+                                     text=True).stdout.strip()
             docs = unpacked / "usr" / "share" / "doc"
             n = 0
             for path in sorted(docs.rglob("*")):
@@ -51,8 +62,18 @@ def fetch_debian_docs(output: str | Path, packages: tuple[str, ...] = DEFAULT_PA
                     n += 1
             if n == 0:
                 raise ConfigError(f"package {package} has no .txt, .rst or .md files under usr/share/doc")
-            copied[package] = n
+            copied[package] = (version, n)
+    _record_versions(output / VERSIONS, copied)
     return copied
+
+
+def _record_versions(path: Path, copied: dict[str, tuple[str, int]]) -> None:
+    """Merge what was fetched into `path` (one `package<TAB>version<TAB>files` line each, sorted)."""
+    rows = {}
+    if path.is_file():
+        rows = {line.split("\t")[0]: line for line in path.read_text().splitlines()[1:] if line.strip()}
+    rows |= {package: f"{package}\t{version}\t{n}" for package, (version, n) in copied.items()}
+    path.write_text("package\tversion\tfiles\n" + "".join(rows[k] + "\n" for k in sorted(rows)))
 
 
 def default_corpus(*, setting: str = "data.path") -> Path:
