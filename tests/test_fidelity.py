@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import scipy.stats
 
-from search.fidelity.study import _jobs, analyse, fidelity_config_from_mapping
+from search.fidelity.study import _jobs, analyse, fidelity_config_from_mapping, report
 from search.fidelity.rungs import RungConfig
 from tests.conftest import cli_env
 from tests.test_evaluator_lm import write_corpus
@@ -107,6 +107,26 @@ def test_analysis_against_scipy_on_fixed_points():
     assert by[("proxy", "b")]["spearman"]["low"] <= 1.0 <= by[("proxy", "b")]["spearman"]["high"] + 1e-12
     assert out["noise_floor"]["a"]["n_seeds"] == 2 and out["noise_floor"]["b"]["neighbour_swap_rate"] is None
     assert out["placement"]["p3"] == {"roles": ["given"], "proxy_rank": 1, "a_rank": 1, "b_rank": 1}
+
+
+def test_each_primitive_s_share_is_ranked_against_every_axis_as_scipy_does():
+    # What a proxy must beat: if the share of one letter alone ranks a rung as well, the proxy adds nothing.
+    rungs = (RungConfig(name="r1", d_model=8, n_blocks=1),)
+    bpb = {"MM-*": 1.20, "M--*": 1.25, "---*": 1.40, "*-*-": 1.30, "MMM-": 1.10}
+    proxy = {"MM-*": 0.7, "M--*": 0.8, "---*": 0.2, "*-*-": 0.5, "MMM-": 0.6}
+    points = {p: {"roles": ["given"], "proxy": proxy[p], "rungs": {"r1": {"bits_per_byte": {"0": v}, "mean": v}}}
+              for p, v in bpb.items()}
+    out = analyse(points, rungs, bootstrap=300, seed=0)
+    by = {(c["letter"], c["y"]): c for c in out["composition"]}
+    assert set(by) == {(letter, axis) for letter in "*-M" for axis in ("proxy", "r1")}
+    share_m = [p.count("M") / 4 for p in bpb]
+    assert by[("M", "r1")]["spearman"]["value"] == pytest.approx(scipy.stats.spearmanr(share_m, [-v for v in bpb.values()])[0])
+    assert by[("M", "r1")]["spearman"]["value"] > 0.95 and by[("M", "r1")]["n"] == 5  # two share no M: a tie
+    assert by[("-", "proxy")]["kendall"]["value"] == pytest.approx(
+        scipy.stats.kendalltau([p.count("-") / 4 for p in bpb], list(proxy.values()))[0])
+    text = report({"name": "t", "patterns": list(points), "proxy": {"evaluator": "mad", "d_model": 8}, "seconds": 0,
+                   "rungs": [], **out}, Path("f"))
+    assert "share of a primitive -> r1: '*' " in text and "'M' +0.97 [" in text
 
 
 def test_a_search_s_patterns_are_taken_with_their_roles_and_its_scores_read_back(tmp_path, corpus):

@@ -439,7 +439,8 @@ def _train_all(cfg: FidelityConfig, run_dir: Path, jobs: list[tuple[int, str, in
 
 def analyse(points: Mapping[str, Mapping[str, Any]], rungs: tuple[RungConfig, ...], *, bootstrap: int,
             seed: int) -> dict[str, Any]:
-    """Correlations (proxy against each rung, rung against rung), noise floors and placement of `points`
+    """Correlations (proxy against each rung, rung against rung), each primitive's share of a pattern against
+    every axis (the ranking a proxy must beat), noise floors and placement of `points`
     (pattern -> {"roles", "proxy", "rungs": {name: {"bits_per_byte": {seed: bpb}, "mean"}}})."""
     def score(p: str, axis: str) -> float | None:  # higher is better on every axis
         if axis == "proxy":
@@ -465,12 +466,20 @@ def analyse(points: Mapping[str, Mapping[str, Any]], rungs: tuple[RungConfig, ..
                     for p, v in points.items()
                     if all(str(s) in v["rungs"].get(r.name, {}).get("bits_per_byte", {}) for s in r.seeds)}
         noise[r.name] = stats.noise_floor(per_seed)
+    composition = []  # what the proxy must beat: how well one primitive's share of a pattern alone ranks each axis
+    for axis in axes:
+        scored = [p for p in points if score(p, axis) is not None]
+        for letter in sorted({c for p in scored for c in p}):
+            share = [p.count(letter) / len(p) for p in scored]
+            if len(scored) >= 3 and len(set(share)) > 1:
+                composition.append({"letter": letter, "y": axis,
+                                    **_pair(share, [score(p, axis) for p in scored], bootstrap=bootstrap, seed=seed)})
     placement = {p: {"roles": v["roles"]} for p, v in points.items()}
     for axis in axes:
         ranked = stats.ranks({p: score(p, axis) for p in points if score(p, axis) is not None})
         for p in points:
             placement[p][f"{axis}_rank"] = ranked.get(p)
-    return {"correlations": correlations, "noise_floor": noise, "placement": placement}
+    return {"correlations": correlations, "composition": composition, "noise_floor": noise, "placement": placement}
 
 
 def _pair(x: list[float], y: list[float], *, bootstrap: int, seed: int) -> dict[str, Any]:
@@ -610,6 +619,11 @@ def report(out: Mapping[str, Any], run_dir: Path) -> str:
         lines.append(f"  rung {r['name']}: d_model {r['d_model']}, {r['target_non_embedding_params']:,} non-embedding "
                      f"parameters, {r['tokens']:,} tokens, seeds {r['seeds']}")
     lines += [_correlation_line(c["x"], c) for c in out["correlations"]]
+    for axis in dict.fromkeys(c["y"] for c in out.get("composition", [])):
+        shares = [c for c in out["composition"] if c["y"] == axis]
+        lines.append(f"  share of a primitive -> {axis}: " + ", ".join(
+            f"{c['letter']!r} {_interval(c['spearman'])}" for c in shares)
+            + (" (Spearman: what the proxy rewards)" if axis == "proxy" else " (Spearman: a proxy should rank better)"))
     for name, f in out["noise_floor"].items():
         if f["neighbour_swap_rate"] is None:
             lines.append(f"  noise floor {name}: needs 2 seeds of 2 patterns")
