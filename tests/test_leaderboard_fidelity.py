@@ -54,6 +54,10 @@ def fidelity_result(*, run_dir: str = "outputs/fidelity/f1", search: str | None 
             {"x": "r1", "y": "r2", "n": 6, "spearman": _stat(None, None, None, 6),
              "kendall": _stat(-0.2, -0.7, 0.4, 6), "decision_accuracy": 0.5},
         ],
+        "composition": [
+            {"letter": "M", "y": "r1", "n": 6, "spearman": _stat(0.66, 0.1, 0.95, 6),
+             "kendall": _stat(0.5, 0.0, 0.9, 6), "decision_accuracy": 0.73},
+        ],
         "noise_floor": {
             "r1": {"n_patterns": 6, "n_seeds": 2, "neighbour_swap_rate": 0.2, "seed_spearman": 0.94,
                    "seed_decision_accuracy": 0.93, "std": 0.0125},
@@ -86,6 +90,10 @@ def test_fidelity_record_keeps_the_study():
     assert r["patterns"][0]["proxy"] == 0.4
     assert json.loads(json.dumps(r, allow_nan=False)) == r
     assert rec.fidelity_record(fidelity_result(search=None))["search"] is None
+    assert r["composition"] == result["composition"]
+    older = fidelity_result()  # written before composer-fidelity ranked by composition: read as none
+    del older["composition"]
+    assert rec.fidelity_record(older)["composition"] == []
 
 
 def _set(result: dict, path: tuple, value) -> None:
@@ -136,6 +144,9 @@ R1 = ("patterns", 0, "rungs", "r1")
     (("correlations", 0, "spearman", "high"), 1.2, "correlations[0].spearman.high must be between -1 and 1"),
     (("correlations", 2, "kendall", "n"), DELETE, "fidelity correlations[2].kendall.n is missing"),
     (("correlations", 1, "decision_accuracy"), 85, "correlations[1].decision_accuracy must be between 0 and 1"),
+    (("composition", 0, "letter"), "MM", "fidelity composition[0].letter must be one primitive's letter, got 'MM'"),
+    (("composition", 0, "y"), "r9", "fidelity composition[0].y must name the proxy or a rung (proxy, r1, r2)"),
+    (("composition", 0, "kendall", "low"), -3, "composition[0].kendall.low must be between -1 and 1"),
     (("noise_floor", "r3"), {}, "fidelity noise_floor['r3'] must name a rung"),
     (("noise_floor", "r1", "std"), -0.1, "fidelity noise_floor['r1'].std must be >= 0"),
     (("noise_floor", "r2", "n_seeds"), DELETE, "fidelity noise_floor['r2'].n_seeds is missing"),
@@ -239,7 +250,8 @@ def test_report_has_a_rank_fidelity_section(board):
     cells = [_tag(row, r'<td data-value="[^"]*">([^<]*)</td>') for row in body]
     assert cells == [["proxy", "r1", "5", "0.91 [0.80, 0.97]", "0.78 [0.62, 0.90]", "85%"],
                      ["proxy", "r2", "5", "0.70", "0.60 [0.20, 0.90]", "-"],
-                     ["r1", "r2", "6", "-", "-0.20 [-0.70, 0.40]", "50%"]]
+                     ["r1", "r2", "6", "-", "-0.20 [-0.70, 0.40]", "50%"],
+                     ["share of M", "r1", "6", "0.66 [0.10, 0.95]", "0.50 [0.00, 0.90]", "73%"]]
     noise = section[section.index('<table class="noise-floor">'):]
     body = _tag(noise[:noise.index("</table>")], r"<tr>(.*?)</tr>")[1:]
     assert [_tag(row, r'<td data-value="[^"]*">([^<]*)</td>') for row in body] == [

@@ -511,7 +511,8 @@ def _fidelity_study(record: Mapping[str, Any], n: int) -> str:
         "correlations", ["ranking", "→ rung", "n", "Spearman [interval]", "Kendall [interval]", "decisions"],
         [[c["x"], c["y"], c["n"], (format_interval(c["spearman"]), c["spearman"]["value"]),
           (format_interval(c["kendall"]), c["kendall"]["value"]),
-          (_percent(c["decision_accuracy"]), c["decision_accuracy"])] for c in record["correlations"]])
+          (_percent(c["decision_accuracy"]), c["decision_accuracy"])]
+         for c in [*record["correlations"], *({**c, "x": f"share of {c['letter']}"} for c in record.get("composition", []))]])
     noise = _static_table(
         "noise-floor", ["rung", "patterns", "seeds", "seed Spearman", "seed decisions", "neighbour swaps", "std (bpb)"],
         [[rung, f["n_patterns"], f["n_seeds"], (_fixed(f["seed_spearman"]), f["seed_spearman"]),
@@ -534,7 +535,9 @@ seed {_e(proxy['seed'])} ·
 <h4>Rank correlations</h4>
 <p class="note">How well a ranking of the patterns (by proxy score, or by a smaller rung's bits per byte)
 predicts the rung's ranking by bits per byte: Spearman and Kendall (1: the same order), each with its
-interval; decisions: the share of pattern pairs it orders as the rung does.</p>
+interval; decisions: the share of pattern pairs it orders as the rung does. "share of M": the patterns
+ranked by how many of their layers are that primitive, alone (against the proxy: what it rewards; against a
+rung: a ranking the proxy should beat).</p>
 {correlations}
 <h4>Noise floor</h4>
 <p class="note">How well each rung agrees with itself across training seeds: the best a proxy can hope for.

@@ -424,11 +424,17 @@ def _fidelity_patterns(value: Any, seeds_of: Mapping[str, list[int]]) -> list[st
     return seen
 
 
-def _fidelity_correlations(value: Any, seeds_of: Mapping[str, list[int]]) -> None:
-    for i, item in enumerate(_list("correlations", value)):
-        path = f"correlations[{i}]"
-        _check_rung_name(f"{path}.x", _get(path, item, "x"), seeds_of, proxy=True)
-        _check_rung_name(f"{path}.y", _get(path, item, "y"), seeds_of)
+def _fidelity_correlations(value: Any, seeds_of: Mapping[str, list[int]], *, field: str = "correlations") -> None:
+    """`correlations` (x: the proxy or a rung, y: a rung) or `composition` (letter: a primitive, y: the proxy or a rung)."""
+    for i, item in enumerate(_list(field, value)):
+        path = f"{field}[{i}]"
+        if field == "composition":
+            letter = _get(path, item, "letter")
+            if not isinstance(letter, str) or len(letter) != 1:
+                raise ConfigError(f"fidelity {path}.letter must be one primitive's letter, got {letter!r}")
+        else:
+            _check_rung_name(f"{path}.x", _get(path, item, "x"), seeds_of, proxy=True)
+        _check_rung_name(f"{path}.y", _get(path, item, "y"), seeds_of, proxy=field == "composition")
         _check_count(f"fidelity {path}.n", _get(path, item, "n"), minimum=0)
         for name in ("spearman", "kendall"):
             at = f"{path}.{name}"
@@ -483,6 +489,8 @@ def fidelity_record(result: Mapping[str, Any]) -> dict[str, Any]:
                       "mean" (or None)}}}]
       correlations  [{"x": "proxy" or a rung, "y": a rung, "n", "spearman"/"kendall": {"value", "low",
                       "high" (in [-1, 1] or None), "n"}, "decision_accuracy" (in [0, 1] or None)}]
+      composition   (optional) as correlations, with "letter" (a primitive) for x and the proxy or a rung
+                    for y: how one primitive's share of a pattern alone ranks it
       noise_floor   {rung: {"n_patterns", "n_seeds", "neighbour_swap_rate", "seed_spearman",
                       "seed_decision_accuracy", "std"}}
       placement     {pattern: {"roles", "proxy_rank", "<rung>_rank" (from 1, or None)}}
@@ -510,9 +518,11 @@ def fidelity_record(result: Mapping[str, Any]) -> dict[str, Any]:
     seeds_of = _fidelity_rungs(_get("", result, "rungs"))
     patterns = _fidelity_patterns(_get("", result, "patterns"), seeds_of)
     _fidelity_correlations(_get("", result, "correlations"), seeds_of)
+    _fidelity_correlations(result.get("composition", []), seeds_of, field="composition")  # absent before 2026-12-04
     _fidelity_noise(_get("", result, "noise_floor"), seeds_of)
     _fidelity_placement(_get("", result, "placement"), patterns, seeds_of)
-    record = {"kind": "fidelity", "schema": SCHEMA, **{key: result[key] for key in FIDELITY_FIELDS}}
+    record = {"kind": "fidelity", "schema": SCHEMA, **{key: result[key] for key in FIDELITY_FIELDS},
+              "composition": result.get("composition", [])}
     try:  # a plain copy: nothing shared with the caller's objects, no NaN in the fields not checked above
         return json.loads(json.dumps(record, allow_nan=False))
     except (TypeError, ValueError) as exc:
