@@ -1,16 +1,14 @@
 #!/usr/bin/env bash
 # Issue 15's GPU study on a lent H200, in calls that each fit the device's 10-minute limit.
-# From the project root with `.device` prepared (../shared/device/README.md) and the rungs' text as a
-# token cache in .device/corpus-tokens (the machine has no `datasets` to read text files): fetch
-# `composer-text fetch-corpus --output /tmp/docs --package python3.11-doc --package git-doc
-# --package cmake-doc --package sphinx-doc`, load it once here (composer.data.text.load_corpus, byte
-# tokenizer) and copy the cache folder it names (17.4M tokens, 34 MB), or carry it packed:
-# `tar cJf .device/corpus-tokens.tar.xz -C <parent> corpus-tokens` (3.8 MB; device_env.sh unpacks it).
-# `.device` carried; with the kernel parts of an earlier call in .device/kernel-wheels, nothing is built.
+# From the project root with `.device` prepared by benchmarks/device_prepare.sh (the shared device files and
+# wheels, and the rungs' text as a token cache, .device/corpus-tokens.tar.xz: the machine has no `datasets`
+# to read text files) and carried; with the kernel parts of an earlier call in .device/kernel-wheels, nothing
+# is built.
 #   PART=search    more search evaluations (kernels if built, else the torch scan)
-#   PART=all       while the kernels build: the Llama baseline's rung runs (train_roles=[baseline]), then the
-#                  command in $WHILE_BUILDING if set (GPU work that needs no mamba-ssm, e.g. issue 18's composer-bench
-#                  of sliding-window layouts); once built: $AFTER_BUILD if set (e.g. composer-bench of hybrids),
+#   PART=all       while the kernels build: the Llama baseline's rung runs (train_roles=[baseline]; BASELINE_FIRST=0
+#                  skips), then the command in $WHILE_BUILDING if set, for at most WHILE_BUILDING_S seconds (330): GPU
+#                  work that needs no mamba-ssm, e.g. gdn_device.sh or composer-bench of sliding-window layouts; its
+#                  files under /tmp/issue15-logs come back in the tarball; once built: $AFTER_BUILD if set (e.g. composer-bench of hybrids),
 #                  finalize the search (retrying failed evaluations), then the fidelity study until LIMIT
 #   PART=parity    issue 16's GPU parity tests (Gated DeltaNet against fla, grouped-GEMM MoE; passed 2026-12-03)
 #   PART=fidelity  the fidelity study until LIMIT (resumes; call again while the machine is warm)
@@ -73,9 +71,10 @@ case "$PART" in
   search) search $((LIMIT - 20)) ;;
   parity) timeout -k 10 300 python3 -m pytest -q -s tests/gpu/test_gdn_parity.py tests/gpu/test_moe_parity.py \
          > "$LOGS/gpu-parity-issue16.log" 2>&1; tail -n 5 "$LOGS/gpu-parity-issue16.log" ;;
-  all) [ -f /tmp/kernels/READY ] || T=240 fidelity 'train_roles=[baseline]'  # the Llama layout needs no mamba-ssm
+  all) [ -f /tmp/kernels/READY ] || [ "${BASELINE_FIRST:-1}" = 0 ] || T=240 fidelity 'train_roles=[baseline]'  # needs no mamba-ssm
        if [ -n "${WHILE_BUILDING:-}" ]; then  # GPU work that needs no mamba-ssm, while the kernels build
-         timeout -k 10 $(( $(left) < 330 ? $(left) : 330 )) bash -c "$WHILE_BUILDING" > "$LOGS/while-building.log" 2>&1
+         W=${WHILE_BUILDING_S:-330}
+         timeout -k 10 $(( $(left) < W ? $(left) : W )) bash -c "$WHILE_BUILDING" > "$LOGS/while-building.log" 2>&1
          tail -n 20 "$LOGS/while-building.log"; fi
        wait_for_kernels && { [ -z "${AFTER_BUILD:-}" ] || timeout -k 10 $(left) bash -c "$AFTER_BUILD" \
          > "$LOGS/after-build.log" 2>&1; tail -n 20 "$LOGS/after-build.log" 2>/dev/null; fidelity; } ;;

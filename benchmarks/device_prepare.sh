@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Prepares `.device` for the GPU scripts here, on this side (it needs the network; the GPU machine has none),
+# from the project root: one carry of `.device` (about 47 MB of the 64 MiB a call carries) then serves
+# fidelity_device.sh, gdn_device.sh and the others. Takes about 3 minutes; a fresh checkout has none of it.
+#   .device/               ../shared/device's kernel sources and scripts, and its wheels (fetch_wheels.sh)
+#   .device/corpus-tokens.tar.xz   the rung corpus of issue 15 as a byte-token cache: four Debian documentation
+#                          packages at the versions the committed runs read (checked: token counts and the
+#                          documents' hash of every run's summary.json), 3.7 MB
+#   .device/gdn/           tilelang and its two runtime wheels, with pytest (gdn_device.sh): fla 0.6.0 refuses
+#                          Gated DeltaNet's backward on Hopper with Triton 3.6 unless tilelang is installed
+#                          (fla #640); tilelang's 50 MB wheel travels unpacked and xz-compressed (30 MB)
+# As root, Debian's package lists are refreshed first: stale lists fetch older package versions (a corpus
+# 1,956 tokens short, seen 2026-12-04). SHARED (default ../shared/device) names the shared device folder.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SHARED=${SHARED:-../shared/device}
+[ -d "$SHARED" ] || { echo "device_prepare.sh: no $SHARED (the shared device folder; set SHARED=...)" >&2; exit 1; }
+mkdir -p .device && cp -f "$SHARED"/* .device/ && chmod u+w .device/*
+bash "$SHARED/fetch_wheels.sh" > /dev/null
+
+# The rungs' corpus, tokenised once here (the machine has no `datasets` to read text files)
+PACKAGES=(python3.11-doc=3.11.2-6+deb12u9 git-doc=1:2.39.5-0+deb12u3 cmake-doc=3.25.1-1 sphinx-doc=5.3.0-4)
+if [ ! -f .device/corpus-tokens.tar.xz ]; then
+  [ "$(id -u)" = 0 ] && apt-get update -qq
+  work=$(mktemp -d)
+  rm -rf .device/corpus  # the tokens record their source as .device/corpus, as the committed runs do
+  python3 -m composer.apps.text fetch-corpus --output .device/corpus $(printf -- '--package %s ' "${PACKAGES[@]}") \
+    || { echo "device_prepare.sh: a pinned version is gone from Debian's lists; fetching the current ones" >&2
+         rm -rf .device/corpus
+         python3 -m composer.apps.text fetch-corpus --output .device/corpus $(printf -- '--package %s ' "${PACKAGES[@]%%=*}"); }
+  python3 - "$work" <<'EOF'
+import sys
+from composer.data.text import CorpusConfig
+from composer.runs.proxy import describe_corpus
+
+corpus = CorpusConfig(path=".device/corpus", val_tokens=200_000, cache_dir=sys.argv[1]).open(seed=0)
+seen = describe_corpus(corpus)
+want = {"train_tokens": 17_181_855, "val_tokens": 227_643, "documents": "3d2da8cc5d5efd15"}
+same = all(seen[k] == v for k, v in want.items())
+print(f"corpus: {seen['train_tokens']:,} training, {seen['val_tokens']:,} validation tokens, documents {seen['documents']}: "
+      + ("the committed runs' corpus" if same else f"NOT the committed runs' corpus ({want}): a new study only"))
+corpus.cache_path.rename(corpus.cache_path.with_name("corpus-tokens"))
+EOF
+  tar cJf .device/corpus-tokens.tar.xz -C "$work" corpus-tokens
+  rm -rf "$work" .device/corpus
+fi
+
+# Gated DeltaNet's kernels on Hopper (gdn_device.sh)
+if [ ! -f .device/gdn/tilelang.tar.xz ]; then
+  mkdir -p .device/gdn && work=$(mktemp -d)
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 -d "$work" \
+    tilelang==0.1.15 apache-tvm-ffi==0.1.12 torch-c-dlpack-ext==0.1.5 pytest pluggy iniconfig packaging tqdm
+  mkdir "$work/tl" && (cd "$work/tl" && unzip -q "$work"/tilelang-*.whl) && rm "$work"/tilelang-*.whl
+  tar cf - -C "$work/tl" . | xz -T0 -6 > .device/gdn/tilelang.tar.xz  # installed by unpacking into /tmp/site
+  mv "$work"/*.whl .device/gdn/ && rm -rf "$work"
+fi
+du -sh .device .device/gdn; du -sb .device | awk '{printf "carry: %.1f of 64 MiB\n", $1 / 1048576}'
