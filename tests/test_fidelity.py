@@ -129,6 +129,26 @@ def test_each_primitive_s_share_is_ranked_against_every_axis_as_scipy_does():
     assert "share of a primitive -> r1: '*' " in text and "'M' +0.97 [" in text
 
 
+def test_the_headline_is_the_aggregate_s_gap_to_each_baseline_in_seed_spreads():
+    rungs = (RungConfig(name="r1", d_model=8, n_blocks=1, seeds=(0, 1)), RungConfig(name="r2", d_model=8, n_blocks=1))
+    runs = {"M*-*": (["aggregate"], {"0": 1.28, "1": 1.29}), "*-*-": (["baseline"], {"0": 1.43, "1": 1.40}),
+            "----": (["baseline"], {"0": 1.27}), "M---": (["random"], {"0": 1.1, "1": 1.2})}
+    points = {p: {"roles": roles, "proxy": 0.5, "rungs": {"r1": {"bits_per_byte": b, "mean": sum(b.values()) / len(b)}}}
+              for p, (roles, b) in runs.items()}
+    out = analyse(points, rungs, bootstrap=100, seed=0)["headline"]
+    assert [(h["rung"], h["pattern"], h["baseline"]) for h in out] == [("r1", "M*-*", "*-*-"), ("r1", "M*-*", "----")]
+    llama, mlp = out
+    assert llama["gap"] == pytest.approx(1.415 - 1.285) and llama["spread"] == pytest.approx(0.03)
+    assert llama["gap_over_spread"] == pytest.approx(0.13 / 0.03) and llama["seeds"] == [2, 2]
+    assert mlp["gap"] == pytest.approx(1.27 - 1.285) and mlp["spread"] is None  # one seed: no spread
+    text = report({"name": "t", "patterns": list(points), "proxy": {"evaluator": "mad", "d_model": 8}, "seconds": 0,
+                   "rungs": [], "correlations": [], "noise_floor": {}, "placement": {p: {"roles": []} for p in points},
+                   "headline": out}, Path("f"))
+    assert ("headline r1: aggregate M*-* 1.2850 against baseline *-*- 1.4150 bits/byte (2 and 2 seeds): "
+            "0.1300 ahead, 4.3x the seed spread (0.0300)\n") in text
+    assert "against baseline ---- 1.2700 bits/byte (2 and 1 seeds): 0.0150 behind\n" in text
+
+
 def test_a_search_s_patterns_are_taken_with_their_roles_and_its_scores_read_back(tmp_path, corpus):
     search = subprocess.run([sys.executable, "-m", "composer.apps.search", *TINY_SEARCH, "name=s", "n_trials=5",
                              "strategy=random", f"hydra.run.dir={tmp_path / 's'}", "leaderboard=null"],

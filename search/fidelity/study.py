@@ -479,7 +479,32 @@ def analyse(points: Mapping[str, Mapping[str, Any]], rungs: tuple[RungConfig, ..
         ranked = stats.ranks({p: score(p, axis) for p in points if score(p, axis) is not None})
         for p in points:
             placement[p][f"{axis}_rank"] = ranked.get(p)
-    return {"correlations": correlations, "composition": composition, "noise_floor": noise, "placement": placement}
+    return {"correlations": correlations, "composition": composition, "noise_floor": noise, "placement": placement,
+            "headline": headline(points, rungs)}
+
+
+def headline(points: Mapping[str, Mapping[str, Any]], rungs: tuple[RungConfig, ...]) -> list[dict[str, Any]]:
+    """The search's answer against each baseline at each rung: mean bits per byte of both, the gap (positive:
+    the aggregate is ahead), the seed spread (the larger max - min over seeds of the two, with 2+ seeds each)
+    and the gap in units of that spread. The best single stands in for a search without an aggregate."""
+    def find(role: str) -> list[str]:
+        return [p for p, v in points.items() if role in v["roles"]]
+
+    answer = (find("aggregate") or find("best_single"))[:1]
+    out = []
+    for r in rungs:
+        for a in answer:
+            for b in find("baseline"):
+                runs = [points[p]["rungs"].get(r.name, {}).get("bits_per_byte", {}) for p in (a, b)]
+                if not all(runs):
+                    continue
+                mean = [sum(v.values()) / len(v) for v in runs]
+                spread = max(max(v.values()) - min(v.values()) for v in runs) if all(len(v) > 1 for v in runs) else None
+                gap = mean[1] - mean[0]
+                out.append({"rung": r.name, "pattern": a, "role": points[a]["roles"][0], "baseline": b,
+                            "mean": mean[0], "baseline_mean": mean[1], "seeds": [len(v) for v in runs], "gap": gap,
+                            "spread": spread, "gap_over_spread": gap / spread if spread else None})
+    return out
 
 
 def _pair(x: list[float], y: list[float], *, bootstrap: int, seed: int) -> dict[str, Any]:
@@ -624,6 +649,12 @@ def report(out: Mapping[str, Any], run_dir: Path) -> str:
         lines.append(f"  share of a primitive -> {axis}: " + ", ".join(
             f"{c['letter']!r} {_interval(c['spearman'])}" for c in shares)
             + (" (Spearman: what the proxy rewards)" if axis == "proxy" else " (Spearman: a proxy should rank better)"))
+    for h in out.get("headline", []):
+        ratio = "" if h["gap_over_spread"] is None else (
+            f", {h['gap_over_spread']:.1f}x the seed spread ({h['spread']:.4f})")
+        lines.append(f"  headline {h['rung']}: {h['role']} {h['pattern']} {h['mean']:.4f} against baseline {h['baseline']} "
+                     f"{h['baseline_mean']:.4f} bits/byte ({h['seeds'][0]} and {h['seeds'][1]} seeds): "
+                     f"{abs(h['gap']):.4f} {'ahead' if h['gap'] > 0 else 'behind'}{ratio}")
     for name, f in out["noise_floor"].items():
         if f["neighbour_swap_rate"] is None:
             lines.append(f"  noise floor {name}: needs 2 seeds of 2 patterns")
