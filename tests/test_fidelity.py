@@ -129,6 +129,25 @@ def test_each_primitive_s_share_is_ranked_against_every_axis_as_scipy_does():
     assert "share of a primitive -> r1: '*' " in text and "'M' +0.97 [" in text
 
 
+def test_each_proxy_task_is_ranked_against_each_rung_and_a_saturated_one_says_so():
+    # What the per-task scores say about a proxy that falls short: which tasks carry its ranking.
+    rungs = (RungConfig(name="r1", d_model=8, n_blocks=1),)
+    bpb = [1.20, 1.25, 1.40, 1.30, 1.10]
+    recall = [1.0, 1.0, 1.0, 1.0, 1.0]
+    copying = [0.5, 0.4, 0.1, 0.3, 0.45]
+    points = {f"p{i}": {"roles": ["given"], "proxy": 0.5, "tasks": {"recall": recall[i], "copying": copying[i]},
+                        "rungs": {"r1": {"bits_per_byte": {"0": bpb[i]}, "mean": bpb[i]}}} for i in range(5)}
+    points["p5"] = {"roles": ["given"], "proxy": 0.4, "tasks": None, "rungs": {"r1": {"bits_per_byte": {}, "mean": None}}}
+    out = analyse(points, rungs, bootstrap=300, seed=0)
+    by = {c["task"]: c for c in out["tasks"]}
+    assert by["recall"] == {"task": "recall", "y": "r1", "n": 5, "constant": 1.0}
+    assert by["copying"]["n"] == 5 and by["copying"]["spearman"]["value"] == pytest.approx(
+        scipy.stats.spearmanr(copying, [-b for b in bpb])[0])
+    text = report({"name": "t", "patterns": list(points), "proxy": {"evaluator": "mad", "d_model": 8}, "seconds": 0,
+                   "rungs": [], **out}, Path("f"))
+    assert "proxy tasks -> r1: copying +0.90 [" in text and "recall 1.00 for all (Spearman)" in text
+
+
 def test_the_headline_is_the_aggregate_s_gap_to_each_baseline_in_seed_spreads():
     rungs = (RungConfig(name="r1", d_model=8, n_blocks=1, seeds=(0, 1)), RungConfig(name="r2", d_model=8, n_blocks=1))
     runs = {"M*-*": (["aggregate"], {"0": 1.28, "1": 1.29}), "*-*-": (["baseline"], {"0": 1.43, "1": 1.40}),

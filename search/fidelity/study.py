@@ -168,6 +168,21 @@ def _search_scores(search_cfg: Any, folder: Path) -> tuple[dict[str, float], dic
     return scores, result
 
 
+def task_scores(search_cfg: Any, search_dir: Path | None, run_dir: Path) -> dict[str, dict[str, float]]:
+    """Each pattern's proxy score per task where its evaluator records them (MAD: one per task), from the
+    search's studies and the study's own proxy evaluations; the evaluator's seed, as the proxy score."""
+    from search.study import completed_results, open_study
+
+    places = [(n, search_cfg.storage, search_dir) for n in (_main_study(search_cfg), f"{search_cfg.name}.final",
+                                                          f"{search_cfg.name}.baselines")] if search_dir else []
+    out: dict[str, dict[str, float]] = {}
+    for name, storage, folder in [*places, (f"{search_cfg.name}.fidelity", None, run_dir)]:
+        for p, r in completed_results(open_study(name=name, storage=storage, run_dir=folder, sampler=None)).items():
+            if isinstance(r.get("tasks"), Mapping) and p not in out:
+                out[p] = {str(k): float(v) for k, v in r["tasks"].items() if isinstance(v, (int, float))}
+    return out
+
+
 def select(cfg: FidelityConfig, search_cfg: Any, scores: Mapping[str, float], result: Mapping[str, Any]) -> dict[str, list[str]]:
     """pattern -> its roles, in ROLE_ORDER: the winner, baselines, the top k, the given list, random draws."""
     roles: dict[str, list[str]] = {}
@@ -440,8 +455,9 @@ def _train_all(cfg: FidelityConfig, run_dir: Path, jobs: list[tuple[int, str, in
 def analyse(points: Mapping[str, Mapping[str, Any]], rungs: tuple[RungConfig, ...], *, bootstrap: int,
             seed: int) -> dict[str, Any]:
     """Correlations (proxy against each rung, rung against rung), each primitive's share of a pattern against
-    every axis (the ranking a proxy must beat), noise floors and placement of `points`
-    (pattern -> {"roles", "proxy", "rungs": {name: {"bits_per_byte": {seed: bpb}, "mean"}}})."""
+    every axis (the ranking a proxy must beat), each proxy task against each rung, noise floors, placement
+    and the headline of `points` (pattern -> {"roles", "proxy", "tasks": {task: score} or None,
+    "rungs": {name: {"bits_per_byte": {seed: bpb}, "mean"}}})."""
     def score(p: str, axis: str) -> float | None:  # higher is better on every axis
         if axis == "proxy":
             return points[p]["proxy"]
@@ -474,13 +490,26 @@ def analyse(points: Mapping[str, Mapping[str, Any]], rungs: tuple[RungConfig, ..
             if len(scored) >= 3 and len(set(share)) > 1:
                 composition.append({"letter": letter, "y": axis,
                                     **_pair(share, [score(p, axis) for p in scored], bootstrap=bootstrap, seed=seed)})
+    per_task = []  # why the proxy ranks as it does: each of its tasks alone against each rung
+    for axis in axes[1:]:
+        names = sorted({t for p in points for t in (points[p].get("tasks") or {})})
+        for t in names:
+            scored = [p for p in points if t in (points[p].get("tasks") or {}) and score(p, axis) is not None]
+            x = [points[p]["tasks"][t] for p in scored]
+            if len(scored) < 3:
+                continue
+            if len(set(x)) == 1:  # saturated (or never learnt): ranks nothing
+                per_task.append({"task": t, "y": axis, "n": len(scored), "constant": x[0]})
+            else:
+                per_task.append({"task": t, "y": axis, **_pair(x, [score(p, axis) for p in scored],
+                                                                bootstrap=bootstrap, seed=seed)})
     placement = {p: {"roles": v["roles"]} for p, v in points.items()}
     for axis in axes:
         ranked = stats.ranks({p: score(p, axis) for p in points if score(p, axis) is not None})
         for p in points:
             placement[p][f"{axis}_rank"] = ranked.get(p)
-    return {"correlations": correlations, "composition": composition, "noise_floor": noise, "placement": placement,
-            "headline": headline(points, rungs)}
+    return {"correlations": correlations, "composition": composition, "tasks": per_task, "noise_floor": noise,
+            "placement": placement, "headline": headline(points, rungs)}
 
 
 def headline(points: Mapping[str, Mapping[str, Any]], rungs: tuple[RungConfig, ...]) -> list[dict[str, Any]]:
@@ -572,6 +601,7 @@ def run_fidelity(cfg: FidelityConfig, *, run_dir: Path) -> dict[str, Any]:
         _train_all(cfg, run_dir, left, corpus)
     elif n_left:
         log.warning("train=false: %d of %d rung runs are not finished; the figures below leave them out", n_left, len(jobs))
+    tasks = task_scores(search_cfg, Path(cfg.search_dir).expanduser() if cfg.search_dir else None, run_dir)
     points = {}
     for p in patterns:
         per_rung = {}
@@ -581,7 +611,7 @@ def run_fidelity(cfg: FidelityConfig, *, run_dir: Path) -> dict[str, Any]:
             bpb = {s: v for s, v in bpb.items() if v is not None}
             per_rung[r.name] = {"grown": g.pattern, "n_non_embedding_params": g.n_non_embedding_params,
                                 "bits_per_byte": bpb, "mean": sum(bpb.values()) / len(bpb) if bpb else None}
-        points[p] = {"pattern": p, "roles": roles[p], "proxy": proxy.get(p), "rungs": per_rung}
+        points[p] = {"pattern": p, "roles": roles[p], "proxy": proxy.get(p), "tasks": tasks.get(p), "rungs": per_rung}
     analysis = analyse(points, cfg.rungs, bootstrap=cfg.bootstrap, seed=cfg.seed)
     out = {
         "kind": "fidelity", "schema": 1, "name": cfg.name,
@@ -649,6 +679,10 @@ def report(out: Mapping[str, Any], run_dir: Path) -> str:
         lines.append(f"  share of a primitive -> {axis}: " + ", ".join(
             f"{c['letter']!r} {_interval(c['spearman'])}" for c in shares)
             + (" (Spearman: what the proxy rewards)" if axis == "proxy" else " (Spearman: a proxy should rank better)"))
+    for axis in dict.fromkeys(c["y"] for c in out.get("tasks", [])):
+        lines.append(f"  proxy tasks -> {axis}: " + ", ".join(
+            f"{c['task']} " + (f"{c['constant']:.2f} for all" if "constant" in c else _interval(c["spearman"]))
+            for c in out["tasks"] if c["y"] == axis) + " (Spearman)")
     for h in out.get("headline", []):
         ratio = "" if h["gap_over_spread"] is None else (
             f", {h['gap_over_spread']:.1f}x the seed spread ({h['spread']:.4f})")
