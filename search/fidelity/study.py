@@ -491,8 +491,8 @@ def analyse(points: Mapping[str, Mapping[str, Any]], rungs: tuple[RungConfig, ..
                 composition.append({"letter": letter, "y": axis,
                                     **_pair(share, [score(p, axis) for p in scored], bootstrap=bootstrap, seed=seed)})
     per_task = []  # why the proxy ranks as it does: each of its tasks alone against each rung
+    names = sorted({t for p in points for t in (points[p].get("tasks") or {})})
     for axis in axes[1:]:
-        names = sorted({t for p in points for t in (points[p].get("tasks") or {})})
         for t in names:
             scored = [p for p in points if t in (points[p].get("tasks") or {}) and score(p, axis) is not None]
             x = [points[p]["tasks"][t] for p in scored]
@@ -578,14 +578,18 @@ def run_fidelity(cfg: FidelityConfig, *, run_dir: Path) -> dict[str, Any]:
     _guard_rungs(cfg, run_dir)
     corpus = cfg.data.open(seed=0) if cfg.rungs else None  # fetched and tokenised once, before any worker starts
     jobs, grown = _jobs(cfg, roles, _vocab(corpus)) if cfg.rungs else ([], {})
-    left = [(i, p, s) for i, p, s in jobs  # the runs still to train, shared among the workers
-            if (cfg.train_roles is None or set(roles[p]) & set(cfg.train_roles)) and finished(run_folder(run_dir, cfg.rungs[i], grown[(cfg.rungs[i].name, p)].pattern, s),
-                        grown[(cfg.rungs[i].name, p)].pattern, s) is None]
+    def unfinished(i: int, p: str, s: int) -> bool:
+        g = grown[(cfg.rungs[i].name, p)]
+        return finished(run_folder(run_dir, cfg.rungs[i], g.pattern, s), g.pattern, s) is None
+
+    def wanted(p: str) -> bool:
+        return cfg.train_roles is None or bool(set(roles[p]) & set(cfg.train_roles))
+
+    left = [job for job in jobs if wanted(job[1]) and unfinished(*job)]  # the runs still to train, shared among the workers
     n_left = len(left)
     if cfg.train_roles is not None and cfg.train:
-        other = sum(1 for i, p, s in jobs if not set(roles[p]) & set(cfg.train_roles) and finished(
-            run_folder(run_dir, cfg.rungs[i], grown[(cfg.rungs[i].name, p)].pattern, s), grown[(cfg.rungs[i].name, p)].pattern, s) is None)
-        log.info("train_roles=%s: %d unfinished run(s) of other roles are left for a later call", ",".join(cfg.train_roles), other)
+        log.info("train_roles=%s: %d unfinished run(s) of other roles are left for a later call", ",".join(cfg.train_roles),
+                 sum(1 for job in jobs if not wanted(job[1]) and unfinished(*job)))
     log.info("fidelity %r: %d patterns (%s), proxy %s, rungs %s; %d rung runs, %d to train, %d worker(s)",
              cfg.name, len(patterns), ", ".join(f"{sum(role in r for r in roles.values())} {role}" for role in ROLE_ORDER
                                                  if any(role in r for r in roles.values())),
