@@ -14,6 +14,9 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 [ -d .device/corpus-tokens ] || [ ! -f .device/corpus-tokens.tar.xz ] || tar xJf .device/corpus-tokens.tar.xz -C .device
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .device/wheels/*.whl 2>&1 | grep -v "already exists"
 export PYTHONPATH=/tmp/site:$PWD
+# Triton keeps its autotuning results on disk (its cache in ~/.triton): later processes on a warm machine skip
+# the tuning of mamba-ssm's and fla's kernels (2 minutes of a hybrid's first training steps at 1B)
+export TRITON_CACHE_AUTOTUNING=${TRITON_CACHE_AUTOTUNING:-1}
 carried_kernels() {  # install what .device/kernel-wheels holds (wheels, or <wheel>.xz.part-* from return_kernels); print what imports
   local dir=/tmp/kernels/carried
   rm -rf $dir && mkdir -p $dir
