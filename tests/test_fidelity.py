@@ -148,6 +148,16 @@ def test_each_proxy_task_is_ranked_against_each_rung_and_a_saturated_one_says_so
     assert "proxy tasks -> r1: copying +0.90 [" in text and "recall 1.00 for all (Spearman)" in text
 
 
+def test_the_plot_labels_marked_points_and_plain_ones_where_there_is_room():
+    from search.fidelity.plot import labelled
+
+    points = [("agg", 0.76, 1.285, True), ("near", 0.761, 1.286, False), ("nearer", 0.759, 1.2851, False),
+              ("far", 0.50, 1.34, False), ("base", 0.60, 1.42, True), ("close-x-far-y", 0.762, 1.40, False)]
+    assert labelled(points) == {"agg", "base", "far", "close-x-far-y"}  # the two beside the aggregate are not
+    assert labelled([("a", 0.1, 1.0, False), ("b", 0.1, 1.0, False)]) == {"a"}  # one of two on one spot
+    assert labelled([]) == set()
+
+
 def test_the_headline_is_the_aggregate_s_gap_to_each_baseline_in_seed_spreads():
     rungs = (RungConfig(name="r1", d_model=8, n_blocks=1, seeds=(0, 1)), RungConfig(name="r2", d_model=8, n_blocks=1))
     runs = {"M*-*": (["aggregate"], {"0": 1.28, "1": 1.29}), "*-*-": (["baseline"], {"0": 1.43, "1": 1.40}),

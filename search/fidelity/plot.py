@@ -8,12 +8,27 @@ from typing import Any
 
 MARKERS = {"aggregate": ("*", "tab:red", 160), "best_single": ("D", "tab:orange", 60),
            "baseline": ("s", "black", 60)}  # other roles: small grey dots
-LABEL_ALL = 24  # up to this many patterns every point is labelled; beyond, only the marked roles
+CROWDED = 0.07  # a plain point is labelled only if no labelled point lies this close (in axes fractions)
+
+
+def labelled(points: list[tuple[str, float, float, bool]]) -> set[str]:
+    """Which of (pattern, x, y, marked) points get a label: every marked one, then plain ones in order of
+    x (best proxy first) where no labelled point is within CROWDED of it once both axes span 0..1."""
+    if not points:
+        return set()
+    span = [max(v) - min(v) or 1.0 for v in zip(*[(x, y) for _, x, y, _ in points])]
+    at = {p: (x / span[0], y / span[1]) for p, x, y, _ in points}
+    chosen = [p for p, _, _, marked in points if marked]
+    for p, _, _, _ in sorted((q for q in points if not q[3]), key=lambda q: -q[1]):
+        if all(abs(at[p][0] - at[c][0]) > CROWDED or abs(at[p][1] - at[c][1]) > CROWDED / 2 for c in chosen):
+            chosen.append(p)
+    return set(chosen)
 
 
 def scatter(out: Mapping[str, Any], path: Path) -> Path:
     """x: proxy score (higher is better); y: the rung's bits per byte, mean of seeds with each seed as a
-    tick (lower is better, drawn downwards); the winner and the baselines marked and labelled."""
+    tick (lower is better, drawn downwards); the winner and the baselines marked and labelled, other points
+    labelled where there is room."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -25,16 +40,17 @@ def scatter(out: Mapping[str, Any], path: Path) -> Path:
         name = rung["name"]
         xs = [p["proxy"] for p in out["patterns"] if p["proxy"] is not None] or [0.0]
         right = min(xs) + 0.6 * (max(xs) - min(xs))  # labels of points beyond it go to their left: none cut off
-        for point in out["patterns"]:
-            at = point["rungs"].get(name, {})
-            if point["proxy"] is None or at.get("mean") is None:
-                continue
+        drawn = [p for p in out["patterns"] if p["proxy"] is not None and p["rungs"].get(name, {}).get("mean") is not None]
+        named = labelled([(p["pattern"], p["proxy"], p["rungs"][name]["mean"], any(r in MARKERS for r in p["roles"]))
+                          for p in drawn])
+        for point in drawn:
+            at = point["rungs"][name]
             role = next((r for r in point["roles"] if r in MARKERS), None)
             marker, color, size = MARKERS.get(role, ("o", "tab:grey", 24))
             seeds = list(at["bits_per_byte"].values())
             ax.vlines(point["proxy"], min(seeds), max(seeds), color=color, alpha=0.5, linewidth=1)
             ax.scatter([point["proxy"]], [at["mean"]], marker=marker, color=color, s=size, zorder=3)
-            if role or len(out["patterns"]) <= LABEL_ALL:
+            if point["pattern"] in named:
                 left = point["proxy"] > right
                 ax.annotate(point["pattern"], (point["proxy"], at["mean"]), fontsize=7 if role else 6,
                             xytext=(-4 if left else 4, 4), ha="right" if left else "left",
