@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from collections.abc import Callable, Mapping
@@ -222,29 +223,26 @@ class Evaluator:
         The first error stops the other runs at their next step (as Ctrl-C does) and is raised."""
         if self.cfg.parallel <= 1 or len(items) <= 1:
             return [fn(item) for item in items]
-        from composer.engine.graphs import INTERRUPT, own_stream, thread_safe_autotuners
+        from composer.engine.graphs import own_stream, stop_group, thread_safe_autotuners
 
-        device = self.trainer.device
+        device, stop = self.trainer.device, threading.Event()  # this evaluation's runs only
         thread_safe_autotuners()
 
         def run(item: Any) -> Any:
-            with own_stream(device):
+            with own_stream(device), stop_group(stop):
                 return fn(item)
 
-        try:
-            with ThreadPoolExecutor(min(self.cfg.parallel, len(items)), thread_name_prefix="run") as pool:
-                futures = [pool.submit(run, item) for item in items]
-                try:
-                    done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-                    for future in done:
-                        if future.exception() is not None:
-                            raise future.exception()
-                    return [future.result() for future in futures]
-                except BaseException:
-                    INTERRUPT.set()  # the runs still going stop at their next step; their checkpoints stay
-                    raise
-        finally:
-            INTERRUPT.clear()
+        with ThreadPoolExecutor(min(self.cfg.parallel, len(items)), thread_name_prefix="run") as pool:
+            futures = [pool.submit(run, item) for item in items]
+            try:
+                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                for future in done:
+                    if future.exception() is not None:
+                        raise future.exception()
+                return [future.result() for future in futures]
+            except BaseException:
+                stop.set()  # this evaluation's runs still going stop at their next step; their checkpoints stay
+                raise
 
     def _jobs(self, pattern: str, seed: int) -> list[_Job]:
         if self.corpus is None:

@@ -27,6 +27,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -96,6 +97,9 @@ class SearchConfig:
     evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
     n_trials: int = 16  # evaluations (training runs) in the study; per round for incremental strategies
     workers: int = 1  # worker processes on this machine sharing the study
+    # evaluations each worker process trains at once, in threads: the task runs' CUDA streams of several
+    # candidates overlap in one process instead of processes taking turns on the GPU (not yet measured)
+    evaluations_per_worker: int = 1
     storage: str | None = None  # None: SQLite in the run folder; an RDB URL; a .log/.journal file
     seed: int = 0  # the sampler's seed (worker i uses seed + i)
     aggregator: str = "N0"  # N0 | N1 | prefix: the architecture the search reports
@@ -111,7 +115,7 @@ class SearchConfig:
     retry_failed: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("n_trials", "workers", "top"):
+        for name in ("n_trials", "workers", "evaluations_per_worker", "top"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -273,7 +277,7 @@ class _Progress:
         if best is None or quality > best[1]:
             best = (pattern, quality)
         left = max(0, self.cfg.n_trials - done)
-        eta = sum(self.seconds) / len(self.seconds) * left / self.cfg.workers
+        eta = sum(self.seconds) / len(self.seconds) * left / (self.cfg.workers * self.cfg.evaluations_per_worker)
         tasks = " ".join(f"{_short(t)} {a:.2f}" for t, a in result["tasks"].items())
         log.info("%s[%d/%d] %s  %.3f (%s)  %.0fs | best %s %.3f | %s elapsed, ~%s left", self.label, done,
                  self.cfg.n_trials, pattern, quality, tasks, self.seconds[-1], best[0], best[1],
@@ -339,12 +343,43 @@ def _run_round(cfg: SearchConfig, run_dir: Path, study: optuna.Study, strategy: 
     """One worker's share of one study (one round): propose, evaluate, tell until the budget is met."""
     from search.evaluator import Evaluator
 
+    from composer.engine.graphs import INTERRUPT
+
     _threads(cfg.workers)
     logging.getLogger("composer.engine.trainer").setLevel(logging.WARNING)  # one line per trial, not per task
-    evaluator = Evaluator(cfg.evaluator, run_dir=run_dir, device=worker_device(worker))  # proxies: memory unbounded
-    label = (f"w{worker} " if cfg.workers > 1 else "") + label
-    run_trials(study, propose=strategy.propose, evaluate=_Progress(cfg, study, evaluator, label),
-               n_trials=cfg.n_trials * MAX_ATTEMPTS_PER_EVALUATION, max_trials=cfg.n_trials)
+    device, k = worker_device(worker), cfg.evaluations_per_worker  # proxies: memory unbounded
+
+    def loop(t: int, strategy: Strategy) -> None:
+        evaluator = Evaluator(cfg.evaluator, run_dir=run_dir, device=device)
+        tag = f"w{worker}.{t}" if k > 1 else f"w{worker}" if cfg.workers > 1 else ""
+        run_trials(study, propose=strategy.propose, evaluate=_Progress(cfg, study, evaluator, f"{tag} " * bool(tag) + label),
+                   n_trials=cfg.n_trials * MAX_ATTEMPTS_PER_EVALUATION, max_trials=cfg.n_trials)
+
+    errors: list[BaseException] = []
+
+    def side(t: int) -> None:  # threads 1..k-1: their own sampler seeds after this worker's
+        try:
+            loop(t, _strategy(cfg, seed=strategy.seed + t, current=strategy.start))
+        except KeyboardInterrupt:
+            pass  # the main thread's Ctrl-C stopped it; its trial is told "interrupted"
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=side, args=(t,), name=f"evaluation-{t}", daemon=True) for t in range(1, k)]
+    for thread in threads:
+        thread.start()
+    try:
+        loop(0, strategy)
+        for thread in threads:
+            thread.join()
+    except BaseException:  # Ctrl-C or an error here: this process's other evaluations stop at their next step
+        INTERRUPT.set()
+        for thread in threads:
+            thread.join()
+        INTERRUPT.clear()
+        raise
+    if errors:
+        raise errors[0]
 
 
 def plain(cfg: SearchConfig) -> dict[str, Any]:

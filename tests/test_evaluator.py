@@ -108,6 +108,45 @@ def test_a_failing_parallel_run_stops_the_others_and_raises(tmp_path, monkeypatc
     assert list(tmp_path.glob("trials/*/in_context_recall-*")) and not list(tmp_path.glob("trials/*/*/summary.json"))
 
 
+def test_a_failing_evaluation_stops_only_its_own_runs(tmp_path, monkeypatch):
+    """Evaluations side by side in one process (evaluations_per_worker): one failing stops its own runs
+    at their next step, while the other's runs, training at that moment, finish and score."""
+    import threading
+
+    import composer.runs.proxy
+
+    original, other_training = composer.runs.proxy.train_on_task, threading.Event()
+
+    def patched(**kwargs):
+        if kwargs["model_cfg"].pattern != "*-":  # the other evaluation: trains while the first one fails
+            other_training.set()
+            return original(**kwargs)
+        if kwargs["task_name"] == "memorization":
+            assert other_training.wait(60)
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return original(**{**kwargs, "trainer_cfg": replace(kwargs["trainer_cfg"], max_tokens=10**9)})  # never ends
+
+    monkeypatch.setattr(composer.runs.proxy, "train_on_task", patched)
+    slow = {**EVALUATOR["trainer"], "max_tokens": 4096 * 8}  # still training when the first evaluation fails
+    results, errors = {}, {}
+
+    def evaluate(pattern: str, ev: Evaluator) -> None:
+        try:
+            results[pattern] = ev(pattern)
+        except BaseException as exc:  # noqa: BLE001 - the test reads which
+            errors[pattern] = exc
+
+    threads = [threading.Thread(target=evaluate, args=("*-", evaluator(tmp_path / "a", parallel=2))),
+               threading.Thread(target=evaluate, args=("-*", evaluator(tmp_path / "b", parallel=2, trainer=slow)))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert isinstance(errors.get("*-"), RuntimeError) and "-*" not in errors, errors
+    assert set(results["-*"]["tasks"]) == {"in_context_recall", "memorization"}
+    assert len(list((tmp_path / "b").glob("trials/*/*/summary.json"))) == 2
+
+
 def test_a_failed_evaluation_is_freed_before_the_next_one_trains(tmp_path, monkeypatch):
     """A failed run's model, optimizer and CUDA graph sit in reference cycles and in its traceback: a
     worker that kept them ran its later trials out of memory too. Garbage collection is off here, so

@@ -151,9 +151,23 @@ def test_bad_search_config_is_one_line(tmp_path):
         assert message in proc.stderr and proc.stderr.strip().count("\n") == 0, (override, proc.stderr)
 
 
-@pytest.mark.parametrize("parallel", [1, 2])  # 2: each evaluation's two task runs in threads
-def test_sigint_stops_every_worker_and_keeps_completed_trials(tmp_path, parallel):
-    args = search_args(tmp_path, "workers=2", "n_trials=20", "strategy=random", "space.length=4",
+def test_two_evaluations_per_worker_train_side_by_side_each_pattern_once(tmp_path):
+    settings = ["workers=1", "evaluations_per_worker=2", "n_trials=6", "strategy=random", "space.length=4", "baselines=[]"]
+    proc = run_cli(*search_args(tmp_path, *settings), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = evaluated(load(tmp_path))
+    assert len(runs) == 6 and len(set(runs)) == 6  # the budget, no pattern trained twice
+    log = proc.stdout + proc.stderr
+    assert "w0.0 [" in log and "w0.1 [" in log  # both threads of the one process evaluated
+    assert json.loads((tmp_path / "t" / "result.json").read_text())["n_evaluations"] == 6
+
+
+@pytest.mark.parametrize("parallel, workers", [  # parallel 2: each evaluation's two task runs in threads
+    (1, ["workers=2"]), (2, ["workers=2"]),
+    (2, ["workers=1", "evaluations_per_worker=2"]),  # two evaluations in threads of one process
+])
+def test_sigint_stops_every_worker_and_keeps_completed_trials(tmp_path, parallel, workers):
+    args = search_args(tmp_path, *workers, "n_trials=20", "strategy=random", "space.length=4",
                        f"evaluator.parallel={parallel}", name="i")
     proc = subprocess.Popen(app_argv(*args), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=cli_env())
@@ -165,7 +179,7 @@ def test_sigint_stops_every_worker_and_keeps_completed_trials(tmp_path, parallel
         except Exception:
             continue
         if sum(t.state == TrialState.COMPLETE for t in trials) >= 2 and \
-                len({t.user_attrs.get("worker") for t in trials if t.state == TrialState.RUNNING}) == 2:
+                sum(t.state == TrialState.RUNNING and t.user_attrs.get("role") == "evaluate" for t in trials) == 2:
             break
     before = {t.number: t.values for t in load(tmp_path, "i").get_trials() if t.state == TrialState.COMPLETE}
     proc.send_signal(signal.SIGINT)  # to the parent only, as `kill -INT` does

@@ -18,6 +18,7 @@ import torch
 
 GRAPH_WARMUP = 2  # eager steps before the capture: AdamW's state, cuBLAS workspaces, Triton autotuning
 INTERRUPT = threading.Event()  # set: every training loop of this process raises KeyboardInterrupt at its next step
+_GROUP = threading.local()  # .stop: the event that stops the group of runs this thread trains in (one evaluation's)
 _CAPTURE = threading.Lock()  # one capture at a time in a process
 _COMPILE = threading.RLock()  # torch.compile is not thread-safe: compiled layers run eagerly in one thread at a time
 
@@ -27,6 +28,24 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 def compile_guard(cfg) -> AbstractContextManager:
     """Held while compiled layers run eagerly (compiling, capturing, evaluating); a graph replays outside it."""
     return _COMPILE if cfg.compile else nullcontext()
+
+
+@contextmanager
+def stop_group(stop: threading.Event) -> Iterator[None]:
+    """This thread's training loops also stop at their next step once `stop` is set (another run of the
+    same evaluation failed): evaluations side by side in one process stop only their own runs."""
+    previous = getattr(_GROUP, "stop", None)
+    _GROUP.stop = stop
+    try:
+        yield
+    finally:
+        _GROUP.stop = previous
+
+
+def stop_requested() -> bool:
+    """Whether this thread's training loop should stop: the process is interrupted, or its group is."""
+    group = getattr(_GROUP, "stop", None)
+    return INTERRUPT.is_set() or (group is not None and group.is_set())
 
 
 @contextmanager

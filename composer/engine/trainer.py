@@ -33,8 +33,8 @@ from composer.engine import float8
 from composer.engine.auxiliary import Auxiliary
 from composer.engine.batches import IGNORE, Batches
 from composer.errors import ComposerError, ConfigError
-from composer.engine.graphs import (GRAPH_WARMUP, INTERRUPT, Batch, StepGraph, compile_guard, release_memory,
-                                    side_stream)
+from composer.engine.graphs import (GRAPH_WARMUP, Batch, StepGraph, compile_guard, release_memory, side_stream,
+                                    stop_requested)
 from composer.engine.objective import Objective
 from composer.engine.meter import Meter, Records
 from composer.records import write_json
@@ -459,8 +459,8 @@ class Trainer:
         cfg, step, last = self.cfg, self.step, self.step >= self.total_steps
         if cfg.eval_every and step % cfg.eval_every == 0 and not last:
             self._evaluate()
-        if INTERRUPT.is_set():
-            raise KeyboardInterrupt("another run of this process was interrupted")
+        if stop_requested():
+            raise KeyboardInterrupt("another run of this process (or of its evaluation) was interrupted")
         if self.preemption.requested(self.device):
             self._preempt()
         if cfg.ckpt_every and step % cfg.ckpt_every == 0 and not last:
