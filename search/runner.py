@@ -352,7 +352,7 @@ def _run_round(cfg: SearchConfig, run_dir: Path, study: optuna.Study, strategy: 
     def loop(t: int, strategy: Strategy) -> None:
         evaluator = Evaluator(cfg.evaluator, run_dir=run_dir, device=device)
         tag = f"w{worker}.{t}" if k > 1 else f"w{worker}" if cfg.workers > 1 else ""
-        run_trials(study, propose=strategy.propose, evaluate=_Progress(cfg, study, evaluator, f"{tag} " * bool(tag) + label),
+        run_trials(study, propose=strategy.propose, evaluate=_Progress(cfg, study, evaluator, (f"{tag} " if tag else "") + label),
                    n_trials=cfg.n_trials * MAX_ATTEMPTS_PER_EVALUATION, max_trials=cfg.n_trials)
 
     errors: list[BaseException] = []

@@ -167,8 +167,10 @@ def test_two_evaluations_per_worker_train_side_by_side_each_pattern_once(tmp_pat
     (2, ["workers=1", "evaluations_per_worker=2"]),  # two evaluations in threads of one process
 ])
 def test_sigint_stops_every_worker_and_keeps_completed_trials(tmp_path, parallel, workers):
+    # 4x the tiny budget: a trial trains for seconds, so the signal lands while two of them train (with
+    # the tiny one, both could finish between the poll that saw them and the signal, on a loaded machine)
     args = search_args(tmp_path, *workers, "n_trials=20", "strategy=random", "space.length=4",
-                       f"evaluator.parallel={parallel}", name="i")
+                       f"evaluator.parallel={parallel}", "evaluator.trainer.max_tokens=16384", name="i")
     proc = subprocess.Popen(app_argv(*args), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=cli_env())
     deadline = time.time() + 240

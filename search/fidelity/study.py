@@ -152,35 +152,28 @@ def _main_study(search_cfg: Any) -> str:
     return f"{search_cfg.name}.round{s.rounds}" if s.incremental else search_cfg.name
 
 
-def _search_scores(search_cfg: Any, folder: Path) -> tuple[dict[str, float], dict[str, Any]]:
-    """The proxy scores the search holds at its evaluator's seed (its last study, the aggregate's and the
-    baselines'), and its result.json ({} before it finished)."""
+def _search_results(search_cfg: Any, folder: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """The proxy results the search holds at its evaluator's seed (its last study, the aggregate's and the
+    baselines'; pattern -> {"values", "tasks", ...}), and its result.json ({} before it finished)."""
     from search.study import completed_results, open_study
 
-    scores: dict[str, float] = {}
+    results: dict[str, dict[str, Any]] = {}
     for name in (_main_study(search_cfg), f"{search_cfg.name}.final", f"{search_cfg.name}.baselines"):
         study = open_study(name=name, storage=search_cfg.storage, run_dir=folder, sampler=None)
-        scores |= {p: r["values"][0] for p, r in completed_results(study).items() if p not in scores}
+        results |= {p: r for p, r in completed_results(study).items() if p not in results}
     try:
         result = json.loads((folder / "result.json").read_text())
     except (OSError, ValueError):
         result = {}
-    return scores, result
+    return results, result
 
 
-def task_scores(search_cfg: Any, search_dir: Path | None, run_dir: Path) -> dict[str, dict[str, float]]:
-    """Each pattern's proxy score per task where its evaluator records them (MAD: one per task), from the
-    search's studies and the study's own proxy evaluations; the evaluator's seed, as the proxy score."""
-    from search.study import completed_results, open_study
-
-    places = [(n, search_cfg.storage, search_dir) for n in (_main_study(search_cfg), f"{search_cfg.name}.final",
-                                                          f"{search_cfg.name}.baselines")] if search_dir else []
-    out: dict[str, dict[str, float]] = {}
-    for name, storage, folder in [*places, (f"{search_cfg.name}.fidelity", None, run_dir)]:
-        for p, r in completed_results(open_study(name=name, storage=storage, run_dir=folder, sampler=None)).items():
-            if isinstance(r.get("tasks"), Mapping) and p not in out:
-                out[p] = {str(k): float(v) for k, v in r["tasks"].items() if isinstance(v, (int, float))}
-    return out
+def _tasks(result: Mapping[str, Any]) -> dict[str, float] | None:
+    """A proxy result's score per task where its evaluator records them (MAD: one per task)."""
+    tasks = result.get("tasks")
+    if not isinstance(tasks, Mapping):
+        return None
+    return {str(k): float(v) for k, v in tasks.items() if isinstance(v, (int, float))}
 
 
 def select(cfg: FidelityConfig, search_cfg: Any, scores: Mapping[str, float], result: Mapping[str, Any]) -> dict[str, list[str]]:
@@ -218,10 +211,10 @@ def select(cfg: FidelityConfig, search_cfg: Any, scores: Mapping[str, float], re
     return {p: sorted(r, key=ROLE_ORDER.index) for p, r in roles.items()}
 
 
-def proxy_scores(cfg: FidelityConfig, search_cfg: Any, patterns: list[str], known: Mapping[str, float],
-                 run_dir: Path) -> dict[str, float]:
-    """Each pattern's proxy score: the search's where it has one, else evaluated here (cached; with
-    train=false only read back)."""
+def proxy_results(cfg: FidelityConfig, search_cfg: Any, patterns: list[str], known: Mapping[str, Mapping[str, Any]],
+                  run_dir: Path) -> dict[str, Mapping[str, Any]]:
+    """Each pattern's proxy result ({"values", "tasks", ...}): the search's where it has one, else evaluated
+    here (cached; with train=false only read back)."""
     from search.runner import evaluate_in_workers
 
     missing = [p for p in patterns if p not in known]
@@ -231,7 +224,7 @@ def proxy_scores(cfg: FidelityConfig, search_cfg: Any, patterns: list[str], know
         done = evaluate_in_workers(search_cfg, run_dir, missing, name=name, workers=cfg.workers)
     elif missing:
         done = completed_results(open_study(name=name, storage=None, run_dir=run_dir, sampler=None))
-    out |= {p: done[p]["values"][0] for p in missing if p in done}
+    out |= {p: done[p] for p in missing if p in done}
     for p in patterns:
         if p not in out:
             log.warning("%s: no proxy score (%s); left out of the proxy correlations", p,
@@ -570,8 +563,8 @@ def run_fidelity(cfg: FidelityConfig, *, run_dir: Path) -> dict[str, Any]:
     started = time.time()
     logging.getLogger("composer.engine.trainer").setLevel(logging.WARNING)  # one line per run, not per eval
     search_cfg = _proxy_search(cfg)
-    known, result = _search_scores(search_cfg, Path(cfg.search_dir).expanduser()) if cfg.search_dir else ({}, {})
-    roles = select(cfg, search_cfg, known, result)
+    known, result = _search_results(search_cfg, Path(cfg.search_dir).expanduser()) if cfg.search_dir else ({}, {})
+    roles = select(cfg, search_cfg, {p: r["values"][0] for p, r in known.items()}, result)
     patterns = list(roles)
     for variant in cfg.proxies:  # a bad override fails here, in one line, before anything trains
         variant_search(search_cfg, variant)
@@ -595,7 +588,7 @@ def run_fidelity(cfg: FidelityConfig, *, run_dir: Path) -> dict[str, Any]:
                                                  if any(role in r for r in roles.values())),
              search_cfg.evaluator.name, " ".join(_describe(r, grown[(r.name, patterns[0])]) for r in cfg.rungs) or "none",
              len(jobs), n_left, cfg.workers)
-    proxy = proxy_scores(cfg, search_cfg, patterns, known, run_dir)
+    proxy = proxy_results(cfg, search_cfg, patterns, known, run_dir)
     variants = variant_scores(cfg, search_cfg, patterns, run_dir)
     if cfg.search_dir:  # the proxy's time: the search's own evaluations, else those made here
         timed = open_study(name=_main_study(search_cfg), storage=search_cfg.storage, run_dir=Path(cfg.search_dir).expanduser(), sampler=None)
@@ -605,7 +598,6 @@ def run_fidelity(cfg: FidelityConfig, *, run_dir: Path) -> dict[str, Any]:
         _train_all(cfg, run_dir, left, corpus)
     elif n_left:
         log.warning("train=false: %d of %d rung runs are not finished; the figures below leave them out", n_left, len(jobs))
-    tasks = task_scores(search_cfg, Path(cfg.search_dir).expanduser() if cfg.search_dir else None, run_dir)
     points = {}
     for p in patterns:
         per_rung = {}
@@ -615,7 +607,8 @@ def run_fidelity(cfg: FidelityConfig, *, run_dir: Path) -> dict[str, Any]:
             bpb = {s: v for s, v in bpb.items() if v is not None}
             per_rung[r.name] = {"grown": g.pattern, "n_non_embedding_params": g.n_non_embedding_params,
                                 "bits_per_byte": bpb, "mean": sum(bpb.values()) / len(bpb) if bpb else None}
-        points[p] = {"pattern": p, "roles": roles[p], "proxy": proxy.get(p), "tasks": tasks.get(p), "rungs": per_rung}
+        points[p] = {"pattern": p, "roles": roles[p], "proxy": proxy[p]["values"][0] if p in proxy else None,
+                     "tasks": _tasks(proxy[p]) if p in proxy else None, "rungs": per_rung}
     analysis = analyse(points, cfg.rungs, bootstrap=cfg.bootstrap, seed=cfg.seed)
     out = {
         "kind": "fidelity", "schema": 1, "name": cfg.name,
