@@ -6,9 +6,11 @@
 #   .device/corpus-tokens.tar.xz   the rung corpus of issue 15 as a byte-token cache: four Debian documentation
 #                          packages at the versions the committed runs read (checked: token counts and the
 #                          documents' hash of every run's summary.json), 3.7 MB
-#   .device/gdn/           tilelang and its two runtime wheels, with pytest (gdn_device.sh): fla 0.6.0 refuses
+#   .device/gdn/           tilelang and its runtime wheels, with pytest (gdn_device.sh): fla 0.6.0 refuses
 #                          Gated DeltaNet's backward on Hopper with Triton 3.6 unless tilelang is installed
-#                          (fla #640); tilelang's 50 MB wheel travels unpacked and xz-compressed (30 MB)
+#                          (fla #640); tilelang's 50 MB wheel travels unpacked and xz-compressed with the one
+#                          library of z3-solver it loads (libz3.so.4.15; without it tilelang, and so fla, fail
+#                          to import: seen 2026-12-04), about 36 MB
 # As root, Debian's package lists are refreshed first: stale lists fetch older package versions (a corpus
 # 1,956 tokens short, seen 2026-12-04). SHARED (default ../shared/device) names the shared device folder.
 set -euo pipefail
@@ -46,13 +48,18 @@ EOF
 fi
 
 # Gated DeltaNet's kernels on Hopper (gdn_device.sh)
-if [ ! -f .device/gdn/tilelang.tar.xz ]; then
+if [ ! -f .device/gdn/tilelang-z3.tar.xz ]; then
+  rm -f .device/gdn/tilelang.tar.xz  # the earlier one, without z3
   mkdir -p .device/gdn && work=$(mktemp -d)
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 -d "$work" \
-    tilelang==0.1.15 apache-tvm-ffi==0.1.12 torch-c-dlpack-ext==0.1.5 pytest pluggy iniconfig packaging tqdm
-  mkdir "$work/tl" && (cd "$work/tl" && unzip -q "$work"/tilelang-*.whl) && rm "$work"/tilelang-*.whl
-  tar cf - -C "$work/tl" . | xz -T0 -6 > .device/gdn/tilelang.tar.xz  # installed by unpacking into /tmp/site
+    tilelang==0.1.15 z3-solver==4.15.4.0 apache-tvm-ffi==0.1.12 torch-c-dlpack-ext==0.1.5 pytest pluggy iniconfig \
+    packaging tqdm
+  mkdir "$work/tl" && (cd "$work/tl" && unzip -q "$work"/tilelang-*.whl && unzip -q "$work"/z3_solver-*.whl 'z3/*') \
+    && rm "$work"/tilelang-*.whl "$work"/z3_solver-*.whl
+  # tilelang's libraries load z3/lib/libz3.so.4.15 (their RUNPATH); the wheel's second copy and binary stay behind
+  rm "$work/tl/z3/lib/libz3.so" && ln -s libz3.so.4.15 "$work/tl/z3/lib/libz3.so"
+  tar cf - -C "$work/tl" . | xz -T0 -6 > .device/gdn/tilelang-z3.tar.xz  # installed by unpacking (gdn_device.sh)
   mv "$work"/*.whl .device/gdn/ && rm -rf "$work"
 fi
 du -sh .device .device/gdn; du -sb .device | awk '{printf "carry: %.1f of 64 MiB\n", $1 / 1048576}'
