@@ -17,8 +17,11 @@ import torch
 import torch.nn.functional as F
 
 import primitives.nn.gdn as gdn_nn
+import primitives.nn.mamba2 as mamba2_nn
+import primitives.nn.once as once
 from composer.errors import ConfigError, KernelUnavailableError
 from primitives.gdn import GatedDeltaNetConfig
+from primitives.mamba2 import Mamba2Config
 from primitives.nn.gdn import (
     GatedDeltaNet,
     GatedDeltaNetState,
@@ -26,6 +29,7 @@ from primitives.nn.gdn import (
     gated_delta_rule_sequential,
     gdn_kernels_unsafe,
 )
+from primitives.nn.mamba2 import Mamba2
 from primitives.registry import REGISTRY
 
 HAS_FLA = importlib.util.find_spec("fla") is not None
@@ -299,6 +303,67 @@ def test_kernels_requested_but_missing_fails_loudly():
         GatedDeltaNet(GatedDeltaNetConfig(impl="kernels"), d_model=64)
     assert "\n" not in str(info.value)
     assert GatedDeltaNet(GatedDeltaNetConfig(), d_model=64).describe_impl("cuda").startswith("torch (fla not installed")
+
+
+# Both mixers' kernel imports (Mamba-2's too), stored in primitives.nn.once: a broken package on CUDA, as fla
+# with tilelang missing libz3 on the H200, must give the torch path under torch.compile, not a Dynamo error.
+
+
+class _BrokenPackages:
+    """A meta path finder for which importing the given packages raises OSError, as fla did on the H200."""
+
+    def __init__(self, roots: set[str]) -> None:
+        self.roots, self.calls = roots, 0
+
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in self.roots:
+            self.calls += 1
+            raise OSError("libz3.so.4.15: cannot open shared object file")
+        return None
+
+
+_MIXERS = pytest.mark.parametrize(
+    ("nn_module", "make", "roots"),
+    [
+        (gdn_nn, lambda: GatedDeltaNet(GatedDeltaNetConfig(**{**SMALL, "impl": "auto"}), d_model=32), {"fla"}),
+        (mamba2_nn, lambda: Mamba2(Mamba2Config(d_state=8, head_dim=8), d_model=32), {"causal_conv1d", "mamba_ssm"}),
+    ],
+    ids=["gdn", "mamba2"],
+)
+
+
+def _break(monkeypatch, roots: set[str]) -> _BrokenPackages:
+    """Importing `roots` raises OSError from now on, and no import result is stored yet."""
+    broken = _BrokenPackages(roots)
+    monkeypatch.setattr(sys, "meta_path", [broken, *sys.meta_path])
+    for name in [name for name in sys.modules if name.partition(".")[0] in roots]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(once, "_RESULTS", {})
+    return broken
+
+
+@_MIXERS
+def test_broken_kernel_package_falls_back_under_compile(monkeypatch, nn_module, make, roots):
+    broken = _break(monkeypatch, roots)
+    assert nn_module._load_kernels().endswith("not installed: libz3.so.4.15: cannot open shared object file")
+
+    def step(x):  # Dynamo traced through functools.cache: it re-ran the import and raised InternalTorchDynamoError
+        return x + 1 if isinstance(nn_module._load_kernels(), str) else x - 1
+
+    assert torch.equal(torch.compile(step, fullgraph=True, backend="eager")(torch.zeros(3)), torch.ones(3))
+    assert broken.calls == 1
+
+
+@_MIXERS
+def test_kernel_package_imported_at_construction_with_cuda_only(monkeypatch, nn_module, make, roots):
+    broken = _break(monkeypatch, roots)
+    for cuda in (False, True):
+        with monkeypatch.context() as patch:
+            patch.setattr(torch.cuda, "is_available", lambda: cuda)
+            module = make()
+        assert broken.calls == int(cuda)  # with CUDA, the import runs here, outside compiled code
+    assert module.describe_impl("cuda") == f"torch ({nn_module._load_kernels()})"
+    assert broken.calls == 1
 
 
 def test_auto_on_cpu_runs_torch_and_says_so(caplog, monkeypatch):

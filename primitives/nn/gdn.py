@@ -28,7 +28,6 @@ gradients on Hopper with Triton 3.4.0 ≤ version < 3.7.1 unless tilelang is ins
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import logging
 import re
@@ -42,6 +41,7 @@ from torch import Tensor, nn
 from composer.errors import KernelUnavailableError
 from primitives.gdn import GatedDeltaNetConfig
 from primitives.nn.mamba2 import init_decay_, scan_dtype
+from primitives.nn.once import load_once
 
 log = logging.getLogger(__name__)
 
@@ -166,9 +166,7 @@ def gdn_kernels_unsafe(capability: tuple[int, int], triton_version: str, has_til
     return None
 
 
-@functools.cache
-def _load_kernels() -> tuple[Callable, Callable] | str:
-    """(chunk_gated_delta_rule, fused_recurrent_gated_delta_rule), or why they cannot be imported."""
+def _import_kernels() -> tuple[Callable, Callable] | str:
     try:
         from fla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
     except (ImportError, OSError, RuntimeError) as exc:  # RuntimeError: fla's import-time device checks
@@ -176,13 +174,21 @@ def _load_kernels() -> tuple[Callable, Callable] | str:
     return chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
 
 
-@functools.cache
-def _kernels_unsafe_on(device_index: int) -> str | None:
+def _load_kernels() -> tuple[Callable, Callable] | str:
+    """(chunk_gated_delta_rule, fused_recurrent_gated_delta_rule), or why they cannot be imported; imported once."""
+    return load_once("gdn.fla", _import_kernels)
+
+
+def _check_unsafe_on(device_index: int) -> str | None:
     import triton  # fla depends on it: present once _load_kernels succeeded
 
     return gdn_kernels_unsafe(
         torch.cuda.get_device_capability(device_index), triton.__version__, importlib.util.find_spec("tilelang") is not None
     )
+
+
+def _kernels_unsafe_on(device_index: int) -> str | None:
+    return load_once(("gdn.unsafe", device_index), lambda: _check_unsafe_on(device_index))
 
 
 class GatedDeltaNet(nn.Module):
@@ -193,6 +199,9 @@ class GatedDeltaNet(nn.Module):
         self.cfg = cfg
         self.n_heads, self.n_v_heads = cfg.n_qk_heads(d_model), cfg.n_v_heads(d_model)
         self.key_dim, self.value_dim, conv_dim = cfg.key_dim(d_model), cfg.value_dim(d_model), cfg.conv_dim(d_model)
+        # Import and check here, outside compiled code: forward under torch.compile only reads the results.
+        if cfg.impl != "torch" and torch.cuda.is_available() and not isinstance(_load_kernels(), str):
+            _kernels_unsafe_on(torch.cuda.current_device())
         if cfg.impl == "kernels" and isinstance(reason := _load_kernels(), str):
             raise KernelUnavailableError(f"gdn.impl='kernels' but {reason}; install with {_INSTALL_HINT}")
         self.in_proj = nn.Linear(d_model, cfg.proj_dim(d_model), bias=False)  # q, k, v, z, b, a

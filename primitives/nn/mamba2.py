@@ -15,7 +15,6 @@ fused kernels instead; which one runs is chosen explicitly (`impl`) and logged.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from torch import Tensor, nn
 
 from composer.errors import ConfigError, KernelUnavailableError
 from primitives.mamba2 import Mamba2Config
+from primitives.nn.once import load_once
 
 log = logging.getLogger(__name__)
 
@@ -122,15 +122,18 @@ def ssd_sequential(
     return torch.stack(ys, dim=1), state
 
 
-@functools.cache
-def _load_kernels() -> tuple[Callable, Callable] | str:
-    """(causal_conv1d_fn, mamba_chunk_scan_combined), or why they cannot be imported."""
+def _import_kernels() -> tuple[Callable, Callable] | str:
     try:
         from causal_conv1d import causal_conv1d_fn
         from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
     except (ImportError, OSError) as exc:  # OSError: installed, but its compiled library fails to load
         return f"mamba-ssm not installed: {exc}"
     return causal_conv1d_fn, mamba_chunk_scan_combined
+
+
+def _load_kernels() -> tuple[Callable, Callable] | str:
+    """(causal_conv1d_fn, mamba_chunk_scan_combined), or why they cannot be imported; imported once."""
+    return load_once("mamba2.kernels", _import_kernels)
 
 
 class Mamba2(nn.Module):
@@ -140,6 +143,8 @@ class Mamba2(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.d_inner, self.n_heads, conv_dim = cfg.d_inner(d_model), cfg.n_heads(d_model), cfg.conv_dim(d_model)
+        if cfg.impl != "torch" and torch.cuda.is_available():
+            _load_kernels()  # import here, outside compiled code: forward under torch.compile only reads the result
         if cfg.impl == "kernels":
             if isinstance(reason := _load_kernels(), str):
                 raise KernelUnavailableError(f"mamba2.impl='kernels' but {reason}; install with {_INSTALL_HINT}")

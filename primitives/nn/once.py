@@ -1,0 +1,20 @@
+"""Results computed once per process, kept in a plain dict instead of functools.cache.
+
+torch.compile (Dynamo) ignores a functools.cache wrapper and traces the wrapped function, re-running
+e.g. an optional kernel import inside tracing; an entry filled here it reads as a constant. So fill
+entries eagerly, outside compiled code (the mixers do at construction).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import Any
+
+_RESULTS: dict[Hashable, Any] = {}
+
+
+def load_once(key: Hashable, load: Callable[[], Any]) -> Any:
+    """load(), called the first time `key` is asked for; its result from then on."""
+    if key not in _RESULTS:
+        _RESULTS[key] = load()
+    return _RESULTS[key]
