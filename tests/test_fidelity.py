@@ -153,9 +153,17 @@ def test_the_plot_labels_marked_points_and_plain_ones_where_there_is_room():
 
     points = [("agg", 0.76, 1.285, True), ("near", 0.761, 1.286, False), ("nearer", 0.759, 1.2851, False),
               ("far", 0.50, 1.34, False), ("base", 0.60, 1.42, True), ("close-x-far-y", 0.762, 1.40, False)]
-    assert labelled(points) == {"agg", "base", "far", "close-x-far-y"}  # the two beside the aggregate are not
-    assert labelled([("a", 0.1, 1.0, False), ("b", 0.1, 1.0, False)]) == {"a"}  # one of two on one spot
-    assert labelled([]) == set()
+    sides = labelled(points)
+    assert set(sides) == {"agg", "base", "far", "close-x-far-y"}  # the two beside the aggregate are not
+    assert sides["far"] == "right"
+    assert set(labelled([("a", 0.1, 1.0, False), ("b", 0.1, 1.0, False)])) == {"a"}  # one of two on one spot
+    assert labelled([]) == {}
+    # long labels: a plain point whose label would cross another label, on either side, gets none
+    row = [("M*-*-M**M*-*M**-", 0.50, 1.30, True), ("M*-*MM**M*-*M*M-", 0.58, 1.302, False),
+           ("-M-*M*MM*M--MM**", 0.62, 1.40, False), ("*-*-*-*-*-*-*-*-", 0.30, 1.42, True)]
+    sides = labelled(row)
+    assert "M*-*MM**M*-*M*M-" not in sides and sides["M*-*-M**M*-*M**-"] == "right"
+    assert sides["-M-*M*MM*M--MM**"] == "left"  # at the right edge: its label goes left, inside the axes
 
 
 def test_the_headline_is_the_aggregate_s_gap_to_each_baseline_in_seed_spreads():
