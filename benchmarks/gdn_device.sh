@@ -5,10 +5,11 @@
 # Carry [".device"] as benchmarks/device_prepare.sh makes it (.device/gdn: tilelang unpacked and xz-compressed,
 # its runtime wheels, pytest; fla from .device/wheels). Needs no mamba-ssm: it can run while the kernels build
 # (fidelity_device.sh PART=all WHILE_BUILDING="OUT=/tmp/issue15-logs/gdn GDN_LIMIT=390 bash benchmarks/gdn_device.sh").
-# Runs (about 6 minutes; GDN_LIMIT seconds at most, default 570): the GDN parity tests (GDN_PARITY_S, default 300 s;
-# with tilelang in place, 2026-12-04, the fourth forward test ran past 190 s: its first-use compiles, or a hang) (fla against the reference,
-# values and gradients, fp32 and bf16: the backward ones ran skipped before), then `train_bench.py` on the
-# Qwen3-Next-style layout at 1B against fla's GatedDeltaNetForCausalLM, compiled and eager. Results in $OUT.
+# Runs (about 6 minutes; GDN_LIMIT seconds at most, default 570): the GDN parity tests, GDN_PARITY_S seconds at most
+# (default 300; fla against the reference, values and gradients, fp32 and bf16: the backward ones ran skipped before
+# tilelang came; with it, 2026-12-04, the fourth forward test ran past 190 s: first-use compiles or a hang, not yet
+# known), then `train_bench.py` on the Qwen3-Next-style layout at 1B against fla's GatedDeltaNetForCausalLM,
+# compiled and eager. Results in $OUT.
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 LIMIT=${GDN_LIMIT:-570}
