@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepares `.device` for the GPU scripts here, on this side (it needs the network; the GPU machine has none),
-# from the project root: one carry of `.device` (about 47 MB of the 64 MiB a call carries) then serves
+# from the project root: one carry of `.device` (about 52 MB of the 64 MiB a call carries) then serves
 # fidelity_device.sh, gdn_device.sh and the others. Takes about 3 minutes; a fresh checkout has none of it.
 #   .device/               ../shared/device's kernel sources and scripts, and its wheels (fetch_wheels.sh)
 #   .device/corpus-tokens.tar.xz   the rung corpus of issue 15 as a byte-token cache: four Debian documentation
