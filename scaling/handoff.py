@@ -36,7 +36,7 @@ def pretrain_config(result: Extrapolation, model_cfg: ModelConfig, plan: Trainin
     }
     header = (f"# {result.pattern!r}: {result.source_pattern!r} grown to {result.target} by {result.method}.\n"
               f"# A complete composer-pretrain config. Point data.path and data.tokenizer at your corpus, then\n"
-              f"#   torchrun --nproc_per_node=8 -m composer.pretrain --config-path $PWD/<this folder> --config-name pretrain\n"
+              f"#   torchrun --nproc_per_node=8 -m composer.apps.pretrain --config-path $PWD/<this folder> --config-name pretrain\n"
               f"# trainer.micro_batch_size is sequences per GPU per forward: lower it if a GPU runs out of memory.\n")
     return header + yaml.safe_dump(config, sort_keys=False)
 

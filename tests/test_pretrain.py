@@ -9,6 +9,7 @@ the reference.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import pickle
@@ -116,6 +117,23 @@ def _wait_for_step(run_dir: Path, proc: subprocess.Popen, step: int, *, checkpoi
             return
         time.sleep(0.2)
     raise AssertionError(f"the run did not reach step {step} (exit code {proc.poll()})")
+
+
+def test_two_ranks_profile_their_steps(corpus, tmp_path):
+    """trainer.profile_steps: each rank's shares of the profiled steps, rank 0's trace and summary."""
+    run_dir = tmp_path / "profiled"
+    proc = run(torchrun(*args(corpus, run_dir, *TWO_RANKS, "trainer.profile_steps=2", "trainer.max_tokens=2560")))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((run_dir / "profile" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for r, shares in enumerate(ranks):
+        assert shares["rank"] == r and shares["device"] == "cpu" and shares["steps"] == 2 and shares["first_step"] == 3
+        assert 0 < shares["comm"] < 1 and shares["comm"] == shares["exposed_comm"]  # gloo's collectives, seen
+        assert shares["comm"] + shares["compute"] + shares["idle"] == pytest.approx(1, abs=2e-4)
+        assert shares["wall_ms_per_step"] > 0 and shares["top"]
+    assert summary(run_dir)["profile"] == ranks[0]
+    with gzip.open(run_dir / "profile" / "rank0.trace.json.gz") as f:
+        assert json.load(f)["traceEvents"]  # the Chrome trace, for Perfetto
+    assert sorted(p.name for p in (run_dir / "profile").iterdir()) == ["rank0.json", "rank0.trace.json.gz", "rank1.json"]
 
 
 def test_sigterm_checkpoints_stops_and_resumes_exactly(corpus, reference, tmp_path):

@@ -36,6 +36,7 @@ from composer.errors import ComposerError, ConfigError
 from composer.engine.graphs import (GRAPH_WARMUP, Batch, StepGraph, compile_guard, release_memory, side_stream,
                                     stop_requested)
 from composer.engine.objective import Objective
+from composer.engine.profile import StepProfiler
 from composer.engine.meter import Meter, Records
 from composer.records import write_json
 
@@ -86,6 +87,7 @@ class TrainerConfig:
     log_every: int = 10  # steps between metrics.jsonl records
     save_on_signal: bool = False  # SIGTERM/SIGUSR1: checkpoint at the end of the step, then stop
     peak_tflops: float = 0.0  # per device, for MFU; 0: known GPUs' dense bf16 peak (H100/H200 989)
+    profile_steps: int = 0  # > 0: profile that many steps once warm (engine/profile.py: profile/, summary.json)
     progress: bool = True  # a progress bar on a terminal, else a log line every 10% of the run
     wandb: bool = False  # log metrics to Weights & Biases
     wandb_project: str = "composer"
@@ -125,6 +127,7 @@ _RANGES: tuple[tuple[str, Callable[[float], bool], str], ...] = (
     ("ckpt_every", lambda v: v >= 0, ">= 0 (0: only at the end)"),
     ("log_every", lambda v: v >= 1, ">= 1"),
     ("peak_tflops", lambda v: v >= 0, ">= 0 (0: a known GPU's peak)"),
+    ("profile_steps", lambda v: v >= 0, ">= 0 (0: off)"),
 )
 
 
@@ -347,6 +350,7 @@ class Trainer:
                            flops_per_token=flops_per_token, peak=peak, world=self.world)
         self.preemption = _Preemption(cfg.save_on_signal)
         self.graph: StepGraph | None = None
+        self.profiler = self._profiler()
 
     def _skeleton(self, summary: dict[str, Any] | None, flops_per_token: float | None) -> dict[str, Any]:
         """summary.json before training: the caller's keys, the signature, and how the step runs."""
@@ -359,6 +363,15 @@ class Trainer:
         if flops_per_token:
             summary["train_flops_per_token"] = flops_per_token
         return summary
+
+    def _profiler(self) -> StepProfiler | None:
+        """cfg.profile_steps steps once warm: after the eager warm-up, the graph's capture and the first
+        compiled steps, or as many of the run's last steps as there are."""
+        n = min(self.cfg.profile_steps, self.total_steps - self.start_step)
+        if n <= 0:
+            return None
+        first = min(self.start_step + GRAPH_WARMUP + 1, self.total_steps - n)
+        return StepProfiler(first=first, n=n, run_dir=self.run_dir, rank=self.world.rank, cuda=self.device.type == "cuda")
 
     def _resume(self) -> int | None:
         """Load the run folder's checkpoint (model, optimizer, data position) if any: its step."""
@@ -379,7 +392,11 @@ class Trainer:
         try:
             with stream:
                 while self.step < self.total_steps:
+                    if self.profiler:
+                        self.profiler.before(self.step)
                     self.train_step()
+                    if self.profiler and (result := self.profiler.after(self.step)):
+                        self._profiled(result)
                     self.between_steps()
                 final = self._finish()
         except DivergedError as exc:
@@ -388,7 +405,17 @@ class Trainer:
         finally:
             self.preemption.restore()
             self.meter.close()
+            if self.profiler:
+                self.profiler.close()
         return self._completed(final)
+
+    def _profiled(self, result: dict[str, Any]) -> None:
+        self.summary["profile"] = result
+        if self.world.main and result.get("events"):
+            log.info("profiled steps %d-%d: %s %.1f ms a step; communication %.0f%% (exposed %.0f%%), compute %.0f%%, "
+                     "idle %.0f%% (%s)", result["first_step"] + 1, result["first_step"] + result["steps"],
+                     result["device"], result["wall_ms_per_step"], 100 * result["comm"], 100 * result["exposed_comm"],
+                     100 * result["compute"], 100 * result["idle"], self.run_dir / "profile")
 
     def train_step(self) -> None:
         """One optimiser step on the next batches, then its metering."""
