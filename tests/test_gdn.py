@@ -274,8 +274,24 @@ def test_auto_falls_back_to_torch_where_the_kernels_are_unsafe(monkeypatch):
     reason = gdn_kernels_unsafe((9, 0), "3.6.0", False)
     _fake_kernels(monkeypatch, unsafe=reason)
     module = GatedDeltaNet(GatedDeltaNetConfig(**{**SMALL, "impl": "auto"}), d_model=32)
-    assert module.describe_impl("cuda") == f"torch ({reason})"
+    assert module._resolve(torch.device("cuda"), grad=True) == (False, f"torch ({reason})")
+    # fla's forward is right there: without autograd (evaluation, prefill, decoding) auto takes it
+    assert module._resolve(torch.device("cuda"), grad=False) == (True, "fla (without autograd; training runs torch)")
+    assert module.describe_impl("cuda") == f"torch ({reason}); without autograd: fla"
     assert module.describe_impl("cpu") == "torch (cpu)"
+
+
+def test_forward_resolves_with_its_grad_mode(monkeypatch):
+    module = GatedDeltaNet(GatedDeltaNetConfig(**{**SMALL, "impl": "auto"}), d_model=32)
+    seen = []
+    monkeypatch.setattr(module, "_resolve", lambda device, *, grad: seen.append(grad) or (False, "torch (test)"))
+    x = torch.randn(1, 4, 32)
+    module(x)
+    with torch.no_grad():
+        module(x)
+    with torch.inference_mode():
+        module(x)
+    assert seen == [True, False, False]
 
 
 def test_auto_picks_fla_where_safe_and_kernels_refuses_where_unsafe(monkeypatch):

@@ -224,8 +224,10 @@ class GatedDeltaNet(nn.Module):
             init_decay_(self.A_log, self.dt_bias, cfg)
             self.norm_weight.fill_(1.0)
 
-    def _resolve(self, device: torch.device) -> tuple[bool, str]:
-        """(run the fla kernels?, a description for the logs and the run folder)."""
+    def _resolve(self, device: torch.device, *, grad: bool = True) -> tuple[bool, str]:
+        """(run the fla kernels?, a description for the logs and the run folder), with autograd on or off:
+        where fla's backward is wrong (fla #640) its forward is right, so `auto` takes it without autograd
+        (evaluation, prefill, decoding) and trains on the torch path."""
         if self.cfg.impl == "torch":
             return False, "torch (impl='torch')"
         if self.cfg.impl == "auto":
@@ -236,11 +238,14 @@ class GatedDeltaNet(nn.Module):
         if device.type == "cuda" and (reason := _kernels_unsafe_on(device.index or 0)) is not None:
             if self.cfg.impl == "kernels":
                 raise KernelUnavailableError(f"gdn.impl='kernels' refused: {reason}")
-            return False, f"torch ({reason})"
+            return (False, f"torch ({reason})") if grad else (True, "fla (without autograd; training runs torch)")
         return True, "fla"  # impl='kernels' off CUDA fails at forward
 
     def describe_impl(self, device: torch.device | str) -> str:
-        return self._resolve(torch.device(device))[1]
+        """What training runs on `device`, and what runs without autograd where that differs."""
+        device = torch.device(device)
+        train, inference = self._resolve(device)[1], self._resolve(device, grad=False)[1]
+        return train if inference == train else f"{train}; without autograd: fla"
 
     def allocate_state(
         self, *, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype
@@ -255,7 +260,7 @@ class GatedDeltaNet(nn.Module):
 
     def forward(self, x: Tensor, state: GatedDeltaNetState | None = None) -> Tensor:
         device = self.in_proj.weight.device
-        use_kernels, description = self._resolve(device)
+        use_kernels, description = self._resolve(device, grad=torch.is_grad_enabled())
         if not self._impl_logged:
             if description not in _REPORTED:  # once per process and choice, not once per layer
                 log.info("gdn mixer runs %s", description)

@@ -92,9 +92,25 @@ def test_auto_never_picks_a_backward_with_wrong_gradients():
     if UNSAFE is None:
         assert module.describe_impl(DEVICE) == "fla"
     else:
-        assert module.describe_impl(DEVICE) == f"torch ({UNSAFE})"
+        assert module.describe_impl(DEVICE) == f"torch ({UNSAFE}); without autograd: fla"
+        assert module._resolve(torch.device(DEVICE), grad=True) == (False, f"torch ({UNSAFE})")
         with pytest.raises(KernelUnavailableError, match="#640"):
             GatedDeltaNet(GatedDeltaNetConfig(impl="kernels"), d_model=256).to(DEVICE).describe_impl(DEVICE)
+
+
+def test_auto_without_autograd_runs_fla_and_matches_the_reference():
+    """Evaluation, prefill and decoding take fla's forward under `auto`, also where its backward is wrong."""
+    torch.manual_seed(0)
+    auto = GatedDeltaNet(GatedDeltaNetConfig(impl="auto"), d_model=256).to(DEVICE)
+    ref = GatedDeltaNet(GatedDeltaNetConfig(impl="torch"), d_model=256).to(DEVICE)
+    ref.load_state_dict(auto.state_dict())
+    calls = []
+    kernels = auto._forward_kernels
+    auto._forward_kernels = lambda *a, **k: calls.append(1) or kernels(*a, **k)
+    x = torch.randn(2, 300, 256, device=DEVICE)
+    with torch.no_grad():
+        err = rel_err(auto(x), ref(x))
+    assert calls and err <= TOL[torch.float32], err
 
 
 def test_hybrid_model_trains_a_step_under_autocast():
