@@ -45,3 +45,29 @@ def test_cpu_shares_take_collectives_out_of_the_operators_that_hold_them():
     assert out["compute"] == pytest.approx(14 / 20)  # [0, 10], [14, 16], [18, 20]
     assert out["idle"] == pytest.approx(2 / 20)
     assert shares({"traceEvents": []}, steps=2) == {"device": "cpu", "steps": 2, "events": 0}
+
+
+def test_runs_of_one_process_take_turns_and_a_run_ended_early_releases_its_turn(tmp_path, caplog):
+    import torch
+
+    from composer.engine.profile import StepProfiler
+
+    def work() -> None:
+        torch.randn(64, 64) @ torch.randn(64, 64)
+
+    first = StepProfiler(first=0, n=1, run_dir=tmp_path / "a", rank=0, cuda=False)
+    second = StepProfiler(first=0, n=1, run_dir=tmp_path / "b", rank=0, cuda=False)
+    first.before(0)
+    second.before(0)  # the first holds the process's profiler: this run goes unprofiled, and says so
+    work()
+    assert second.after(1) is None and "another run of this process is being profiled" in caplog.text
+    out = first.after(1)
+    assert out["device"] == "cpu" and out["events"] > 0 and (tmp_path / "a/profile/rank0.json").exists()
+    assert not (tmp_path / "b/profile").exists()
+    cut = StepProfiler(first=0, n=5, run_dir=tmp_path / "c", rank=0, cuda=False)
+    cut.before(0)
+    cut.close()  # ended inside its window: nothing written, the turn handed back
+    again = StepProfiler(first=0, n=1, run_dir=tmp_path / "d", rank=0, cuda=False)
+    again.before(0)
+    work()
+    assert again.after(1)["events"] > 0 and not (tmp_path / "c/profile").exists()

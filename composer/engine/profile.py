@@ -21,11 +21,15 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import shutil
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger(__name__)
+_ONE_AT_A_TIME = threading.Lock()  # torch.profiler is per process: runs in threads (an evaluation's) take turns
 COMM_KERNEL = ("nccl",)  # NCCL's kernels: ncclDevKernel_AllGather_RING_LL, ncclKernel_ReduceScatter_...
 COMM_OP = ("c10d::", "gloo:", "nccl:", "record_param_comms")  # collectives as host operators
 
@@ -100,11 +104,20 @@ class StepProfiler:
         import torch
 
         if self.prof is None and self.result is None and step == self.first:
+            if not _ONE_AT_A_TIME.acquire(blocking=False):
+                self.result = {}
+                log.warning("profile_steps: another run of this process is being profiled; %s is not", self.dir.parent)
+                return
             activities = [torch.profiler.ProfilerActivity.CPU]
             if self.cuda:
                 activities.append(torch.profiler.ProfilerActivity.CUDA)
-            self.prof = torch.profiler.profile(activities=activities)
-            self.prof.__enter__()
+            prof = torch.profiler.profile(activities=activities)
+            try:
+                prof.__enter__()
+            except BaseException:
+                _ONE_AT_A_TIME.release()
+                raise
+            self.prof = prof
 
     def after(self, step: int) -> dict[str, Any] | None:
         """After a step, with the number of steps done: stops at `first + n` and returns the shares."""
@@ -114,21 +127,27 @@ class StepProfiler:
             import torch
 
             torch.cuda.synchronize()
-        self.prof.__exit__(None, None, None)
-        self.result = self._write()
-        self.prof = None
+        prof, self.prof = self.prof, None
+        try:
+            prof.__exit__(None, None, None)
+        finally:
+            _ONE_AT_A_TIME.release()
+        self.result = self._write(prof)
         return self.result
 
     def close(self) -> None:
         """A run that ends inside the window (an error, a signal): the profiler stops, nothing is written."""
         if self.prof is not None:
-            self.prof.__exit__(None, None, None)
-            self.prof = None
+            prof, self.prof = self.prof, None
+            try:
+                prof.__exit__(None, None, None)
+            finally:
+                _ONE_AT_A_TIME.release()
 
-    def _write(self) -> dict[str, Any]:
+    def _write(self, prof: Any) -> dict[str, Any]:
         self.dir.mkdir(parents=True, exist_ok=True)
         raw = self.dir / f"rank{self.rank}.trace.json"
-        self.prof.export_chrome_trace(str(raw))
+        prof.export_chrome_trace(str(raw))
         result = {"rank": self.rank, "first_step": self.first, **shares(json.loads(raw.read_text()), self.n)}
         (self.dir / f"rank{self.rank}.json").write_text(json.dumps(result, indent=1) + "\n")
         if self.rank == 0:
