@@ -39,7 +39,7 @@ def norm_err(fast: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def train_recall(tmp_path: Path, name: str, *, pattern: str, steps: int, n_examples: int, batches=ArrayBatches,
-                 **trainer) -> tuple[dict, torch.Tensor, torch.Tensor]:
+                 mamba2_impl: str = "torch", **trainer) -> tuple[dict, torch.Tensor, torch.Tensor]:
     """`pattern` at width 64 trained `steps` steps of 16 on in-context recall (length 64, seed 0) with
     TrainerConfig fields `trainer`: (summary, the logged training losses, the final weights flattened)."""
     cfg = TrainerConfig(**{"max_tokens": steps * 16 * 64, "batch_size": 16, "lr": 3e-3, "device": DEVICE.type,
@@ -47,7 +47,7 @@ def train_recall(tmp_path: Path, name: str, *, pattern: str, steps: int, n_examp
     task_cfg = task_config_from_mapping("in_context_recall", {"length": 64, "n_train": n_examples, "n_test": 64})
     x, y = TASKS["in_context_recall"].generate(task_cfg, n_examples=n_examples, seed=0)
     model = build_model(model_config_from_mapping({"pattern": pattern, "vocab_size": 16, "d_model": 64, "mamba2": {
-        "impl": "torch", "head_dim": 16, "chunk_size": 16}}, where="model"), seed=0)
+        "impl": mamba2_impl, "head_dim": 16, "chunk_size": 16}}, where="model"), seed=0)
     summary = train(model, train_batches=batches(x.to(DEVICE), y.to(DEVICE), batch_size=16, seed=0),
                     eval_batches=[(x[:64], y[:64])], seq_len=64, cfg=cfg, run_dir=tmp_path / name,
                     signature={"name": name})

@@ -10,6 +10,8 @@ Tolerances, after 24 steps of a hybrid proxy (the graph starts at step 2):
 Threaded evaluations on their own streams: every task's accuracy within 0.02 of one at a time.
 """
 
+import gzip
+import json
 
 import pytest
 import torch
@@ -45,6 +47,32 @@ def test_the_graphed_step_trains_as_the_eager_step(tmp_path, precision, compile,
     print(f"{precision} compile={compile}: loss max rel err {err:.2e}, weights {norm_err(graph_weights, eager_weights):.2e}")
     assert err < tol
     assert norm_err(graph_weights, eager_weights) < tol
+
+
+def test_the_mamba_kernels_run_inside_the_captured_graph(tmp_path):
+    """mamba-ssm's Triton kernels and causal-conv1d are captured with the rest of the step: in the profiled
+    steps after the capture every kernel of the step is launched by cudaGraphLaunch, none one by one."""
+    from primitives.nn.mamba2 import _load_kernels
+
+    if isinstance(_load_kernels(), str):
+        pytest.skip(_load_kernels())
+    summary, _, _ = _train(tmp_path, "graph", precision="bf16", cuda_graph=True, mamba2_impl="kernels", profile_steps=2)
+    assert summary["impl"]["step"] == "cuda_graph" and summary["profile"]["events"] > 0
+    with gzip.open(tmp_path / "graph" / "profile" / "rank0.trace.json.gz") as f:
+        events = json.load(f)["traceEvents"]
+    launcher = {e["args"]["correlation"]: e["name"] for e in events
+                if e.get("cat") == "cuda_runtime" and "correlation" in e.get("args", {})}
+    kernels = [e for e in events if e.get("cat") == "kernel"]
+    by = {}
+    for e in kernels:
+        by.setdefault(launcher.get(e["args"].get("correlation"), "?"), []).append(e["name"])
+    mamba = [name for name in by.get("cudaGraphLaunch", []) if "chunk" in name or "causal_conv1d" in name]
+    alone = [name for how, names in by.items() if how != "cudaGraphLaunch" for name in names]
+    print(f"graphed step, profile {summary['profile']}: {len(by.get('cudaGraphLaunch', []))} kernels from the graph "
+          f"({len(mamba)} mamba-ssm/causal-conv1d), {len(alone)} launched alone: {sorted(set(alone))[:8]}")
+    assert mamba, "no mamba-ssm kernel was launched from the graph"
+    assert not [name for name in alone if "chunk" in name or "causal_conv1d" in name]
+    assert len(alone) <= 8 * summary["profile"]["steps"]  # outside the graph: at most the step's few host-side fills
 
 
 def test_a_graphed_run_resumes_from_its_checkpoint(tmp_path):
