@@ -84,14 +84,38 @@ def test_a_graphed_run_resumes_from_its_checkpoint(tmp_path):
     assert norm_err(resumed, whole) < 1e-4
 
 
+EVAL = {"name": "gpu", "model": {"d_model": 64, "mamba2": {"impl": "torch", "head_dim": 16}},
+        "tasks": {"in_context_recall": {"length": 64, "n_train": 1024, "n_test": 128},
+                  "selective_copying": {"length": 64, "n_copy": 8, "n_train": 1024, "n_test": 128},
+                  "memorization": {"n_test": 128}},
+        "trainer": {"max_tokens": 200_000, "cuda_graph": True, "device": DEVICE.type}}
+
+
 def test_threaded_runs_on_streams_score_as_one_at_a_time(tmp_path):
-    cfg = {"name": "gpu", "model": {"d_model": 64, "mamba2": {"impl": "torch", "head_dim": 16}},
-           "tasks": {"in_context_recall": {"length": 64, "n_train": 1024, "n_test": 128},
-                     "selective_copying": {"length": 64, "n_copy": 8, "n_train": 1024, "n_test": 128},
-                     "memorization": {"n_test": 128}},
-           "trainer": {"max_tokens": 200_000, "cuda_graph": True, "device": DEVICE.type}}
-    one = Evaluator(evaluator_config_from_mapping(cfg), run_dir=tmp_path / "one")(PATTERN)
-    threads = Evaluator(evaluator_config_from_mapping({**cfg, "parallel": 3}), run_dir=tmp_path / "threads")(PATTERN)
+    one = Evaluator(evaluator_config_from_mapping(EVAL), run_dir=tmp_path / "one")(PATTERN)
+    threads = Evaluator(evaluator_config_from_mapping({**EVAL, "parallel": 3}), run_dir=tmp_path / "threads")(PATTERN)
     print("one at a time", one["tasks"], f"{one['seconds']} s; 3 threads", threads["tasks"], f"{threads['seconds']} s")
     for task, accuracy in one["tasks"].items():
         assert abs(threads["tasks"][task] - accuracy) <= 0.02, task
+
+
+def test_two_evaluations_in_one_process_score_as_one_at_a_time(tmp_path):
+    """evaluations_per_worker=2: two evaluations of one process at once, each with its runs on their own streams."""
+    import threading
+
+    patterns = (PATTERN, "M-*-M-*-")
+    alone = {p: Evaluator(evaluator_config_from_mapping(EVAL), run_dir=tmp_path / f"alone{i}")(p)
+             for i, p in enumerate(patterns)}
+    together: dict[str, dict] = {}
+    cfg = evaluator_config_from_mapping({**EVAL, "parallel": 3})
+    threads = [threading.Thread(target=lambda i=i, p=p: together.__setitem__(p, Evaluator(cfg, run_dir=tmp_path / f"t{i}")(p)))
+               for i, p in enumerate(patterns)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for p in patterns:
+        print(p, "alone", alone[p]["tasks"], f"{alone[p]['seconds']} s; together", together[p]["tasks"],
+              f"{together[p]['seconds']} s")
+        for task, accuracy in alone[p]["tasks"].items():
+            assert abs(together[p]["tasks"][task] - accuracy) <= 0.02, (p, task)
