@@ -77,3 +77,10 @@ def test_every_command_is_one_module_of_composer_apps_with_main():
         module, _, function = target.partition(":")
         assert function == "main" and module == f"composer.apps.{command.removeprefix('composer-')}", (command, target)
         assert callable(importlib.import_module(module).main)
+
+
+def test_no_benchmark_script_shadows_a_package():
+    """`python benchmarks/x.py` puts benchmarks/ first on sys.path: a script named like a package (scaling.py)
+    would be imported in its place by every other script there."""
+    scripts = {p.stem for p in (ROOT / "benchmarks").glob("*.py")}
+    assert not scripts & {*PACKAGES, "configs", "tests"}, scripts & {*PACKAGES, "configs", "tests"}

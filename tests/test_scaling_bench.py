@@ -1,4 +1,4 @@
-"""benchmarks/scaling.py (issue 19) as a user runs it, on the CPU: real torchrun processes over gloo, one and
+"""benchmarks/pretrain_scaling.py (issue 19) as a user runs it, on the CPU: real torchrun processes over gloo, one and
 two ranks of the same pretraining config, their throughput and communication share read back (structure and
 the comparison that must hold, not timings)."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from tests.conftest import cli_env
 from tests.test_pretrain import make_corpus
 
-SCRIPT = Path(__file__).parents[1] / "benchmarks/scaling.py"
+SCRIPT = Path(__file__).parents[1] / "benchmarks/pretrain_scaling.py"
 TINY = ["model.d_model=32", "model.attention.n_heads=2", "model.mamba2.head_dim=16", "model.mamba2.d_state=16",
         "model.mamba2.chunk_size=32", "data.val_tokens=4000"]
 
@@ -30,7 +30,7 @@ def test_one_and_two_ranks_are_measured_side_by_side(tmp_path):
     one, two = record["rows"]
     assert (one["gpus"], one["global_batch"], two["gpus"], two["global_batch"]) == (1, 2, 2, 4)  # the same micro-batch
     assert one["steps"] == two["steps"] == 12 and one["tokens_per_s"] > 0 and two["tokens_per_s"] > 0
-    assert two["tokens_per_s_per_gpu"] == round(two["tokens_per_s"] / 2)
+    assert abs(two["tokens_per_s_per_gpu"] - two["tokens_per_s"] / 2) <= 1  # each rounded from the same figure
     assert two["profile_comm"] > one["profile_comm"]  # two ranks all-gather and reduce-scatter; one has no peer
     assert (out / "gpus2" / "profile" / "rank1.json").exists()
     assert "| 1 | 2 |" in proc.stdout and "100.0%" in proc.stdout  # the table, efficiency against one rank

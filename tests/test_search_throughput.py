@@ -24,7 +24,7 @@ def test_counts_are_measured_in_one_run_with_their_speedup(tmp_path):
     one, two = record["rows"]
     assert (one["workers"], one["gpus"], two["workers"], two["gpus"]) == (1, 1, 2, 2)  # --workers per GPU
     assert one["completed"] > 0 and two["completed"] > 0
-    assert two["evaluations_per_gpu_hour"] == round(two["evaluations_per_hour"] / 2, 1)
+    assert abs(two["evaluations_per_gpu_hour"] - two["evaluations_per_hour"] / 2) <= 0.1  # each rounded
     assert record["speedup"] == {"1": 1.0, "2": round(two["evaluations_per_hour"] / one["evaluations_per_hour"], 2)}
     assert json.loads((tmp_path / "gpus2" / "throughput.json").read_text()) == two
 

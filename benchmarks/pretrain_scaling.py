@@ -8,9 +8,9 @@ the profile's shares (communication, of it exposed, compute, idle: composer/engi
 rank 0's summary.json. Writes `<out>/scaling.json` and prints a markdown table; efficiency is tokens/s per
 GPU against the smallest GPU count's.
 
-    python benchmarks/scaling.py --pattern '*-' --gpus 1,2,4,8 --data .device/corpus-tokens --out $OUT/scaling
-    python benchmarks/scaling.py --pattern 'M-M-M*-' --gpus 1,8 --micro-batch 2 --data ... -- trainer.activation_checkpointing=true
-    python benchmarks/scaling.py --target none --gpus 1,2 --cpu --out /tmp/s -- model.d_model=32 ...  # CPU, gloo
+    python benchmarks/pretrain_scaling.py --pattern '*-' --gpus 1,2,4,8 --data .device/corpus-tokens --out $OUT/scaling
+    python benchmarks/pretrain_scaling.py --pattern 'M-M-M*-' --gpus 1,8 --micro-batch 2 --data ... -- trainer.activation_checkpointing=true
+    python benchmarks/pretrain_scaling.py --target none --gpus 1,2 --cpu --out /tmp/s -- model.d_model=32 ...  # CPU, gloo
 
 Everything after `--` is a composer-pretrain override for every run. The data only feeds the steps: any token
 cache or corpus works (`model.vocab_size` stays the target's, so the head costs what it will).
