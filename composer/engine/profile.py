@@ -28,6 +28,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 log = logging.getLogger(__name__)
 _ONE_AT_A_TIME = threading.Lock()  # torch.profiler is per process: runs in threads (an evaluation's) take turns
 COMM_KERNEL = ("nccl",)  # NCCL's kernels: ncclDevKernel_AllGather_RING_LL, ncclKernel_ReduceScatter_...
@@ -101,8 +103,6 @@ class StepProfiler:
 
     def before(self, step: int) -> None:
         """Before a step, with the number of steps done: starts the profiler at `first`."""
-        import torch
-
         if self.prof is None and self.result is None and step == self.first:
             if not _ONE_AT_A_TIME.acquire(blocking=False):
                 self.result = {}
@@ -124,8 +124,6 @@ class StepProfiler:
         if self.prof is None or step < self.first + self.n:
             return None
         if self.cuda:
-            import torch
-
             torch.cuda.synchronize()
         prof, self.prof = self.prof, None
         try:
