@@ -9,9 +9,10 @@ Two views, printed as tables and written to `<out>/profile.json`:
   preset starts all six together), so `busy streams` (the sum of the runs' seconds over the
   evaluation's wall) is how many run on average: 6 when every task ends together, near 2 when two
   long tasks carry the tail alone;
-- the GPU (CUDA only): a torch.profiler trace of the first `--trace-seconds` of the evaluation
-  (CUPTI sees every thread's kernels), from which the share of that window any kernel runs
-  (kernel time vs idle), the share with k kernels at once, and each stream's busy share.
+- the GPU (CUDA only): a torch.profiler trace of `--trace-seconds` from `--trace-after` seconds into
+  the evaluation (past the warm-up; CUPTI sees every thread's kernels, those of captured graphs too),
+  from which the share of that window any kernel runs (kernel time vs idle), the share with k kernels
+  at once, each stream's busy share (one stream per task run) and the kernels that take the most time.
 
     python benchmarks/eval_profile.py --out $OUT/profile -- evaluator=mad space=long
     python benchmarks/eval_profile.py --pattern 'M*-*' --out /tmp/p -- evaluator=mad_cpu space.length=4  # CPU
@@ -22,6 +23,7 @@ Everything after `--` is a composer-search override.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import statistics
 import threading
@@ -54,8 +56,10 @@ def critical_path(trials: Path, wall: float) -> dict[str, Any]:
             "longest_over_median": round(max(seconds) / statistics.median(seconds), 2) if seconds else None}
 
 
-def kernel_timeline(trace: dict[str, Any], window_us: float) -> dict[str, Any]:
-    """From a chrome trace: the share of the window with any kernel running, with k at once, and per stream."""
+def kernel_timeline(trace: dict[str, Any], window_us: float, top: int = 12) -> dict[str, Any]:
+    """From a chrome trace: the share of the window with any kernel running (the rest is idle), with k at
+    once, per stream, and the kernels that take the most GPU time. The window is the traced interval: at
+    least `window_us`, from the first kernel on."""
     kernels = [e for e in trace.get("traceEvents", []) if e.get("cat") == "kernel" and "dur" in e]
     if not kernels:
         return {"kernels": 0}
@@ -64,20 +68,30 @@ def kernel_timeline(trace: dict[str, Any], window_us: float) -> dict[str, Any]:
     at_once: dict[int, float] = {}
     active, last = 0, start
     for ts, step in edges:
-        at_once[active] = at_once.get(active, 0.0) + (ts - last)
+        if active:
+            at_once[active] = at_once.get(active, 0.0) + (ts - last)
         active, last = active + step, ts
     span = max(window_us, last - start)
+    at_once[0] = span - sum(at_once.values())  # no kernel: between kernels and after the last one
     per_stream: dict[str, float] = {}
+    by_name: dict[str, list[float]] = {}
     for e in kernels:
         stream = str(e.get("args", {}).get("stream", "?"))
         per_stream[stream] = per_stream.get(stream, 0.0) + e["dur"]
+        n = by_name.setdefault(e.get("name", "?"), [0, 0.0])
+        n[0], n[1] = n[0] + 1, n[1] + e["dur"]
+    total = sum(d for _, d in by_name.values())
     return {"kernels": len(kernels), "window_s": round(span / 1e6, 3),
-            "busy": round(1 - at_once.get(0, 0.0) / span, 3),
+            "busy": round(1 - at_once[0] / span, 3),
             "share_with_k_kernels": {k: round(v / span, 3) for k, v in sorted(at_once.items())},
-            "stream_busy": {s: round(v / span, 3) for s, v in sorted(per_stream.items(), key=lambda kv: -kv[1])}}
+            "stream_busy": {s: round(v / span, 3) for s, v in sorted(per_stream.items(), key=lambda kv: -kv[1])},
+            "mean_kernel_us": round(total / len(kernels), 2),
+            "top_kernels": [{"name": name, "count": c, "ms": round(d / 1e3, 2), "share": round(d / total, 3),
+                             "mean_us": round(d / c, 2)}
+                            for name, (c, d) in sorted(by_name.items(), key=lambda kv: -kv[1][1])[:top]]}
 
 
-def profile(pattern: str, overrides: list[str], out: Path, trace_seconds: float) -> dict[str, Any]:
+def profile(pattern: str, overrides: list[str], out: Path, trace_seconds: float, trace_after: float) -> dict[str, Any]:
     import torch
 
     from search.evaluator import Evaluator
@@ -89,21 +103,27 @@ def profile(pattern: str, overrides: list[str], out: Path, trace_seconds: float)
     result: dict[str, Any] = {}
     thread = threading.Thread(target=lambda: result.update(evaluator(pattern)), name="evaluation")
     started = time.perf_counter()
+    thread.start()
+    traced = False
     if cuda:
-        activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-        with torch.profiler.profile(activities=activities) as prof:
-            thread.start()
-            thread.join(trace_seconds)
-        prof.export_chrome_trace(str(out / "trace.json"))
-    else:
-        thread.start()
+        thread.join(trace_after)  # past the warm-up: data, model, autotuning and graph capture
+        if thread.is_alive():
+            activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+            with torch.profiler.profile(activities=activities) as prof:
+                thread.join(trace_seconds)
+            prof.export_chrome_trace(str(out / "trace.json.gz"))  # gzipped: a few MB
+            traced = True
+        else:
+            print(f"eval_profile.py: the evaluation ended within --trace-after {trace_after} s; no GPU trace")
     thread.join()
     wall = time.perf_counter() - started
     record = {"pattern": pattern, "overrides": overrides, "evaluator": cfg.name, "parallel": cfg.parallel,
               "score": result.get("score"), "device": torch.cuda.get_device_name() if cuda else "cpu",
               "critical_path": critical_path(out / "run" / "trials", wall)}
-    if cuda:
-        record["gpu"] = kernel_timeline(json.loads((out / "trace.json").read_text()), trace_seconds * 1e6)
+    if traced:
+        with gzip.open(out / "trace.json.gz", "rt") as f:
+            record["gpu"] = kernel_timeline(json.load(f), trace_seconds * 1e6)
+        record["gpu"]["trace_after_s"] = trace_after
     return record
 
 
@@ -117,21 +137,28 @@ def markdown(record: dict[str, Any]) -> str:
               for name, r in cp["runs"].items()]
     gpu = record.get("gpu")
     if gpu and gpu.get("kernels"):
-        lines += ["", f"GPU, first {gpu['window_s']} s: kernels running {100 * gpu['busy']:.0f}% of the time; "
-                  "with k at once: " + ", ".join(f"{k}: {100 * v:.0f}%" for k, v in gpu["share_with_k_kernels"].items()),
-                  "streams busy: " + ", ".join(f"{s}: {100 * v:.0f}%" for s, v in gpu["stream_busy"].items())]
+        lines += ["", f"GPU, {gpu['window_s']} s from {gpu['trace_after_s']} s in: kernels running "
+                  f"{100 * gpu['busy']:.0f}% of the time, {gpu['kernels']:,} kernels of {gpu['mean_kernel_us']} us "
+                  "on average; with k at once: "
+                  + ", ".join(f"{k}: {100 * v:.0f}%" for k, v in gpu["share_with_k_kernels"].items()),
+                  "streams busy (one per task run): "
+                  + ", ".join(f"{s}: {100 * v:.0f}%" for s, v in gpu["stream_busy"].items()),
+                  "", "| kernel | count | ms | share of kernel time | mean us |", "| --- | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {k['name'][:90]} | {k['count']} | {k['ms']} | {100 * k['share']:.1f}% | {k['mean_us']} |"
+                  for k in gpu["top_kernels"]]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pattern", default="M*-*-M**M*-*M**-")  # issue 15's aggregate
-    parser.add_argument("--trace-seconds", type=float, default=5.0)
+    parser.add_argument("--trace-seconds", type=float, default=3.0)
+    parser.add_argument("--trace-after", type=float, default=40.0, help="seconds into the evaluation the trace starts")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    record = profile(args.pattern, args.overrides, args.out, args.trace_seconds)
+    record = profile(args.pattern, args.overrides, args.out, args.trace_seconds, args.trace_after)
     (args.out / "profile.json").write_text(json.dumps(record, indent=2) + "\n")
     print(markdown(record))
 

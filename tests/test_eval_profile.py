@@ -17,18 +17,30 @@ profile = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(profile)
 
 
-def kernel(ts: float, dur: float, stream: int) -> dict:
-    return {"cat": "kernel", "ts": ts, "dur": dur, "args": {"stream": stream}}
+def kernel(ts: float, dur: float, stream: int, name: str = "gemm") -> dict:
+    return {"cat": "kernel", "ts": ts, "dur": dur, "name": name, "args": {"stream": stream}}
 
 
 def test_kernel_timeline_by_hand():
     # stream 7: [0, 40) and [60, 100); stream 9: [20, 50). Window 100 us: idle in [50, 60) only.
-    trace = {"traceEvents": [kernel(0, 40, 7), kernel(20, 30, 9), kernel(60, 40, 7), {"cat": "cpu_op", "ts": 0, "dur": 500}]}
+    trace = {"traceEvents": [kernel(0, 40, 7), kernel(20, 30, 9, "scan"), kernel(60, 40, 7),
+                             {"cat": "cpu_op", "ts": 0, "dur": 500}]}
     t = profile.kernel_timeline(trace, window_us=100)
     assert t["kernels"] == 3 and t["busy"] == pytest.approx(0.9)
     assert t["share_with_k_kernels"] == {0: pytest.approx(0.1), 1: pytest.approx(0.7), 2: pytest.approx(0.2)}
     assert t["stream_busy"] == {"7": pytest.approx(0.8), "9": pytest.approx(0.3)}
+    assert [(k["name"], k["count"], k["share"], k["mean_us"]) for k in t["top_kernels"]] == [
+        ("gemm", 2, pytest.approx(80 / 110, abs=1e-3), 40), ("scan", 1, pytest.approx(30 / 110, abs=1e-3), 30)]
     assert profile.kernel_timeline({"traceEvents": []}, window_us=10) == {"kernels": 0}
+
+
+def test_a_window_longer_than_its_kernels_is_mostly_idle():
+    # the same kernels in a 1,000 us window: 90 us busy, the rest (after the last kernel too) idle
+    trace = {"traceEvents": [kernel(0, 40, 7), kernel(20, 30, 9), kernel(60, 40, 7)]}
+    t = profile.kernel_timeline(trace, window_us=1000)
+    assert t["busy"] == pytest.approx(0.09)
+    assert t["share_with_k_kernels"] == {0: pytest.approx(0.91), 1: pytest.approx(0.07), 2: pytest.approx(0.02)}
+    assert t["stream_busy"] == {"7": pytest.approx(0.08), "9": pytest.approx(0.03)}
 
 
 def test_a_cpu_evaluation_s_critical_path(tmp_path):
