@@ -12,7 +12,8 @@
 # The rungs' corpus may travel as .device/corpus-tokens.tar.xz (3.8 MB instead of 34 MB), unpacked here.
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 [ -d .device/corpus-tokens ] || [ ! -f .device/corpus-tokens.tar.xz ] || tar xJf .device/corpus-tokens.tar.xz -C .device
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .device/wheels/*.whl 2>&1 | grep -v "already exists"
+python3 -m pip install -q --no-index --no-deps --target /tmp/site .device/wheels/*.whl $(ls .device/f8/*.whl 2> /dev/null) \
+  2>&1 | grep -v "already exists"
 export PYTHONPATH=/tmp/site:$PWD
 # Triton keeps its autotuning results on disk (its cache in ~/.triton): later processes on a warm machine skip
 # the tuning of mamba-ssm's and fla's kernels (2 minutes of a hybrid's first training steps at 1B)

@@ -6,6 +6,7 @@
 #   .device/corpus-tokens.tar.xz   the rung corpus of issue 15 as a byte-token cache: four Debian documentation
 #                          packages at the versions the committed runs read (checked: token counts and the
 #                          documents' hash of every run's summary.json), 3.7 MB
+#   .device/f8/            torchao's wheel (float8 training, issue 18), 3.4 MB
 #   .device/gdn/           tilelang and its runtime wheels, with pytest (gdn_device.sh): fla 0.6.0 refuses
 #                          Gated DeltaNet's backward on Hopper with Triton 3.6 unless tilelang is installed
 #                          (fla #640); tilelang's 50 MB wheel travels unpacked and xz-compressed with the one
@@ -62,4 +63,8 @@ if [ ! -f .device/gdn/tilelang-z3.tar.xz ]; then
   tar cf - -C "$work/tl" . | xz -T0 -6 > .device/gdn/tilelang-z3.tar.xz  # installed by unpacking (gdn_device.sh)
   mv "$work"/*.whl .device/gdn/ && rm -rf "$work"
 fi
+# torchao for float8 training (the `float8` extra; installed by device_env.sh): the machine has none (seen 2026-12-04)
+ls .device/f8/torchao-*.whl > /dev/null 2>&1 || python3 -m pip download -q --no-deps --only-binary=:all: \
+  --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+  -d .device/f8 'torchao>=0.13'
 du -sh .device .device/gdn; du -sb .device | awk '{printf "carry: %.1f of 64 MiB\n", $1 / 1048576}'

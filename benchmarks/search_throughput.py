@@ -7,6 +7,15 @@ first trial's start and the last completion. `nvidia-smi` is sampled every secon
 
     python benchmarks/search_throughput.py --workers 8 --seconds 240 --out $OUT/search_w8 -- evaluator=mad space=long
     python benchmarks/search_throughput.py --gpu-counts 1,8 --workers 3 --out $OUT/scale -- evaluator=mad space=long
+    python benchmarks/search_throughput.py --sweep 3x1,3x2,1x6 --seconds 150 --out $OUT/sweep -- evaluator=mad space=long
+
+With `--sweep 3x1,3x2,1x6` it measures each shape (worker processes x `evaluations_per_worker`) in turn,
+each for `--seconds`, and writes `<out>/sweep.json` and a table with the ratios against the first (issue 17).
+
+Two rates: completed evaluations over the window from the first start to the last completion (what a search
+gets, setup and all; coarse in a short window), and the steady state: tokens every run trained per second
+past the warm-up (`--warmup-share` of the time, sampled from the runs' metrics.jsonl every 5 s) over one
+evaluation's tokens, which leaves out each evaluation's setup, capture and final evaluation.
 
 With `--gpu-counts 1,8` it runs one search on the first GPU and one on the first eight, `--workers` per GPU,
 and writes `<out>/scaling.json` with each and the speed-up in evaluations per hour against the first (issue 19).
@@ -47,6 +56,40 @@ def completed(run_dir: Path, name: str) -> list:
             if t.user_attrs.get("role") == "evaluate"]
 
 
+def tokens_trained(trials: Path) -> int:
+    """Tokens trained so far by every run under a search's trials/ (each run's last metrics.jsonl record)."""
+    total = 0
+    for metrics in trials.glob("*/*/metrics.jsonl"):
+        tokens = 0
+        try:
+            for line in metrics.read_text().splitlines():
+                if line.strip():
+                    tokens = json.loads(line).get("tokens", tokens)
+        except (OSError, ValueError):  # written as we read
+            pass
+        total += tokens
+    return total
+
+
+def steady_rate(progress: list[tuple[float, int]], *, warmup: float) -> float | None:
+    """Tokens per second between the first sample past `warmup` seconds and the last sample."""
+    window = [(t, n) for t, n in progress if t >= warmup]
+    if len(window) < 2 or window[-1][0] <= window[0][0]:
+        return None
+    return (window[-1][1] - window[0][1]) / (window[-1][0] - window[0][0])
+
+
+def tokens_per_evaluation(trials: Path) -> int | None:
+    """The median tokens of one completed evaluation: the sum over its runs (every summary.json completed)."""
+    sums = []
+    for folder in trials.glob("*"):
+        summaries = [json.loads(f.read_text()) for f in folder.glob("*/summary.json")]
+        if summaries and len(summaries) == len(list(folder.glob("*/"))) and all(
+                s.get("status") == "completed" for s in summaries):
+            sums.append(sum(s["tokens"] for s in summaries))
+    return int(statistics.median(sums)) if sums else None
+
+
 def measure(args: argparse.Namespace, out: Path, workers: int, gpus: str | None) -> dict:
     """One search of `workers` processes for `args.seconds`, on the GPUs `gpus` (CUDA_VISIBLE_DEVICES; None: all)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -56,33 +99,48 @@ def measure(args: argparse.Namespace, out: Path, workers: int, gpus: str | None)
     env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": gpus} if gpus is not None else {})}
     gpu = sample_gpu(out / "gpu.csv", gpus)
     started = time.time()
+    progress: list[tuple[float, int]] = []  # (seconds in, tokens trained by every run so far)
     with (out / "search.log").open("w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        try:
-            proc.wait(timeout=args.seconds)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=120)
+        while proc.poll() is None and time.time() - started < args.seconds:
+            time.sleep(min(5.0, max(0.1, args.seconds - (time.time() - started))))
+            progress.append((time.time() - started, tokens_trained(out / "run" / "trials")))
+        for _ in range(3):  # Ctrl-C, as a user stops a search; again if it has not stopped a minute later
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    print("search_throughput.py: the search has not stopped 60 s after SIGINT; again", flush=True)
+        if proc.poll() is None:
+            proc.kill()
+            sys.exit(f"the search did not stop on SIGINT; killed (see {out / 'search.log'})")
     wall = time.time() - started
     if gpu:
         gpu.terminate()
     trials = completed(out / "run", name)
-    if not trials:
+    if not trials and not getattr(args, "sweep", None):  # a sweep goes on: its steady rate may still say much
         sys.exit(f"no evaluation completed in {wall:.0f} s; see {out / 'search.log'}")
-    first = min(t.datetime_start for t in trials).timestamp()
-    last = max(t.datetime_complete for t in trials).timestamp()
+    first = min(t.datetime_start for t in trials).timestamp() if trials else started
+    last = max(t.datetime_complete for t in trials).timestamp() if trials else started
     samples = [[float(v) for v in line.split(",")] for line in (out / "gpu.csv").read_text().splitlines()
                if line.strip() and line.split(",")[0].strip().replace(".", "").isdigit()] if gpu else []
     util = [sample[0] for sample in samples]
     recall = {t.user_attrs["pattern"]: (t.user_attrs.get("tasks") or {}).get("in_context_recall") for t in trials}
     with_attention = [v for p, v in recall.items() if "*" in p and v is not None]
     n_gpus = len(gpus.split(",")) if gpus else _gpus()
-    per_hour = len(trials) / max(last - first, 1e-9) * 3600
+    per_hour = len(trials) / (last - first) * 3600 if trials else None
+    steady = steady_rate(progress, warmup=args.seconds * args.warmup_share)
+    per_eval = tokens_per_evaluation(out / "run" / "trials")
     result = {
         "workers": workers, "gpus": n_gpus, "overrides": args.overrides, "wall_s": round(wall, 1), "completed": len(trials),
-        "window_s": round(last - first, 1), "evaluations_per_hour": round(per_hour, 1),
-        "evaluations_per_gpu_hour": round(per_hour / max(1, n_gpus), 1),
-        "mean_eval_s": round(statistics.mean(t.duration.total_seconds() for t in trials), 2),
+        "window_s": round(last - first, 1), "evaluations_per_hour": round(per_hour, 1) if trials else None,
+        "evaluations_per_gpu_hour": round(per_hour / max(1, n_gpus), 1) if trials else None,
+        "mean_eval_s": round(statistics.mean(t.duration.total_seconds() for t in trials), 2) if trials else None,
+        # the steady state: tokens every run trained per second past the warm-up, over one evaluation's tokens
+        # (no per-evaluation setup, capture or final evaluation counted; a precise figure from a short window)
+        "tokens_per_s": round(steady) if steady else None, "tokens_per_evaluation": per_eval,
+        "steady_evaluations_per_gpu_hour": round(steady / per_eval * 3600 / max(1, n_gpus), 1) if steady and per_eval else None,
         "gpu_util_median_pct": statistics.median(util) if util else None,
         "gpu_memory_max_mib": max(sample[1] for sample in samples) if samples else None,
         "recall_of_attention_patterns": sorted(with_attention, reverse=True)[:10],
@@ -97,10 +155,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=8, help="worker processes; per GPU with --gpu-counts")
     parser.add_argument("--gpu-counts", default=None,
                         help="e.g. 1,8: one search on the first k GPUs for each k, in this run, and the speed-up")
-    parser.add_argument("--seconds", type=float, default=240)
+    parser.add_argument("--sweep", default=None,
+                        help="e.g. 3x1,3x2,1x6: worker processes x evaluations_per_worker, each measured in this run, "
+                             "with the ratios against the first")
+    parser.add_argument("--seconds", type=float, default=240, help="per measurement")
+    parser.add_argument("--warmup-share", type=float, default=0.3,
+                        help="share of --seconds before the steady-state token rate is read")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
+    if args.sweep is not None and args.gpu_counts is not None:
+        parser.error("--sweep and --gpu-counts are measured in runs of their own; give one")
+    if args.sweep is not None:
+        sweep(parser, args)
+        return
     if args.gpu_counts is None:
         measure(args, args.out, args.workers, None)
         return
@@ -116,6 +184,32 @@ def main(argv: list[str] | None = None) -> None:
                "speedup": {str(r["gpus"]): round(r["evaluations_per_hour"] / base, 2) for r in rows}}
     (args.out / "scaling.json").write_text(json.dumps(scaling, indent=1) + "\n")
     print(json.dumps({"speedup": scaling["speedup"]}))
+
+
+def sweep(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Each `W`x`E` of --sweep: a search of W workers training E evaluations each at once, in this run."""
+    try:
+        shapes = [tuple(int(v) for v in item.split("x")) for item in args.sweep.split(",")]
+    except ValueError:
+        shapes = []
+    if not shapes or any(len(shape) != 2 or min(shape) < 1 for shape in shapes):
+        parser.error(f"--sweep takes WORKERSxEVALUATIONS items such as 3x1,1x6, got {args.sweep!r}")
+    overrides = [o for o in args.overrides if not o.startswith("evaluations_per_worker=")]
+    rows = []
+    for workers, each in shapes:
+        run = argparse.Namespace(**{**vars(args), "overrides": [*overrides, f"evaluations_per_worker={each}"]})
+        rows.append({"shape": f"{workers}x{each}", **measure(run, args.out / f"w{workers}e{each}", workers, None)})
+    for key in ("evaluations_per_gpu_hour", "steady_evaluations_per_gpu_hour"):
+        base = rows[0][key]
+        for row in rows:
+            row[f"{key}_ratio"] = round(row[key] / base, 2) if base and row[key] else None
+    (args.out / "sweep.json").write_text(json.dumps({"overrides": overrides, "rows": rows}, indent=1) + "\n")
+    print("| workers x evaluations | completed | evaluations/GPU-hour | ratio | steady: tokens/s | evaluations/GPU-hour "
+          "| ratio | GPU util | memory MiB |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        print(f"| {r['shape']} | {r['completed']} | {r['evaluations_per_gpu_hour']} | {r['evaluations_per_gpu_hour_ratio']} "
+              f"| {r['tokens_per_s']} | {r['steady_evaluations_per_gpu_hour']} | {r['steady_evaluations_per_gpu_hour_ratio']} "
+              f"| {r['gpu_util_median_pct']} | {r['gpu_memory_max_mib']} |")
 
 
 def _gpus() -> int:

@@ -90,7 +90,16 @@ class Strategy:
         return "".join(trial.suggest_categorical(f"layer_{i}", choices) for i in range(self.space.length))
 
     def propose(self, trial: optuna.Trial) -> str:
-        """The full pattern to train: the sampler's block if feasible, else a seeded feasible draw."""
+        """The full pattern to train: the sampler's block if feasible, else a seeded feasible draw.
+
+        In a space of at most SMALL_SPACE patterns, raises `Exhausted` once every feasible one is taken
+        (evaluated, finally failed, or being trained): the sampler would only propose cached patterns."""
+        if self.space.size() <= SMALL_SPACE:
+            members = {self.compose(b) for b in _feasible_blocks(self.space)}
+            if members <= _taken(trial):
+                from search.study import Exhausted
+
+                raise Exhausted(f"every one of the {len(members)} patterns of the space is evaluated or being evaluated")
         block = self.suggest_block(trial)
         violations = self.space.violations(block)
         trial.set_constraint(CONSTRAINT, len(violations))  # read by TPE, GP and NSGA-II; ignored by random
@@ -115,20 +124,42 @@ class ListStrategy(Strategy):
     patterns: tuple[str, ...] = ()
 
     def propose(self, trial: optuna.Trial) -> str:
-        from search.study import STALE_AFTER_S, Exhausted, is_lost, final_failure, retry_cutoff
+        from search.study import Exhausted
 
-        taken, cutoff, now = set(), retry_cutoff(trial.study), time.time()
-        for t in trial.study.get_trials(deepcopy=False):
-            role = t.user_attrs.get("role")
-            if t.number == trial.number or role not in (None, "evaluate"):
-                continue
-            live = t.state == TrialState.RUNNING and not is_lost(t, stale_after_s=STALE_AFTER_S, now=now)
-            if live or t.state == TrialState.COMPLETE or final_failure(t, cutoff):
-                taken.add(t.user_attrs.get("pattern"))
+        taken = _taken(trial)
         free = next((p for p in self.patterns if p not in taken), None)
         if free is None:
             raise Exhausted(f"every one of the {len(self.patterns)} listed patterns is evaluated or being evaluated")
         return free
+
+
+SMALL_SPACE = 4096  # spaces up to this many patterns are checked for exhaustion before each proposal
+
+
+_FEASIBLE: dict[str, tuple[str, ...]] = {}  # repr(space) -> its feasible patterns (a space holds dicts: no hash)
+
+
+def _feasible_blocks(space: SearchSpace) -> tuple[str, ...]:
+    key = repr(space)
+    if key not in _FEASIBLE:
+        _FEASIBLE[key] = tuple(space.enumerate())
+    return _FEASIBLE[key]
+
+
+def _taken(trial: optuna.Trial) -> set[str]:
+    """The patterns other trials of the study hold: evaluated, finally failed, or being trained by a live worker
+    (a trial whose worker is gone holds nothing)."""
+    from search.study import STALE_AFTER_S, final_failure, is_lost, retry_cutoff
+
+    taken, cutoff, now = set(), retry_cutoff(trial.study), time.time()
+    for t in trial.study.get_trials(deepcopy=False):
+        role = t.user_attrs.get("role")
+        if t.number == trial.number or role not in (None, "evaluate"):
+            continue
+        live = t.state == TrialState.RUNNING and not is_lost(t, stale_after_s=STALE_AFTER_S, now=now)
+        if live or t.state == TrialState.COMPLETE or final_failure(t, cutoff):
+            taken.add(t.user_attrs.get("pattern"))
+    return taken
 
 
 def read_patterns(source: str | Sequence[str], *, where: str) -> tuple[str, ...]:

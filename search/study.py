@@ -43,7 +43,8 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -312,8 +313,43 @@ def run_trials(study: optuna.Study, *, propose: Callable[[optuna.Trial], str], e
     """
     if n_trials < 0 or (max_trials is not None and max_trials < 0):
         raise ConfigError(f"n_trials={n_trials} and max_trials={max_trials} must be >= 0")
+    with _ctrl_c_noted():
+        return _run_trials(study, propose=propose, evaluate=evaluate, n_trials=n_trials, max_trials=max_trials,
+                           heartbeat_s=heartbeat_s, stale_after_s=stale_after_s, poll_s=poll_s)
+
+
+_CTRL_C = threading.Event()  # a Ctrl-C reached this process during run_trials
+
+
+@contextmanager
+def _ctrl_c_noted() -> Iterator[None]:
+    """SIGINT still raises KeyboardInterrupt, and is also noted: one that lands in a weakref callback or a
+    __del__ is printed and dropped by Python ("Exception ignored in ..."), seen 2026-12-04 in a search
+    answering cached trials, which then ran on; the loop checks the note before each trial."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield  # another thread, or a handler someone installed: left as it is
+        return
+    _CTRL_C.clear()
+    signal.signal(signal.SIGINT, _note_ctrl_c)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _note_ctrl_c(signum: int, frame: Any) -> None:
+    _CTRL_C.set()
+    signal.default_int_handler(signum, frame)
+
+
+def _run_trials(study: optuna.Study, *, propose: Callable[[optuna.Trial], str], evaluate: Callable[[str], dict],
+                n_trials: int, max_trials: int | None, heartbeat_s: float, stale_after_s: float,
+                poll_s: float) -> list[FrozenTrial]:
     finished: list[FrozenTrial] = []
     for _ in range(n_trials):
+        if _CTRL_C.is_set():
+            raise KeyboardInterrupt
         if max_trials is not None and count_evaluations(study) >= max_trials:
             log.info("study %s has %d evaluations (max_trials=%d): done", study.study_name, max_trials, max_trials)
             break
@@ -350,9 +386,11 @@ def _claim(study: optuna.Study, heartbeat_s: float) -> tuple[optuna.Trial, _Hear
     raises KeyboardInterrupt (Python's handler, main thread): an ignored SIGINT stays ignored.
     """
     held: list[int] = []
-    hold = (threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGINT) is signal.default_int_handler)  # else Ctrl-C raises nothing here
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum)) if hold else None
+    previous = signal.getsignal(signal.SIGINT)
+    hold = threading.current_thread() is threading.main_thread() and (  # else Ctrl-C raises nothing here
+        previous is signal.default_int_handler or previous is _note_ctrl_c)
+    if hold:
+        signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
     try:
         trial = study.ask()
         heartbeat = _Heartbeat(trial, heartbeat_s)

@@ -194,3 +194,18 @@ def test_sigint_stops_every_worker_and_keeps_completed_trials(tmp_path, parallel
     assert 1 <= len(interrupted) <= 2
     after = {t.number: t.values for t in study.get_trials() if t.state == TrialState.COMPLETE}
     assert all(after[n] == v for n, v in before.items())
+
+
+def test_a_search_of_a_small_space_stops_once_every_pattern_is_evaluated(tmp_path):
+    # '*-' over 2 layers with a sequence mixer required: **, *-, -* (3 patterns); a budget of 50 evaluations
+    settings = ["space.length=2", "space.alphabet='*-'", "n_trials=50", "strategy=random", "workers=1", "baselines=[]"]
+    started = time.time()
+    proc = run_cli(*search_args(tmp_path, *settings), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = load(tmp_path)
+    assert sorted(evaluated(study)) == ["**", "*-", "-*"]
+    trials = study.get_trials()
+    assert trials[-1].user_attrs["role"] == "exhausted"
+    assert "every one of the 3 patterns of the space is evaluated" in trials[-1].user_attrs["reason"]
+    assert len(trials) < 50  # not 50 x 20 cached answers
+    assert time.time() - started < 300

@@ -1,6 +1,7 @@
 """benchmarks/search_throughput.py as a user runs it, on the CPU with a tiny search: one measurement, and
 `--gpu-counts` measuring each count in the same run with the speed-up against the first (structure, not timings)."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -32,3 +33,41 @@ def test_counts_are_measured_in_one_run_with_their_speedup(tmp_path):
 def test_bad_counts_are_refused_in_one_line(tmp_path):
     proc = throughput("--gpu-counts", "0,8", "--out", str(tmp_path))
     assert proc.returncode == 2 and "--gpu-counts must be positive, got '0,8'" in proc.stderr
+
+
+def test_a_sweep_measures_each_shape_with_a_steady_rate(tmp_path):
+    proc = throughput("--sweep", "1x1,1x2", "--seconds", "20", "--warmup-share", "0.2", "--out", str(tmp_path), "--",
+                      *TINY_SEARCH, "space.length=5",  # 243 patterns: not all evaluated in the 20 s
+                      "evaluator=mad_cpu", "evaluations_per_worker=5")  # the sweep's own setting wins
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
+    record = json.loads((tmp_path / "sweep.json").read_text())
+    assert [r["shape"] for r in record["rows"]] == ["1x1", "1x2"]
+    assert "evaluations_per_worker=5" not in record["overrides"]
+    for row, each in zip(record["rows"], (1, 2)):
+        assert row["overrides"][-1] == f"evaluations_per_worker={each}" and row["workers"] == 1
+        # one evaluation's tokens: both tasks' runs, read from their summaries
+        runs = [json.loads(f.read_text()) for f in (tmp_path / f"w1e{each}" / "run" / "trials").glob("*/*/summary.json")]
+        assert row["tokens_per_evaluation"] in {sum(s["tokens"] for s in runs[i:i + 2]) for i in range(len(runs) - 1)}
+        assert row["tokens_per_s"] > 0 and row["steady_evaluations_per_gpu_hour"] > 0
+    first = record["rows"][0]
+    assert first["evaluations_per_gpu_hour_ratio"] == 1.0 and first["steady_evaluations_per_gpu_hour_ratio"] == 1.0
+    assert "| 1x2 |" in proc.stdout
+
+
+def test_the_steady_rate_skips_the_warmup_and_reads_every_run(tmp_path):
+    spec = importlib.util.spec_from_file_location("search_throughput", SCRIPT)
+    st = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(st)
+    # 100 tokens/s during the warm-up, then 1,000 tokens/s
+    progress = [(5, 500), (10, 1000), (15, 6000), (20, 11000), (25, 16000)]
+    assert st.steady_rate(progress, warmup=12) == 1000
+    assert st.steady_rate(progress, warmup=24) is None  # one sample past it
+    for run, tokens in (("a/recall-lr0.001", [40, 80]), ("a/copy-lr0.001", [64]), ("b/recall-lr0.001", [])):
+        (tmp_path / run).mkdir(parents=True)
+        (tmp_path / run / "metrics.jsonl").write_text("".join(json.dumps({"step": 1, "tokens": t}) + "\n" for t in tokens))
+    assert st.tokens_trained(tmp_path) == 80 + 64
+
+
+def test_a_bad_sweep_is_refused_in_one_line(tmp_path):
+    proc = throughput("--sweep", "3x", "--out", str(tmp_path))
+    assert proc.returncode == 2 and "--sweep takes WORKERSxEVALUATIONS items such as 3x1,1x6, got '3x'" in proc.stderr

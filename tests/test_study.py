@@ -348,3 +348,25 @@ def test_two_workers_share_one_study_without_training_twice(tmp_path, kind):
         assert t.state == roles[t.user_attrs["role"]], t
         if t.user_attrs["role"] == "cached":
             assert t.values == completed_results(study)[t.user_attrs["pattern"]]["values"]
+
+
+def test_a_ctrl_c_that_python_drops_still_stops_the_loop_before_the_next_trial(tmp_path):
+    # Python prints and drops an exception raised in a weakref callback or __del__ ("Exception ignored in"):
+    # a Ctrl-C landing there was lost and a search answering cached trials ran on (seen 2026-12-04)
+    study = open_study(name="s", storage=None, run_dir=tmp_path, sampler=None)
+    evaluate = Counting()
+
+    def swallowed(pattern: str) -> dict:
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            pass  # what the weakref callback does to it
+        return evaluate(pattern)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_trials(study, propose=lambda trial: PATTERNS[trial.number], evaluate=swallowed, n_trials=5)
+    assert evaluate.calls == {PATTERNS[0]: 1}  # the trial in flight finished; no other started
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # the next call starts afresh
+    assert len(run_trials(study, propose=lambda trial: PATTERNS[trial.number], evaluate=evaluate, n_trials=1)) == 1

@@ -4,6 +4,9 @@ present; skipped where fla is not installed).
 Tolerances: relative max error, max|fast - ref| / max|ref|, with the reference in fp32, TF32 off:
   fp32: 5e-3 (fla's Triton kernels multiply in TF32 inside tl.dot whatever the torch flags say)
   bf16: 3e-2 (bf16 inputs to the rule: 2^-8 per rounding, several roundings deep)
+The gradients of the decay's parameters (A_log, dt_bias) come from fla's dg, a cumulative sum over the
+sequence: fla's own GDN tests hold dg (and dbeta) to 0.02 against 0.008 for dq, dk, dv; here 1e-2 in fp32
+(measured 5.6e-3 on an H200 with tilelang, 2026-12-04), the bf16 bound otherwise.
 Gradients are compared only where fla's backward is right: on Hopper with Triton 3.4.0–3.7.0 and
 no tilelang (fla #640) the backward test is skipped with that reason, and `impl=auto` is checked
 to keep the torch path there.
@@ -21,6 +24,8 @@ from tests.gpu.parity import no_tf32, rel_err  # noqa: F401  (no_tf32: an autous
 
 DEVICE = torch.device("cuda")
 TOL = {torch.float32: 5e-3, torch.bfloat16: 3e-2}
+DECAY_GRADS = ("grad_A_log", "grad_dt_bias")
+DECAY_TOL = {torch.float32: 1e-2, torch.bfloat16: 3e-2}
 SETTINGS = [{}, {"head_dim": 64, "v_head_ratio": 1, "expand_v": 2}]  # Qwen3-Next's shape; fla's GatedDeltaNet's
 
 if isinstance(_load_kernels(), str):
@@ -82,8 +87,10 @@ def test_fla_gradients_match_the_torch_reference(dtype, settings):
     errors = {"out": rel_err(y, y_ref), "grad_x": rel_err(gx, gx_ref)}
     errors.update({f"grad_{n}": rel_err(gp[n], gp_ref[n]) for n in gp})
     print({k: f"{v:.2e}" for k, v in errors.items()})
-    worst = max(errors, key=errors.get)
-    assert errors[worst] <= TOL[dtype], f"{worst}: {errors[worst]:.3e} > {TOL[dtype]:.0e}"
+    bound = {k: DECAY_TOL[dtype] if k in DECAY_GRADS else TOL[dtype] for k in errors}
+    assert set(DECAY_GRADS) <= set(errors)
+    worst = max(errors, key=lambda k: errors[k] / bound[k])
+    assert errors[worst] <= bound[worst], f"{worst}: {errors[worst]:.3e} > {bound[worst]:.0e}"
 
 
 def test_auto_never_picks_a_backward_with_wrong_gradients():
