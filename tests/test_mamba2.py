@@ -221,3 +221,43 @@ def test_width_not_divisible_by_head_dim():
         cfg.n_params(40)
     with pytest.raises(ValueError, match="n_groups"):
         Mamba2Config(head_dim=16, n_groups=3).n_heads(32)  # 4 heads into 3 groups
+
+
+def _conv_like_causal_conv1d(x, weight, bias, activation):  # causal_conv1d_fn's contract: (B, C, T) -> (B, C, T)
+    y = torch.nn.functional.conv1d(torch.nn.functional.pad(x, (weight.shape[-1] - 1, 0)), weight[:, None], bias,
+                                   groups=x.shape[1])
+    return torch.nn.functional.silu(y) if activation == "silu" else y
+
+
+def _scan_like_mamba_ssm(x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, initial_states, return_final_states):
+    # mamba_chunk_scan_combined's contract (raw dt, softplus inside, D skip added), from the reference scan
+    f = torch.promote_types(x.dtype, torch.float32)  # as the kernel: float32 at least (float64 here)
+    dt = torch.nn.functional.softplus(dt.to(f) + dt_bias.to(f))
+    y, final = ssd_chunked(x.to(f), dt, A.to(f), B.to(f), C.to(f), chunk_size=chunk_size,
+                           initial_state=None if initial_states is None else initial_states.to(f))
+    y = (y + D.to(f)[:, None] * x.to(f)).to(x.dtype)
+    return (y, final) if return_final_states else y
+
+
+def test_the_kernel_path_s_prefill_carries_the_state_like_the_torch_path(monkeypatch):
+    # The wiring of a stateful prefill through the kernels (the conv over the state's last inputs, the scan from
+    # its state, both written back), with the kernels' contracts played by reference functions: on a GPU,
+    # tests/gpu/test_kernel_parity.py checks the kernels themselves
+    monkeypatch.setattr("primitives.nn.mamba2._load_kernels", lambda: (_conv_like_causal_conv1d, _scan_like_mamba_ssm))
+    torch.manual_seed(0)
+    module = Mamba2(Mamba2Config(impl="torch", d_state=8, head_dim=8, chunk_size=8), d_model=32).double()
+    x = torch.randn(2, 37, 32, dtype=torch.float64)
+    full = module(x)
+    for split in (1, 2, 20):  # shorter than the conv's history (d_conv - 1 = 3), and longer
+        state = module.allocate_state(batch_size=2, max_len=37, device="cpu", dtype=torch.float64)
+        ref = module.allocate_state(batch_size=2, max_len=37, device="cpu", dtype=torch.float64)
+        with torch.no_grad():
+            pieces = [module._forward_kernels(x[:, :split], state), module._forward_kernels(x[:, split:30], state)]
+            torch_pieces = [module(x[:, :split], ref), module(x[:, split:30], ref)]
+        torch.testing.assert_close(torch.cat(pieces, 1), full[:, :30], rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(torch.cat(torch_pieces, 1), full[:, :30], rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(state.ssm, ref.ssm, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(state.conv, ref.conv, rtol=0, atol=0)
+        with torch.no_grad():  # decoding goes on from the state the kernels left
+            steps = torch.cat([module(x[:, t : t + 1], state) for t in range(30, 37)], 1)
+        torch.testing.assert_close(steps, full[:, 30:], rtol=1e-9, atol=1e-9)

@@ -208,10 +208,10 @@ class Mamba2(nn.Module):
                 log.info("mamba2 mixer runs %s", description)
                 _REPORTED.add(description)
             self._impl_logged = True
-        if use_kernels and state is None:  # decoding with a state always takes the torch path
+        if use_kernels and (state is None or x.shape[1] > 1):  # a decoding step (one token) is the torch recurrence
             if device.type != "cuda":
                 raise KernelUnavailableError(f"mamba2.impl='kernels' runs on CUDA only, parameters are on {device}")
-            return self._forward_kernels(x)
+            return self._forward_kernels(x, state)
         return self._forward_torch(x, state)
 
     def _split(self, zxbcdt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -264,19 +264,25 @@ class Mamba2(nn.Module):
             state.ssm.copy_(final.detach())
         return self._gated_norm_out(y.reshape(b, t, self.d_inner), z, x.dtype)
 
-    def _forward_kernels(self, x: Tensor) -> Tensor:
+    def _forward_kernels(self, x: Tensor, state: Mamba2State | None = None) -> Tensor:
+        """mamba-ssm's kernels; with a state (a prefill, or a chunk of one), the conv runs over the state's
+        last inputs followed by these and the scan starts from the state's, as the torch path does."""
         causal_conv1d_fn, mamba_chunk_scan_combined = _load_kernels()
         cfg, (b, t, _) = self.cfg, x.shape
         z, xBC, dt = self._split(self.in_proj(x))  # (B, T, d_inner), (B, T, conv_dim), (B, T, H)
+        xBC = xBC.transpose(1, 2)  # (B, conv_dim, T)
+        if state is not None:
+            xBC = torch.cat([state.conv.to(xBC.dtype), xBC], dim=-1)  # (B, conv_dim, d_conv - 1 + T)
+            state.conv.copy_(xBC[..., xBC.shape[-1] - (cfg.d_conv - 1) :].detach())
         # Channel-first contiguous input: the channel-last layout would need widths and strides divisible by 8.
         xBC = causal_conv1d_fn(
-            xBC.transpose(1, 2).contiguous(),  # (B, conv_dim, T)
+            xBC.contiguous(),
             self.conv1d.weight.squeeze(1),  # (conv_dim, d_conv)
             self.conv1d.bias,
             activation="silu",
-        ).transpose(1, 2)  # (B, T, conv_dim)
-        xs, B, C = self._split_xbc(xBC)  # (B, T, d_inner), (B, T, G*N), (B, T, G*N)
-        y = mamba_chunk_scan_combined(
+        )  # (B, conv_dim, [d_conv - 1 +] T)
+        xs, B, C = self._split_xbc(xBC[..., xBC.shape[-1] - t :].transpose(1, 2))  # (B, T, d_inner), (B, T, G*N) x 2
+        out = mamba_chunk_scan_combined(
             xs.reshape(b, t, self.n_heads, cfg.head_dim),  # (B, T, H, P)
             dt,  # (B, T, H): raw; the kernel adds dt_bias and applies softplus
             -torch.exp(self.A_log.float()),  # (H,)
@@ -286,8 +292,13 @@ class Mamba2(nn.Module):
             D=self.D,
             dt_bias=self.dt_bias,
             dt_softplus=True,
+            initial_states=None if state is None else state.ssm,  # (B, H, P, N), float32 (scan_dtype)
+            return_final_states=state is not None,
         )  # (B, T, H, P), D skip included; z=None: the gate goes inside the norm below
-        return self._gated_norm_out(y.reshape(b, t, self.d_inner), z, x.dtype)
+        if state is not None:
+            out, final = out
+            state.ssm.copy_(final.detach())
+        return self._gated_norm_out(out.reshape(b, t, self.d_inner), z, x.dtype)
 
 
 def init_decay_(A_log: Tensor, dt_bias: Tensor, cfg) -> None:

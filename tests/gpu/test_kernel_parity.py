@@ -53,6 +53,32 @@ def test_mamba_ssm_kernels_match_the_torch_scan(dtype, settings):
     _compare(fast, ref, x, dtype, torch.float32)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_stateful_prefill_with_the_kernels_matches_the_torch_path(dtype):
+    # composer-bench's prefill: chunks of a prompt into a state (the second starts from the first's conv inputs
+    # and scan state), then decoding steps (the torch recurrence on both sides)
+    torch.manual_seed(0)
+    ref = Mamba2(Mamba2Config(impl="torch"), d_model=256).to(DEVICE)
+    fast = Mamba2(Mamba2Config(impl="kernels"), d_model=256).to(DEVICE, dtype)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 260, 256, device=DEVICE)
+    outs, states = [], []
+    for module, inp in ((fast, x.to(dtype)), (ref, x)):
+        state = module.allocate_state(batch_size=2, max_len=260, device=DEVICE, dtype=inp.dtype)
+        with torch.no_grad():
+            pieces = [module(inp[:, :100], state), module(inp[:, 100:250], state)]
+            pieces += [module(inp[:, t : t + 1], state) for t in range(250, 260)]
+        outs.append(torch.cat(pieces, dim=1).float())
+        states.append(state)
+    with torch.no_grad():
+        full = ref(x)  # the reference without a state: the whole sequence at once
+    errors = {"out": rel_err(outs[0], outs[1]), "out_vs_full": rel_err(outs[0], full),
+              "ssm": rel_err(states[0].ssm, states[1].ssm), "conv": rel_err(states[0].conv.float(), states[1].conv)}
+    print({k: f"{v:.2e}" for k, v in errors.items()})
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= TOL[dtype], f"{worst}: {errors[worst]:.3e} > {TOL[dtype]:.0e}"
+
+
 @pytest.mark.parametrize("backend", ["math", "flash", "efficient", "cudnn"])
 @pytest.mark.parametrize("settings", [{"n_heads": 8}, {"n_heads": 8, "n_kv_heads": 2}])
 def test_sdpa_backends_match_the_reference(backend, settings):
