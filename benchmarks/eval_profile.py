@@ -12,7 +12,8 @@ Two views, printed as tables and written to `<out>/profile.json`:
 - the GPU (CUDA only): a torch.profiler trace of `--trace-seconds` from `--trace-after` seconds into
   the evaluation (past the warm-up; CUPTI sees every thread's kernels, those of captured graphs too),
   from which the share of that window any kernel runs (kernel time vs idle), the share with k kernels
-  at once, each stream's busy share (one stream per task run) and the kernels that take the most time.
+  at once, each stream's busy share (one stream per task run), the kernels that take the most time, and
+  each run's kernels (by the trainer's `step <run>` ranges in the trace).
 
     python benchmarks/eval_profile.py --out $OUT/profile -- evaluator=mad space=long
     python benchmarks/eval_profile.py --pattern 'M*-*' --out /tmp/p -- evaluator=mad_cpu space.length=4  # CPU
@@ -91,6 +92,30 @@ def kernel_timeline(trace: dict[str, Any], window_us: float, top: int = 12) -> d
                             for name, (c, d) in sorted(by_name.items(), key=lambda kv: -kv[1][1])[:top]]}
 
 
+def kernels_by_run(trace: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each kernel's run: the trainer names every step in the trace (`step <run folder>`, on the thread that
+    launches it); a kernel's launch (the runtime call with its correlation id: a graph's kernels share their
+    replay's) lies inside one such range of its thread. Per run: kernels, their GPU time, their mean."""
+    events = trace.get("traceEvents", [])
+    steps: dict[Any, list[tuple[float, float, str]]] = {}
+    launches: dict[Any, tuple[Any, float]] = {}
+    for e in events:
+        if e.get("cat") == "user_annotation" and str(e.get("name", "")).startswith("step ") and "dur" in e:
+            steps.setdefault(e.get("tid"), []).append((e["ts"], e["ts"] + e["dur"], e["name"][5:]))
+        elif e.get("cat") == "cuda_runtime" and "correlation" in e.get("args", {}):
+            launches[e["args"]["correlation"]] = (e.get("tid"), e["ts"])
+    runs: dict[str, list[float]] = {}
+    for e in events:
+        if e.get("cat") != "kernel" or "dur" not in e:
+            continue
+        tid, ts = launches.get(e.get("args", {}).get("correlation"), (None, None))
+        name = next((n for start, end, n in steps.get(tid, []) if start <= ts <= end), "(outside a step)") \
+            if ts is not None else "(launch not traced)"
+        runs.setdefault(name, []).append(e["dur"])
+    return {name: {"kernels": len(d), "ms": round(sum(d) / 1e3, 2), "mean_us": round(sum(d) / len(d), 2)}
+            for name, d in sorted(runs.items())}
+
+
 def profile(pattern: str, overrides: list[str], out: Path, trace_seconds: float, trace_after: float) -> dict[str, Any]:
     import torch
 
@@ -122,8 +147,10 @@ def profile(pattern: str, overrides: list[str], out: Path, trace_seconds: float,
               "critical_path": critical_path(out / "run" / "trials", wall)}
     if traced:
         with gzip.open(out / "trace.json.gz", "rt") as f:
-            record["gpu"] = kernel_timeline(json.load(f), trace_seconds * 1e6)
+            trace = json.load(f)
+        record["gpu"] = kernel_timeline(trace, trace_seconds * 1e6)
         record["gpu"]["trace_after_s"] = trace_after
+        record["gpu"]["runs"] = kernels_by_run(trace)
     return record
 
 
@@ -146,6 +173,8 @@ def markdown(record: dict[str, Any]) -> str:
                   "", "| kernel | count | ms | share of kernel time | mean us |", "| --- | ---: | ---: | ---: | ---: |"]
         lines += [f"| {k['name'][:90]} | {k['count']} | {k['ms']} | {100 * k['share']:.1f}% | {k['mean_us']} |"
                   for k in gpu["top_kernels"]]
+        lines += ["", "| run (kernels in the trace) | kernels | GPU ms | mean us |", "| --- | ---: | ---: | ---: |"]
+        lines += [f"| {name} | {r['kernels']} | {r['ms']} | {r['mean_us']} |" for name, r in gpu.get("runs", {}).items()]
     return "\n".join(lines)
 
 

@@ -132,7 +132,9 @@ def test_two_ranks_profile_their_steps(corpus, tmp_path):
         assert shares["wall_ms_per_step"] > 0 and shares["top"]
     assert summary(run_dir)["profile"] == ranks[0]
     with gzip.open(run_dir / "profile" / "rank0.trace.json.gz") as f:
-        assert json.load(f)["traceEvents"]  # the Chrome trace, for Perfetto
+        events = json.load(f)["traceEvents"]  # the Chrome trace, for Perfetto
+    steps = [e for e in events if e.get("cat") == "user_annotation" and e.get("name") == "step profiled"]
+    assert len(steps) == 2  # each profiled step named by its run (whose kernels are whose, eval_profile.py)
     assert sorted(p.name for p in (run_dir / "profile").iterdir()) == ["rank0.json", "rank0.trace.json.gz", "rank1.json"]
 
 

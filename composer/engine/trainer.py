@@ -424,11 +424,13 @@ class Trainer:
         if self.graphed and self.graph is None and self.step - self.start_step >= GRAPH_WARMUP:
             with compile_guard(self.cfg):
                 self.graph = StepGraph(self.optimizer, batches, self._forward_backward, self._update)
-        if self.graph is not None:
-            self.graph.run(lr, batches)
-            loss_t, norm_t = self.graph.loss, self.graph.grad_norm
-        else:
-            loss_t, norm_t = self._eager_step(lr, batches)
+        # named in a profiler's trace (the run folder's name): whose kernels are whose when runs share a GPU
+        with torch.profiler.record_function(f"step {self.run_dir.name}"):
+            if self.graph is not None:
+                self.graph.run(lr, batches)
+                loss_t, norm_t = self.graph.loss, self.graph.grad_norm
+            else:
+                loss_t, norm_t = self._eager_step(lr, batches)
         self.step += 1
         self._measure(lr, loss_t, norm_t)
 
