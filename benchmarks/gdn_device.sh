@@ -35,6 +35,7 @@ P=${GDN_PARITY_S:-300}  # 0: no parity tests, the bench alone
   tests/gpu/test_gdn_parity.py \
   -k "not gradients and not auto" >> "$OUT/gdn_parity.log" 2>&1
 [ "$P" -gt 0 ] && grep -E "PASSED|FAILED|SKIPPED|ERROR|passed|failed" "$OUT/gdn_parity.log" | tail -n 20
-timeout $((LIMIT - SECONDS)) python3 benchmarks/train_bench.py --layouts qwen3next-1b --variants compile:full,eager:full \
+# SIGABRT at the limit: Python's faulthandler prints every thread's stack, so a hang says where it hangs
+timeout -s ABRT $((LIMIT - SECONDS)) python3 -X faulthandler benchmarks/train_bench.py --layouts qwen3next-1b --variants compile:full,eager:full \
   --budget-s $((LIMIT - 90 - SECONDS)) --out "$OUT/train_bench_gdn.json" > "$OUT/train_bench_gdn.log" 2>&1
 tail -n 25 "$OUT/train_bench_gdn.log"
