@@ -13,7 +13,8 @@
 #   PART=parity    issue 16's GPU parity tests (Gated DeltaNet against fla, grouped-GEMM MoE; passed 2026-12-03)
 #   PART=fidelity  the fidelity study until LIMIT (resumes; call again while the machine is warm)
 #   PART=profile   issue 17: where one evaluation of the GPU preset spends its time (benchmarks/eval_profile.py)
-#   PART=budget    issue 17: the study's 16 patterns at half, a quarter of the proxy's tokens and at batch_tokens=4096,
+#   PART=budget    issue 17: the study's 16 patterns at half, a quarter and an eighth of the proxy's tokens (not
+#                  batch_tokens: a run's time follows its tokens, not its steps, measured 2026-12-04),
 #                  each ranked against the default budget (composer-fidelity proxies=[...], rungs=[]; resumes)
 # fidelity/ starts with the proxy scores of fidelity-ceil/ (its study.db): the first study, grown by the paper's
 # ceil rule (+1 % to +40 % over the rung's size), stopped at 11 of 32 runs; this one grows by `fit` (within 2 %).
@@ -64,7 +65,7 @@ fidelity() {  # arguments: more overrides (train_roles=[baseline]); $T: seconds 
 budget() {  # issue 17: the same 16 patterns scored at cheaper budgets of the proxy, each ranked against the default's
   timeout -k 20 -s INT $(left) python3 -m composer.apps.fidelity "${STUDY[@]}" name=issue17-budget 'rungs=[]' \
     hydra.run.dir=/tmp/budget leaderboard=/tmp/budget/leaderboard.jsonl \
-    'proxies=[{name:half,evaluator:{trainer:{max_tokens:1000000}}},{name:quarter,evaluator:{trainer:{max_tokens:500000}}},{name:even4096,evaluator:{trainer:{batch_tokens:4096}}}]' \
+    'proxies=[{name:half,evaluator:{trainer:{max_tokens:1000000}}},{name:quarter,evaluator:{trainer:{max_tokens:500000}}},{name:eighth,evaluator:{trainer:{max_tokens:250000}}}]' \
     > "$LOGS/budget-$(date +%H%M%S).log" 2>&1
 }
 case "$PART" in
