@@ -86,7 +86,10 @@ case "$PART" in
 esac
 cp $OUT/kernels_build.log $LOGS/ 2>/dev/null
 return_kernels  # once: the built wheels in parts; copied into .device/kernel-wheels, later calls skip the build
+# no profiler traces: the device returns files of at most 16 MiB, and a trace alone can pass that (lost a call's
+# files on 2026-12-04); profile.json keeps their tables
 cd /tmp && tar czf "$OUT/issue15.tar.gz" --exclude='*.pt' --exclude='checkpoint*' --exclude='trials' \
+  --exclude='*trace.json*' \
   search/study.db search/search.json search/result.json search/leaderboard.jsonl \
   $(cd /tmp && ls fidelity/{study.db,fidelity.json,fidelity.png,leaderboard.jsonl} budget/{study.db,fidelity.json,fidelity.png} budget/proxies/*/study.db 2>/dev/null) \
   $(cd /tmp && find fidelity -name summary.json -o -name rung.json -o -name metrics.jsonl) issue15-logs 2>/dev/null
