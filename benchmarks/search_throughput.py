@@ -60,14 +60,12 @@ def tokens_trained(trials: Path) -> int:
     """Tokens trained so far by every run under a search's trials/ (each run's last metrics.jsonl record)."""
     total = 0
     for metrics in trials.glob("*/*/metrics.jsonl"):
-        tokens = 0
-        try:
-            for line in metrics.read_text().splitlines():
-                if line.strip():
-                    tokens = json.loads(line).get("tokens", tokens)
-        except (OSError, ValueError):  # written as we read
-            pass
-        total += tokens
+        for line in reversed(metrics.read_text().splitlines()):
+            try:
+                total += json.loads(line)["tokens"]
+                break
+            except (ValueError, KeyError):  # a line being written as we read
+                continue
     return total
 
 
@@ -130,12 +128,13 @@ def measure(args: argparse.Namespace, out: Path, workers: int, gpus: str | None)
     with_attention = [v for p, v in recall.items() if "*" in p and v is not None]
     n_gpus = len(gpus.split(",")) if gpus else _gpus()
     per_hour = len(trials) / (last - first) * 3600 if trials else None
+    per_gpu_hour = None if per_hour is None else round(per_hour / max(1, n_gpus), 1)
     steady = steady_rate(progress, warmup=args.seconds * args.warmup_share)
     per_eval = tokens_per_evaluation(out / "run" / "trials")
     result = {
         "workers": workers, "gpus": n_gpus, "overrides": args.overrides, "wall_s": round(wall, 1), "completed": len(trials),
-        "window_s": round(last - first, 1), "evaluations_per_hour": round(per_hour, 1) if trials else None,
-        "evaluations_per_gpu_hour": round(per_hour / max(1, n_gpus), 1) if trials else None,
+        "window_s": round(last - first, 1), "evaluations_per_hour": per_hour and round(per_hour, 1),
+        "evaluations_per_gpu_hour": per_gpu_hour,
         "mean_eval_s": round(statistics.mean(t.duration.total_seconds() for t in trials), 2) if trials else None,
         # the steady state: tokens every run trained per second past the warm-up, over one evaluation's tokens
         # (no per-evaluation setup, capture or final evaluation counted; a precise figure from a short window)
