@@ -154,6 +154,7 @@ class Settings:
     warmup: int  # untimed steps (compilation, autotuning, cuDNN plans)
     steps: int  # timed steps; the median counts
     attention_backend: str  # composer's attention backend
+    gdn_impl: str  # composer's Gated DeltaNet impl: on CUDA `kernels` (fla, as the peer, also where `auto` keeps bf16 on torch)
     profile: bool  # one more step under the profiler: GPU time by kernel group
     budget_s: float | None  # no job starts after this many seconds; None: no limit
     device: str
@@ -172,14 +173,15 @@ def peer_kind(layout: str) -> str:
     return PEERS.get(layout, "mamba-ssm")
 
 
-def layout_config(layout: str, *, smoke: bool, attention_backend: str) -> ModelConfig:
+def layout_config(layout: str, *, smoke: bool, attention_backend: str, gdn_impl: str = "auto") -> ModelConfig:
     """Composer's model of a layout: the unit repeated round(s) times at the preset's widths."""
     unit, preset = LAYOUTS[layout]
     preset = SMOKE_PRESET if smoke else get_preset(preset)
     repeats = max(1, round(scale_ratio(unit, preset)))
     cfg = preset_model_config(preset, unit * repeats)
     attention = replace(cfg.primitive_config("*"), backend=attention_backend)
-    return replace(cfg, primitives={**cfg.primitives, "attention": attention})
+    gdn = replace(cfg.primitive_config("G"), impl=gdn_impl)
+    return replace(cfg, primitives={**cfg.primitives, "attention": attention, "gdn": gdn})
 
 
 def peer_equivalent(cfg: ModelConfig) -> ModelConfig:
@@ -484,7 +486,7 @@ def profile_step(step: Callable[[], None], device: torch.device) -> dict[str, An
 
 def run_job(job: Job, s: Settings, device: torch.device) -> dict[str, Any]:
     """Build and time one model: the record of the result."""
-    cfg = layout_config(job.layout, smoke=s.smoke, attention_backend=s.attention_backend)
+    cfg = layout_config(job.layout, smoke=s.smoke, attention_backend=s.attention_backend, gdn_impl=s.gdn_impl)
     measured = cfg if job.side == "composer" else peer_config(job.layout, cfg)
     record: dict[str, Any] = {"layout": job.layout, "side": job.side, "variant": str(job.variant or ""),
                               "pattern": measured.pattern, "n_layers": measured.n_layers,
@@ -654,6 +656,8 @@ def settings_from_args(argv: list[str] | None = None) -> tuple[Settings, Path] |
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--attention-backend", default=None, help="composer's; default cudnn on CUDA, auto elsewhere")
+    p.add_argument("--gdn-impl", default=None, choices=("auto", "torch", "kernels"),
+                   help="composer's Gated DeltaNet; default kernels on CUDA (fla, as the peer runs), auto elsewhere")
     p.add_argument("--profile", action="store_true", help="one more step under the profiler per model")
     p.add_argument("--budget-s", type=float, default=None, help="start no model after this many seconds")
     p.add_argument("--out", type=Path, default=Path("train_bench.json"))
@@ -675,6 +679,7 @@ def settings_from_args(argv: list[str] | None = None) -> tuple[Settings, Path] |
         layouts=layouts, sides=sides, variants=tuple(Variant.parse(v) for v in a.variants.split(",")),
         batch=a.batch, seq_len=a.seq_len, warmup=a.warmup, steps=a.steps,
         attention_backend=a.attention_backend or ("cudnn" if device == "cuda" else "auto"), profile=a.profile,
+        gdn_impl=a.gdn_impl or ("kernels" if device == "cuda" else "auto"),
         budget_s=a.budget_s, device=device, smoke=a.cpu_smoke,
     )
     return settings, a.out
