@@ -5,7 +5,7 @@
 # Carry [".device"] as benchmarks/device_prepare.sh makes it (.device/gdn: tilelang unpacked and xz-compressed,
 # its runtime wheels, pytest; fla from .device/wheels). Needs no mamba-ssm: it can run while the kernels build
 # (fidelity_device.sh PART=all WHILE_BUILDING="OUT=/tmp/issue15-logs/gdn GDN_LIMIT=390 bash benchmarks/gdn_device.sh").
-# Runs (about 6 minutes; GDN_LIMIT seconds at most, default 570): the GDN parity tests, GDN_PARITY_S seconds at most
+# Runs (about 6 minutes; GDN_LIMIT seconds at most (keep 10 s for returning the autotune results), default 570): the GDN parity tests, GDN_PARITY_S seconds at most
 # (default 300; fla against the reference, values and gradients, fp32 and bf16: the backward ones ran skipped before
 # tilelang came; with it, 2026-12-04, the fourth forward test ran past 190 s: first-use compiles or a hang, not yet
 # known), then `train_bench.py` on the Qwen3-Next-style layout at 1B against fla's GatedDeltaNetForCausalLM,
@@ -28,6 +28,15 @@ python3 -c "import torch, triton, tilelang, fla; print('torch', torch.__version_
 # not known. Each kernel's tuning result is printed (TRITON_PRINT_AUTOTUNING) and every thread's stack is dumped
 # after 100 s in one test (faulthandler_timeout), so the log says where it stands.
 export TRITON_PRINT_AUTOTUNING=1
+# Tuning results travel between sessions: each run returns Triton's autotune files ($OUT/triton-autotune.tar.gz;
+# copy it to .device/gdn/ here), and a later run on the same software starts from them, tuning only what is left
+TRITON_CACHE=${TRITON_CACHE_DIR:-$HOME/.triton/cache}
+mkdir -p "$TRITON_CACHE" && [ -f .device/gdn/triton-autotune.tar.gz ] && tar xzf .device/gdn/triton-autotune.tar.gz -C "$TRITON_CACHE" \
+  && echo "autotune results carried: $(tar tzf .device/gdn/triton-autotune.tar.gz | grep -c autotune.json) kernels"
+return_autotune() {
+  (cd "$TRITON_CACHE" && find . -name '*.autotune.json' | tar czf "$OUT/triton-autotune.tar.gz" -T -)
+  echo "autotune results returned: $(tar tzf "$OUT/triton-autotune.tar.gz" | grep -c autotune.json) kernels"
+}
 P=${GDN_PARITY_S:-300}  # 0: no parity tests, the bench alone
 [ "$P" -gt 0 ] && timeout $((P * 3 / 5)) python3 -m pytest -v -s --durations=0 -o faulthandler_timeout=100 tests/gpu/test_gdn_parity.py -k "gradients or auto" \
   > "$OUT/gdn_parity.log" 2>&1
@@ -36,6 +45,7 @@ P=${GDN_PARITY_S:-300}  # 0: no parity tests, the bench alone
   -k "not gradients and not auto" >> "$OUT/gdn_parity.log" 2>&1
 [ "$P" -gt 0 ] && grep -E "PASSED|FAILED|SKIPPED|ERROR|passed|failed" "$OUT/gdn_parity.log" | tail -n 20
 # SIGABRT at the limit: Python's faulthandler prints every thread's stack, so a hang says where it hangs
-timeout -s ABRT $((LIMIT - SECONDS)) python3 -X faulthandler benchmarks/train_bench.py --layouts qwen3next-1b --variants compile:full,eager:full \
+timeout -s ABRT $((LIMIT - 10 - SECONDS)) python3 -X faulthandler benchmarks/train_bench.py --layouts qwen3next-1b --variants compile:full,eager:full \
   --budget-s $((LIMIT - 90 - SECONDS)) --out "$OUT/train_bench_gdn.json" > "$OUT/train_bench_gdn.log" 2>&1
 tail -n 25 "$OUT/train_bench_gdn.log"
+return_autotune
