@@ -11,6 +11,9 @@ first trial's start and the last completion. `nvidia-smi` is sampled every secon
 
 With `--sweep 3x1,3x2,1x6` it measures each shape (worker processes x `evaluations_per_worker`) in turn,
 each for `--seconds`, and writes `<out>/sweep.json` and a table with the ratios against the first (issue 17).
+A shape ending in `m` (`3x1m`) runs under CUDA MPS: the script starts `nvidia-cuda-mps-control -d` for it
+(pipe and log under its folder) and quits it after, so the worker processes' kernels can run side by side
+instead of taking turns on the GPU.
 
 Two rates: completed evaluations over the window from the first start to the last completion (what a search
 gets, setup and all; coarse in a short window), and the steady state: tokens every run trained per second
@@ -30,12 +33,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+
+MPS_CONTROL = "nvidia-cuda-mps-control"
 
 
 def sample_gpu(out: Path, gpus: str | None = None) -> subprocess.Popen | None:
@@ -88,13 +97,37 @@ def tokens_per_evaluation(trials: Path) -> int | None:
     return int(statistics.median(sums)) if sums else None
 
 
-def measure(args: argparse.Namespace, out: Path, workers: int, gpus: str | None) -> dict:
-    """One search of `workers` processes for `args.seconds`, on the GPUs `gpus` (CUDA_VISIBLE_DEVICES; None: all)."""
+@contextmanager
+def mps_daemon(folder: Path) -> Iterator[dict[str, str]]:
+    """CUDA MPS for the processes given the returned environment: started here, quit on leaving."""
+    control = shutil.which(MPS_CONTROL)
+    if control is None:
+        raise SystemExit(f"search_throughput.py: an MPS shape needs CUDA MPS, and {MPS_CONTROL} is not on PATH")
+    env = {"CUDA_MPS_PIPE_DIRECTORY": str(folder / "mps-pipe"), "CUDA_MPS_LOG_DIRECTORY": str(folder / "mps-log")}
+    for path in env.values():
+        Path(path).mkdir(parents=True, exist_ok=True)
+    started = subprocess.run([control, "-d"], env={**os.environ, **env}, capture_output=True, text=True)
+    if started.returncode != 0:
+        raise SystemExit(f"search_throughput.py: {MPS_CONTROL} -d failed: {(started.stderr or started.stdout).strip()}")
+    try:
+        yield env
+    finally:
+        subprocess.run([control], input="quit\n", text=True, env={**os.environ, **env}, capture_output=True)
+
+
+def measure(args: argparse.Namespace, out: Path, workers: int, gpus: str | None, *, mps: bool = False) -> dict:
+    """One search of `workers` processes for `args.seconds`, on the GPUs `gpus` (CUDA_VISIBLE_DEVICES; None: all),
+    under CUDA MPS if `mps`."""
     out.mkdir(parents=True, exist_ok=True)
+    with mps_daemon(out) if mps else nullcontext({}) as mps_env:
+        return _measure(args, out, workers, gpus, mps_env)
+
+
+def _measure(args: argparse.Namespace, out: Path, workers: int, gpus: str | None, mps_env: dict[str, str]) -> dict:
     name = f"throughput-w{workers}"
     cmd = [sys.executable, "-m", "composer.apps.search", "strategy=random", "n_trials=100000", "evaluator.top_k=0",
            f"workers={workers}", f"name={name}", "leaderboard=null", f"hydra.run.dir={out / 'run'}", *args.overrides]
-    env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": gpus} if gpus is not None else {})}
+    env = {**os.environ, **mps_env, **({"CUDA_VISIBLE_DEVICES": gpus} if gpus is not None else {})}
     gpu = sample_gpu(out / "gpu.csv", gpus)
     started = time.time()
     progress: list[tuple[float, int]] = []  # (seconds in, tokens trained by every run so far)
@@ -132,7 +165,7 @@ def measure(args: argparse.Namespace, out: Path, workers: int, gpus: str | None)
     steady = steady_rate(progress, warmup=args.seconds * args.warmup_share)
     per_eval = tokens_per_evaluation(out / "run" / "trials")
     result = {
-        "workers": workers, "gpus": n_gpus, "overrides": args.overrides, "wall_s": round(wall, 1), "completed": len(trials),
+        "workers": workers, "gpus": n_gpus, "mps": bool(mps_env), "overrides": args.overrides, "wall_s": round(wall, 1), "completed": len(trials),
         "window_s": round(last - first, 1), "evaluations_per_hour": per_hour and round(per_hour, 1),
         "evaluations_per_gpu_hour": per_gpu_hour,
         "mean_eval_s": round(statistics.mean(t.duration.total_seconds() for t in trials), 2) if trials else None,
@@ -187,17 +220,18 @@ def main(argv: list[str] | None = None) -> None:
 
 def sweep(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Each `W`x`E` of --sweep: a search of W workers training E evaluations each at once, in this run."""
-    try:
-        shapes = [tuple(int(v) for v in item.split("x")) for item in args.sweep.split(",")]
-    except ValueError:
-        shapes = []
-    if not shapes or any(len(shape) != 2 or min(shape) < 1 for shape in shapes):
-        parser.error(f"--sweep takes WORKERSxEVALUATIONS items such as 3x1,1x6, got {args.sweep!r}")
+    items = [re.fullmatch(r"([1-9]\d*)x([1-9]\d*)(m?)", item) for item in args.sweep.split(",")]
+    if not items or not all(items):
+        parser.error(f"--sweep takes WORKERSxEVALUATIONS items such as 3x1,1x6 (3x1m: under CUDA MPS), got {args.sweep!r}")
+    shapes = [(int(m[1]), int(m[2]), m[3] == "m") for m in items]
+    if any(mps for *_, mps in shapes) and shutil.which(MPS_CONTROL) is None:
+        parser.error(f"an MPS shape (ending in m) needs CUDA MPS, and {MPS_CONTROL} is not on PATH")
     overrides = [o for o in args.overrides if not o.startswith("evaluations_per_worker=")]
     rows = []
-    for workers, each in shapes:
+    for workers, each, mps in shapes:
         run = argparse.Namespace(**{**vars(args), "overrides": [*overrides, f"evaluations_per_worker={each}"]})
-        rows.append({"shape": f"{workers}x{each}", **measure(run, args.out / f"w{workers}e{each}", workers, None)})
+        shape = f"{workers}x{each}" + ("m" if mps else "")
+        rows.append({"shape": shape, **measure(run, args.out / f"w{workers}e{each}{'mps' if mps else ''}", workers, None, mps=mps)})
     for key in ("evaluations_per_gpu_hour", "steady_evaluations_per_gpu_hour"):
         base = rows[0][key]
         for row in rows:

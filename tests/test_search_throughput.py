@@ -3,6 +3,7 @@
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -70,4 +71,38 @@ def test_the_steady_rate_skips_the_warmup_and_reads_every_run(tmp_path):
 
 def test_a_bad_sweep_is_refused_in_one_line(tmp_path):
     proc = throughput("--sweep", "3x", "--out", str(tmp_path))
-    assert proc.returncode == 2 and "--sweep takes WORKERSxEVALUATIONS items such as 3x1,1x6, got '3x'" in proc.stderr
+    assert proc.returncode == 2 and "--sweep takes WORKERSxEVALUATIONS items such as 3x1,1x6 (3x1m: under CUDA MPS), got '3x'" in proc.stderr
+
+
+def test_an_mps_shape_without_mps_is_refused_in_one_line(tmp_path):
+    env = {**cli_env(), "PATH": str(Path(sys.executable).parent)}  # python, and no nvidia-cuda-mps-control
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--sweep", "1x1,1x1m", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 2 and "an MPS shape (ending in m) needs CUDA MPS, and nvidia-cuda-mps-control is not on PATH" in proc.stderr
+    assert not (tmp_path / "w1e1").exists()  # refused before any measurement
+
+
+def test_the_mps_daemon_starts_for_a_shape_and_quits_after(tmp_path, monkeypatch):
+    """The start and stop sequence of CUDA MPS (`-d`, then `quit` on its stdin), with the pipe folder the search
+    processes are given; a stand-in control program records what it was asked, as the real one takes no GPU here."""
+    spec = importlib.util.spec_from_file_location("search_throughput", SCRIPT)
+    st = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(st)
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls.txt"
+    bin_dir.mkdir()
+    control = bin_dir / "nvidia-cuda-mps-control"
+    control.write_text(f'#!/bin/sh\nif [ "$1" = -d ]; then echo "start $CUDA_MPS_PIPE_DIRECTORY" >> {calls}; '
+                       f'else read line; echo "$line $CUDA_MPS_PIPE_DIRECTORY" >> {calls}; fi\n')
+    control.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    with st.mps_daemon(tmp_path / "w3e1mps") as env:
+        pipe = tmp_path / "w3e1mps" / "mps-pipe"
+        assert env["CUDA_MPS_PIPE_DIRECTORY"] == str(pipe) and pipe.is_dir()
+        assert calls.read_text() == f"start {pipe}\n"
+    assert calls.read_text() == f"start {pipe}\nquit {pipe}\n"
+    control.write_text("#!/bin/sh\necho 'An instance of this daemon is already running' >&2; exit 1\n")
+    try:
+        with st.mps_daemon(tmp_path / "again"):
+            raise AssertionError("a daemon that failed to start must stop the measurement")
+    except SystemExit as stop:
+        assert "nvidia-cuda-mps-control -d failed: An instance of this daemon is already running" in str(stop)
