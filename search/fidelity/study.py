@@ -40,7 +40,7 @@ from composer.engine.trainer import TrainerConfig
 from composer.errors import ComposerError, ConfigError
 from composer.records import write_json
 from search.evaluator import EvaluatorConfig, evaluator_config_from_mapping
-from search.fidelity import stats
+from search.fidelity import stats, subsets
 from search.fidelity.rungs import RungConfig, finished, rung_config_from_mapping, run_folder, train_run
 from search.space import SearchSpace
 from search.strategies import read_patterns
@@ -268,6 +268,7 @@ def variant_scores(cfg: FidelityConfig, search_cfg: Any, patterns: list[str], ru
         done = completed_results(study)
         out[name] = {"evaluator": dict(variant.get("evaluator", {})),
                      "scores": {p: done[p]["values"][0] for p in patterns if p in done},
+                     "tasks": {p: t for p in patterns if p in done and (t := _tasks(done[p])) is not None},
                      "seconds_per_evaluation": median_seconds(study)}
     return out
 
@@ -298,6 +299,7 @@ def _guard_rungs(cfg: FidelityConfig, run_dir: Path) -> None:
     free = ("rung.seeds", "rung.trainer", "trainer.progress", "trainer.device", "trainer.log_every",
             "trainer.ckpt_every", "trainer.eval_every", "trainer.wandb", "data.cache_dir")  # rung.trainer: in trainer
     shared = plain(cfg)
+    defaults = flatten({"trainer": plain(TrainerConfig()), "data": plain(CorpusConfig())})
     for rung in cfg.rungs:
         settings = flatten({"rung": plain(rung), "trainer": {**shared["trainer"], **rung.trainer},
                             "data": shared["data"], "seq_len": cfg.seq_len})
@@ -305,7 +307,10 @@ def _guard_rungs(cfg: FidelityConfig, run_dir: Path) -> None:
         path = run_dir / "rungs" / rung.name / "rung.json"
         if path.is_file():
             saved = json.loads(path.read_text())
-            diff = sorted(k for k in saved.keys() | settings.keys() if saved.get(k) != settings.get(k))
+            # a setting composer gained after the study counts as the same where it holds its default (the
+            # behaviour the study trained with): a study stays readable, and resumable, across upgrades
+            diff = sorted(k for k in saved.keys() | settings.keys() if saved.get(k) != settings.get(k)
+                          and not (k not in saved and k in defaults and settings[k] == defaults[k]))
             if diff:
                 raise ConfigError(f"rung {rung.name!r} in {run_dir} was trained with {diff[0]}={saved.get(diff[0])!r}, "
                                   f"this run has {settings.get(diff[0])!r}: its runs would not compare; give the rung "
@@ -529,6 +534,28 @@ def headline(points: Mapping[str, Mapping[str, Any]], rungs: tuple[RungConfig, .
     return out
 
 
+def fewer_tasks(points: Mapping[str, Mapping[str, Any]], known: Mapping[str, Mapping[str, Any]],
+                variants: Mapping[str, Mapping[str, Any]], rungs: tuple[RungConfig, ...], *, bootstrap: int,
+                seed: int) -> dict[str, Any] | None:
+    """Which proxy tasks could go (subsets.py): over every pattern scored with its tasks (the search's and the
+    study's), each subset against the full proxy, and against each rung over the study's patterns; then the
+    smallest agreeing subset at each other budget of the proxy (`proxies`), against the same."""
+    results = {**known, **{p: {"values": [v["proxy"]], "tasks": v["tasks"]} for p, v in points.items() if v["proxy"] is not None}}
+    tasks = {p: t for p, r in results.items() if (t := _tasks(r))}
+    reference = {p: r["values"][0] for p, r in results.items() if p in tasks}
+    axes = {r.name: {p: -v["rungs"][r.name]["mean"] for p, v in points.items()
+                     if v["rungs"].get(r.name, {}).get("mean") is not None} for r in rungs}
+    out = subsets.task_subsets(tasks, reference, axes, bootstrap=bootstrap, seed=seed)
+    if out is None or out["smallest"] is None:
+        return out
+    out["budgets"] = [{"name": name, "keep": out["smallest"],
+                       "correlations": subsets.against(out["smallest"], v["tasks"], {"proxy": reference, **axes},
+                                                       bootstrap=bootstrap, seed=seed)}
+                      for name, v in variants.items()
+                      if v.get("tasks") and all(set(out["smallest"]) <= set(t) for t in v["tasks"].values())]
+    return out
+
+
 def _pair(x: list[float], y: list[float], *, bootstrap: int, seed: int) -> dict[str, Any]:
     return {"n": len(x), **{m: stats.correlation(x, y, method=m, n_resamples=bootstrap, seed=seed) for m in stats.METHODS},
             "decision_accuracy": stats.decision_accuracy(x, y)}
@@ -610,6 +637,7 @@ def run_fidelity(cfg: FidelityConfig, *, run_dir: Path) -> dict[str, Any]:
         points[p] = {"pattern": p, "roles": roles[p], "proxy": proxy[p]["values"][0] if p in proxy else None,
                      "tasks": _tasks(proxy[p]) if p in proxy else None, "rungs": per_rung}
     analysis = analyse(points, cfg.rungs, bootstrap=cfg.bootstrap, seed=cfg.seed)
+    fewer = fewer_tasks(points, known, variants, cfg.rungs, bootstrap=cfg.bootstrap, seed=cfg.seed)
     out = {
         "kind": "fidelity", "schema": 1, "name": cfg.name,
         "search": search_cfg.name if cfg.search_dir else None, "run_dir": str(run_dir),
@@ -626,6 +654,7 @@ def run_fidelity(cfg: FidelityConfig, *, run_dir: Path) -> dict[str, Any]:
         "unfinished_runs": sum(len(r.seeds) - len(v["rungs"][r.name]["bits_per_byte"]) for v in points.values()
                                for r in cfg.rungs),
         **analysis,
+        "task_subsets": fewer,
         "seconds": round(time.time() - started, 1),
     }
     write_json(run_dir / "fidelity.json", out)
@@ -701,6 +730,8 @@ def report(out: Mapping[str, Any], run_dir: Path) -> str:
         lines.append(f"  proxy {v['name']} ({len(v['scores'])} scored, "
                      f"{'-' if secs is None else f'{secs:.1f}'} s per evaluation): {v['evaluator']}")
         lines += [_correlation_line(v["name"], c) for c in v["correlations"]]
+    if out.get("task_subsets"):
+        lines += subsets.report_lines(out["task_subsets"])
     ranks = [k for k in next(iter(out["placement"].values())) if k.endswith("_rank")]
     for p, place in out["placement"].items():
         shown = [r for r in place["roles"] if r in ("aggregate", "best_single", "baseline")]
