@@ -55,7 +55,7 @@ LM_SCORE = "-bpb"  # its one entry in a result's `tasks`: minus the validation b
 @dataclass(frozen=True, kw_only=True)
 class EvaluatorConfig:
     name: str = "mad"  # a label, recorded with every result
-    # task name -> overrides of its baseline setting (composer/tasks/mad.py); {} keeps the baseline.
+    # task name -> overrides of its baseline setting (composer/tasks/mad.py); {} keeps the baseline, null leaves it out.
     # None: all six MAD tasks, or none when `corpus` is set
     tasks: Mapping[str, Any] | None = None
     # Language modelling instead of MAD tasks (evaluator=lm): set `corpus`; the next three apply to it only.
@@ -113,7 +113,11 @@ class EvaluatorConfig:
         for name, overrides in given.items():
             if name not in TASKS:
                 raise ConfigError(f"evaluator.tasks: unknown task {name!r} (valid tasks: {', '.join(TASKS)})")
+            if overrides is None:  # null: left out (a preset or a fidelity budget built on another drops its tasks)
+                continue
             tasks[name] = overrides if not isinstance(overrides, Mapping) else task_config_from_mapping(name, overrides)
+        if not tasks:
+            raise ConfigError(f"evaluator.tasks: every task is left out (null), got {dict(given)!r}")
         object.__setattr__(self, "tasks", MappingProxyType(tasks))
 
     def _check_language_modelling(self) -> None:

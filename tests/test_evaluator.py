@@ -195,6 +195,37 @@ def test_bad_evaluator_settings_fail_before_training(bad, message):
         evaluator_config_from_mapping({**EVALUATOR, **bad})
 
 
+def test_a_task_set_to_null_is_left_out_and_all_left_out_is_refused():
+    cfg = evaluator_config_from_mapping({**EVALUATOR, "tasks": {**EVALUATOR["tasks"], "memorization": None}})
+    assert set(cfg.tasks) == {"in_context_recall"}
+    with pytest.raises(ConfigError, match=r"evaluator.tasks: every task is left out \(null\)") as info:
+        evaluator_config_from_mapping({**EVALUATOR, "tasks": {name: None for name in EVALUATOR["tasks"]}})
+    assert "\n" not in str(info.value)
+
+
+def test_the_fast_mad_preset_is_mad_on_three_of_its_tasks():
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.conftest import cli_env
+
+    def composed(evaluator: str) -> dict:
+        proc = subprocess.run([sys.executable, "-m", "composer.apps.search", f"evaluator={evaluator}", "--cfg", "job"],
+                              capture_output=True, text=True, timeout=120, env=cli_env())
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return yaml.safe_load(proc.stdout)["evaluator"]
+
+    mad, fast = composed("mad"), composed("mad_fast")
+    cfg = evaluator_config_from_mapping(fast)
+    assert list(cfg.tasks) == ["noisy_in_context_recall", "selective_copying", "compression"]
+    assert cfg.name == "mad_fast" and cfg.parallel == 3
+    # everything else is mad's: the proxy's width, trainer and tokens
+    assert {k: v for k, v in fast.items() if k not in ("name", "tasks", "parallel")} == \
+        {k: v for k, v in mad.items() if k not in ("name", "tasks", "parallel")}
+
+
 def search(tmp_path: Path, **changes):
     cfg = {"name": "s", "space": {"alphabet": "*-M", "length": 2}, "strategy": {"name": "random"},
            "evaluator": EVALUATOR, "n_trials": 8, "workers": 1, "leaderboard": str(tmp_path / "lb.jsonl"), **changes}

@@ -210,6 +210,11 @@ def test_a_search_s_patterns_are_taken_with_their_roles_and_its_scores_read_back
     here = json.loads(json.dumps([line for line in (tmp_path / "f" / "trials").glob("*/*/summary.json")], default=str))
     assert len({Path(p).parent.parent.name for p in here}) == 1  # one pattern trained at the proxy: the random one
     assert "aggregate" in proc.stdout and "baseline" in proc.stdout
+    # which tasks could go: over every pattern scored with its tasks, the search's and the study's
+    fewer = out["task_subsets"]
+    assert fewer["tasks"] == ["in_context_recall", "selective_copying"] and fewer["n_patterns"] >= len(out["patterns"])
+    assert sorted(r["left_out"][0] for r in fewer["rows"] if len(r["left_out"]) == 1) == fewer["tasks"]
+    assert "fewer tasks: " in proc.stdout and "    without selective_copying: proxy " in proc.stdout
 
 
 def test_the_headline_trains_first_at_every_seed_then_the_rest_seed_major():
