@@ -14,7 +14,8 @@
 #   PART=fidelity  the fidelity study until LIMIT (resumes; call again while the machine is warm)
 #   PART=profile   issue 17: where one evaluation of the GPU preset spends its time (benchmarks/eval_profile.py)
 #   PART=budget    issue 17: the study's 16 patterns at half, a quarter and an eighth of the proxy's tokens (not
-#                  batch_tokens: a run's time follows its tokens, not its steps, measured 2026-12-04),
+#                  batch_tokens: a run's time follows its tokens, not its steps, measured 2026-12-04), on mad_fast's
+#                  three tasks (the other three rank nothing there: composer-fidelity's "fewer tasks", 2026-12-04),
 #                  each ranked against the default budget (composer-fidelity proxies=[...], rungs=[]; resumes)
 # fidelity/ starts with the proxy scores of fidelity-ceil/ (its study.db): the first study, grown by the paper's
 # ceil rule (+1 % to +40 % over the rung's size), stopped at 11 of 32 runs; this one grows by `fit` (within 2 %).
@@ -63,9 +64,10 @@ fidelity() {  # arguments: more overrides (train_roles=[baseline]); $T: seconds 
     leaderboard=/tmp/fidelity/leaderboard.jsonl "$@" > "$LOGS/fidelity-$(date +%H%M%S).log" 2>&1
 }
 budget() {  # issue 17: the same 16 patterns scored at cheaper budgets of the proxy, each ranked against the default's
+  local FAST='tasks:{in_context_recall:null,fuzzy_in_context_recall:null,memorization:null}'  # evaluator=mad_fast's tasks
   timeout -k 20 -s INT $(left) python3 -m composer.apps.fidelity "${STUDY[@]}" name=issue17-budget 'rungs=[]' \
     hydra.run.dir=/tmp/budget leaderboard=/tmp/budget/leaderboard.jsonl \
-    'proxies=[{name:half,evaluator:{trainer:{max_tokens:1000000}}},{name:quarter,evaluator:{trainer:{max_tokens:500000}}},{name:eighth,evaluator:{trainer:{max_tokens:250000}}}]' \
+    "proxies=[{name:half,evaluator:{trainer:{max_tokens:1000000},$FAST}},{name:quarter,evaluator:{trainer:{max_tokens:500000},$FAST}},{name:eighth,evaluator:{trainer:{max_tokens:250000},$FAST}}]" \
     > "$LOGS/budget-$(date +%H%M%S).log" 2>&1
 }
 case "$PART" in
