@@ -231,15 +231,25 @@ def sweep(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     for workers, each, mps in shapes:
         run = argparse.Namespace(**{**vars(args), "overrides": [*overrides, f"evaluations_per_worker={each}"]})
         shape = f"{workers}x{each}" + ("m" if mps else "")
-        rows.append({"shape": shape, **measure(run, args.out / f"w{workers}e{each}{'mps' if mps else ''}", workers, None, mps=mps)})
+        try:
+            rows.append({"shape": shape, **measure(run, args.out / f"w{workers}e{each}{'mps' if mps else ''}", workers, None,
+                                                   mps=mps)})
+        except SystemExit as stop:  # MPS would not start here: the other shapes are still measured
+            if not mps:
+                raise
+            print(stop, flush=True)
+            rows.append({"shape": shape, "error": str(stop)})
     for key in ("evaluations_per_gpu_hour", "steady_evaluations_per_gpu_hour"):
-        base = rows[0][key]
+        base = rows[0].get(key)
         for row in rows:
-            row[f"{key}_ratio"] = round(row[key] / base, 2) if base and row[key] else None
+            row[f"{key}_ratio"] = round(row[key] / base, 2) if base and row.get(key) else None
     (args.out / "sweep.json").write_text(json.dumps({"overrides": overrides, "rows": rows}, indent=1) + "\n")
     print("| workers x evaluations | completed | evaluations/GPU-hour | ratio | steady: tokens/s | evaluations/GPU-hour "
           "| ratio | GPU util | memory MiB |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
+        if "error" in r:
+            print(f"| {r['shape']} | {r['error']} |")
+            continue
         print(f"| {r['shape']} | {r['completed']} | {r['evaluations_per_gpu_hour']} | {r['evaluations_per_gpu_hour_ratio']} "
               f"| {r['tokens_per_s']} | {r['steady_evaluations_per_gpu_hour']} | {r['steady_evaluations_per_gpu_hour_ratio']} "
               f"| {r['gpu_util_median_pct']} | {r['gpu_memory_max_mib']} |")

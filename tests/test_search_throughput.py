@@ -14,8 +14,20 @@ from tests.test_search_cli import TINY_SEARCH
 SCRIPT = Path(__file__).parents[1] / "benchmarks/search_throughput.py"
 
 
-def throughput(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=600, env=cli_env())
+def throughput(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=600,
+                          env=env or cli_env())
+
+
+def failing_mps(tmp_path: Path) -> dict:
+    """An environment whose nvidia-cuda-mps-control cannot start a daemon (as in a container without MPS)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    control = bin_dir / "nvidia-cuda-mps-control"
+    control.write_text("#!/bin/sh\necho 'Cannot find MPS control daemon process' >&2; exit 1\n")
+    control.chmod(0o755)
+    env = cli_env()
+    return {**env, "PATH": f"{bin_dir}:{env.get('PATH', os.environ['PATH'])}"}
 
 
 def test_counts_are_measured_in_one_run_with_their_speedup(tmp_path):
@@ -37,17 +49,24 @@ def test_bad_counts_are_refused_in_one_line(tmp_path):
 
 
 def test_a_sweep_measures_each_shape_with_a_steady_rate(tmp_path):
-    proc = throughput("--sweep", "1x1,1x2", "--seconds", "20", "--warmup-share", "0.2", "--out", str(tmp_path), "--",
+    out = tmp_path / "sweep"
+    proc = throughput("--sweep", "1x1,1x2,1x1m", "--seconds", "20", "--warmup-share", "0.2", "--out", str(out), "--",
                       *TINY_SEARCH, "space.length=5",  # 243 patterns: not all evaluated in the 20 s
-                      "evaluator=mad_cpu", "evaluations_per_worker=5")  # the sweep's own setting wins
+                      "evaluator=mad_cpu", "evaluations_per_worker=5",  # the sweep's own setting wins
+                      env=failing_mps(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
-    record = json.loads((tmp_path / "sweep.json").read_text())
-    assert [r["shape"] for r in record["rows"]] == ["1x1", "1x2"]
+    record = json.loads((out / "sweep.json").read_text())
+    assert [r["shape"] for r in record["rows"]] == ["1x1", "1x2", "1x1m"]
+    # MPS would not start: that shape says why, the others were measured all the same
+    assert record["rows"][2]["error"] == ("search_throughput.py: nvidia-cuda-mps-control -d failed: "
+                                          "Cannot find MPS control daemon process")
+    assert "| 1x1m | search_throughput.py: nvidia-cuda-mps-control -d failed" in proc.stdout
+    record["rows"] = record["rows"][:2]
     assert "evaluations_per_worker=5" not in record["overrides"]
     for row, each in zip(record["rows"], (1, 2)):
         assert row["overrides"][-1] == f"evaluations_per_worker={each}" and row["workers"] == 1
         # one evaluation's tokens: both tasks' runs, read from their summaries
-        runs = [json.loads(f.read_text()) for f in (tmp_path / f"w1e{each}" / "run" / "trials").glob("*/*/summary.json")]
+        runs = [json.loads(f.read_text()) for f in (out / f"w1e{each}" / "run" / "trials").glob("*/*/summary.json")]
         assert row["tokens_per_evaluation"] in {sum(s["tokens"] for s in runs[i:i + 2]) for i in range(len(runs) - 1)}
         assert row["tokens_per_s"] > 0 and row["steady_evaluations_per_gpu_hour"] > 0
     first = record["rows"][0]
