@@ -1,4 +1,5 @@
 import os
+import signal
 import subprocess
 import sys
 
@@ -6,6 +7,12 @@ import pytest
 import torch
 
 pytest_plugins = ["tests.slurm"]  # the `slurm` fixture: one single-node SLURM cluster per session
+
+# The Ctrl-C tests send SIGINT to the commands they start, as a user's terminal would. A suite started in the
+# background without job control (`bash tests/run.sh &` in a script, nohup) inherits SIGINT ignored, and so would
+# every command it starts; a handler here is reset to the default in each child at exec, so they hear it again.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Kernel-parity tests need a GPU; on CPU machines they are not collected (not skipped).
 collect_ignore_glob = [] if torch.cuda.is_available() else ["gpu/*"]
