@@ -318,10 +318,9 @@ class GatedDeltaNet(nn.Module):
         return self._forward_torch(x, state)
 
     def _compute_dtype(self, x: Tensor) -> torch.dtype:
-        """The dtype fla would see: autocast's where it is on, else the projection's."""
-        if torch.is_autocast_enabled(x.device.type):
-            return torch.get_autocast_dtype(x.device.type)
-        return torch.promote_types(x.dtype, self.in_proj.weight.dtype)
+        """The dtype fla would see: autocast's where it is on, else the input's (the weights' too)."""
+        device_type = x.device.type
+        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
 
     def _project(self, x: Tensor, state: GatedDeltaNetState | None) -> tuple[Tensor, ...]:
         """in_proj and the short conv: q, k (B, T, H, d_k), v (B, T, H_v, d_v), z (B, T, V), b and a (B, T, H_v)."""
