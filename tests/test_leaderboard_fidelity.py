@@ -165,6 +165,61 @@ def test_fidelity_record_names_the_bad_field(path, value, message):
     assert "\n" not in str(caught.value)
 
 
+def _with_task_subsets() -> dict:
+    """fidelity_result() with a task-subsets block as composer-fidelity writes it (search/fidelity/subsets.py)."""
+    def corr(y: str, value: float, n: int) -> dict:
+        return {"y": y, "n": n, "spearman": _stat(value, value - 0.1, min(1.0, value + 0.05), n),
+                "kendall": _stat(value - 0.1, None, None, n), "decision_accuracy": 0.9}
+
+    result = fidelity_result()
+    tasks = ["compression", "memorization", "recall"]
+    result["task_subsets"] = {
+        "tasks": tasks, "n_patterns": 12, "agreement": 0.95, "smallest": ["compression", "recall"],
+        "rows": [{"keep": ["compression", "recall"], "left_out": ["memorization"], "runs": 2, "of": 3,
+                  "correlations": [corr("proxy", 1.0, 12), corr("r1", 0.9, 5)]},
+                 {"keep": ["memorization", "recall"], "left_out": ["compression"], "runs": 2, "of": 3,
+                  "correlations": [corr("proxy", 0.8, 12)]}],
+        "budgets": [{"name": "half", "keep": ["compression", "recall"], "correlations": [corr("proxy", 0.97, 5)]}],
+    }
+    return result
+
+
+def test_fidelity_record_keeps_the_task_subsets_and_the_report_lists_them():
+    result = _with_task_subsets()
+    r = rec.fidelity_record(result)
+    assert r["task_subsets"] == result["task_subsets"]
+    assert rec.fidelity_record(fidelity_result())["task_subsets"] is None  # a study from before: none
+    page = report.render([r])
+    correlations = page[page.index('<table class="correlations">'):]
+    body = _tag(correlations[:correlations.index("</table>")], r"<tr>(.*?)</tr>")[1:]
+    cells = [_tag(row, r'<td data-value="[^"]*">([^<]*)</td>')[:4] for row in body][4:]
+    assert cells == [["tasks compression, recall (2 of 3)", "proxy", "12", "1.00 [0.90, 1.00]"],
+                     ["tasks compression, recall (2 of 3)", "r1", "5", "0.90 [0.80, 0.95]"],
+                     ["tasks without compression", "proxy", "12", "0.80 [0.70, 0.85]"],
+                     ["half on 2 of 3 tasks", "proxy", "5", "0.97 [0.87, 1.00]"]]
+    text = formats.fidelity_text([r])  # composer-leaderboard's summary: the fewest tasks only
+    assert "  tasks compression, recall (2 of 3) -> proxy: Spearman 1.00 [0.90, 1.00]" in text
+    assert "  tasks compression, recall (2 of 3) -> r1: Spearman 0.90" in text and "without" not in text
+
+
+@pytest.mark.parametrize("path, value, message", [
+    (("task_subsets", "tasks"), "recall", "fidelity task_subsets.tasks must be a list"),
+    (("task_subsets", "smallest"), ["sorting"], "fidelity task_subsets.smallest must be a non-empty list of the "
+                                                "study's tasks (compression, memorization, recall), got ['sorting']"),
+    (("task_subsets", "rows", 1, "keep"), [], "fidelity task_subsets.rows[1].keep must be a non-empty list"),
+    (("task_subsets", "rows", 0, "correlations", 1, "y"), "r9",
+     "fidelity task_subsets.rows[0].correlations[1].y must name the proxy or a rung (proxy, r1, r2), got 'r9'"),
+    (("task_subsets", "budgets", 0, "name"), "", "fidelity task_subsets.budgets[0].name must be a non-empty string"),
+    (("task_subsets", "n_patterns"), -1, "fidelity task_subsets.n_patterns must be an integer >= 0"),
+])
+def test_a_bad_task_subsets_field_is_named(path, value, message):
+    result = _with_task_subsets()
+    _set(result, path, value)
+    with pytest.raises(ConfigError, match=re.escape(message)) as caught:
+        rec.fidelity_record(result)
+    assert "\n" not in str(caught.value)
+
+
 def test_fidelity_record_rejects_a_non_mapping():
     with pytest.raises(ConfigError, match="fidelity result must be a mapping, got list"):
         rec.fidelity_record([])

@@ -244,6 +244,22 @@ def fidelity_records(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any
                   key=lambda r: (r["created"], r["run_dir"]))
 
 
+def task_subset_rows(subsets: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The correlation rows of a study's task subsets: the smallest agreeing one, each task left out, and the
+    smallest at the proxy's other budgets, each named as a ranking ("tasks without memorization")."""
+    if not subsets:
+        return []
+    n, rows = len(subsets["tasks"]), []
+    for row in subsets["rows"]:
+        left_out = [t for t in subsets["tasks"] if t not in row["keep"]]
+        name = (f"tasks without {left_out[0]}" if len(left_out) == 1 and row["keep"] != subsets["smallest"]
+                else f"tasks {', '.join(row['keep'])} ({len(row['keep'])} of {n})")
+        rows += [{**c, "x": name} for c in row["correlations"]]
+    for budget in subsets.get("budgets", []):
+        rows += [{**c, "x": f"{budget['name']} on {len(budget['keep'])} of {n} tasks"} for c in budget["correlations"]]
+    return rows
+
+
 def fidelity_text(records: Iterable[Mapping[str, Any]]) -> str:
     """The rank-fidelity studies: per study its rungs, one line per correlation, the noise floor per rung
     ('' when there are none)."""
@@ -255,6 +271,10 @@ def fidelity_text(records: Iterable[Mapping[str, Any]]) -> str:
                  f"{r['run_dir']})"]
         lines += [f"  rung {rung_text(rung)}" for rung in r["rungs"]]
         lines += [f"  {correlation_text(c)}" for c in r["correlations"]]
+        subsets = r.get("task_subsets")
+        if subsets and subsets.get("smallest"):  # the fewest tasks that rank as all of them
+            lines += [f"  {correlation_text(c)}" for c in task_subset_rows(subsets)
+                      if c["x"].startswith(f"tasks {', '.join(subsets['smallest'])} (")]
         lines += [f"  {noise_text(rung, floor)}" for rung, floor in r["noise_floor"].items()]
         blocks.append("\n".join(lines) + "\n")
     return "".join(blocks)

@@ -54,6 +54,7 @@ from search.leaderboard.formats import (
     rows,
     short_device,
     task_columns,
+    task_subset_rows,
 )
 from search.leaderboard.records import BASELINE
 from search.leaderboard.store import current
@@ -512,7 +513,8 @@ def _fidelity_study(record: Mapping[str, Any], n: int) -> str:
         [[c["x"], c["y"], c["n"], (format_interval(c["spearman"]), c["spearman"]["value"]),
           (format_interval(c["kendall"]), c["kendall"]["value"]),
           (_percent(c["decision_accuracy"]), c["decision_accuracy"])]
-         for c in [*record["correlations"], *({**c, "x": f"share of {c['letter']}"} for c in record.get("composition", []))]])
+         for c in [*record["correlations"], *({**c, "x": f"share of {c['letter']}"} for c in record.get("composition", [])),
+                   *task_subset_rows(record.get("task_subsets"))]])
     noise = _static_table(
         "noise-floor", ["rung", "patterns", "seeds", "seed Spearman", "seed decisions", "neighbour swaps", "std (bpb)"],
         [[rung, f["n_patterns"], f["n_seeds"], (_fixed(f["seed_spearman"]), f["seed_spearman"]),
@@ -537,7 +539,9 @@ seed {_e(proxy['seed'])} ·
 predicts the rung's ranking by bits per byte: Spearman and Kendall (1: the same order), each with its
 interval; decisions: the share of pattern pairs it orders as the rung does. "share of M": the patterns
 ranked by how many of their layers are that primitive, alone (against the proxy: what it rewards; against a
-rung: a ranking the proxy should beat).</p>
+rung: a ranking the proxy should beat). "tasks …": the proxy's score over some of its tasks only (the mean of
+their scores: what an evaluator of those tasks would give), against the full proxy and each rung; the first is
+the fewest tasks that rank as all of them (Spearman at least the study's agreement).</p>
 {correlations}
 <h4>Noise floor</h4>
 <p class="note">How well each rung agrees with itself across training seeds: the best a proxy can hope for.

@@ -425,16 +425,17 @@ def _fidelity_patterns(value: Any, seeds_of: Mapping[str, list[int]]) -> list[st
 
 
 def _fidelity_correlations(value: Any, seeds_of: Mapping[str, list[int]], *, field: str = "correlations") -> None:
-    """`correlations` (x: the proxy or a rung, y: a rung) or `composition` (letter: a primitive, y: the proxy or a rung)."""
+    """`correlations` (x: the proxy or a rung, y: a rung), `composition` (letter: a primitive, y: the proxy or a
+    rung) or a task subset's (no x: the subset is the ranking; y: the proxy or a rung)."""
     for i, item in enumerate(_list(field, value)):
         path = f"{field}[{i}]"
         if field == "composition":
             letter = _get(path, item, "letter")
             if not isinstance(letter, str) or len(letter) != 1:
                 raise ConfigError(f"fidelity {path}.letter must be one primitive's letter, got {letter!r}")
-        else:
+        elif not field.startswith("task_subsets"):
             _check_rung_name(f"{path}.x", _get(path, item, "x"), seeds_of, proxy=True)
-        _check_rung_name(f"{path}.y", _get(path, item, "y"), seeds_of, proxy=field == "composition")
+        _check_rung_name(f"{path}.y", _get(path, item, "y"), seeds_of, proxy=field != "correlations")
         _check_count(f"fidelity {path}.n", _get(path, item, "n"), minimum=0)
         for name in ("spearman", "kendall"):
             at = f"{path}.{name}"
@@ -442,6 +443,36 @@ def _fidelity_correlations(value: Any, seeds_of: Mapping[str, list[int]], *, fie
                 _optional_number(f"{at}.{key}", _get(at, _get(path, item, name), key), lo=-1, hi=1)
             _check_count(f"fidelity {at}.n", _get(at, item[name], "n"), minimum=0)
         _optional_number(f"{path}.decision_accuracy", _get(path, item, "decision_accuracy"), lo=0, hi=1)
+
+
+def _fidelity_task_subsets(value: Any, seeds_of: Mapping[str, list[int]]) -> None:
+    """`task_subsets` (search/fidelity/subsets.py): None, or the proxy's tasks, the smallest subset ranking as
+    the proxy, and rows (a subset kept, its correlations), with the same subset at other budgets (`budgets`)."""
+    if value is None:
+        return
+    field = "task_subsets"
+    _mapping(field, value)
+    tasks = _list(f"{field}.tasks", _get(field, value, "tasks"))
+    if not tasks or not all(isinstance(t, str) and t for t in tasks):
+        raise ConfigError(f"fidelity {field}.tasks must be a list of task names, got {tasks!r}")
+
+    def subset(path: str, keep: Any, *, optional: bool = False) -> None:
+        if keep is None and optional:
+            return
+        if not isinstance(keep, list) or not keep or any(t not in tasks for t in keep):
+            raise ConfigError(f"fidelity {path} must be a non-empty list of the study's tasks ({', '.join(tasks)}), "
+                              f"got {keep!r}")
+
+    _check_count(f"fidelity {field}.n_patterns", _get(field, value, "n_patterns"), minimum=0)
+    _optional_number(f"{field}.agreement", _get(field, value, "agreement"), lo=-1, hi=1)
+    subset(f"{field}.smallest", _get(field, value, "smallest"), optional=True)
+    for key in ("rows", "budgets"):
+        for i, row in enumerate(_list(f"{field}.{key}", value.get(key, []))):
+            path = f"{field}.{key}[{i}]"
+            subset(f"{path}.keep", _get(path, row, "keep"))
+            if key == "budgets":
+                _check_text(f"fidelity {path}.name", _get(path, row, "name"))
+            _fidelity_correlations(_get(path, row, "correlations"), seeds_of, field=f"{path}.correlations")
 
 
 def _fidelity_noise(value: Any, seeds_of: Mapping[str, list[int]]) -> None:
@@ -491,6 +522,9 @@ def fidelity_record(result: Mapping[str, Any]) -> dict[str, Any]:
                       "high" (in [-1, 1] or None), "n"}, "decision_accuracy" (in [0, 1] or None)}]
       composition   (optional) as correlations, with "letter" (a primitive) for x and the proxy or a rung
                     for y: how one primitive's share of a pattern alone ranks it
+      task_subsets  (optional, None) {"tasks", "n_patterns", "agreement", "smallest" (tasks or None), "rows":
+                    [{"keep": tasks, "correlations": as composition's, without x}], "budgets" (optional):
+                    [{"name", "keep", "correlations"}]}: which of the proxy's tasks rank as all of them
       noise_floor   {rung: {"n_patterns", "n_seeds", "neighbour_swap_rate", "seed_spearman",
                       "seed_decision_accuracy", "std"}}
       placement     {pattern: {"roles", "proxy_rank", "<rung>_rank" (from 1, or None)}}
@@ -521,8 +555,9 @@ def fidelity_record(result: Mapping[str, Any]) -> dict[str, Any]:
     _fidelity_correlations(result.get("composition", []), seeds_of, field="composition")  # absent before 2026-12-04
     _fidelity_noise(_get("", result, "noise_floor"), seeds_of)
     _fidelity_placement(_get("", result, "placement"), patterns, seeds_of)
+    _fidelity_task_subsets(result.get("task_subsets"), seeds_of)  # absent before 2026-12-05
     record = {"kind": "fidelity", "schema": SCHEMA, **{key: result[key] for key in FIDELITY_FIELDS},
-              "composition": result.get("composition", [])}
+              "composition": result.get("composition", []), "task_subsets": result.get("task_subsets")}
     try:  # a plain copy: nothing shared with the caller's objects, no NaN in the fields not checked above
         return json.loads(json.dumps(record, allow_nan=False))
     except (TypeError, ValueError) as exc:
