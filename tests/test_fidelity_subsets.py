@@ -97,3 +97,25 @@ def test_a_rung_trained_before_a_setting_existed_stays_readable_at_that_setting_
         _guard_rungs(_rung_config(lr=1e-3, profile_steps=3), tmp_path)
     with pytest.raises(ConfigError, match=r"was trained with trainer.lr=0.001, this run has 0.002"):
         _guard_rungs(_rung_config(lr=2e-3), tmp_path)
+
+
+def test_a_study_reads_its_subsets_from_the_search_its_patterns_and_its_other_budgets():
+    """fewer_tasks: the search's results and the study's points together, rungs over the study's patterns,
+    and the smallest subset at each other budget of the proxy that scored its tasks."""
+    from search.fidelity.rungs import RungConfig
+    from search.fidelity.study import fewer_tasks
+
+    known = {p: {"values": [FULL[p]], "tasks": TASKS[p]} for p in ("p0", "p1", "p2", "p3", "p4")}
+    points = {p: {"proxy": FULL[p], "tasks": TASKS[p], "rungs": {"r1": {"mean": 2.0 - FULL[p]}}}
+              for p in ("p4", "p5", "p6", "p7")}
+    half = {p: {k: v * 0.9 for k, v in TASKS[p].items()} for p in points}
+    variants = {"half": {"scores": {}, "tasks": half}, "lm": {"scores": {}, "tasks": {}}}
+    out = fewer_tasks(points, known, variants, (RungConfig(name="r1", d_model=32, n_blocks=2),), bootstrap=100, seed=0)
+    assert out["n_patterns"] == 8  # p4 in both, counted once
+    (budget,) = out["budgets"]  # the lm variant recorded no tasks: none
+    assert budget["name"] == "half" and budget["keep"] == out["smallest"]
+    proxy, r1 = budget["correlations"]
+    assert (proxy["y"], proxy["n"], r1["y"], r1["n"]) == ("proxy", 4, "r1", 4)
+    assert proxy["spearman"]["value"] == pytest.approx(spearman(out["smallest"], patterns=list(points)))
+    row = out["rows"][0]
+    assert [c["n"] for c in row["correlations"]] == [8, 4]  # the rung: the study's patterns only
