@@ -5,11 +5,12 @@
 # Carry [".device"] as benchmarks/device_prepare.sh makes it (.device/gdn: tilelang unpacked and xz-compressed,
 # its runtime wheels, pytest; fla from .device/wheels). Needs no mamba-ssm: it can run while the kernels build
 # (fidelity_device.sh PART=all WHILE_BUILDING="OUT=/tmp/issue15-logs/gdn GDN_LIMIT=390 bash benchmarks/gdn_device.sh").
-# Runs (about 6 minutes; GDN_LIMIT seconds at most (keep 10 s for returning the autotune results), default 570): the GDN parity tests, GDN_PARITY_S seconds at most
-# (default 300; fla against the reference, values and gradients, fp32 and bf16: the backward ones ran skipped before
-# tilelang came; with it, 2026-12-04, the fourth forward test ran past 190 s: first-use compiles or a hang, not yet
-# known), then `train_bench.py` on the Qwen3-Next-style layout at 1B against fla's GatedDeltaNetForCausalLM,
-# compiled and eager. Results in $OUT.
+# Runs (about 6 minutes; GDN_LIMIT seconds at most, default 570, 10 s of it kept for returning the autotune
+# results): gdn_probe.py (GDN_PROBE_S seconds, default 90: which kernel and configuration fla's first bf16 calls tune
+# or hang in), the GDN parity tests (GDN_PARITY_S seconds at most, default 300; fla against the reference, values and
+# gradients, fp32 and bf16: with tilelang, 2026-12-04, the bf16 forward at head_dim 64 ran past 190 s: first-use
+# tuning or a hang, not yet known), then `train_bench.py` on the Qwen3-Next-style layout at 1B against fla's
+# GatedDeltaNetForCausalLM, compiled and eager. Results in $OUT.
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 LIMIT=${GDN_LIMIT:-570}
@@ -37,6 +38,11 @@ return_autotune() {
   (cd "$TRITON_CACHE" && find . -name '*.autotune.json' | tar czf "$OUT/triton-autotune.tar.gz" -T -)
   echo "autotune results returned: $(tar tzf "$OUT/triton-autotune.tar.gz" | grep -c autotune.json) kernels"
 }
+# First, where fla's first bf16 calls spend their time: every autotuning configuration named before it runs,
+# stacks after 30 s without progress (GDN_PROBE_S seconds at most, default 90; 0: none)
+PROBE=${GDN_PROBE_S:-90}
+[ "$PROBE" -gt 0 ] && timeout -s ABRT $PROBE python3 -X faulthandler benchmarks/gdn_probe.py --head-dims 64,32 --backward \
+  --stall-s 30 --out "$OUT/gdn_probe.json" > "$OUT/gdn_probe.log" 2>&1; [ "$PROBE" -gt 0 ] && grep -E "^call|^\{|took [0-9.]{2,}" "$OUT/gdn_probe.log" | tail -n 12
 P=${GDN_PARITY_S:-300}  # 0: no parity tests, the bench alone
 [ "$P" -gt 0 ] && timeout $((P * 3 / 5)) python3 -m pytest -v -s --durations=0 -o faulthandler_timeout=100 tests/gpu/test_gdn_parity.py -k "gradients or auto" \
   > "$OUT/gdn_parity.log" 2>&1

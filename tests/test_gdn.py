@@ -476,3 +476,15 @@ def test_spec_imports_no_torch():
             "c.state_bytes(128, context=9, dtype_bytes=2); assert 'torch' not in sys.modules, 'torch was imported'")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
+
+
+def test_the_bf16_probe_without_a_gpu_says_so_in_one_line():
+    """benchmarks/gdn_probe.py (issue 16's hang or long tuning) needs CUDA and fla: elsewhere one line, exit 2."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    probe = Path(__file__).parents[1] / "benchmarks" / "gdn_probe.py"
+    proc = subprocess.run([sys.executable, str(probe), "--head-dims", "64"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith("gdn_probe.py: needs CUDA and flash-linear-attention (")
