@@ -65,6 +65,12 @@ def test_no_subset_agrees_when_every_task_carries_its_own_ranking():
     assert "fewer tasks: no subset of the 3 ranks as the proxy does at Spearman >= 0.999 (n=7)" in subsets.report_lines(out)[0]
 
 
+def test_a_pattern_scored_on_fewer_tasks_is_left_out_not_the_task():
+    tasks = {**TASKS, "p8": {"copy": 0.2, "compress": 0.3}}  # as from an evaluator of two tasks
+    out = subsets.task_subsets(tasks, {**FULL, "p8": 0.25}, bootstrap=50)
+    assert out["tasks"] == ["compress", "copy", "noise", "recall"] and out["n_patterns"] == 8
+
+
 def test_nothing_to_choose_from_one_task_or_two_patterns():
     assert subsets.task_subsets({p: {"-bpb": FULL[p]} for p in TASKS}, FULL) is None  # the lm evaluator
     assert subsets.task_subsets({p: TASKS[p] for p in ("p0", "p1")}, FULL) is None

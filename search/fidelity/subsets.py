@@ -57,8 +57,8 @@ def task_subsets(tasks: Mapping[str, Mapping[str, float]], reference: Mapping[st
                  seed: int = 0) -> dict[str, Any] | None:
     """The smallest subset of tasks ranking as the full proxy does (see the module docstring), and each task
     left out alone; None where there is nothing to choose (fewer than 2 tasks or 3 patterns scored on all)."""
-    names = sorted(set.intersection(*(set(t) for t in tasks.values()))) if tasks else []
-    scored = {p: {n: float(tasks[p][n]) for n in names} for p in tasks if p in reference}
+    names = sorted(set().union(*tasks.values()))  # a pattern without one of them is left out, not the task
+    scored = {p: {n: float(tasks[p][n]) for n in names} for p in tasks if p in reference and set(names) <= set(tasks[p])}
     if len(names) < 2 or len(scored) < 3:
         return None
     ref = [reference[p] for p in scored]
