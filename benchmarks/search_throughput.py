@@ -13,7 +13,8 @@ With `--sweep 3x1,3x2,1x6` it measures each shape (worker processes x `evaluatio
 each for `--seconds`, and writes `<out>/sweep.json` and a table with the ratios against the first (issue 17).
 A shape ending in `m` (`3x1m`) runs under CUDA MPS: the script starts `nvidia-cuda-mps-control -d` for it
 (pipe and log under its folder) and quits it after, so the worker processes' kernels can run side by side
-instead of taking turns on the GPU.
+instead of taking turns on the GPU. A shape given twice (`3x1,3x1`) is measured twice, in folders of its own
+(`w3e1`, `w3e1-1`): the first warms the machine's caches (compiled layers with `evaluator.trainer.compile=true`).
 
 Two rates: completed evaluations over the window from the first start to the last completion (what a search
 gets, setup and all; coarse in a short window), and the steady state: tokens every run trained per second
@@ -227,13 +228,18 @@ def sweep(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if any(mps for *_, mps in shapes) and shutil.which(MPS_CONTROL) is None:
         parser.error(f"an MPS shape (ending in m) needs CUDA MPS, and {MPS_CONTROL} is not on PATH")
     overrides = [o for o in args.overrides if not o.startswith("evaluations_per_worker=")]
-    rows = []
+    rows, folders = [], set()
     for workers, each, mps in shapes:
         run = argparse.Namespace(**{**vars(args), "overrides": [*overrides, f"evaluations_per_worker={each}"]})
         shape = f"{workers}x{each}" + ("m" if mps else "")
+        folder = f"w{workers}e{each}{'mps' if mps else ''}"
+        # a shape given again is measured again in a folder of its own: the first warms what the machine caches
+        # (compiled kernels, autotuning; `evaluator.trainer.compile=true` compiles each layer type once per shape)
+        folder = next(f"{folder}-{k}" for k in range(1, len(shapes) + 2) if f"{folder}-{k}" not in folders) \
+            if folder in folders else folder
+        folders.add(folder)
         try:
-            rows.append({"shape": shape, **measure(run, args.out / f"w{workers}e{each}{'mps' if mps else ''}", workers, None,
-                                                   mps=mps)})
+            rows.append({"shape": shape, **measure(run, args.out / folder, workers, None, mps=mps)})
         except SystemExit as stop:  # MPS would not start here: the other shapes are still measured
             if not mps:
                 raise

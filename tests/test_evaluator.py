@@ -347,3 +347,16 @@ def test_serialized_calls_let_threads_share_an_autotuned_kernel():
     a, b = safe(), safe()  # one lock per object: a call on `a` does not wait for a call on `b`
     assert a.run(1) == {0: 1} and b.run(2) == {0: 2}
     assert a.__dict__["_composer_lock"] is not b.__dict__["_composer_lock"]
+
+
+def test_compiled_layers_are_compiled_once_per_worker_and_reused_by_later_candidates(tmp_path):
+    """Issue 17: with `trainer.compile`, a worker compiles each layer type at each task's shapes once; a later
+    candidate built of the same layer types, in another order, compiles nothing new."""
+    from torch._dynamo.utils import counters
+
+    ev = evaluator(tmp_path, trainer={**EVALUATOR["trainer"], "compile": True, "progress": False})
+    first = ev("*-M-")
+    compiled = counters["stats"]["unique_graphs"]
+    second = ev("M-*-")
+    assert compiled > 0 and counters["stats"]["unique_graphs"] == compiled
+    assert set(first["tasks"]) == set(second["tasks"]) == set(EVALUATOR["tasks"])

@@ -50,13 +50,16 @@ def test_bad_counts_are_refused_in_one_line(tmp_path):
 
 def test_a_sweep_measures_each_shape_with_a_steady_rate(tmp_path):
     out = tmp_path / "sweep"
-    proc = throughput("--sweep", "1x1,1x2,1x1m", "--seconds", "20", "--warmup-share", "0.2", "--out", str(out), "--",
+    proc = throughput("--sweep", "1x1,1x2,1x1m,1x1", "--seconds", "20", "--warmup-share", "0.2", "--out", str(out), "--",
                       *TINY_SEARCH, "space.length=5",  # 243 patterns: not all evaluated in the 20 s
                       "evaluator=mad_cpu", "evaluations_per_worker=5",  # the sweep's own setting wins
                       env=failing_mps(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
     record = json.loads((out / "sweep.json").read_text())
-    assert [r["shape"] for r in record["rows"]] == ["1x1", "1x2", "1x1m"]
+    assert [r["shape"] for r in record["rows"]] == ["1x1", "1x2", "1x1m", "1x1"]
+    # a shape given again is measured again, in a folder of its own
+    assert record["rows"][3]["completed"] > 0 and (out / "w1e1-1" / "throughput.json").is_file()
+    assert json.loads((out / "w1e1" / "throughput.json").read_text())["completed"] == record["rows"][0]["completed"]
     # MPS would not start: that shape says why, the others were measured all the same
     assert record["rows"][2]["error"] == ("search_throughput.py: nvidia-cuda-mps-control -d failed: "
                                           "Cannot find MPS control daemon process")
