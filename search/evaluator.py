@@ -1,7 +1,7 @@
 """The evaluator: train a candidate pattern as a small proxy and score it, higher is better.
 
 Two kinds behind one code path:
-- MAD (`tasks`; evaluator=mad_cpu, mad): each task trains a fresh proxy (the task's vocabulary, the
+- MAD (`tasks`; evaluator=mad_cpu, mad, mad_fast): each task trains a fresh proxy (the task's vocabulary, the
   evaluator's width and primitive settings) under a fixed token budget, then measures test
   accuracy. The score is the mean over tasks, equally weighted; per-task accuracies are kept.
 - language modelling (`corpus`; evaluator=lm): one proxy trained on a text corpus (tokenised once,
