@@ -215,6 +215,13 @@ def test_a_search_s_patterns_are_taken_with_their_roles_and_its_scores_read_back
     assert fewer["tasks"] == ["in_context_recall", "selective_copying"] and fewer["n_patterns"] >= len(out["patterns"])
     assert sorted(r["left_out"][0] for r in fewer["rows"] if len(r["left_out"]) == 1) == fewer["tasks"]
     assert "fewer tasks: " in proc.stdout and "    without selective_copying: proxy " in proc.stdout
+    # the fewer-tasks check of a search alone: no rung, nothing trained, read from the search's scores
+    alone = fidelity(tmp_path, f"search_dir={tmp_path / 's'}", "top_k=2", "random=0", "rungs=[]", name="tasks-only")
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    only = json.loads((tmp_path / "tasks-only" / "fidelity.json").read_text())
+    # the search's patterns: all of the first study's but its random draw (unless the search had scored it too)
+    assert only["rungs"] == [] and only["task_subsets"]["n_patterns"] in (fewer["n_patterns"] - 1, fewer["n_patterns"])
+    assert not list((tmp_path / "tasks-only").glob("trials/*")) and "fewer tasks: " in alone.stdout
 
 
 def test_the_headline_trains_first_at_every_seed_then_the_rest_seed_major():
@@ -295,6 +302,7 @@ def test_train_roles_trains_only_those_roles_runs_and_the_next_call_the_rest(tmp
     (["proxies=[{name:r1}]"], "rung and proxy names must be distinct"),
     (["proxies=[{name:fast,evaluator:{trainer:{bogus:1}}}]"], "proxies.fast: "),
     (["train_roles=[baseline,winner]"], "train_roles: unknown role 'winner' (roles: aggregate, best_single, baseline"),
+    (["rungs=[]"], "rungs is empty: give at least one rung"),
 ])
 def test_bad_input_is_one_line(tmp_path, corpus, args, message):
     proc = fidelity(tmp_path, *rung_args(corpus), *args, timeout=120)

@@ -99,9 +99,10 @@ class FidelityConfig:
                     or not isinstance(v.get("evaluator", {}), Mapping):
                 raise ConfigError(f"proxies[{i}] must be {{name: ..., evaluator: {{overrides}}}}, got {v!r}")
         object.__setattr__(self, "proxies", proxies)
-        if not self.rungs and not self.proxies:
-            raise ConfigError("rungs is empty: give at least one rung (name, d_model, n_blocks, tokens_per_param, seeds) "
-                              "or another proxy to compare (proxies=[{name: ..., evaluator: {...}}])")
+        if not self.rungs and not self.proxies and self.search_dir is None:
+            raise ConfigError("rungs is empty: give at least one rung (name, d_model, n_blocks, tokens_per_param, seeds), "
+                              "another proxy to compare (proxies=[{name: ..., evaluator: {...}}]) or a search_dir "
+                              "(which of its proxy's tasks rank as all of them)")
         names = [r.name for r in self.rungs] + [v["name"] for v in self.proxies]
         if len(set(names)) < len(names) or "proxy" in names or any(not n or "/" in n for n in names):
             raise ConfigError(f"rung and proxy names must be distinct, non-empty, without '/' and not 'proxy', got {names}")
