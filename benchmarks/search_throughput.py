@@ -48,6 +48,10 @@ from pathlib import Path
 MPS_CONTROL = "nvidia-cuda-mps-control"
 
 
+class MPSUnavailable(RuntimeError):
+    """CUDA MPS could not be started here: the measurement of that shape is skipped, the sweep goes on."""
+
+
 def sample_gpu(out: Path, gpus: str | None = None) -> subprocess.Popen | None:
     try:
         return subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits",
@@ -103,13 +107,13 @@ def mps_daemon(folder: Path) -> Iterator[dict[str, str]]:
     """CUDA MPS for the processes given the returned environment: started here, quit on leaving."""
     control = shutil.which(MPS_CONTROL)
     if control is None:
-        raise SystemExit(f"search_throughput.py: an MPS shape needs CUDA MPS, and {MPS_CONTROL} is not on PATH")
+        raise MPSUnavailable(f"search_throughput.py: an MPS shape needs CUDA MPS, and {MPS_CONTROL} is not on PATH")
     env = {"CUDA_MPS_PIPE_DIRECTORY": str(folder / "mps-pipe"), "CUDA_MPS_LOG_DIRECTORY": str(folder / "mps-log")}
     for path in env.values():
         Path(path).mkdir(parents=True, exist_ok=True)
     started = subprocess.run([control, "-d"], env={**os.environ, **env}, capture_output=True, text=True)
     if started.returncode != 0:
-        raise SystemExit(f"search_throughput.py: {MPS_CONTROL} -d failed: {(started.stderr or started.stdout).strip()}")
+        raise MPSUnavailable(f"search_throughput.py: {MPS_CONTROL} -d failed: {(started.stderr or started.stdout).strip()}")
     try:
         yield env
     finally:
@@ -228,21 +232,17 @@ def sweep(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if any(mps for *_, mps in shapes) and shutil.which(MPS_CONTROL) is None:
         parser.error(f"an MPS shape (ending in m) needs CUDA MPS, and {MPS_CONTROL} is not on PATH")
     overrides = [o for o in args.overrides if not o.startswith("evaluations_per_worker=")]
-    rows, folders = [], set()
+    rows, repeats = [], {}
     for workers, each, mps in shapes:
         run = argparse.Namespace(**{**vars(args), "overrides": [*overrides, f"evaluations_per_worker={each}"]})
         shape = f"{workers}x{each}" + ("m" if mps else "")
-        folder = f"w{workers}e{each}{'mps' if mps else ''}"
         # a shape given again is measured again in a folder of its own: the first warms what the machine caches
         # (compiled kernels, autotuning; `evaluator.trainer.compile=true` compiles each layer type once per shape)
-        folder = next(f"{folder}-{k}" for k in range(1, len(shapes) + 2) if f"{folder}-{k}" not in folders) \
-            if folder in folders else folder
-        folders.add(folder)
+        repeats[shape] = repeat = repeats.get(shape, -1) + 1
+        folder = f"w{workers}e{each}{'mps' if mps else ''}" + (f"-{repeat}" if repeat else "")
         try:
             rows.append({"shape": shape, **measure(run, args.out / folder, workers, None, mps=mps)})
-        except SystemExit as stop:  # MPS would not start here: the other shapes are still measured
-            if not mps:
-                raise
+        except MPSUnavailable as stop:  # the other shapes are still measured
             print(stop, flush=True)
             rows.append({"shape": shape, "error": str(stop)})
     for key in ("evaluations_per_gpu_hour", "steady_evaluations_per_gpu_hour"):

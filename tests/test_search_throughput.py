@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import cli_env
 from tests.test_search_cli import TINY_SEARCH
 
@@ -19,13 +21,19 @@ def throughput(*args: str, env: dict | None = None) -> subprocess.CompletedProce
                           env=env or cli_env())
 
 
+def mps_control(tmp_path: Path, script: str) -> Path:
+    """A stand-in nvidia-cuda-mps-control running `script` (sh), in a bin folder of its own: the real one needs a GPU."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    control = bin_dir / "nvidia-cuda-mps-control"
+    control.write_text(f"#!/bin/sh\n{script}\n")
+    control.chmod(0o755)
+    return bin_dir
+
+
 def failing_mps(tmp_path: Path) -> dict:
     """An environment whose nvidia-cuda-mps-control cannot start a daemon (as in a container without MPS)."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    control = bin_dir / "nvidia-cuda-mps-control"
-    control.write_text("#!/bin/sh\necho 'Cannot find MPS control daemon process' >&2; exit 1\n")
-    control.chmod(0o755)
+    bin_dir = mps_control(tmp_path, "echo 'Cannot find MPS control daemon process' >&2; exit 1")
     env = cli_env()
     return {**env, "PATH": f"{bin_dir}:{env.get('PATH', os.environ['PATH'])}"}
 
@@ -110,21 +118,17 @@ def test_the_mps_daemon_starts_for_a_shape_and_quits_after(tmp_path, monkeypatch
     spec = importlib.util.spec_from_file_location("search_throughput", SCRIPT)
     st = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(st)
-    bin_dir, calls = tmp_path / "bin", tmp_path / "calls.txt"
-    bin_dir.mkdir()
-    control = bin_dir / "nvidia-cuda-mps-control"
-    control.write_text(f'#!/bin/sh\nif [ "$1" = -d ]; then echo "start $CUDA_MPS_PIPE_DIRECTORY" >> {calls}; '
-                       f'else read line; echo "$line $CUDA_MPS_PIPE_DIRECTORY" >> {calls}; fi\n')
-    control.chmod(0o755)
+    calls = tmp_path / "calls.txt"
+    bin_dir = mps_control(tmp_path, f'if [ "$1" = -d ]; then echo "start $CUDA_MPS_PIPE_DIRECTORY" >> {calls}; '
+                                    f'else read line; echo "$line $CUDA_MPS_PIPE_DIRECTORY" >> {calls}; fi')
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     with st.mps_daemon(tmp_path / "w3e1mps") as env:
         pipe = tmp_path / "w3e1mps" / "mps-pipe"
         assert env["CUDA_MPS_PIPE_DIRECTORY"] == str(pipe) and pipe.is_dir()
         assert calls.read_text() == f"start {pipe}\n"
     assert calls.read_text() == f"start {pipe}\nquit {pipe}\n"
-    control.write_text("#!/bin/sh\necho 'An instance of this daemon is already running' >&2; exit 1\n")
-    try:
+    mps_control(tmp_path, "echo 'An instance of this daemon is already running' >&2; exit 1")
+    with pytest.raises(st.MPSUnavailable, match="nvidia-cuda-mps-control -d failed: An instance of this daemon is "
+                                                "already running"):
         with st.mps_daemon(tmp_path / "again"):
             raise AssertionError("a daemon that failed to start must stop the measurement")
-    except SystemExit as stop:
-        assert "nvidia-cuda-mps-control -d failed: An instance of this daemon is already running" in str(stop)
