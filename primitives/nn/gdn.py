@@ -199,26 +199,26 @@ def _load_kernels() -> tuple[Callable, Callable] | str:
     return load_once("gdn.fla", _import_kernels)
 
 
-def _check_unsafe_on(device_index: int) -> str | None:
+def _check_on(device_index: int) -> tuple[str | None, str | None]:
     import triton  # fla depends on it: present once _load_kernels succeeded
 
-    return gdn_kernels_unsafe(
-        torch.cuda.get_device_capability(device_index), triton.__version__, importlib.util.find_spec("tilelang") is not None
-    )
+    capability = torch.cuda.get_device_capability(device_index)
+    has_tilelang = importlib.util.find_spec("tilelang") is not None
+    return gdn_kernels_unsafe(capability, triton.__version__, has_tilelang), gdn_half_precision_unproven(
+        capability, triton.__version__)
+
+
+def _checked_on(device_index: int) -> tuple[str | None, str | None]:
+    """(why fla's backward is unsafe, why its bf16 kernels are unproven) on that GPU, each None where not; once."""
+    return load_once(("gdn.checks", device_index), lambda: _check_on(device_index))
 
 
 def _kernels_unsafe_on(device_index: int) -> str | None:
-    return load_once(("gdn.unsafe", device_index), lambda: _check_unsafe_on(device_index))
-
-
-def _check_half_on(device_index: int) -> str | None:
-    import triton
-
-    return gdn_half_precision_unproven(torch.cuda.get_device_capability(device_index), triton.__version__)
+    return _checked_on(device_index)[0]
 
 
 def _half_unproven_on(device_index: int) -> str | None:
-    return load_once(("gdn.half", device_index), lambda: _check_half_on(device_index))
+    return _checked_on(device_index)[1]
 
 
 class GatedDeltaNet(nn.Module):
@@ -231,8 +231,7 @@ class GatedDeltaNet(nn.Module):
         self.key_dim, self.value_dim, conv_dim = cfg.key_dim(d_model), cfg.value_dim(d_model), cfg.conv_dim(d_model)
         # Import and check here, outside compiled code: forward under torch.compile only reads the results.
         if cfg.impl != "torch" and torch.cuda.is_available() and not isinstance(_load_kernels(), str):
-            _kernels_unsafe_on(torch.cuda.current_device())
-            _half_unproven_on(torch.cuda.current_device())
+            _checked_on(torch.cuda.current_device())
         if cfg.impl == "kernels" and isinstance(reason := _load_kernels(), str):
             raise KernelUnavailableError(f"gdn.impl='kernels' but {reason}; install with {_INSTALL_HINT}")
         self.in_proj = nn.Linear(d_model, cfg.proj_dim(d_model), bias=False)  # q, k, v, z, b, a

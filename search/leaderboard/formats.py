@@ -244,18 +244,22 @@ def fidelity_records(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any
                   key=lambda r: (r["created"], r["run_dir"]))
 
 
-def task_subset_rows(subsets: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """The correlation rows of a study's task subsets: the smallest agreeing one, each task left out, and the
-    smallest at the proxy's other budgets, each named as a ranking ("tasks without memorization")."""
+def task_subset_rows(subsets: Mapping[str, Any] | None, *, smallest_only: bool = False) -> list[dict[str, Any]]:
+    """The correlation rows of a study's task subsets, each named as a ranking ("tasks without memorization"):
+    the smallest agreeing subset, each task left out, and the smallest at the proxy's other budgets; with
+    `smallest_only`, the smallest subset's rows alone."""
     if not subsets:
         return []
     n, rows = len(subsets["tasks"]), []
     for row in subsets["rows"]:
+        smallest = row["keep"] == subsets["smallest"]
+        if smallest_only and not smallest:
+            continue
         left_out = [t for t in subsets["tasks"] if t not in row["keep"]]
-        name = (f"tasks without {left_out[0]}" if len(left_out) == 1 and row["keep"] != subsets["smallest"]
+        name = (f"tasks without {left_out[0]}" if len(left_out) == 1 and not smallest
                 else f"tasks {', '.join(row['keep'])} ({len(row['keep'])} of {n})")
         rows += [{**c, "x": name} for c in row["correlations"]]
-    for budget in subsets.get("budgets", []):
+    for budget in () if smallest_only else subsets.get("budgets", []):
         rows += [{**c, "x": f"{budget['name']} on {len(budget['keep'])} of {n} tasks"} for c in budget["correlations"]]
     return rows
 
@@ -271,10 +275,8 @@ def fidelity_text(records: Iterable[Mapping[str, Any]]) -> str:
                  f"{r['run_dir']})"]
         lines += [f"  rung {rung_text(rung)}" for rung in r["rungs"]]
         lines += [f"  {correlation_text(c)}" for c in r["correlations"]]
-        subsets = r.get("task_subsets")
-        if subsets and subsets.get("smallest"):  # the fewest tasks that rank as all of them
-            lines += [f"  {correlation_text(c)}" for c in task_subset_rows(subsets)
-                      if c["x"].startswith(f"tasks {', '.join(subsets['smallest'])} (")]
+        # the fewest tasks that rank as all of them
+        lines += [f"  {correlation_text(c)}" for c in task_subset_rows(r.get("task_subsets"), smallest_only=True)]
         lines += [f"  {noise_text(rung, floor)}" for rung, floor in r["noise_floor"].items()]
         blocks.append("\n".join(lines) + "\n")
     return "".join(blocks)

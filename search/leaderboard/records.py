@@ -424,18 +424,20 @@ def _fidelity_patterns(value: Any, seeds_of: Mapping[str, list[int]]) -> list[st
     return seen
 
 
-def _fidelity_correlations(value: Any, seeds_of: Mapping[str, list[int]], *, field: str = "correlations") -> None:
-    """`correlations` (x: the proxy or a rung, y: a rung), `composition` (letter: a primitive, y: the proxy or a
-    rung) or a task subset's (no x: the subset is the ranking; y: the proxy or a rung)."""
+def _fidelity_correlations(value: Any, seeds_of: Mapping[str, list[int]], *, field: str = "correlations",
+                           ranking: str | None = "x") -> None:
+    """Rank correlations of one ranking against another: `ranking` names the key of what ranks, "x" (the proxy
+    or a rung, against y: a rung; `correlations`), "letter" (a primitive's share, against y: the proxy or a rung;
+    `composition`) or None (the caller's: a task subset, against y: the proxy or a rung)."""
     for i, item in enumerate(_list(field, value)):
         path = f"{field}[{i}]"
-        if field == "composition":
+        if ranking == "letter":
             letter = _get(path, item, "letter")
             if not isinstance(letter, str) or len(letter) != 1:
                 raise ConfigError(f"fidelity {path}.letter must be one primitive's letter, got {letter!r}")
-        elif not field.startswith("task_subsets"):
+        elif ranking == "x":
             _check_rung_name(f"{path}.x", _get(path, item, "x"), seeds_of, proxy=True)
-        _check_rung_name(f"{path}.y", _get(path, item, "y"), seeds_of, proxy=field != "correlations")
+        _check_rung_name(f"{path}.y", _get(path, item, "y"), seeds_of, proxy=ranking != "x")
         _check_count(f"fidelity {path}.n", _get(path, item, "n"), minimum=0)
         for name in ("spearman", "kendall"):
             at = f"{path}.{name}"
@@ -472,7 +474,7 @@ def _fidelity_task_subsets(value: Any, seeds_of: Mapping[str, list[int]]) -> Non
             subset(f"{path}.keep", _get(path, row, "keep"))
             if key == "budgets":
                 _check_text(f"fidelity {path}.name", _get(path, row, "name"))
-            _fidelity_correlations(_get(path, row, "correlations"), seeds_of, field=f"{path}.correlations")
+            _fidelity_correlations(_get(path, row, "correlations"), seeds_of, field=f"{path}.correlations", ranking=None)
 
 
 def _fidelity_noise(value: Any, seeds_of: Mapping[str, list[int]]) -> None:
@@ -552,7 +554,7 @@ def fidelity_record(result: Mapping[str, Any]) -> dict[str, Any]:
     seeds_of = _fidelity_rungs(_get("", result, "rungs"))
     patterns = _fidelity_patterns(_get("", result, "patterns"), seeds_of)
     _fidelity_correlations(_get("", result, "correlations"), seeds_of)
-    _fidelity_correlations(result.get("composition", []), seeds_of, field="composition")  # absent before 2026-12-04
+    _fidelity_correlations(result.get("composition", []), seeds_of, field="composition", ranking="letter")  # absent before 2026-12-04
     _fidelity_noise(_get("", result, "noise_floor"), seeds_of)
     _fidelity_placement(_get("", result, "placement"), patterns, seeds_of)
     _fidelity_task_subsets(result.get("task_subsets"), seeds_of)  # absent before 2026-12-05
