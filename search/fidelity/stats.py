@@ -120,6 +120,12 @@ def correlation(
     return {"value": value, "low": float(interval.low), "high": float(interval.high), "n": n}
 
 
+def agreement(x: Sequence[float], y: Sequence[float], *, bootstrap: int, seed: int) -> dict:
+    """How ranking x agrees with ranking y: {"n", "spearman", "kendall" (each `correlation`), "decision_accuracy"}."""
+    return {"n": len(x), **{m: correlation(x, y, method=m, n_resamples=bootstrap, seed=seed) for m in METHODS},
+            "decision_accuracy": decision_accuracy(x, y)}
+
+
 def _pair_signs(values: np.ndarray) -> np.ndarray:
     i, j = np.triu_indices(values.size, k=1)
     return np.sign(values[i] - values[j])

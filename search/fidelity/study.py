@@ -471,10 +471,7 @@ def analyse(points: Mapping[str, Mapping[str, Any]], rungs: tuple[RungConfig, ..
             x, y = [score(p, axes[a]) for p in both], [score(p, axes[b]) for p in both]
             if len(both) < 2:
                 continue
-            correlations.append({"x": axes[a], "y": axes[b], "n": len(both),
-                                 **{m: stats.correlation(x, y, method=m, n_resamples=bootstrap, seed=seed)
-                                    for m in stats.METHODS},
-                                 "decision_accuracy": stats.decision_accuracy(x, y)})
+            correlations.append({"x": axes[a], "y": axes[b], **stats.agreement(x, y, bootstrap=bootstrap, seed=seed)})
     noise = {}
     for r in rungs:
         per_seed = {p: [-v["rungs"][r.name]["bits_per_byte"][str(s)] for s in r.seeds]
@@ -488,7 +485,7 @@ def analyse(points: Mapping[str, Mapping[str, Any]], rungs: tuple[RungConfig, ..
             share = [p.count(letter) / len(p) for p in scored]
             if len(scored) >= 3 and len(set(share)) > 1:
                 composition.append({"letter": letter, "y": axis,
-                                    **_pair(share, [score(p, axis) for p in scored], bootstrap=bootstrap, seed=seed)})
+                                    **stats.agreement(share, [score(p, axis) for p in scored], bootstrap=bootstrap, seed=seed)})
     per_task = []  # why the proxy ranks as it does: each of its tasks alone against each rung
     names = sorted({t for p in points for t in (points[p].get("tasks") or {})})
     for axis in axes[1:]:
@@ -500,7 +497,7 @@ def analyse(points: Mapping[str, Mapping[str, Any]], rungs: tuple[RungConfig, ..
             if len(set(x)) == 1:  # saturated (or never learnt): ranks nothing
                 per_task.append({"task": t, "y": axis, "n": len(scored), "constant": x[0]})
             else:
-                per_task.append({"task": t, "y": axis, **_pair(x, [score(p, axis) for p in scored],
+                per_task.append({"task": t, "y": axis, **stats.agreement(x, [score(p, axis) for p in scored],
                                                                 bootstrap=bootstrap, seed=seed)})
     placement = {p: {"roles": v["roles"]} for p, v in points.items()}
     for axis in axes:
@@ -557,11 +554,6 @@ def fewer_tasks(points: Mapping[str, Mapping[str, Any]], known: Mapping[str, Map
     return out
 
 
-def _pair(x: list[float], y: list[float], *, bootstrap: int, seed: int) -> dict[str, Any]:
-    return {"n": len(x), **{m: stats.correlation(x, y, method=m, n_resamples=bootstrap, seed=seed) for m in stats.METHODS},
-            "decision_accuracy": stats.decision_accuracy(x, y)}
-
-
 def compare_proxies(points: Mapping[str, Mapping[str, Any]], variants: Mapping[str, Mapping[str, Any]],
                     rungs: tuple[RungConfig, ...], *, bootstrap: int, seed: int) -> list[dict[str, Any]]:
     """Each other proxy against the proxy and each rung (higher is better on every axis): its ranking's
@@ -576,7 +568,7 @@ def compare_proxies(points: Mapping[str, Mapping[str, Any]], variants: Mapping[s
         for axis, by in axes.items():
             both = [p for p in v["scores"] if p in by]
             if len(both) >= 2:
-                against.append({"y": axis, **_pair([v["scores"][p] for p in both], [by[p] for p in both],
+                against.append({"y": axis, **stats.agreement([v["scores"][p] for p in both], [by[p] for p in both],
                                                    bootstrap=bootstrap, seed=seed)})
         out.append({"name": name, **v, "correlations": against})
     return out

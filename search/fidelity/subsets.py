@@ -45,10 +45,8 @@ def against(keep: Sequence[str], tasks: Mapping[str, Mapping[str, float]], axes:
         both = [p for p in tasks if p in by]
         if len(both) < 3:
             continue
-        x, y = [subset_score(tasks[p], keep) for p in both], [by[p] for p in both]
-        out.append({"y": axis, "n": len(both),
-                    **{m: stats.correlation(x, y, method=m, n_resamples=bootstrap, seed=seed) for m in stats.METHODS},
-                    "decision_accuracy": stats.decision_accuracy(x, y)})
+        out.append({"y": axis, **stats.agreement([subset_score(tasks[p], keep) for p in both], [by[p] for p in both],
+                                                 bootstrap=bootstrap, seed=seed)})
     return out
 
 
