@@ -10,6 +10,7 @@
 #                  work that needs no mamba-ssm, e.g. gdn_device.sh or composer-bench of sliding-window layouts; its
 #                  files under /tmp/issue15-logs come back in the tarball; once built: $AFTER_BUILD if set (e.g. composer-bench of hybrids),
 #                  finalize the search (retrying failed evaluations), then the fidelity study until LIMIT
+#                  (THEN=budget: the budget study instead, below; THEN=true: neither)
 #   PART=parity    issue 16's GPU parity tests (Gated DeltaNet against fla, grouped-GEMM MoE; passed 2026-12-03)
 #   PART=fidelity  the fidelity study until LIMIT (resumes; call again while the machine is warm)
 #   PART=profile   issue 17: where one evaluation of the GPU preset spends its time (benchmarks/eval_profile.py)
@@ -80,7 +81,7 @@ case "$PART" in
          timeout -k 10 $(( $(left) < W ? $(left) : W )) bash -c "$WHILE_BUILDING" > "$LOGS/while-building.log" 2>&1
          tail -n 20 "$LOGS/while-building.log"; fi
        wait_for_kernels && { [ -z "${AFTER_BUILD:-}" ] || timeout -k 10 $(left) bash -c "$AFTER_BUILD" \
-         > "$LOGS/after-build.log" 2>&1; tail -n 20 "$LOGS/after-build.log" 2>/dev/null; fidelity; } ;;
+         > "$LOGS/after-build.log" 2>&1; tail -n 20 "$LOGS/after-build.log" 2>/dev/null; ${THEN:-fidelity}; } ;;
   fidelity) wait_for_kernels; fidelity ;;
   profile) wait_for_kernels; timeout $(left) python3 benchmarks/eval_profile.py --out $LOGS/profile -- evaluator=mad space=long \
          > "$LOGS/profile.log" 2>&1; tail -n 30 "$LOGS/profile.log" ;;
