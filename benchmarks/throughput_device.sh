@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Issue 17's search throughput on a lent H200, from the project root with `.device` carried
+# (benchmarks/device_prepare.sh; the kernels built by an earlier call on a warm machine, or carried back in
+# .device/kernel-wheels, or built here first). For each `evaluator=shapes` of RUNS (default
+# "mad=3x1,1x6 mad_fast=1x6"), `search_throughput.py --sweep shapes --seconds $SECONDS_EACH (100) -- evaluator=...
+# space=long $EXTRA`, in this call: the default and the fast preset side by side, the first shape of the first
+# the "before" (the shape of the committed 167 per GPU-hour). Results come back as $OUT/throughput.tar.gz
+# (each shape's throughput.json, GPU samples and search log, each sweep's sweep.json and table; no trials).
+set -u
+source benchmarks/device_env.sh
+wait_for_kernels || exit 1
+mkdir -p /tmp/throughput
+for run in ${RUNS:-mad=3x1,1x6 mad_fast=1x6}; do
+  evaluator=${run%%=*} shapes=${run#*=}
+  python3 benchmarks/search_throughput.py --sweep "$shapes" --seconds "${SECONDS_EACH:-100}" --out "/tmp/throughput/$evaluator" \
+    -- "evaluator=$evaluator" space=long ${EXTRA:-} > "/tmp/throughput/$evaluator.log" 2>&1
+  echo "== evaluator=$evaluator ${EXTRA:-}"; grep -E "^\|" "/tmp/throughput/$evaluator.log"
+done
+return_kernels
+cd /tmp && tar czf "$OUT/throughput.tar.gz" throughput/*.log \
+  $(find throughput -maxdepth 3 \( -name '*.json' -o -name gpu.csv -o -name search.log \) -not -path '*/run/*')
