@@ -67,6 +67,14 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def changed_settings(saved: Mapping[str, Any], now: Mapping[str, Any], defaults: Mapping[str, Any]) -> list[str]:
+    """The dotted keys whose values differ between a saved run's settings and this run's, sorted. A key
+    composer gained after the run was saved counts as unchanged where it holds its default (the behaviour
+    the run had): a study stays resumable, and readable, across upgrades."""
+    return sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k)
+                  and not (k not in saved and k in defaults and now[k] == defaults[k]))
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     pattern: str  # one letter per layer; the only description of the layout

@@ -36,7 +36,7 @@ from typing import Any
 
 import optuna
 
-from composer.config import flatten, from_mapping
+from composer.config import changed_settings, flatten, from_mapping
 from composer.errors import ComposerError, ConfigError
 from primitives import REGISTRY
 from search.aggregate import METHODS, summarise
@@ -208,12 +208,14 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _guard(study: optuna.Study, settings: dict[str, Any]) -> None:
+    from composer.engine.trainer import TrainerConfig
+
     saved = study.user_attrs.get("settings")
     if saved is None:
         study.set_user_attr("settings", settings)
         return
     saved = _drop(saved, _unplaced(settings.get("space.alphabet", "")))  # saved before such keys were left out
-    diff = sorted(k for k in saved.keys() | settings.keys() if saved.get(k) != settings.get(k))
+    diff = changed_settings(saved, settings, flatten({"evaluator": {"trainer": plain(TrainerConfig())}}))
     if diff:
         key = diff[0]
         raise ConfigError(

@@ -28,3 +28,19 @@ def test_settings_of_primitives_the_space_cannot_place_do_not_count(tmp_path):
     with pytest.raises(ConfigError, match=r"evaluator\.model\.attention\.n_heads=2, this run has 4"):
         _guard(study, _settings(_cfg("*-M", attention={"n_heads": 4})))
     assert "evaluator.model.swa.window" in _settings(_cfg("*-W", swa={"window": 16}))
+
+
+def test_a_trainer_setting_added_since_the_study_counts_only_when_it_is_not_at_its_default(tmp_path):
+    now = _settings(_cfg("*-M"))
+    assert now["evaluator.trainer.profile_steps"] == 0  # TrainerConfig's default
+    # a study saved before composer had `profile_steps` (the GPU study of 2026-12-03, refused on 2026-12-05)
+    old = open_study(name="old", storage=None, run_dir=tmp_path, sampler=None)
+    old.set_user_attr("settings", {k: v for k, v in now.items() if k != "evaluator.trainer.profile_steps"})
+    _guard(old, now)
+    with pytest.raises(ConfigError, match=r"evaluator\.trainer\.profile_steps=None, this run has 3"):
+        _guard(old, {**now, "evaluator.trainer.profile_steps": 3})
+    # a key the study had, changed since, is still a difference even at today's default
+    older = open_study(name="older", storage=None, run_dir=tmp_path, sampler=None)
+    older.set_user_attr("settings", {**now, "evaluator.trainer.profile_steps": 5})
+    with pytest.raises(ConfigError, match=r"profile_steps=5, this run has 0"):
+        _guard(older, now)

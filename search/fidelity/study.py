@@ -295,7 +295,7 @@ def _vocab(corpus: Any) -> int:
 def _guard_rungs(cfg: FidelityConfig, run_dir: Path) -> None:
     from search.runner import plain
 
-    from composer.config import flatten
+    from composer.config import changed_settings, flatten
 
     free = ("rung.seeds", "rung.trainer", "trainer.progress", "trainer.device", "trainer.log_every",
             "trainer.ckpt_every", "trainer.eval_every", "trainer.wandb", "data.cache_dir")  # rung.trainer: in trainer
@@ -308,10 +308,7 @@ def _guard_rungs(cfg: FidelityConfig, run_dir: Path) -> None:
         path = run_dir / "rungs" / rung.name / "rung.json"
         if path.is_file():
             saved = json.loads(path.read_text())
-            # a setting composer gained after the study counts as the same where it holds its default (the
-            # behaviour the study trained with): a study stays readable, and resumable, across upgrades
-            diff = sorted(k for k in saved.keys() | settings.keys() if saved.get(k) != settings.get(k)
-                          and not (k not in saved and k in defaults and settings[k] == defaults[k]))
+            diff = changed_settings(saved, settings, defaults)
             if diff:
                 raise ConfigError(f"rung {rung.name!r} in {run_dir} was trained with {diff[0]}={saved.get(diff[0])!r}, "
                                   f"this run has {settings.get(diff[0])!r}: its runs would not compare; give the rung "
