@@ -10,7 +10,7 @@
 # or hang in), the GDN parity tests (GDN_PARITY_S seconds at most, default 300; fla against the reference, values and
 # gradients, fp32 and bf16: with tilelang, 2026-12-04, the bf16 forward at head_dim 64 ran past 190 s: first-use
 # tuning or a hang, not yet known), then `train_bench.py` on the Qwen3-Next-style layout at 1B against fla's
-# GatedDeltaNetForCausalLM, compiled and eager. Results in $OUT.
+# GatedDeltaNetForCausalLM, compiled and eager (GDN_VARIANTS, default compile:full,eager:full). Results in $OUT.
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 LIMIT=${GDN_LIMIT:-570}
@@ -28,7 +28,7 @@ python3 -c "import torch, triton, tilelang, fla; print('torch', torch.__version_
 # the default shape, forward with head_dim 64) ran past their time on 2026-12-04, twice: a hang or a long tuning,
 # not known. Each kernel's tuning result is printed (TRITON_PRINT_AUTOTUNING) and every thread's stack is dumped
 # after 100 s in one test (faulthandler_timeout), so the log says where it stands.
-export TRITON_PRINT_AUTOTUNING=1
+export TRITON_PRINT_AUTOTUNING=1 TRITON_CACHE_AUTOTUNING=1  # the second: tuning results kept on disk (carried below)
 # Tuning results travel between sessions: each run returns Triton's autotune files ($OUT/triton-autotune.tar.gz;
 # copy it to .device/gdn/ here), and a later run on the same software starts from them, tuning only what is left
 TRITON_CACHE=${TRITON_CACHE_DIR:-$HOME/.triton/cache}
@@ -51,7 +51,7 @@ P=${GDN_PARITY_S:-300}  # 0: no parity tests, the bench alone
   -k "not gradients and not auto" >> "$OUT/gdn_parity.log" 2>&1
 [ "$P" -gt 0 ] && grep -E "PASSED|FAILED|SKIPPED|ERROR|passed|failed" "$OUT/gdn_parity.log" | tail -n 20
 # SIGABRT at the limit: Python's faulthandler prints every thread's stack, so a hang says where it hangs
-timeout -s ABRT $((LIMIT - 10 - SECONDS)) python3 -X faulthandler benchmarks/train_bench.py --layouts qwen3next-1b --variants compile:full,eager:full \
+timeout -s ABRT $((LIMIT - 10 - SECONDS)) python3 -X faulthandler benchmarks/train_bench.py --layouts qwen3next-1b --variants ${GDN_VARIANTS:-compile:full,eager:full} \
   --budget-s $((LIMIT - 90 - SECONDS)) --out "$OUT/train_bench_gdn.json" > "$OUT/train_bench_gdn.log" 2>&1
 tail -n 25 "$OUT/train_bench_gdn.log"
 return_autotune
