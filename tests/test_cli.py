@@ -98,3 +98,16 @@ def test_wandb_is_off_by_default(tmp_path, tiny):
 def test_bad_trainer_value_is_one_line(tmp_path, tiny):
     line = _one_line_error(run_cli(*tiny, "trainer.lr=-1", f"hydra.run.dir={tmp_path}"))
     assert "trainer: lr must be > 0" in line and "-1" in line
+
+
+def test_every_command_keeps_tritons_autotuning_results_unless_told_otherwise(monkeypatch):
+    import os
+
+    from composer.apps.common import run_hydra
+
+    seen = []
+    monkeypatch.delenv("TRITON_CACHE_AUTOTUNING", raising=False)
+    assert run_hydra(lambda: seen.append(os.environ.get("TRITON_CACHE_AUTOTUNING")), "composer-x", []) == 0
+    monkeypatch.setenv("TRITON_CACHE_AUTOTUNING", "0")  # the user's own setting stays
+    assert run_hydra(lambda: seen.append(os.environ.get("TRITON_CACHE_AUTOTUNING")), "composer-x", []) == 0
+    assert seen == ["1", "0"]

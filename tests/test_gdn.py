@@ -27,7 +27,6 @@ from primitives.nn.gdn import (
     GatedDeltaNetState,
     gated_delta_rule_chunked,
     gated_delta_rule_sequential,
-    gdn_half_precision_unproven,
     gdn_kernels_unsafe,
 )
 from primitives.nn.mamba2 import Mamba2
@@ -245,10 +244,9 @@ def test_init_follows_the_torch_seed():
 # The implementation choice. fla is not installed on the CPU machines; the fakes below stand in for it.
 
 
-def _fake_kernels(monkeypatch, *, unsafe: str | None = None, half: str | None = None):
+def _fake_kernels(monkeypatch, *, unsafe: str | None = None):
     monkeypatch.setattr(gdn_nn, "_load_kernels", lambda: (object(), object()))
     monkeypatch.setattr(gdn_nn, "_kernels_unsafe_on", lambda index: unsafe)
-    monkeypatch.setattr(gdn_nn, "_half_unproven_on", lambda index: half)
 
 
 @pytest.mark.parametrize(
@@ -286,57 +284,14 @@ def test_auto_falls_back_to_torch_where_the_kernels_are_unsafe(monkeypatch):
 def test_forward_resolves_with_its_grad_mode(monkeypatch):
     module = GatedDeltaNet(GatedDeltaNetConfig(**{**SMALL, "impl": "auto"}), d_model=32)
     seen = []
-    monkeypatch.setattr(module, "_resolve", lambda device, *, grad, dtype: seen.append((grad, dtype)) or (False, "torch (test)"))
+    monkeypatch.setattr(module, "_resolve", lambda device, *, grad: seen.append(grad) or (False, "torch (test)"))
     x = torch.randn(1, 4, 32)
     module(x)
     with torch.no_grad():
         module(x)
     with torch.inference_mode():
         module(x)
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # the dtype fla would see: autocast's
-        module(x)
-    module.to(torch.bfloat16)(x.bfloat16())
-    f32, bf16 = torch.float32, torch.bfloat16
-    assert seen == [(True, f32), (False, f32), (False, f32), (True, bf16), (True, bf16)]
-
-
-@pytest.mark.parametrize(
-    ("capability", "triton", "unproven"),
-    [
-        ((9, 0), "3.6.0", True),  # the H200 machine, where bf16 calls ran for minutes (2026-12-04)
-        ((9, 0), "3.7.0", True),
-        ((9, 0), "3.7.1", False),
-        ((9, 0), "3.3.1", False),
-        ((8, 0), "3.6.0", False),
-        ((10, 0), "3.6.0", False),
-    ],
-)
-def test_half_precision_unproven_only_on_hopper_with_the_bad_triton(capability, triton, unproven):
-    reason = gdn_half_precision_unproven(capability, triton)
-    assert (reason is not None) == unproven
-    if unproven:
-        assert "bf16" in reason and triton in reason and "\n" not in reason
-
-
-def test_auto_keeps_bf16_on_torch_where_fla_bf16_is_unproven(monkeypatch):
-    """With tilelang (fla's backward is right) fp32 takes fla, bf16 the torch path; impl=kernels runs fla in bf16."""
-    half = gdn_half_precision_unproven((9, 0), "3.6.0")
-    _fake_kernels(monkeypatch, unsafe=None, half=half)
-    auto = GatedDeltaNet(GatedDeltaNetConfig(**{**SMALL, "impl": "auto"}), d_model=32)
-    cuda, bf16 = torch.device("cuda"), torch.bfloat16
-    assert auto._resolve(cuda) == (True, "fla")
-    assert auto._resolve(cuda, dtype=bf16) == (False, f"torch ({half})")
-    assert auto._resolve(cuda, grad=False, dtype=torch.float16) == (False, f"torch ({half})")
-    assert auto.describe_impl("cuda") == f"fla; in bf16: torch ({half})"
-    kernels = GatedDeltaNet(GatedDeltaNetConfig(**{**SMALL, "impl": "kernels"}), d_model=32)
-    use, description = kernels._resolve(cuda, dtype=bf16)
-    assert use and description.startswith("fla (fla's bf16 kernels did not finish")
-    # without tilelang as well: training on torch (fla #640), fp32 inference on fla, bf16 inference on torch
-    unsafe = gdn_kernels_unsafe((9, 0), "3.6.0", False)
-    _fake_kernels(monkeypatch, unsafe=unsafe, half=half)
-    assert auto._resolve(cuda, grad=False) == (True, "fla (without autograd; training runs torch)")
-    assert auto._resolve(cuda, grad=False, dtype=bf16) == (False, f"torch ({half})")
-    assert auto.describe_impl("cuda") == f"torch ({unsafe}); without autograd: fla; in bf16: torch ({half})"
+    assert seen == [True, False, False]
 
 
 def test_auto_picks_fla_where_safe_and_kernels_refuses_where_unsafe(monkeypatch):

@@ -56,6 +56,9 @@ def run_hydra(app: Callable[[], None], prog: str, argv: list[str] | None = None)
     from omegaconf.errors import OmegaConfBaseException
 
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # let errors reach us instead of Hydra's printer
+    # Triton keeps its autotuning results on disk: a search's worker processes, and later commands, reuse what
+    # the first tuned (fla tunes its kernels for minutes on a first bf16 call: benchmarks/RESULTS.md, issue 16)
+    os.environ.setdefault("TRITON_CACHE_AUTOTUNING", "1")
     if argv is not None:
         sys.argv = [prog, *argv]
     code = run_command(prog, app, also=(HydraException, OmegaConfBaseException))

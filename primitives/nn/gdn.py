@@ -23,11 +23,10 @@ On CUDA, with flash-linear-attention (`fla`) installed, the rule runs through it
 instead (its chunked kernel for training and prefill, its recurrent one for single decoding steps
 without autograd); which one runs is chosen explicitly (`impl`) and logged. fla's backward computes wrong
 gradients on Hopper with Triton 3.4.0 ≤ version < 3.7.1 unless tilelang is installed (fla issue
-#640): `impl=auto` falls back to the torch path there and says why, `impl=kernels` refuses. On the
-same machines fla's bf16 kernels did not finish in composer's GPU tests (an H200 with Triton 3.6,
-2026-12-04: a forward at head_dim 64, a backward at the default shape, each twice past minutes):
-`impl=auto` runs the torch path for bf16/fp16 inputs there too, and `impl=kernels` runs fla with a
-warning, until a run on such a machine shows a long first tuning rather than a hang.
+#640): `impl=auto` falls back to the torch path there and says why, `impl=kernels` refuses. fla
+tunes each kernel for every new shape and dtype on first use (on an H200, 1-2 s per configuration
+tried, minutes for a first bf16 forward and backward: 2026-12-05); Triton keeps the results on disk
+where TRITON_CACHE_AUTOTUNING=1, which composer's entry points set unless it is set already.
 """
 
 from __future__ import annotations
@@ -170,22 +169,6 @@ def gdn_kernels_unsafe(capability: tuple[int, int], triton_version: str, has_til
     return None
 
 
-def gdn_half_precision_unproven(capability: tuple[int, int], triton_version: str) -> str | None:
-    """Why fla's Gated DeltaNet kernels are not trusted with bf16/fp16 inputs here, or None.
-
-    On an H200 with Triton 3.6 (2026-12-04) a bf16 forward at head_dim 64 and a bf16 backward at the
-    default shape ran for minutes without finishing, twice each, while fp32 took seconds: a hang in
-    one of the configurations fla's autotuner tries (as fla #999 on Blackwell) or a very long first
-    tuning. Held to the Triton versions of fla #640 on Hopper, the ones that machine represents.
-    """
-    if capability[0] != 9 or not _BAD_TRITON <= _version_tuple(triton_version) < _SAFE_TRITON:
-        return None
-    return (
-        f"fla's bf16 kernels did not finish on Hopper (sm_{capability[0]}{capability[1]}) with triton "
-        f"{triton_version} < 3.7.1 in composer's GPU tests; impl='kernels' runs them anyway"
-    )
-
-
 def _import_kernels() -> tuple[Callable, Callable] | str:
     try:
         from fla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
@@ -199,26 +182,16 @@ def _load_kernels() -> tuple[Callable, Callable] | str:
     return load_once("gdn.fla", _import_kernels)
 
 
-def _check_on(device_index: int) -> tuple[str | None, str | None]:
+def _check_unsafe_on(device_index: int) -> str | None:
     import triton  # fla depends on it: present once _load_kernels succeeded
 
-    capability = torch.cuda.get_device_capability(device_index)
     has_tilelang = importlib.util.find_spec("tilelang") is not None
-    return gdn_kernels_unsafe(capability, triton.__version__, has_tilelang), gdn_half_precision_unproven(
-        capability, triton.__version__)
-
-
-def _checked_on(device_index: int) -> tuple[str | None, str | None]:
-    """(why fla's backward is unsafe, why its bf16 kernels are unproven) on that GPU, each None where not; once."""
-    return load_once(("gdn.checks", device_index), lambda: _check_on(device_index))
+    return gdn_kernels_unsafe(torch.cuda.get_device_capability(device_index), triton.__version__, has_tilelang)
 
 
 def _kernels_unsafe_on(device_index: int) -> str | None:
-    return _checked_on(device_index)[0]
-
-
-def _half_unproven_on(device_index: int) -> str | None:
-    return _checked_on(device_index)[1]
+    """Why fla's backward is unsafe on that GPU, or None; checked once."""
+    return load_once(("gdn.unsafe", device_index), lambda: _check_unsafe_on(device_index))
 
 
 class GatedDeltaNet(nn.Module):
@@ -231,7 +204,7 @@ class GatedDeltaNet(nn.Module):
         self.key_dim, self.value_dim, conv_dim = cfg.key_dim(d_model), cfg.value_dim(d_model), cfg.conv_dim(d_model)
         # Import and check here, outside compiled code: forward under torch.compile only reads the results.
         if cfg.impl != "torch" and torch.cuda.is_available() and not isinstance(_load_kernels(), str):
-            _checked_on(torch.cuda.current_device())
+            _kernels_unsafe_on(torch.cuda.current_device())
         if cfg.impl == "kernels" and isinstance(reason := _load_kernels(), str):
             raise KernelUnavailableError(f"gdn.impl='kernels' but {reason}; install with {_INSTALL_HINT}")
         self.in_proj = nn.Linear(d_model, cfg.proj_dim(d_model), bias=False)  # q, k, v, z, b, a
@@ -254,12 +227,10 @@ class GatedDeltaNet(nn.Module):
             init_decay_(self.A_log, self.dt_bias, cfg)
             self.norm_weight.fill_(1.0)
 
-    def _resolve(self, device: torch.device, *, grad: bool = True, dtype: torch.dtype = torch.float32) -> tuple[bool, str]:
-        """(run the fla kernels?, a description for the logs and the run folder), with autograd on or off,
-        for inputs of `dtype` (the autocast dtype where autocast is on): where fla's backward is wrong
-        (fla #640) its forward is right, so `auto` takes it without autograd (evaluation, prefill,
-        decoding) and trains on the torch path; where its bf16 kernels are unproven, `auto` keeps bf16 on
-        the torch path."""
+    def _resolve(self, device: torch.device, *, grad: bool = True) -> tuple[bool, str]:
+        """(run the fla kernels?, a description for the logs and the run folder), with autograd on or off:
+        where fla's backward is wrong (fla #640) its forward is right, so `auto` takes it without autograd
+        (evaluation, prefill, decoding) and trains on the torch path."""
         if self.cfg.impl == "torch":
             return False, "torch (impl='torch')"
         if self.cfg.impl == "auto":
@@ -267,28 +238,17 @@ class GatedDeltaNet(nn.Module):
                 return False, f"torch ({device.type})"
             if isinstance(reason := _load_kernels(), str):
                 return False, f"torch ({reason})"
-        if device.type != "cuda":
-            return True, "fla"  # impl='kernels' off CUDA fails at forward
-        description = "fla"
-        if (reason := _kernels_unsafe_on(device.index or 0)) is not None:
+        if device.type == "cuda" and (reason := _kernels_unsafe_on(device.index or 0)) is not None:
             if self.cfg.impl == "kernels":
                 raise KernelUnavailableError(f"gdn.impl='kernels' refused: {reason}")
-            if grad:
-                return False, f"torch ({reason})"
-            description = "fla (without autograd; training runs torch)"
-        if dtype in (torch.bfloat16, torch.float16) and (half := _half_unproven_on(device.index or 0)) is not None:
-            if self.cfg.impl == "auto":
-                return False, f"torch ({half})"
-            description = f"fla ({half.split(';')[0]})"  # impl='kernels': logged as a warning
-        return True, description
+            return (False, f"torch ({reason})") if grad else (True, "fla (without autograd; training runs torch)")
+        return True, "fla"  # impl='kernels' off CUDA fails at forward
 
     def describe_impl(self, device: torch.device | str) -> str:
-        """What training runs on `device`, and what runs without autograd or in bf16 where that differs."""
+        """What training runs on `device`, and what runs without autograd where that differs."""
         device = torch.device(device)
         train, inference = self._resolve(device)[1], self._resolve(device, grad=False)[1]
-        text = train if inference == train else f"{train}; without autograd: fla"
-        half = self._resolve(device, dtype=torch.bfloat16)[1], self._resolve(device, grad=False, dtype=torch.bfloat16)[1]
-        return text if half == (train, inference) else f"{text}; in bf16: {half[1]}"
+        return train if inference == train else f"{train}; without autograd: fla"
 
     def allocate_state(
         self, *, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype
@@ -303,10 +263,10 @@ class GatedDeltaNet(nn.Module):
 
     def forward(self, x: Tensor, state: GatedDeltaNetState | None = None) -> Tensor:
         device = self.in_proj.weight.device
-        use_kernels, description = self._resolve(device, grad=torch.is_grad_enabled(), dtype=self._compute_dtype(x))
+        use_kernels, description = self._resolve(device, grad=torch.is_grad_enabled())
         if not self._impl_logged:
             if description not in _REPORTED:  # once per process and choice, not once per layer
-                (log.warning if "did not finish" in description and use_kernels else log.info)("gdn mixer runs %s", description)
+                log.info("gdn mixer runs %s", description)
                 _REPORTED.add(description)
             self._impl_logged = True
         # Decoding with a state takes the kernels only without autograd: fla's recurrent kernel has no backward.
@@ -315,11 +275,6 @@ class GatedDeltaNet(nn.Module):
                 raise KernelUnavailableError(f"gdn.impl='kernels' runs on CUDA only, parameters are on {device}")
             return self._forward_kernels(x, state)
         return self._forward_torch(x, state)
-
-    def _compute_dtype(self, x: Tensor) -> torch.dtype:
-        """The dtype fla would see: autocast's where it is on, else the input's (the weights' too)."""
-        device_type = x.device.type
-        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
 
     def _project(self, x: Tensor, state: GatedDeltaNetState | None) -> tuple[Tensor, ...]:
         """in_proj and the short conv: q, k (B, T, H, d_k), v (B, T, H_v, d_v), z (B, T, V), b and a (B, T, H_v)."""
@@ -380,7 +335,9 @@ class GatedDeltaNet(nn.Module):
         q, k, v, z, b, a = self._project(x, state)
         with torch.autocast(x.device.type, enabled=False):
             beta, g = self._gates(b, a, torch.float32)  # (B, T, H_v), fp32 as fla keeps its gates
-            q, k = (y.repeat_interleave(cfg.v_head_ratio, dim=2).contiguous() for y in (q, k))  # (B, T, H_v, d_k)
+            # (B, T, H, d_k) as they are: fla reads qk head h // (H_v / H) for value head h (its "GVA"), the
+            # torch path's repeat_interleave, without the copies (fla 0.6, ops/gated_delta_rule/chunk.py)
+            q, k = q.contiguous(), k.contiguous()
             rule = fused_recurrent_gated_delta_rule if state is not None and t == 1 else chunk_gated_delta_rule
             o, final = rule(
                 q, k, v.contiguous(),  # one dtype: bf16 under autocast

@@ -9,9 +9,9 @@ sequence: fla's own GDN tests hold dg (and dbeta) to 0.02 against 0.008 for dq, 
 (measured 5.6e-3 on an H200 with tilelang, 2026-12-04), the bf16 bound otherwise.
 Gradients are compared only where fla's backward is right: on Hopper with Triton 3.4.0–3.7.0 and
 no tilelang (fla #640) the backward test is skipped with that reason, and `impl=auto` is checked
-to keep the torch path there. The bf16 tests call fla's path directly (as `impl=kernels` would) where
-`impl=auto` keeps bf16 on torch (Hopper, Triton < 3.7.1: those calls did not finish, 2026-12-04): they are
-how a later run tells a hang from a long first tuning (gdn_device.sh prints the tuning and dumps stacks).
+to keep the torch path there. A first bf16 call tunes fla's kernels for minutes (2026-12-05, an H200:
+1-2 s per configuration; earlier runs stopped by a timeout read as hangs); gdn_device.sh carries the
+tuning results between machines.
 """
 
 import pytest
@@ -21,7 +21,7 @@ from composer.config import ModelConfig
 from composer.errors import KernelUnavailableError
 from composer.model import build_model
 from primitives.gdn import GatedDeltaNetConfig
-from primitives.nn.gdn import GatedDeltaNet, _half_unproven_on, _kernels_unsafe_on, _load_kernels
+from primitives.nn.gdn import GatedDeltaNet, _kernels_unsafe_on, _load_kernels
 from tests.gpu.parity import no_tf32, rel_err  # noqa: F401  (no_tf32: an autouse fixture)
 
 DEVICE = torch.device("cuda")
@@ -34,7 +34,6 @@ if isinstance(_load_kernels(), str):
     pytest.skip(f"fla is not installed here: {_load_kernels()}", allow_module_level=True)
 
 UNSAFE = _kernels_unsafe_on(torch.cuda.current_device())
-HALF = _half_unproven_on(torch.cuda.current_device())
 
 
 def _pair(settings, dtype):
@@ -99,11 +98,10 @@ def test_fla_gradients_match_the_torch_reference(dtype, settings):
 def test_auto_never_picks_a_backward_with_wrong_gradients():
     module = GatedDeltaNet(GatedDeltaNetConfig(impl="auto"), d_model=256).to(DEVICE)
     print(f"capability {torch.cuda.get_device_capability()}: gdn impl=auto runs {module.describe_impl(DEVICE)}")
-    in_bf16 = "" if HALF is None else f"; in bf16: torch ({HALF})"
     if UNSAFE is None:
-        assert module.describe_impl(DEVICE) == "fla" + in_bf16
+        assert module.describe_impl(DEVICE) == "fla"
     else:
-        assert module.describe_impl(DEVICE) == f"torch ({UNSAFE}); without autograd: fla" + in_bf16
+        assert module.describe_impl(DEVICE) == f"torch ({UNSAFE}); without autograd: fla"
         assert module._resolve(torch.device(DEVICE), grad=True) == (False, f"torch ({UNSAFE})")
         with pytest.raises(KernelUnavailableError, match="#640"):
             GatedDeltaNet(GatedDeltaNetConfig(impl="kernels"), d_model=256).to(DEVICE).describe_impl(DEVICE)
