@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Prepares `.device` for the GPU scripts here, on this side (it needs the network; the GPU machine has none),
-# from the project root: one carry of `.device` (about 52 MB of the 64 MiB a call carries) then serves
+# from the project root: one carry of `.device` (about 55 MB of the 64 MiB a call carries) then serves
 # fidelity_device.sh, gdn_device.sh and the others. Takes about 3 minutes; a fresh checkout has none of it.
+# Once `.device/kernel-wheels` holds built kernels (return_kernels, device_env.sh), `.device` is over the limit:
+# carry the parts a script needs (printed at the end): the Mamba scripts all but .device/gdn, gdn_device.sh
+# .device/wheels and .device/gdn.
 #   .device/               ../shared/device's kernel sources and scripts, and its wheels (fetch_wheels.sh)
 #   .device/corpus-tokens.tar.xz   the rung corpus of issue 15 as a byte-token cache: four Debian documentation
 #                          packages at the versions the committed runs read (checked: token counts and the
@@ -68,3 +71,9 @@ ls .device/f8/torchao-*.whl > /dev/null 2>&1 || python3 -m pip download -q --no-
   --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
   -d .device/f8 'torchao>=0.13'
 du -sh .device .device/gdn; du -sb .device | awk '{printf "carry: %.1f of 64 MiB\n", $1 / 1048576}'
+if [ -d .device/kernel-wheels ]; then  # too much for one carry: the two sets
+  mamba=(.device/wheels .device/f8 .device/kernel-wheels .device/mamba_ssm-patched.tar.gz
+         .device/causal_conv1d-patched.tar.gz .device/corpus-tokens.tar.xz)
+  printf 'carry for the Mamba scripts (%s MiB): ["%s"]\n' "$(du -scm "${mamba[@]}" | tail -1 | cut -f1)" "$(IFS=,; echo "${mamba[*]}" | sed 's/,/", "/g')"
+  printf 'carry for gdn_device.sh (%s MiB): [".device/wheels", ".device/gdn"]\n' "$(du -scm .device/wheels .device/gdn | tail -1 | cut -f1)"
+fi
