@@ -10,7 +10,8 @@
 # or hang in), the GDN parity tests (GDN_PARITY_S seconds at most, default 300; fla against the reference, values and
 # gradients, fp32 and bf16: with tilelang, 2026-12-04, the bf16 forward at head_dim 64 ran past 190 s: first-use
 # tuning or a hang, not yet known), then `train_bench.py` on the Qwen3-Next-style layout at 1B against fla's
-# GatedDeltaNetForCausalLM, compiled and eager (GDN_VARIANTS, default compile:full,eager:full). Results in $OUT.
+# GatedDeltaNetForCausalLM, compiled and eager (GDN_VARIANTS, default compile:full,eager:full; GDN_BENCH_ARGS more of
+# train_bench.py's arguments, e.g. --profile). Results in $OUT.
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 LIMIT=${GDN_LIMIT:-570}
@@ -52,6 +53,6 @@ P=${GDN_PARITY_S:-300}  # 0: no parity tests, the bench alone
 [ "$P" -gt 0 ] && grep -E "PASSED|FAILED|SKIPPED|ERROR|passed|failed" "$OUT/gdn_parity.log" | tail -n 20
 # SIGABRT at the limit: Python's faulthandler prints every thread's stack, so a hang says where it hangs
 timeout -s ABRT $((LIMIT - 10 - SECONDS)) python3 -X faulthandler benchmarks/train_bench.py --layouts qwen3next-1b --variants ${GDN_VARIANTS:-compile:full,eager:full} \
-  --budget-s $((LIMIT - 90 - SECONDS)) --out "$OUT/train_bench_gdn.json" > "$OUT/train_bench_gdn.log" 2>&1
+  --budget-s $((LIMIT - 90 - SECONDS)) --out "$OUT/train_bench_gdn.json" ${GDN_BENCH_ARGS:-} > "$OUT/train_bench_gdn.log" 2>&1
 tail -n 25 "$OUT/train_bench_gdn.log"
 return_autotune
