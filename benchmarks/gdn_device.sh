@@ -2,14 +2,13 @@
 # Issue 16's GPU figures for Gated DeltaNet on a lent H200, with tilelang: fla 0.6.0 refuses the gated
 # delta rule's backward on Hopper with the machine's Triton 3.6 (wrong gradients, fla #640) unless tilelang
 # is installed, so composer's `impl=auto` falls back to its torch reference and fla's own model cannot train.
-# Carry [".device"] as benchmarks/device_prepare.sh makes it (.device/gdn: tilelang unpacked and xz-compressed,
-# its runtime wheels, pytest; fla from .device/wheels). Needs no mamba-ssm: it can run while the kernels build
+# Carry [".device/wheels", ".device/gdn"] as benchmarks/device_prepare.sh makes them (.device/gdn: tilelang unpacked
+# and xz-compressed, its runtime wheels, pytest, Triton's autotune results of earlier runs; fla from .device/wheels). Needs no mamba-ssm: it can run while the kernels build
 # (fidelity_device.sh PART=all WHILE_BUILDING="OUT=/tmp/issue15-logs/gdn GDN_LIMIT=390 bash benchmarks/gdn_device.sh").
 # Runs (about 6 minutes; GDN_LIMIT seconds at most, default 570, 10 s of it kept for returning the autotune
-# results): gdn_probe.py (GDN_PROBE_S seconds, default 90: which kernel and configuration fla's first bf16 calls tune
-# or hang in), the GDN parity tests (GDN_PARITY_S seconds at most, default 300; fla against the reference, values and
-# gradients, fp32 and bf16: with tilelang, 2026-12-04, the bf16 forward at head_dim 64 ran past 190 s: first-use
-# tuning or a hang, not yet known), then `train_bench.py` on the Qwen3-Next-style layout at 1B against fla's
+# results): gdn_probe.py (GDN_PROBE_S seconds, default 90: each configuration fla's first bf16 calls tune, timed),
+# the GDN parity tests (GDN_PARITY_S seconds at most, default 300; fla against the reference, values and gradients,
+# fp32 and bf16: all passed on the H200 by 2026-12-05), then `train_bench.py` on the Qwen3-Next-style layout at 1B against fla's
 # GatedDeltaNetForCausalLM, compiled and eager (GDN_VARIANTS, default compile:full,eager:full; GDN_BENCH_ARGS more of
 # train_bench.py's arguments, e.g. --profile). Results in $OUT.
 set -u
@@ -25,10 +24,9 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu
 python3 -c "import torch, triton, tilelang, fla; print('torch', torch.__version__, 'triton', triton.__version__,
   'tilelang', tilelang.__version__, 'fla', fla.__version__)" 2>&1 | tail -1 | tee -a "$OUT/gpu.txt"
 # Gradients first (the figures still missing), then the rest: each first use autotunes fla's kernels for its dtype
-# and shape (fla 0.6.0 ships no tuned configs), minutes in all on a fresh machine. Two bf16 tests (gradients with
-# the default shape, forward with head_dim 64) ran past their time on 2026-12-04, twice: a hang or a long tuning,
-# not known. Each kernel's tuning result is printed (TRITON_PRINT_AUTOTUNING) and every thread's stack is dumped
-# after 100 s in one test (faulthandler_timeout), so the log says where it stands.
+# and shape (fla 0.6.0 ships no tuned configs): 1-2 s per configuration, minutes in all on a fresh machine (read
+# as hangs on 2026-12-04; gdn_probe.py showed tuning on 2026-12-05). Each kernel's tuning result is printed
+# (TRITON_PRINT_AUTOTUNING) and every thread's stack is dumped after 100 s in one test (faulthandler_timeout).
 export TRITON_PRINT_AUTOTUNING=1 TRITON_CACHE_AUTOTUNING=1  # the second: tuning results kept on disk (carried below)
 # Tuning results travel between sessions: each run returns Triton's autotune files ($OUT/triton-autotune.tar.gz;
 # copy it to .device/gdn/ here), and a later run on the same software starts from them, tuning only what is left
