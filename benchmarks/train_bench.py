@@ -111,11 +111,13 @@ SMOKE_PRESET = Preset(name="smoke", d_model=64, n_blocks=2, mlp_hidden=128, n_he
 FLA_CHUNK = 64  # fla's chunked delta-rule kernels fix their chunk length
 MLP_MULTIPLE = 128  # mamba-ssm's GatedMLP rounds its hidden size up to this
 KERNEL_GROUPS = {  # group -> kernel-name pattern; the first that matches takes the kernel
+    # the short convolutions: causal-conv1d's and fla's kernels, or torch's depthwise conv (its own kernel or
+    # cuDNN's implicit GEMM), before attention: cuDNN's convolutions are named "cudnn" too
+    "conv1d": r"conv1d|depthwise|implicit_gemm|implicit_precomp",
     "attention": r"flash|fmha|sdpa|scaled_dot|attention|cudnn",
     "ssd scan": r"chunk_scan|chunk_state|state_passing|bmm_chunk|chunk_cumsum|ssd|selective",
     "delta rule": r"gated_delta|delta_rule|gdn_gate|wy_repr|recompute_w_u|kkt|solve_tril|chunk_(fwd|bwd)_kernel|"
                   r"chunk_(local|global)_cumsum|l2norm|solve_triangular|trsm",  # Gated DeltaNet (fla's, or torch's)
-    "conv1d": r"conv1d",
     "norm": r"norm",
     "loss": r"softmax|cross_entropy|nll_loss|logsumexp",
     "optimizer": r"adam|multi_tensor",
@@ -457,6 +459,11 @@ def time_steps(step: Callable[[], None], s: Settings, device: torch.device) -> l
     return times
 
 
+def kernel_group(name: str) -> str:
+    """The `KERNEL_GROUPS` group of a kernel (or op) name; "other" where none matches."""
+    return next((g for g, pattern in KERNEL_GROUPS.items() if re.search(pattern, name, re.IGNORECASE)), "other")
+
+
 def profile_step(step: Callable[[], None], device: torch.device) -> dict[str, Any]:
     """One step under torch.profiler: the share of device time (CPU: of op self time) per kernel
     group (`KERNEL_GROUPS`) and the ten costliest kernels."""
@@ -476,7 +483,7 @@ def profile_step(step: Callable[[], None], device: torch.device) -> dict[str, An
     groups: dict[str, float] = {}
     by_name: dict[str, float] = {}
     for name, t in kernels:
-        group = next((g for g, pattern in KERNEL_GROUPS.items() if re.search(pattern, name, re.IGNORECASE)), "other")
+        group = kernel_group(name)
         groups[group] = groups.get(group, 0.0) + t / total
         by_name[name] = by_name.get(name, 0.0) + t
     top = sorted(by_name.items(), key=lambda kv: -kv[1])[:10]

@@ -173,3 +173,18 @@ def test_float8_variants_parse_and_are_skipped_on_the_cpu_with_the_reason(tmp_pa
     assert fp8["error"].startswith("skipped: trainer.float8=tensorwise: float8 training needs a CUDA GPU")
     assert results["environment"]["torchao"]  # its version, or "not installed": said either way
     assert fp8["error"].removeprefix("skipped: ") in capsys.readouterr().out  # printed as the row runs
+
+
+@pytest.mark.parametrize(("name", "group"), [
+    ("void at::native::(anonymous namespace)::conv_depthwise2d_forward_kernel<c10::BFloat16>(...)", "conv1d"),
+    ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize128x128x64", "conv1d"),  # cuDNN's conv
+    ("causal_conv1d_fwd_kernel", "conv1d"),  # causal-conv1d's and fla's
+    ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wg_knob_7_128x128x128", "attention"),
+    ("flash_fwd_kernel", "attention"),
+    ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x256x64", "gemm"),
+    ("chunk_gated_delta_rule_fwd_kernel_h_blockdim64", "delta rule"),
+    ("l2norm_fwd_kernel", "delta rule"),
+    ("triton_red_fused__to_copy_add_mean_mul_pow_rsqrt_0", "other"),
+])
+def test_kernel_groups_of_the_profile_tables(name, group):
+    assert bench.kernel_group(name) == group
