@@ -1,10 +1,11 @@
 """Where fla's Gated DeltaNet kernels spend their first bf16 call on this GPU (issue 16).
 
 On an H200 with Triton 3.6 (2026-12-04) two of fla's bf16 calls ran for minutes without finishing (a forward at
-head_dim 64, a backward at head_dim 32) while fp32 took seconds. This probe showed why (2026-12-05): fla's autotuner
-tries about a hundred configurations for a first bf16 forward and backward, 1-2 s each; nothing hung. It prints every configuration Triton's autotuner is about to
-run, and its time once it returns, so a hang names its kernel and configuration; every thread's stack is dumped
-after `--stall-s` seconds without progress (and again each `--stall-s`). Each call (dtype, head_dim, forward or backward) is timed.
+head_dim 64, a backward at head_dim 32) while fp32 took seconds. This probe showed why (2026-12-05): fla's
+autotuner tries about a hundred configurations for a first bf16 forward and backward, 1-2 s each; nothing hung.
+It prints every configuration Triton's autotuner is about to run, and its time once it returns, so a hang would
+name its kernel and configuration; every thread's stack is dumped after `--stall-s` seconds without progress (and
+again each `--stall-s`). Each call (dtype, head_dim, forward or backward) is timed.
 
     python3 benchmarks/gdn_probe.py --head-dims 64,32 --backward --stall-s 45 --out $OUT/gdn_probe.json
 
