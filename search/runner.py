@@ -174,7 +174,7 @@ def search_config_from_mapping(data: Mapping[str, Any]) -> SearchConfig:
 # ----------------------------------------------------------------------------------------- settings guard
 
 # Keys that change how a study runs, not what its results mean: a resumed study may change them.
-_FREE = {"evaluator.top_k", "evaluator.reeval_seeds", "evaluator.keep_checkpoints", "evaluator.name",
+_FREE = {"evaluator.top_k", "evaluator.reeval_seeds", "evaluator.keep_checkpoints", "evaluator.name", "evaluator.parallel",
          "evaluator.trainer.progress", "evaluator.trainer.device", "evaluator.trainer.log_every",
          "evaluator.trainer.ckpt_every", "evaluator.trainer.wandb", "evaluator.trainer.wandb_project",
          "strategy.options", "strategy.patterns"}
@@ -207,15 +207,23 @@ def _jsonable(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
 
 
-def _guard(study: optuna.Study, settings: dict[str, Any]) -> None:
+def _defaults() -> dict[str, Any]:
+    """Every evaluator and trainer setting at its default, as `_settings` spells them: a key a saved study
+    lacks (composer gained it since) counts as unchanged where this run holds it at its default."""
     from composer.engine.trainer import TrainerConfig
 
+    evaluator = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                 for f in dataclasses.fields(EvaluatorConfig) if f.name != "trainer"}
+    return flatten(json.loads(json.dumps({"evaluator": {**evaluator, "trainer": TrainerConfig()}}, default=_jsonable)))
+
+
+def _guard(study: optuna.Study, settings: dict[str, Any]) -> None:
     saved = study.user_attrs.get("settings")
     if saved is None:
         study.set_user_attr("settings", settings)
         return
     saved = _drop(saved, _unplaced(settings.get("space.alphabet", "")))  # saved before such keys were left out
-    diff = changed_settings(saved, settings, flatten({"evaluator": {"trainer": plain(TrainerConfig())}}))
+    diff = changed_settings(saved, settings, _defaults())
     if diff:
         key = diff[0]
         raise ConfigError(

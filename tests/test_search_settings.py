@@ -44,3 +44,19 @@ def test_a_trainer_setting_added_since_the_study_counts_only_when_it_is_not_at_i
     older.set_user_attr("settings", {**now, "evaluator.trainer.profile_steps": 5})
     with pytest.raises(ConfigError, match=r"profile_steps=5, this run has 0"):
         _guard(older, now)
+
+
+def test_an_evaluator_setting_added_since_counts_only_off_its_default_and_parallel_never(tmp_path):
+    now = _settings(_cfg("*-M"))
+    old = open_study(name="old", storage=None, run_dir=tmp_path, sampler=None)
+    old.set_user_attr("settings", {k: v for k, v in now.items() if k != "evaluator.lrs"})  # saved before `lrs`
+    _guard(old, now)  # lrs [] is the default: what the study trained with
+    with pytest.raises(ConfigError, match=r"evaluator\.lrs=None, this run has \[0\.001, 0\.003\]"):
+        _guard(old, _settings(_cfg_with(lrs=[1e-3, 3e-3])))
+    # runs at once per evaluation change the throughput, not the scores: a study resumes with another
+    assert "evaluator.parallel" not in _settings(_cfg_with(parallel=6))
+
+
+def _cfg_with(**evaluator) -> object:
+    return search_config_from_mapping({"name": "s", "space": {"alphabet": "*-M", "length": 4},
+                                       "evaluator": {"name": "mad_cpu", "model": {"d_model": 32}, **evaluator}})
