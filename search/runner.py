@@ -222,7 +222,7 @@ def _guard(study: optuna.Study, settings: dict[str, Any]) -> None:
     if saved is None:
         study.set_user_attr("settings", settings)
         return
-    saved = _drop(saved, _unplaced(settings.get("space.alphabet", "")))  # saved before such keys were left out
+    saved = _drop(saved, _FREE | _unplaced(settings.get("space.alphabet", "")))  # saved before such keys were left out
     diff = changed_settings(saved, settings, _defaults())
     if diff:
         key = diff[0]

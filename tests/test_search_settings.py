@@ -55,6 +55,9 @@ def test_an_evaluator_setting_added_since_counts_only_off_its_default_and_parall
         _guard(old, _settings(_cfg_with(lrs=[1e-3, 3e-3])))
     # runs at once per evaluation change the throughput, not the scores: a study resumes with another
     assert "evaluator.parallel" not in _settings(_cfg_with(parallel=6))
+    saved_with = open_study(name="with", storage=None, run_dir=tmp_path, sampler=None)
+    saved_with.set_user_attr("settings", {**now, "evaluator.parallel": 6})  # as studies saved it before
+    _guard(saved_with, now)
 
 
 def _cfg_with(**evaluator) -> object:
