@@ -214,7 +214,7 @@ def _defaults() -> dict[str, Any]:
 
     evaluator = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
                  for f in dataclasses.fields(EvaluatorConfig) if f.name != "trainer"}
-    return flatten(json.loads(json.dumps({"evaluator": {**evaluator, "trainer": TrainerConfig()}}, default=_jsonable)))
+    return flatten(plain({"evaluator": {**evaluator, "trainer": TrainerConfig()}}))
 
 
 def _guard(study: optuna.Study, settings: dict[str, Any]) -> None:
@@ -392,8 +392,9 @@ def _run_round(cfg: SearchConfig, run_dir: Path, study: optuna.Study, strategy: 
         raise errors[0]
 
 
-def plain(cfg: SearchConfig) -> dict[str, Any]:
-    """The config as JSON-ready mappings: search_config_from_mapping(plain(cfg)) == cfg."""
+def plain(cfg: Any) -> dict[str, Any]:
+    """A config (dataclasses, mappings) as JSON-ready mappings: search_config_from_mapping(plain(cfg)) == cfg
+    for a SearchConfig."""
     return json.loads(json.dumps(cfg, default=_jsonable))
 
 

@@ -8,9 +8,10 @@ from search.runner import _guard, _settings, search_config_from_mapping
 from search.study import open_study
 
 
-def _cfg(alphabet: str, **model) -> object:
+def _cfg(alphabet: str, evaluator: dict | None = None, **model) -> object:
     return search_config_from_mapping({"name": "s", "space": {"alphabet": alphabet, "length": 4},
-                                       "evaluator": {"name": "mad_cpu", "model": {"d_model": 32, **model}}})
+                                       "evaluator": {"name": "mad_cpu", "model": {"d_model": 32, **model},
+                                                     **(evaluator or {})}})
 
 
 def test_settings_of_primitives_the_space_cannot_place_do_not_count(tmp_path):
@@ -52,14 +53,10 @@ def test_an_evaluator_setting_added_since_counts_only_off_its_default_and_parall
     old.set_user_attr("settings", {k: v for k, v in now.items() if k != "evaluator.lrs"})  # saved before `lrs`
     _guard(old, now)  # lrs [] is the default: what the study trained with
     with pytest.raises(ConfigError, match=r"evaluator\.lrs=None, this run has \[0\.001, 0\.003\]"):
-        _guard(old, _settings(_cfg_with(lrs=[1e-3, 3e-3])))
+        _guard(old, _settings(_cfg("*-M", {"lrs": [1e-3, 3e-3]})))
     # runs at once per evaluation change the throughput, not the scores: a study resumes with another
-    assert "evaluator.parallel" not in _settings(_cfg_with(parallel=6))
+    assert "evaluator.parallel" not in _settings(_cfg("*-M", {"parallel": 6}))
     saved_with = open_study(name="with", storage=None, run_dir=tmp_path, sampler=None)
     saved_with.set_user_attr("settings", {**now, "evaluator.parallel": 6})  # as studies saved it before
     _guard(saved_with, now)
 
-
-def _cfg_with(**evaluator) -> object:
-    return search_config_from_mapping({"name": "s", "space": {"alphabet": "*-M", "length": 4},
-                                       "evaluator": {"name": "mad_cpu", "model": {"d_model": 32}, **evaluator}})
