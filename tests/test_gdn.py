@@ -245,7 +245,7 @@ def test_init_follows_the_torch_seed():
 
 
 def _fake_kernels(monkeypatch, *, unsafe: str | None = None):
-    monkeypatch.setattr(gdn_nn, "_load_kernels", lambda: (object(), object()))
+    monkeypatch.setattr(gdn_nn, "_load_kernels", lambda: (object(), object(), object()))
     monkeypatch.setattr(gdn_nn, "_kernels_unsafe_on", lambda index: unsafe)
 
 

@@ -21,7 +21,8 @@ once; only the cheap state passing (three d_k × d_v products per step) runs chu
 
 On CUDA, with flash-linear-attention (`fla`) installed, the rule runs through its Triton kernels
 instead (its chunked kernel for training and prefill, its recurrent one for single decoding steps
-without autograd); which one runs is chosen explicitly (`impl`) and logged. fla's backward computes wrong
+without autograd; its causal_conv1d for the short conv where no state is carried), called as fla's
+own layer calls them; which path runs is chosen explicitly (`impl`) and logged. fla's backward computes wrong
 gradients on Hopper with Triton 3.4.0 ≤ version < 3.7.1 unless tilelang is installed (fla issue
 #640): `impl=auto` falls back to the torch path there and says why, `impl=kernels` refuses. fla
 tunes each kernel for every new shape and dtype on first use (on an H200, 1-2 s per configuration
@@ -169,16 +170,18 @@ def gdn_kernels_unsafe(capability: tuple[int, int], triton_version: str, has_til
     return None
 
 
-def _import_kernels() -> tuple[Callable, Callable] | str:
+def _import_kernels() -> tuple[Callable, Callable, Callable] | str:
     try:
+        from fla.modules.causal_conv1d import causal_conv1d
         from fla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
     except (ImportError, OSError, RuntimeError) as exc:  # RuntimeError: fla's import-time device checks
         return f"fla not installed: {exc}"
-    return chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
+    return chunk_gated_delta_rule, fused_recurrent_gated_delta_rule, causal_conv1d
 
 
-def _load_kernels() -> tuple[Callable, Callable] | str:
-    """(chunk_gated_delta_rule, fused_recurrent_gated_delta_rule), or why they cannot be imported; imported once."""
+def _load_kernels() -> tuple[Callable, Callable, Callable] | str:
+    """(chunk_gated_delta_rule, fused_recurrent_gated_delta_rule, causal_conv1d), or why they cannot be
+    imported; imported once."""
     return load_once("gdn.fla", _import_kernels)
 
 
@@ -276,17 +279,22 @@ class GatedDeltaNet(nn.Module):
             return self._forward_kernels(x, state)
         return self._forward_torch(x, state)
 
-    def _project(self, x: Tensor, state: GatedDeltaNetState | None) -> tuple[Tensor, ...]:
-        """in_proj and the short conv: q, k (B, T, H, d_k), v (B, T, H_v, d_v), z (B, T, V), b and a (B, T, H_v)."""
+    def _project(
+        self, x: Tensor, state: GatedDeltaNetState | None, conv: Callable | None = None
+    ) -> tuple[Tensor, ...]:
+        """in_proj and the short conv: q, k (B, T, H, d_k), v (B, T, H_v, d_v), z (B, T, V), b and a (B, T, H_v).
+        `conv`: fla's causal_conv1d, which runs it on (B, T, C) with the SiLU fused (without a state only)."""
         cfg, (bsz, t, _) = self.cfg, x.shape
         qkv, z, b, a = self.in_proj(x).split([self.conv1d.in_channels, self.value_dim, self.n_v_heads, self.n_v_heads], dim=-1)
-        # Causal conv: prepend the previous call's last d_conv - 1 inputs (zeros at the start).
-        qkv = qkv.transpose(1, 2)  # (B, conv_dim, T)
-        history = qkv.new_zeros(bsz, qkv.shape[1], cfg.d_conv - 1) if state is None else state.conv.to(qkv.dtype)
-        qkv = torch.cat([history, qkv], dim=-1)  # (B, conv_dim, d_conv - 1 + T)
-        if state is not None:
-            state.conv.copy_(qkv[..., qkv.shape[-1] - (cfg.d_conv - 1) :].detach())
-        qkv = F.silu(F.conv1d(qkv, self.conv1d.weight, groups=qkv.shape[1])).transpose(1, 2)  # (B, T, conv_dim)
+        if conv is not None and state is None:
+            qkv = conv(x=qkv, weight=self.conv1d.weight.squeeze(1), activation="silu")[0]  # (B, T, conv_dim)
+        else:  # causal by prepending the previous call's last d_conv - 1 inputs (zeros at the start)
+            qkv = qkv.transpose(1, 2)  # (B, conv_dim, T)
+            history = qkv.new_zeros(bsz, qkv.shape[1], cfg.d_conv - 1) if state is None else state.conv.to(qkv.dtype)
+            qkv = torch.cat([history, qkv], dim=-1)  # (B, conv_dim, d_conv - 1 + T)
+            if state is not None:
+                state.conv.copy_(qkv[..., qkv.shape[-1] - (cfg.d_conv - 1) :].detach())
+            qkv = F.silu(F.conv1d(qkv, self.conv1d.weight, groups=qkv.shape[1])).transpose(1, 2)  # (B, T, conv_dim)
         q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
         q, k = (y.reshape(bsz, t, self.n_heads, cfg.head_dim) for y in (q, k))  # (B, T, H, d_k)
         return q, k, v.reshape(bsz, t, self.n_v_heads, cfg.head_v_dim), z, b, a
@@ -329,25 +337,29 @@ class GatedDeltaNet(nn.Module):
         return self._gated_norm_out(o, z, x.dtype)
 
     def _forward_kernels(self, x: Tensor, state: GatedDeltaNetState | None = None) -> Tensor:
-        """fla's chunked kernel (training, prefill), or its recurrent one for single decoding steps."""
-        chunk_gated_delta_rule, fused_recurrent_gated_delta_rule = _load_kernels()
+        """fla's chunked kernel (training, prefill), or its recurrent one for single decoding steps; as fla's
+        own layer calls them (fla 0.6, layers/gated_deltanet.py): the short conv as its Triton causal_conv1d,
+        the gates and q, k's L2 norms inside the kernel, the state stored value-major."""
+        chunk_gated_delta_rule, fused_recurrent_gated_delta_rule, causal_conv1d = _load_kernels()
         cfg, t = self.cfg, x.shape[1]
-        q, k, v, z, b, a = self._project(x, state)
-        with torch.autocast(x.device.type, enabled=False):
-            beta, g = self._gates(b, a, torch.float32)  # (B, T, H_v), fp32 as fla keeps its gates
-            # (B, T, H, d_k) as they are: fla reads qk head h // (H_v / H) for value head h (its "GVA"), the
-            # torch path's repeat_interleave, without the copies (fla 0.6, ops/gated_delta_rule/chunk.py)
-            q, k = q.contiguous(), k.contiguous()
-            rule = fused_recurrent_gated_delta_rule if state is not None and t == 1 else chunk_gated_delta_rule
-            o, final = rule(
-                q, k, v.contiguous(),  # one dtype: bf16 under autocast
-                g=g,
-                beta=beta.to(v.dtype),
-                scale=cfg.head_dim**-0.5,
-                initial_state=None if state is None else state.recurrent.float(),
-                output_final_state=state is not None,
-                use_qk_l2norm_in_kernel=True,
-            )  # (B, T, H_v, d_v)
+        q, k, v, z, b, a = self._project(x, state, conv=causal_conv1d)
+        # q, k (B, T, H, d_k) as they are: fla reads qk head h // (H_v / H) for value head h (its "GVA"), the
+        # torch path's repeat_interleave, without the copies
+        rule = fused_recurrent_gated_delta_rule if state is not None and t == 1 else chunk_gated_delta_rule
+        o, final = rule(
+            q.contiguous(), k.contiguous(), v.contiguous(),  # one dtype: bf16 under autocast
+            g=a,  # raw: the kernel computes g = -exp(A_log) * softplus(a + dt_bias) in fp32, as _gates
+            beta=b,  # raw: sigmoid in the kernel
+            scale=cfg.head_dim**-0.5,
+            initial_state=None if state is None else state.recurrent.float().transpose(-1, -2).contiguous(),
+            output_final_state=state is not None,
+            use_qk_l2norm_in_kernel=True,
+            use_gate_in_kernel=True,
+            A_log=self.A_log,
+            dt_bias=self.dt_bias,
+            use_beta_sigmoid_in_kernel=True,
+            state_v_first=True,  # (B, H_v, d_v, d_k): fla's layout; composer's state is (B, H_v, d_k, d_v)
+        )  # (B, T, H_v, d_v)
         if state is not None:
-            state.recurrent.copy_(final.detach())
+            state.recurrent.copy_(final.detach().transpose(-1, -2))
         return self._gated_norm_out(o, z, x.dtype)
