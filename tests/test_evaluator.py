@@ -5,7 +5,10 @@ finished runs, a forced NaN recorded as a failure while the search goes on, and 
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import time
+import types
 from dataclasses import replace
 from pathlib import Path
 
@@ -111,8 +114,6 @@ def test_a_failing_parallel_run_stops_the_others_and_raises(tmp_path, monkeypatc
 def test_a_failing_evaluation_stops_only_its_own_runs(tmp_path, monkeypatch):
     """Evaluations side by side in one process (evaluations_per_worker): one failing stops its own runs
     at their next step, while the other's runs, training at that moment, finish and score."""
-    import threading
-
     import composer.runs.proxy
 
     original, other_training = composer.runs.proxy.train_on_task, threading.Event()
@@ -347,6 +348,46 @@ def test_serialized_calls_let_threads_share_an_autotuned_kernel():
     a, b = safe(), safe()  # one lock per object: a call on `a` does not wait for a call on `b`
     assert a.run(1) == {0: 1} and b.run(2) == {0: 2}
     assert a.__dict__["_composer_lock"] is not b.__dict__["_composer_lock"]
+
+
+def test_runs_beyond_the_stream_pool_wait_for_a_stream_and_never_share_one(caplog):
+    """torch hands out 32 streams per device round robin: the 33rd run at once would share the first's
+    stream (and its graph capture). A stand-in for torch's pool here; tests/gpu checks torch's own."""
+    import itertools
+
+    from composer.engine.graphs import StreamLeases
+
+    pool = itertools.cycle(range(StreamLeases.POOL_STREAMS))
+    draw = threading.Lock()
+
+    def new_stream(device):
+        with draw:
+            return types.SimpleNamespace(stream_id=next(pool))
+
+    leases, holding, clashes, most = StreamLeases(new_stream), {}, [], [0]
+    state = threading.Lock()
+
+    def run(i):
+        with leases.lease("cuda:0") as stream:
+            with state:
+                if stream.stream_id in holding.values():
+                    clashes.append((i, stream.stream_id))
+                holding[i] = stream.stream_id
+                most[0] = max(most[0], len(holding))
+            time.sleep(0.05)
+            with state:
+                del holding[i]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(40)]
+    with caplog.at_level(logging.WARNING, logger="composer.engine.graphs"):
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert clashes == [] and most[0] == StreamLeases.POOL_STREAMS
+    assert "the others wait for a stream" in caplog.text
+    with leases.lease("cuda:1") as other:  # another device's pool is its own
+        assert other.stream_id is not None
 
 
 def test_compiled_layers_are_compiled_once_per_worker_and_reused_by_later_candidates(tmp_path):

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import functools
 import gc
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
+
+log = logging.getLogger(__name__)
 
 GRAPH_WARMUP = 2  # eager steps before the capture: AdamW's state, cuBLAS workspaces, Triton autotuning
 INTERRUPT = threading.Event()  # set: every training loop of this process raises KeyboardInterrupt at its next step
@@ -48,19 +51,61 @@ def stop_requested() -> bool:
     return INTERRUPT.is_set() or (group is not None and group.is_set())
 
 
+class StreamLeases:
+    """Streams no other thread of the process holds. torch hands out its streams from a pool of
+    POOL_STREAMS per device, round robin (`torch.cuda.Stream()`), so the 33rd thread would share the
+    first one's stream: its work would join the other's capture (seen on an H200, 2026-12-05: six
+    evaluations of six runs in one process, "Cannot prepare for replay during capturing stage", then
+    corrupted targets). A lease draws from the pool until it gets a stream not leased; with all of
+    them leased, the thread waits for one to be returned (said once in the log)."""
+
+    POOL_STREAMS = 32  # c10/cuda/CUDAStream.cpp: kStreamsPerPool
+
+    def __init__(self, new_stream: Callable[[object], object]) -> None:
+        self._new_stream = new_stream  # device -> a stream of torch's pool (.stream_id)
+        self._held: dict[object, set[int]] = {}  # device -> ids of the streams leased now
+        self._returned = threading.Condition()
+        self._warned = False
+
+    @contextmanager
+    def lease(self, device: object) -> Iterator[object]:
+        with self._returned:
+            held = self._held.setdefault(device, set())
+            if len(held) >= self.POOL_STREAMS and not self._warned:
+                self._warned = True
+                log.warning("more than %d runs at once in one process: the others wait for a stream (torch's "
+                            "pool holds %d per device)", self.POOL_STREAMS, self.POOL_STREAMS)
+            self._returned.wait_for(lambda: len(held) < self.POOL_STREAMS)
+            stream = next(s for s in (self._new_stream(device) for _ in range(self.POOL_STREAMS + 1))
+                          if s.stream_id not in held)
+            held.add(stream.stream_id)
+        try:
+            yield stream
+        finally:
+            with self._returned:
+                held.discard(stream.stream_id)
+                self._returned.notify()
+
+
+_STREAMS = StreamLeases(lambda device: torch.cuda.Stream(device))
+
+
 @contextmanager
 def own_stream(device: str | torch.device) -> Iterator[None]:
-    """This thread's work on a new CUDA stream of `device` ("auto": the current one), so that
-    threads' kernels can run side by side and a graph can be captured (never on the default
-    stream); nothing on a machine without CUDA."""
+    """This thread's work on a CUDA stream of `device` ("auto": the current one) that no other thread
+    holds (`StreamLeases`), so that threads' kernels can run side by side and a graph can be captured
+    (never on the default stream); nothing on a machine without CUDA."""
     if not torch.cuda.is_available() or torch.device("cuda" if device == "auto" else device).type != "cuda":
         yield
         return
-    stream = torch.cuda.Stream(None if device == "auto" else torch.device(device))
-    stream.wait_stream(torch.cuda.current_stream(stream.device))
-    with torch.cuda.stream(stream):
-        yield
-    torch.cuda.current_stream(stream.device).wait_stream(stream)
+    device = torch.device("cuda", torch.cuda.current_device()) if device == "auto" else torch.device(device)
+    if device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    with _STREAMS.lease(device) as stream:
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            yield
+        torch.cuda.current_stream(device).wait_stream(stream)
 
 
 def side_stream(device: torch.device) -> AbstractContextManager:

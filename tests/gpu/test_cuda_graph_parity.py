@@ -119,3 +119,34 @@ def test_two_evaluations_in_one_process_score_as_one_at_a_time(tmp_path):
               f"{together[p]['seconds']} s")
         for task, accuracy in alone[p]["tasks"].items():
             assert abs(together[p]["tasks"][task] - accuracy) <= 0.02, (p, task)
+
+
+def test_forty_runs_at_once_never_share_a_stream():
+    """torch's pool holds 32 streams per device: forty threads in `own_stream` hold distinct ones (the
+    rest wait), where `torch.cuda.Stream()` alone hands the 33rd thread the first one's stream."""
+    import threading
+    import time
+
+    from composer.engine.graphs import own_stream
+
+    pool = [torch.cuda.Stream(DEVICE).stream_id for _ in range(33)]
+    assert pool[32] == pool[0], "torch's pool is not 32 round robin: this test checks nothing"
+    holding, clashes, lock = {}, [], threading.Lock()
+
+    def run(i):
+        with own_stream(DEVICE):
+            stream = torch.cuda.current_stream(DEVICE).stream_id
+            with lock:
+                clashes.extend([i] if stream in holding.values() else [])
+                holding[i] = stream
+            torch.ones(1000, device=DEVICE).sum().item()
+            time.sleep(0.1)
+            with lock:
+                del holding[i]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert clashes == []
