@@ -17,7 +17,8 @@
 #   PART=budget    issue 17: the study's 16 patterns at half, a quarter and an eighth of the proxy's tokens (not
 #                  batch_tokens: a run's time follows its tokens, not its steps, measured 2026-12-04), on mad_fast's
 #                  three tasks (the other three rank nothing there: composer-fidelity's "fewer tasks", 2026-12-04),
-#                  each ranked against the default budget (composer-fidelity proxies=[...], rungs=[]; resumes)
+#                  each ranked against the default budget (composer-fidelity proxies=[...], rungs=[]; resumes); none ranked
+#                  as the proxy (2026-12-05). BUDGET=batch: mad_fast's full tokens at 8K, 16K, 32K tokens a step instead
 # fidelity/ starts with the proxy scores of fidelity-ceil/ (its study.db): the first study, grown by the paper's
 # ceil rule (+1 % to +40 % over the rung's size), stopped at 11 of 32 runs; this one grows by `fit` (within 2 %).
 # A cold machine starts from what $R holds (committed); a warm one keeps its /tmp state (the runs in
@@ -35,7 +36,7 @@ LOGS=/tmp/issue15-logs; mkdir -p $LOGS
 [ -d /tmp/fidelity ] || { mkdir -p /tmp/fidelity && cp -r "$R/fidelity/." /tmp/fidelity/ 2>/dev/null; }
 # issue 17's budget study: the default proxy's scores of the study's 16 patterns are read from the study's own
 # database (the same `<search>.fidelity` study: its six random patterns are not retrained)
-[ -d /tmp/budget ] || { mkdir -p /tmp/budget && cp "$R/fidelity/study.db" /tmp/budget/ && cp -r "$R/budget/." /tmp/budget/ 2>/dev/null; }
+[ -d /tmp/budget ] || { mkdir -p /tmp/budget && cp "$R/fidelity/study.db" /tmp/budget/; }
 python3 -c "import scipy, matplotlib; print('scipy', scipy.__version__, 'matplotlib', matplotlib.__version__)" 2>&1 | tail -1
 search() {  # search evaluations until $1 seconds into the call, or until the kernels are built ($2=until-kernels)
   [ -f /tmp/kernels/READY ] && W=3 || W=2  # the torch scan needs far more memory per worker
@@ -68,9 +69,12 @@ fidelity() {  # arguments: more overrides (train_roles=[baseline]); $T: seconds 
 }
 budget() {  # issue 17: the same 16 patterns scored at cheaper budgets of the proxy, each ranked against the default's
   local FAST='tasks:{in_context_recall:null,fuzzy_in_context_recall:null,memorization:null}'  # evaluator=mad_fast's tasks
+  local P="[{name:half,evaluator:{trainer:{max_tokens:1000000},$FAST}},{name:quarter,evaluator:{trainer:{max_tokens:500000},$FAST}},{name:eighth,evaluator:{trainer:{max_tokens:250000},$FAST}}]"
+  # BUDGET=batch: all of mad_fast's tokens in fewer, larger steps (batch_tokens; the default is 32 sequences a step:
+  # 1K-8K tokens), the lead left after fewer tokens ranked worse (2026-12-05): larger kernels for the same tokens
+  [ "${BUDGET:-tokens}" = batch ] && P="[{name:b8k,evaluator:{trainer:{batch_tokens:8192},$FAST}},{name:b16k,evaluator:{trainer:{batch_tokens:16384},$FAST}},{name:b32k,evaluator:{trainer:{batch_tokens:32768},$FAST}}]"
   timeout -k 20 -s INT $(left) python3 -m composer.apps.fidelity "${STUDY[@]}" name=issue17-budget 'rungs=[]' \
-    hydra.run.dir=/tmp/budget leaderboard=/tmp/budget/leaderboard.jsonl \
-    "proxies=[{name:half,evaluator:{trainer:{max_tokens:1000000},$FAST}},{name:quarter,evaluator:{trainer:{max_tokens:500000},$FAST}},{name:eighth,evaluator:{trainer:{max_tokens:250000},$FAST}}]" \
+    hydra.run.dir=/tmp/budget leaderboard=/tmp/budget/leaderboard.jsonl "proxies=$P" \
     > "$LOGS/budget-$(date +%H%M%S).log" 2>&1
 }
 case "$PART" in
