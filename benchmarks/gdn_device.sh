@@ -8,7 +8,7 @@
 # Runs (about 6 minutes; GDN_LIMIT seconds at most, default 570, 10 s of it kept for returning the autotune
 # results): gdn_probe.py (GDN_PROBE_S seconds, default 90: each configuration fla's first bf16 calls tune, timed),
 # the GDN parity tests (GDN_PARITY_S seconds at most, default 300; fla against the reference, values and gradients,
-# fp32 and bf16: all passed on the H200 by 2026-12-05), then `train_bench.py` on the Qwen3-Next-style layout at 1B against fla's
+# fp32 and bf16: all passed on the H200 by 2026-12-05 before the conv and gates moved into fla's kernels; to run again), then `train_bench.py` on the Qwen3-Next-style layout at 1B against fla's
 # GatedDeltaNetForCausalLM, compiled and eager (GDN_VARIANTS, default compile:full,eager:full; GDN_BENCH_ARGS more of
 # train_bench.py's arguments, e.g. --profile). Results in $OUT.
 set -u

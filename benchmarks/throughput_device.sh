@@ -6,15 +6,18 @@
 # space=long $EXTRA`, in this call: the default and the fast preset side by side, the first shape of the first
 # the "before" (the shape of the committed 167 per GPU-hour). Results come back as $OUT/throughput.tar.gz
 # (each shape's throughput.json, GPU samples and search log, each sweep's sweep.json and table; no trials).
+# TAG names this invocation's folders (/tmp/throughput/<evaluator><TAG>), so a second invocation in the same call
+# (e.g. EXTRA=evaluator.trainer.compile=true TAG=-compile) comes back beside the first, not over it.
 set -u
 source benchmarks/device_env.sh
 wait_for_kernels || exit 1
 mkdir -p /tmp/throughput
 for run in ${RUNS:-mad=3x1,1x6 mad_fast=1x6}; do
   evaluator=${run%%=*} shapes=${run#*=}
-  python3 benchmarks/search_throughput.py --sweep "$shapes" --seconds "${SECONDS_EACH:-100}" --out "/tmp/throughput/$evaluator" \
-    -- "evaluator=$evaluator" space=long ${EXTRA:-} > "/tmp/throughput/$evaluator.log" 2>&1
-  echo "== evaluator=$evaluator ${EXTRA:-}"; grep -E "^\|" "/tmp/throughput/$evaluator.log"
+  name=$evaluator${TAG:-}
+  python3 benchmarks/search_throughput.py --sweep "$shapes" --seconds "${SECONDS_EACH:-100}" --out "/tmp/throughput/$name" \
+    -- "evaluator=$evaluator" space=long ${EXTRA:-} > "/tmp/throughput/$name.log" 2>&1
+  echo "== evaluator=$evaluator ${EXTRA:-}"; grep -E "^\|" "/tmp/throughput/$name.log"
 done
 return_kernels
 cd /tmp && tar czf "$OUT/throughput.tar.gz" throughput/*.log \
