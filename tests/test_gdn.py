@@ -321,6 +321,21 @@ def test_kernels_requested_but_missing_fails_loudly():
     assert GatedDeltaNet(GatedDeltaNetConfig(), d_model=64).describe_impl("cuda").startswith("torch (fla not installed")
 
 
+def test_an_fla_older_than_its_call_convention_is_refused_by_name(monkeypatch):
+    """fla before 0.6 takes the raw gates composer passes into **kwargs or not at all (it would read them as
+    decays): `kernels` is refused naming the version, `auto` trains on the torch path and says why."""
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "fla", types.SimpleNamespace(__version__="0.5.2"))
+    monkeypatch.setattr(once, "_RESULTS", {})
+    with pytest.raises(KernelUnavailableError, match=r"fla 0\.5\.2 is older than 0\.6\.0.*pip install") as info:
+        GatedDeltaNet(GatedDeltaNetConfig(**{**SMALL, "impl": "kernels"}), d_model=32)
+    assert "\n" not in str(info.value)
+    auto = GatedDeltaNet(GatedDeltaNetConfig(**{**SMALL, "impl": "auto"}), d_model=32)
+    assert auto.describe_impl("cuda").startswith("torch (fla 0.5.2 is older than 0.6.0")
+
+
 # Both mixers' kernel imports (Mamba-2's too), stored in primitives.nn.once: a broken package on CUDA, as fla
 # with tilelang missing libz3 on the H200, must give the torch path under torch.compile, not a Dynamo error.
 

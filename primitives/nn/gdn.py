@@ -55,6 +55,7 @@ _REPORTED: set[str] = set()  # implementation choices already logged
 _INSTALL_HINT = "pip install 'composer-hybrid[fla]' (or pip install flash-linear-attention)"
 _SAFE_TRITON = (3, 7, 1)  # fla #640: Triton 3.4.0 up to here gives wrong gated backward gradients on Hopper
 _BAD_TRITON = (3, 4, 0)
+_FLA_MIN = (0, 6, 0)  # the fla composer's kernel path is written and checked against (its layer's call convention)
 
 
 @dataclass
@@ -172,6 +173,13 @@ def gdn_kernels_unsafe(capability: tuple[int, int], triton_version: str, has_til
 
 def _import_kernels() -> tuple[Callable, Callable, Callable] | str:
     try:
+        import fla
+
+        # Older fla takes the raw gates (use_gate_in_kernel, ...) into **kwargs or not at all: it would read
+        # them as decays, silently. The pyproject extra asks for 0.6; checked here for any other install.
+        if _version_tuple(fla.__version__) < _FLA_MIN:
+            return (f"fla {fla.__version__} is older than {'.'.join(map(str, _FLA_MIN))} (composer calls fla's "
+                    "kernels as fla 0.6's own layer does)")
         from fla.modules.causal_conv1d import causal_conv1d
         from fla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
     except (ImportError, OSError, RuntimeError) as exc:  # RuntimeError: fla's import-time device checks
