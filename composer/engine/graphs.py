@@ -95,11 +95,11 @@ def own_stream(device: str | torch.device) -> Iterator[None]:
     """This thread's work on a CUDA stream of `device` ("auto": the current one) that no other thread
     holds (`StreamLeases`), so that threads' kernels can run side by side and a graph can be captured
     (never on the default stream); nothing on a machine without CUDA."""
-    if not torch.cuda.is_available() or torch.device("cuda" if device == "auto" else device).type != "cuda":
+    device = torch.device("cuda" if device == "auto" else device)
+    if not torch.cuda.is_available() or device.type != "cuda":
         yield
         return
-    device = torch.device("cuda", torch.cuda.current_device()) if device == "auto" else torch.device(device)
-    if device.index is None:
+    if device.index is None:  # leases are kept per GPU
         device = torch.device("cuda", torch.cuda.current_device())
     with _STREAMS.lease(device) as stream:
         stream.wait_stream(torch.cuda.current_stream(device))
