@@ -7,7 +7,6 @@ Tolerances: float64, chunked vs sequential 1e-10 (the same sums in another order
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import subprocess
 import sys
@@ -32,7 +31,6 @@ from primitives.nn.gdn import (
 from primitives.nn.mamba2 import Mamba2
 from primitives.registry import REGISTRY
 
-HAS_FLA = importlib.util.find_spec("fla") is not None
 SMALL = dict(head_dim=8, chunk_size=8, impl="torch")  # at d_model 32: 4 query/key heads, 8 value heads
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 
@@ -313,14 +311,6 @@ def test_kernels_on_cpu_refused_in_one_line(monkeypatch):
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.skipif(HAS_FLA, reason="fla is installed here")
-def test_kernels_requested_but_missing_fails_loudly():
-    with pytest.raises(KernelUnavailableError, match="pip install") as info:
-        GatedDeltaNet(GatedDeltaNetConfig(impl="kernels"), d_model=64)
-    assert "\n" not in str(info.value)
-    assert GatedDeltaNet(GatedDeltaNetConfig(), d_model=64).describe_impl("cuda").startswith("torch (fla not installed")
-
-
 def test_an_fla_older_than_its_call_convention_is_refused_by_name(monkeypatch):
     """fla before 0.6 takes the raw gates composer passes into **kwargs or not at all (it would read them as
     decays): `kernels` is refused naming the version, `auto` trains on the torch path and says why."""
@@ -341,15 +331,17 @@ def test_an_fla_older_than_its_call_convention_is_refused_by_name(monkeypatch):
 
 
 class _BrokenPackages:
-    """A meta path finder for which importing the given packages raises OSError, as fla did on the H200."""
+    """A meta path finder for which importing the given packages raises `error`: by default the OSError fla
+    raised on the H200; ModuleNotFoundError stands for a package that is not installed (the tests' own
+    machines have fla-core, for tests/test_gdn_fla_interpreter.py)."""
 
-    def __init__(self, roots: set[str]) -> None:
-        self.roots, self.calls = roots, 0
+    def __init__(self, roots: set[str], error: Exception) -> None:
+        self.roots, self.error, self.calls = roots, error, 0
 
     def find_spec(self, name, path=None, target=None):
         if name.partition(".")[0] in self.roots:
             self.calls += 1
-            raise OSError("libz3.so.4.15: cannot open shared object file")
+            raise self.error
         return None
 
 
@@ -363,9 +355,9 @@ _MIXERS = pytest.mark.parametrize(
 )
 
 
-def _break(monkeypatch, roots: set[str]) -> _BrokenPackages:
-    """Importing `roots` raises OSError from now on, and no import result is stored yet."""
-    broken = _BrokenPackages(roots)
+def _break(monkeypatch, roots: set[str], error: Exception | None = None) -> _BrokenPackages:
+    """Importing `roots` raises `error` (OSError by default) from now on, and no import result is stored yet."""
+    broken = _BrokenPackages(roots, error or OSError("libz3.so.4.15: cannot open shared object file"))
     monkeypatch.setattr(sys, "meta_path", [broken, *sys.meta_path])
     for name in [name for name in sys.modules if name.partition(".")[0] in roots]:
         monkeypatch.delitem(sys.modules, name)
@@ -395,6 +387,14 @@ def test_kernel_package_imported_at_construction_with_cuda_only(monkeypatch, nn_
         assert broken.calls == int(cuda)  # with CUDA, the import runs here, outside compiled code
     assert module.describe_impl("cuda") == f"torch ({nn_module._load_kernels()})"
     assert broken.calls == 1
+
+
+def test_kernels_requested_but_missing_fails_loudly(monkeypatch):
+    _break(monkeypatch, {"fla"}, ModuleNotFoundError("No module named 'fla'"))
+    with pytest.raises(KernelUnavailableError, match=r"fla not installed: No module named 'fla'; install with pip") as info:
+        GatedDeltaNet(GatedDeltaNetConfig(impl="kernels"), d_model=64)
+    assert "\n" not in str(info.value)
+    assert GatedDeltaNet(GatedDeltaNetConfig(), d_model=64).describe_impl("cuda").startswith("torch (fla not installed")
 
 
 def test_auto_on_cpu_runs_torch_and_says_so(caplog, monkeypatch):
