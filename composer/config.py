@@ -99,7 +99,7 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"no primitive named {unknown[0]!r} (registered: {', '.join(filled)})")
         object.__setattr__(self, "primitives", filled)
-        for letter in set(self.pattern):  # catch widths a primitive cannot take before building anything
+        for letter in dict.fromkeys(self.pattern):  # widths a primitive cannot take, before building anything; the first in the pattern named
             try:
                 self.primitive_config(letter).n_params(self.d_model)
             except ValueError as exc:

@@ -37,11 +37,13 @@ class AttentionConfig:
         return self.n_kv_heads or self.n_heads
 
     def head_size(self, d_model: int) -> int:
-        if self.head_dim is not None:
-            return self.head_dim
-        if d_model % self.n_heads:
+        if self.head_dim is None and d_model % self.n_heads:
             raise ValueError(f"d_model ({d_model}) is not divisible by n_heads ({self.n_heads}); set head_dim")
-        return d_model // self.n_heads
+        hd = self.head_dim if self.head_dim is not None else d_model // self.n_heads
+        if self.rope_theta is not None and hd % 2:  # rotary embeddings turn pairs of channels
+            size = f"head_dim {hd}" if self.head_dim is not None else f"head size {hd} (d_model {d_model} / {self.n_heads} heads)"
+            raise ValueError(f"{size} must be even for rotary embeddings; change n_heads or head_dim, or set rope_theta: null")
+        return hd
 
     def n_params(self, d_model: int) -> int:
         hd = self.head_size(d_model)

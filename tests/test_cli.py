@@ -64,7 +64,9 @@ def test_bad_pattern_is_one_line(tmp_path):
 
 def test_unknown_key_is_one_line(tmp_path):
     line = _one_line_error(run_cli("trainer.learning_rate=0.1", f"hydra.run.dir={tmp_path}"))
-    assert "unknown config key 'trainer.learning_rate'" in line
+    assert "unknown config key 'trainer.learning_rate'" in line and "`composer-train --cfg job`" in line
+    line = _one_line_error(run_cli("trainer.lrr=0.1", f"hydra.run.dir={tmp_path}"))  # a near miss: the key named
+    assert "unknown config key 'trainer.lrr' (did you mean trainer.lr?" in line
 
 
 def test_unknown_task_and_bad_value_are_one_line(tmp_path):

@@ -68,7 +68,8 @@ def test_errors_are_one_line(tmp_path):
     assert "method" in _error("method=grow", tmp_path=tmp_path)
     big = "*-" * 40  # already larger than the 350M reference
     assert "larger" in _error(f"pattern={big}", "target=350m", tmp_path=tmp_path)
-    assert "unknown config key 'targte'" in _error("targte=1b", tmp_path=tmp_path)
+    assert "unknown config key 'targte' (did you mean target? `composer-extrapolate --cfg job`" in _error(
+        "targte=1b", tmp_path=tmp_path)
 
 
 def _megatron(tmp_path) -> dict[str, str]:

@@ -87,3 +87,11 @@ def test_config_from_mapping_rejects_unknown_keys_and_bad_values():
         model_config_from_mapping({"pattern": "*?", "vocab_size": 10})
     with pytest.raises(ConfigError, match="model.attention: d_model \\(64\\) is not divisible by n_heads \\(5\\)"):
         model_config_from_mapping({"pattern": "*-", "vocab_size": 10, "d_model": 64, "attention": {"n_heads": 5}})
+    # rotary embeddings turn channel pairs: an odd head size failed inside the first forward (found 2026-12-05)
+    with pytest.raises(ConfigError, match=r"model.attention: head size 25 \(d_model 100 / 4 heads\) must be even"):
+        model_config_from_mapping({"pattern": "*-", "vocab_size": 10, "d_model": 100})
+    with pytest.raises(ConfigError, match=r"model.swa: head_dim 9 must be even .*rope_theta: null"):
+        model_config_from_mapping({"pattern": "W-", "vocab_size": 10, "swa": {"head_dim": 9}})
+    model = build_model(model_config_from_mapping(
+        {"pattern": "*-", "vocab_size": 10, "d_model": 100, "attention": {"rope_theta": None}}))  # NoPE: any size
+    assert model(torch.zeros(1, 3, dtype=torch.long)).shape == (1, 3, 10)

@@ -256,3 +256,15 @@ def test_a_run_ends_exported_probed_and_on_the_leaderboard(corpus, tmp_path):
     assert shown.returncode == 0, shown.stderr
     table = shown.stdout.split("Full pretraining runs\n")[1].splitlines()
     assert table[0].split()[:3] == ["pattern", "params", "tokens"] and table[2].split()[0] == "*-M-"
+
+
+def test_a_bad_model_is_refused_before_the_corpus_is_read(tmp_path):
+    """The model section is checked first: a typo in the pattern costs no corpus fetch (the default corpus is a
+    download) and names the pattern, not the data. The corpus path here does not exist."""
+    for bad, named in [("model.pattern=*-Q-", "'Q' at position 2"),
+                       ("model.d_model=100", "model.attention: head size 25 (d_model 100 / 4 heads) must be even")]:
+        proc = run([sys.executable, "-m", "composer.apps.pretrain", *args(tmp_path / "no-corpus", tmp_path / "run"),
+                    "model.attention.n_heads=4", bad])
+        assert proc.returncode == 2
+        line = proc.stderr.strip().splitlines()[-1]
+        assert line.startswith("composer-pretrain: error:") and named in line, proc.stderr[-2000:]

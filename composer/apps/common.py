@@ -7,6 +7,7 @@ Hydra lives in `composer.apps` and nowhere else: library code sees typed datacla
 
 from __future__ import annotations
 
+import difflib
 import os
 import shlex
 import sys
@@ -17,15 +18,26 @@ from typing import Any
 from composer.errors import ComposerError
 
 
-def one_line(exc: BaseException) -> str:
-    """The error in one line. Hydra and OmegaConf errors span several lines: say which key is wrong."""
+def _unknown_key(cause: BaseException, prog: str) -> str:
+    """An override of a key the config does not have: the nearest keys beside it, and how to list them all."""
+    key = getattr(cause, "full_key", None) or str(cause).split("'")[1]
+    parent = getattr(cause, "parent_node", None)
+    siblings = [str(k) for k in parent.keys()] if hasattr(parent, "keys") else []
+    prefix, _, leaf = key.rpartition(".")
+    close = [f"{prefix}.{c}" if prefix else c for c in difflib.get_close_matches(leaf, siblings, n=2)]
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    return f"unknown config key {key!r} ({hint}`{prog} --cfg job` prints every key)"
+
+
+def one_line(exc: BaseException, prog: str = "composer-train") -> str:
+    """The error in one line. Hydra and OmegaConf errors span several lines: say which key is wrong
+    (`prog`: the command whose `--cfg job` lists the keys)."""
     from hydra.errors import ConfigCompositionException, MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
 
     cause = exc.__cause__ if isinstance(exc, ConfigCompositionException) else exc
     if isinstance(cause, OmegaConfBaseException) and "not in struct" in str(cause):
-        key = getattr(cause, "full_key", None) or str(cause).split("'")[1]
-        return f"unknown config key {key!r} (check the spelling; `composer-train --cfg job` prints every key)"
+        return _unknown_key(cause, prog)
     if isinstance(exc, MissingConfigException):
         options = ", ".join(getattr(exc, "options", None) or [])
         return f"{str(exc).splitlines()[0]}" + (f" (available: {options})" if options else "")
@@ -40,7 +52,7 @@ def run_command(prog: str, work: Callable[[], int | None], *, also: tuple[type[B
     try:
         return work() or 0
     except (ComposerError, *also) as exc:
-        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(exc, prog)}", file=sys.stderr)
         return 2
 
 
@@ -96,7 +108,7 @@ def hydra_job(prog: str, cfg: Any, work: Callable[[dict[str, Any], Path], Any]) 
         sys.exit(130)
     except ComposerError as exc:
         if hc.mode != RunMode.MULTIRUN:
-            print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
+            print(f"{prog}: error: {one_line(exc, prog)}", file=sys.stderr)
             sys.exit(2)
-        print(f"{prog}: job {hc.job.num} ({' '.join(hc.overrides.task)}) failed: {one_line(exc)}", file=sys.stderr)
+        print(f"{prog}: job {hc.job.num} ({' '.join(hc.overrides.task)}) failed: {one_line(exc, prog)}", file=sys.stderr)
         _failed_jobs.append(hc.runtime.output_dir)

@@ -36,12 +36,17 @@ def padded_vocab(n: int, multiple: int = 64) -> int:
 
 
 def pretrain_config_from_mapping(cfg: dict[str, Any]) -> tuple[CorpusConfig, TrainerConfig]:
-    """The data and trainer sections, typed (the model section waits for the tokenizer's size); a ConfigError names an unknown key or a bad value
+    """The data and trainer sections, typed (the model section is checked, but built once the tokenizer's size is
+    known); a ConfigError names an unknown key or a bad value
     (composer-launch calls it too, before a job waits in a queue)."""
     unknown = sorted(set(cfg) - set(KEYS))
     if unknown:
         raise ConfigError(f"unknown config key {unknown[0]!r} (valid: {', '.join(KEYS)})")
-    return from_mapping(CorpusConfig, cfg["data"], where="data"), from_mapping(TrainerConfig, cfg["trainer"], where="trainer")
+    data, trainer = from_mapping(CorpusConfig, cfg["data"], where="data"), from_mapping(TrainerConfig, cfg["trainer"], where="trainer")
+    # the pattern and the primitives' settings too, before a corpus is fetched (or a job queued); the real
+    # vocabulary's size waits for the tokenizer, a stand-in serves here
+    model_config_from_mapping(cfg["model"], vocab_size=padded_vocab(1))
+    return data, trainer
 
 
 def pretrain_from_config(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
