@@ -37,8 +37,8 @@ HASH_CHARS = 16  # hex characters of pattern_hash: 64 bits, no collision in any 
 class SearchSpace:
     alphabet: str = "*-M"  # the letters a layer may take, in the order encode() numbers them
     length: int = 6  # n layers searched at once (the paper's one-shot searches: 6 and 16)
-    min_share: Mapping[str, float] = field(default_factory=dict)  # letter -> least fraction of layers
-    max_share: Mapping[str, float] = field(default_factory=dict)  # letter -> most fraction of layers
+    min_share: Mapping[str, float | None] = field(default_factory=dict)  # letter -> least fraction of layers (None: no bound)
+    max_share: Mapping[str, float | None] = field(default_factory=dict)  # letter -> most fraction of layers (None: no bound)
     require_sequence_mixer: bool = True  # an all-MLP stack never sees another token: never worth a trial
     # Budgets at the proxy width (None: no budget). Parameters are NON-EMBEDDING (layers, their
     # pre-norms and the final norm): the embedding depends only on the vocabulary, not the pattern,
@@ -69,6 +69,7 @@ class SearchSpace:
             bounds = getattr(self, name)
             if not isinstance(bounds, Mapping):
                 raise ConfigError(f"search.{name} must map letters to fractions, got {bounds!r}")
+            bounds = {letter: share for letter, share in bounds.items() if share is not None}  # null: no bound
             for letter, share in bounds.items():
                 if letter not in self.alphabet:
                     raise ConfigError(f"search.{name}: letter {letter!r} is not in the alphabet {self.alphabet!r}")

@@ -49,3 +49,24 @@ def test_a_search_over_every_primitive_runs_end_to_end(tmp_path):
         impls |= json.loads(summary.read_text())["impl"]
     placed = {"G", "E", "W"} & set("".join(patterns))
     assert placed and all(isinstance(impls[letter], str) for letter in placed)
+
+
+@pytest.mark.parametrize("space", ["small", "long", "qwen3_next", "all"])
+def test_every_preset_names_every_letter_so_a_plain_override_sets_its_share(space):
+    """Hydra refuses a key its config lacks: with `{}` as the bounds, `space.max_share={M:0.5}` (what the README
+    shows) failed as an unknown key. Every preset lists every registered letter, null where unbounded."""
+    from primitives import REGISTRY
+
+    data = yaml.safe_load((CONFIGS / "search" / "space" / f"{space}.yaml").read_text())
+    assert set(data["min_share"]) == set(data["max_share"]) == set(REGISTRY)
+
+
+def test_share_overrides_merge_into_the_preset_and_null_means_no_bound():
+    proc = run_cli("search", "space=long", "space.max_share={M:0.25}", "space.min_share={-:0.25}", "--cfg", "job")
+    assert proc.returncode == 0, proc.stderr
+    space = search_config_from_mapping({"name": "s", "space": yaml.safe_load(proc.stdout)["space"]}).space
+    assert dict(space.max_share) == {"*": 0.5, "M": 0.25} and dict(space.min_share) == {"-": 0.25}  # nulls dropped
+    assert space.violations("MMMM*-*-*-*-*-*-") == []  # 4 of 16: at the bound
+    assert space.violations("MMMMM*-*-*-*-*--") == ["max_share: 'M' (mamba2) is 0.312 of the layers > 0.25"]
+    proc = run_cli("search", "space.max_share={Q:0.5}", "--cfg", "job")
+    assert proc.returncode == 2 and "unknown config key 'space.max_share.Q' (space.max_share has *, -, M, G, W, E;" in proc.stderr

@@ -22,10 +22,13 @@ def _unknown_key(cause: BaseException, prog: str) -> str:
     """An override of a key the config does not have: the nearest keys beside it, and how to list them all."""
     key = getattr(cause, "full_key", None) or str(cause).split("'")[1]
     parent = getattr(cause, "parent_node", None)
-    siblings = [str(k) for k in parent.keys()] if hasattr(parent, "keys") else []
+    siblings = [str(k) for k in parent.keys() if k != "hydra"] if hasattr(parent, "keys") else []
     prefix, _, leaf = key.rpartition(".")
     close = [f"{prefix}.{c}" if prefix else c for c in difflib.get_close_matches(leaf, siblings, n=2)]
-    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    if close:
+        hint = f"did you mean {' or '.join(close)}? "
+    else:  # a short list, as the letters of a search space's share bounds, is named whole
+        hint = f"{prefix or 'the config'} has {', '.join(siblings)}; " if 0 < len(siblings) <= 8 else ""
     return f"unknown config key {key!r} ({hint}`{prog} --cfg job` prints every key)"
 
 
