@@ -36,7 +36,7 @@ from typing import Any
 
 import optuna
 
-from composer.config import changed_settings, flatten, from_mapping
+from composer.config import ModelConfig, changed_settings, flatten, from_mapping
 from composer.errors import ComposerError, ConfigError
 from primitives import REGISTRY
 from search.aggregate import METHODS, summarise
@@ -213,8 +213,11 @@ def _defaults() -> dict[str, Any]:
     from composer.engine.trainer import TrainerConfig
 
     evaluator = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
-                 for f in dataclasses.fields(EvaluatorConfig) if f.name != "trainer"}
-    return flatten(plain({"evaluator": {**evaluator, "trainer": TrainerConfig()}}))
+                 for f in dataclasses.fields(EvaluatorConfig) if f.name not in ("trainer", "model")}
+    # the proxy's settings a study saved before the evaluators listed them all (configs/model_settings.yaml)
+    model = {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.name not in ("pattern", "vocab_size", "primitives")}
+    model |= {p.name: p.config_cls() for p in REGISTRY.values()}
+    return flatten(plain({"evaluator": {**evaluator, "model": model, "trainer": TrainerConfig()}}))
 
 
 def _guard(study: optuna.Study, settings: dict[str, Any]) -> None:

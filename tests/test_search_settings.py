@@ -60,3 +60,29 @@ def test_an_evaluator_setting_added_since_counts_only_off_its_default_and_parall
     saved_with.set_user_attr("settings", {**now, "evaluator.parallel": 6})  # as studies saved it before
     _guard(saved_with, now)
 
+
+
+def test_the_committed_gpu_study_resumes_under_todays_presets(tmp_path):
+    """The issue-15 GPU search (benchmarks/results/issue15-2026-12-03/search) saved its settings when the evaluators
+    listed only the proxy settings they changed; they now start from configs/model_settings.yaml and list every
+    one. Today's `evaluator=mad space=long`, composed by the real command, must still resume it; without the
+    model defaults in the guard it was refused on the attention's settings."""
+    import shutil
+    from pathlib import Path
+
+    import yaml
+
+    from tests.conftest import run_cli
+
+    db = tmp_path / "study.db"
+    shutil.copy(Path(__file__).parents[1] / "benchmarks/results/issue15-2026-12-03/search/study.db", db)
+    study = optuna.load_study(study_name="issue15-gp-mad-n16", storage=f"sqlite:///{db}")
+    proc = run_cli("search", "evaluator=mad", "space=long", "--cfg", "job")
+    assert proc.returncode == 0, proc.stderr
+    job = yaml.safe_load(proc.stdout)
+    job.pop("hydra", None)
+    now = _settings(search_config_from_mapping(job))
+    assert now["evaluator.model.attention.n_heads"] == 4 and "evaluator.model.attention.n_heads" not in study.user_attrs["settings"]
+    _guard(study, now)
+    with pytest.raises(ConfigError, match=r"evaluator\.model\.attention\.n_heads=None, this run has 2"):
+        _guard(study, {**now, "evaluator.model.attention.n_heads": 2})

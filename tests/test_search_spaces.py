@@ -70,3 +70,16 @@ def test_share_overrides_merge_into_the_preset_and_null_means_no_bound():
     assert space.violations("MMMMM*-*-*-*-*--") == ["max_share: 'M' (mamba2) is 0.312 of the layers > 0.25"]
     proc = run_cli("search", "space.max_share={Q:0.5}", "--cfg", "job")
     assert proc.returncode == 2 and "unknown config key 'space.max_share.Q' (space.max_share has *, -, M, G, W, E;" in proc.stderr
+
+
+@pytest.mark.parametrize("evaluator", ["mad_cpu", "mad", "mad_fast", "lm"])
+def test_every_proxy_setting_is_a_plain_override_in_every_evaluator(evaluator):
+    """The evaluators start from configs/model_settings.yaml: a primitive's setting a preset does not change
+    (MoE's experts under `mad`) was an unknown key before, reachable only with Hydra's `++`."""
+    proc = run_cli("search", f"evaluator={evaluator}", "evaluator.model.moe.n_experts=4",
+                   "evaluator.model.attention.qk_norm=true", "--cfg", "job")
+    assert proc.returncode == 0, proc.stderr
+    job = yaml.safe_load(proc.stdout)
+    job.pop("hydra", None)
+    proxy = search_config_from_mapping(job).evaluator.proxy("*E", vocab_size=16)
+    assert proxy.primitive_config("E").n_experts == 4 and proxy.primitive_config("*").qk_norm

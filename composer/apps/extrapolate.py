@@ -19,6 +19,7 @@ from composer.apps.common import hydra_job, run_hydra
 from composer.errors import ConfigError, PatternError
 
 PROG = "composer-extrapolate"
+NOTE_DEVIATION = 0.05  # further than this from the target's size: the output names method=fit's result
 
 
 def extrapolate_from_config(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
@@ -46,6 +47,11 @@ def extrapolate_from_config(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any
         "state_bytes_per_token": {str(k): v for k, v in acct.state_bytes_per_token.items()},
         "plan": {**asdict(plan), "stable_steps": plan.stable_steps},
     }
+    if abs(result.deviation) > NOTE_DEVIATION and result.method != "fit":  # ceil's rounding can overshoot by a fifth
+        nearer = extrapolate(cfg["pattern"], target=cfg["target"], method="fit")
+        if abs(nearer.deviation) < abs(result.deviation):
+            record["nearer"] = {"method": "fit", "pattern": nearer.pattern, "n_layers": nearer.n_layers,
+                                "deviation": nearer.deviation}
     (run_dir / "pretrain.yaml").write_text(pretrain_config(result, model_cfg, plan, seq_len=cfg["seq_len"]))
     try:
         args = megatron_args(model_cfg, seq_len=cfg["seq_len"])
@@ -73,6 +79,8 @@ def _extrapolation_text(r: dict[str, Any], run_dir: Path) -> str:
         f"  parameters   {r['n_params']:,} total, {r['n_non_embedding_params']:,} non-embedding "
         f"(target {r['target_non_embedding_params']:,}, deviation {r['deviation']:+.2%})"
         + (f", {r['n_active_params']:,} active" if r["n_active_params"] != r["n_params"] else ""),
+        *([f"  note         {r['deviation']:+.1%} off the target; method=fit grows it to {r['nearer']['n_layers']} layers, "
+           f"{r['nearer']['deviation']:+.1%} ({r['nearer']['pattern']})"] if "nearer" in r else []),
         f"  train FLOPs  {r['train_flops_per_token']:.3e} per token at seq_len {plan['seq_len']}",
         f"  state/token  {states}",
         f"  plan         {plan['tokens'] / 1e9:.1f}B tokens, batch {plan['batch_sequences']} x {plan['seq_len']}, "
