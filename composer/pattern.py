@@ -89,11 +89,29 @@ def to_hf_config(pattern: str) -> dict[str, object]:
     return {"hybrid_override_pattern": pattern, "num_hidden_layers": len(pattern)}
 
 
+# transformers >= 5 keeps a nemotron_h layout as `layers_block_type` (its `hybrid_override_pattern` argument is
+# converted and dropped): "linear_attention" is Mamba-2 there; "mamba" and "attention" are the older names
+_NEMOTRON_H_BLOCKS = {"linear_attention": "M", "mamba": "M", "full_attention": "*", "attention": "*", "mlp": "-",
+                      "moe": "E"}
+
+
 def from_hf_config(config: dict[str, object]) -> str:
-    """Read the layout from a Hugging Face config dict (`hybrid_override_pattern`)."""
-    if "hybrid_override_pattern" not in config:
-        raise PatternError("the Hugging Face config has no 'hybrid_override_pattern' key")
-    pattern = from_megatron(str(config["hybrid_override_pattern"]))
+    """Read the layout from a Hugging Face config dict: a `qwen3_next` one (`from_qwen3_next_config`), or a
+    `nemotron_h` one by its `hybrid_override_pattern` (NVIDIA's released configs) or `layers_block_type` (what
+    transformers >= 5 writes)."""
+    if config.get("model_type") == "qwen3_next":
+        return from_qwen3_next_config(config)
+    if "hybrid_override_pattern" in config:
+        pattern = from_megatron(str(config["hybrid_override_pattern"]))
+    elif isinstance(blocks := config.get("layers_block_type", config.get("layer_types")), list) and blocks:
+        unknown = [(i, b) for i, b in enumerate(blocks) if b not in _NEMOTRON_H_BLOCKS]
+        if unknown:
+            raise PatternError(f"layers_block_type[{unknown[0][0]}] is {unknown[0][1]!r}; nemotron_h layers are "
+                               f"{', '.join(map(repr, _NEMOTRON_H_BLOCKS))}")
+        return "".join(_NEMOTRON_H_BLOCKS[b] for b in blocks)  # its num_hidden_layers is ignored where this is given
+    else:
+        raise PatternError("the Hugging Face config has no layout: no 'hybrid_override_pattern', no "
+                           "'layers_block_type' and model_type is not qwen3_next")
     n_layers = config.get("num_hidden_layers")
     if n_layers is not None and n_layers != len(pattern):
         raise PatternError(f"num_hidden_layers is {n_layers} but the pattern {pattern!r} has {len(pattern)} layers")

@@ -87,5 +87,24 @@ def test_hugging_face_round_trip():
     assert from_hf_config(hf) == "*-M-*-M-"
     with pytest.raises(PatternError, match="num_hidden_layers is 9"):
         from_hf_config({"hybrid_override_pattern": "*-M-*-M-", "num_hidden_layers": 9})
-    with pytest.raises(PatternError, match="no 'hybrid_override_pattern'"):
+    with pytest.raises(PatternError, match="no layout: no 'hybrid_override_pattern', no 'layers_block_type'"):
         from_hf_config({})
+
+
+def test_layouts_round_trip_through_hugging_face_s_own_config_classes():
+    """transformers' NemotronHConfig and Qwen3NextConfig, built from what composer writes and saved as a user's
+    config.json would be. transformers >= 5 turns `hybrid_override_pattern` into `layers_block_type` and drops
+    it (found 2026-12-05: composer read only the former, so it could not read a config transformers 5 wrote)."""
+    from transformers import NemotronHConfig, Qwen3NextConfig
+
+    for pattern in (NEMOTRON_H_8B, "M-M*-E-E-", "*-*-"):
+        saved = NemotronHConfig(**to_hf_config(pattern)).to_dict()
+        assert from_hf_config(saved) == pattern
+        assert NemotronHConfig(**{k: v for k, v in saved.items() if k != "model_type"}).to_dict() == saved
+    assert from_hf_config({"layers_block_type": ["mamba", "mlp", "attention", "moe"]}) == "M-*E"  # older names
+    with pytest.raises(PatternError, match=r"layers_block_type\[1\] is 'gdn'; nemotron_h layers are"):
+        from_hf_config({"layers_block_type": ["mlp", "gdn"]})
+    for pattern in (QWEN3_NEXT_48, "G-*E", "*-*-"):
+        fields = to_qwen3_next_config(pattern)
+        saved = Qwen3NextConfig(**{k: v for k, v in fields.items() if k != "model_type"}).to_dict()
+        assert saved["model_type"] == "qwen3_next" and from_hf_config(saved) == pattern
