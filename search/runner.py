@@ -519,6 +519,21 @@ def evaluate_in_workers(cfg: SearchConfig, run_dir: Path, patterns: list[str], *
     return {p: done[p] for p in patterns if p in done}
 
 
+def gpu_preset_on_cpu(evaluator: EvaluatorConfig) -> str | None:
+    """A warning where a MAD preset sized for a GPU (its steps captured as CUDA graphs: `mad`, `mad_fast`) is
+    about to train on a CPU, where a first evaluation takes tens of minutes and nothing is printed until it ends."""
+    import torch
+
+    device = evaluator.trainer.device
+    if not evaluator.trainer.cuda_graph or evaluator.language_modelling or not (
+            device == "cpu" or (device == "auto" and not torch.cuda.is_available())):
+        return None
+    tokens = len(evaluator.tasks) * len(evaluator.learning_rates) * evaluator.trainer.max_tokens
+    return (f"evaluator={evaluator.name} is sized for a GPU and will train on the CPU: {tokens / 1e6:.1f}M tokens per "
+            f"candidate at width {evaluator.d_model}, tens of minutes each (a 6-layer candidate trained at about 12K "
+            f"tokens/s on two cores, 2026-12-05); evaluator=mad_cpu is the CPU preset")
+
+
 def run_search(cfg: SearchConfig, *, run_dir: Path) -> dict[str, Any]:
     """Search, re-evaluate, aggregate, report; returns what `result.json` holds.
     phase=work returns after the search with {"name", "phase", "worker", "n_evaluations"} and writes nothing."""
@@ -532,6 +547,8 @@ def run_search(cfg: SearchConfig, *, run_dir: Path) -> dict[str, Any]:
              f" per round × {rounds} rounds" if rounds > 1 else "", cfg.workers,
              cfg.storage or run_dir / "study.db")
     if cfg.phase != "work":
+        if (note := gpu_preset_on_cpu(cfg.evaluator)) is not None:
+            log.warning(note)
         (run_dir / "search.json").write_text(json.dumps(plain(cfg), indent=2) + "\n")  # what composer-fidelity reads
     study = _search(cfg, run_dir)
     if cfg.phase == "work":

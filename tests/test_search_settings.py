@@ -86,3 +86,19 @@ def test_the_committed_gpu_study_resumes_under_todays_presets(tmp_path):
     _guard(study, now)
     with pytest.raises(ConfigError, match=r"evaluator\.model\.attention\.n_heads=None, this run has 2"):
         _guard(study, {**now, "evaluator.model.attention.n_heads": 2})
+
+
+def test_a_gpu_preset_on_a_cpu_is_said_before_its_first_evaluation():
+    """`evaluator=mad` on a CPU prints nothing for tens of minutes (its first evaluation): one warning says so."""
+    from search.runner import gpu_preset_on_cpu
+
+    mad = search_config_from_mapping({"name": "s", "evaluator": {"name": "mad", "model": {"d_model": 128},
+                                                                 "trainer": {"cuda_graph": True, "device": "cpu"}}}).evaluator
+    note = gpu_preset_on_cpu(mad)
+    assert note.startswith("evaluator=mad is sized for a GPU and will train on the CPU: 12.0M tokens per candidate "
+                           "at width 128") and note.endswith("evaluator=mad_cpu is the CPU preset")
+    fast = search_config_from_mapping({"name": "s", "evaluator": {
+        "name": "mad_fast", "trainer": {"cuda_graph": True, "device": "cpu"}, "lrs": [1e-3, 3e-3],
+        "tasks": {"noisy_in_context_recall": {}, "selective_copying": {}, "compression": {}}}}).evaluator
+    assert "12.0M tokens per candidate" in gpu_preset_on_cpu(fast)  # 3 tasks x 2 learning rates x 2M
+    assert gpu_preset_on_cpu(_cfg("*-M").evaluator) is None  # mad_cpu: no graphs, the CPU preset
