@@ -36,6 +36,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from composer.config import model_config_from_mapping
 from composer.engine.graphs import StepGraph, own_stream
+from composer.engine.trainer import param_groups
 from composer.model import ComposedModel, build_model
 from composer.tasks.mad import TASKS, task_config_from_mapping
 
@@ -130,21 +131,19 @@ def clip_per_candidate(stacks: list[tuple[Tensor, Tensor, bool]], k: int, max_no
     return norms
 
 
-def _adamw(groups: list[list[Tensor]], device: torch.device) -> torch.optim.AdamW:
-    decay, no_decay = groups
-    return torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}],
-                             lr=LR, betas=BETAS, fused=device.type == "cuda")
+def _adamw(groups: list[dict], device: torch.device) -> torch.optim.AdamW:
+    return torch.optim.AdamW(groups, lr=LR, betas=BETAS, fused=device.type == "cuda")
 
 
 def _solo_optimizer(model: nn.Module, device: torch.device) -> torch.optim.AdamW:
-    params = [p for p in model.parameters()]
-    return _adamw([[p for p in params if p.ndim >= 2 and not getattr(p, "_no_weight_decay", False)],
-                   [p for p in params if p.ndim < 2 or getattr(p, "_no_weight_decay", False)]], device)
+    return _adamw(param_groups(model, WEIGHT_DECAY), device)  # the trainer's own grouping
 
 
 def _stacked_optimizer(model: StackedProxies, device: torch.device) -> torch.optim.AdamW:
+    """The trainer's grouping, read from each stacked weight's unstacked shape and flags."""
     stacks = model.stacks()
-    return _adamw([[w for _, w, nd in stacks if not nd], [w for _, w, nd in stacks if nd]], device)
+    return _adamw([{"params": [w for _, w, nd in stacks if not nd], "weight_decay": WEIGHT_DECAY},
+                   {"params": [w for _, w, nd in stacks if nd], "weight_decay": 0.0}], device)
 
 
 def _autocast(device: torch.device):
@@ -218,7 +217,7 @@ def timing(patterns: list[str], *, steps: int, d_model: int, data, device: torch
     batches = _batches(data, 16, seed=1)
     k = len(patterns)
 
-    def graphed(module: nn.Module, opt: torch.optim.Optimizer, losses, update) -> float:
+    def graphed(opt: torch.optim.Optimizer, losses, update) -> float:
         def forward_backward(bs):
             (x, y), = bs
             with _autocast(device):
@@ -250,7 +249,7 @@ def timing(patterns: list[str], *, steps: int, d_model: int, data, device: torch
                     opt.step()
                     return norm
 
-                rates[i] = graphed(model, opt, lambda x, y: F.cross_entropy(model(x).float().flatten(0, 1), y.flatten()),
+                rates[i] = graphed(opt, lambda x, y: F.cross_entropy(model(x).float().flatten(0, 1), y.flatten()),
                                    update)
         except BaseException as exc:  # noqa: BLE001 (raised below)
             errors.append(exc)
@@ -278,7 +277,7 @@ def timing(patterns: list[str], *, steps: int, d_model: int, data, device: torch
         return norms
 
     with own_stream(device):
-        rate = graphed(stacked_model, opt, stacked_model.losses, update)
+        rate = graphed(opt, stacked_model.losses, update)
     stacked = {"candidate_steps_per_s": rate * k, "steps_per_s": rate, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
                "mamba_impl": "torch"}
     return {"solo": solo, "stacked": stacked, "ratio": stacked["candidate_steps_per_s"] / solo["candidate_steps_per_s"]}

@@ -103,7 +103,7 @@ def from_hf_config(config: dict[str, object]) -> str:
         return from_qwen3_next_config(config)
     if "hybrid_override_pattern" in config:
         pattern = from_megatron(str(config["hybrid_override_pattern"]))
-    elif isinstance(blocks := config.get("layers_block_type", config.get("layer_types")), list) and blocks:
+    elif isinstance(blocks := config.get("layers_block_type"), list) and blocks:  # not `layer_types`: qwen3_next's too
         unknown = [(i, b) for i, b in enumerate(blocks) if b not in _NEMOTRON_H_BLOCKS]
         if unknown:
             raise PatternError(f"layers_block_type[{unknown[0][0]}] is {unknown[0][1]!r}; nemotron_h layers are "
