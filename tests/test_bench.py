@@ -277,3 +277,16 @@ def test_the_yaml_holds_the_dataclass_defaults():
     defaults = {f.name: f.default for f in dataclasses.fields(BenchConfig)}
     assert data["bench"] == {**defaults, "contexts": list(defaults["contexts"])}
     assert data["preset"] == "1b" and data["pattern"] is None and data["leaderboard"] == "outputs/leaderboard.jsonl"
+
+
+def test_a_gpu_sized_preset_on_the_cpu_is_said_before_it_runs():
+    """`composer-bench pattern=... ` takes preset=1b by default: on a CPU that is hours, said in one warning first."""
+    from composer.apps.bench import _large_on_cpu, subjects_from_config
+
+    cpu = BenchConfig(device="cpu")
+    big, _ = subjects_from_config({"pattern": "*-M-", "export": None, "grow": None, "preset": "1b"})
+    note = _large_on_cpu(big, cpu)
+    assert note.startswith("measuring 1.24B-parameter models on the CPU: training steps of 8 x 2048 tokens and "
+                           "prefills of up to 32,768 tokens take hours here") and "preset=tiny" in note
+    tiny, _ = subjects_from_config({"pattern": "*-M-", "export": None, "grow": None, "preset": "tiny"})
+    assert _large_on_cpu(tiny, cpu) is None

@@ -13,6 +13,7 @@ beside its analytic costs.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,24 @@ def subjects_from_config(cfg: dict[str, Any]) -> tuple[list, dict[str, Any]]:
     return subjects, {"size": preset.name, "source_pattern": source, "grow": grow, "export": None}
 
 
+CPU_SIZE = 50_000_000  # parameters above which a CPU run is hours, not minutes
+
+
+def _large_on_cpu(subjects: list, bench_cfg: Any) -> str | None:
+    """A warning where a preset sized for a GPU is about to be measured on a CPU."""
+    import torch
+
+    from scaling.accounting import count_parameters
+
+    on_cpu = bench_cfg.device == "cpu" or (bench_cfg.device == "auto" and not torch.cuda.is_available())
+    n = max(count_parameters(s.model)["n_params"] for s in subjects)
+    if not on_cpu or n <= CPU_SIZE:
+        return None
+    return (f"measuring {n / 1e9:.2f}B-parameter models on the CPU: training steps of {bench_cfg.train_batch} x "
+            f"{bench_cfg.train_seq_len} tokens and prefills of up to {max(bench_cfg.contexts):,} tokens take hours here; "
+            "preset=tiny (with bench.contexts=[64,128]) is the CPU's size")
+
+
 def bench_from_config(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """The `composer-bench` job: measure, print the table, write bench.json, append the leaderboard record."""
     from composer.config import from_mapping
@@ -67,6 +86,8 @@ def bench_from_config(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
 
     bench_cfg = from_mapping(BenchConfig, cfg["bench"], where="bench")
     subjects, source = subjects_from_config(cfg)
+    if (note := _large_on_cpu(subjects, bench_cfg)) is not None:
+        logging.getLogger(PROG).warning(note)
     result = run_bench(subjects, bench_cfg)
     result = {**result, "pattern": subjects[0].model.pattern, "reference_pattern": subjects[1].model.pattern,
               **source, "run_dir": str(run_dir)}
