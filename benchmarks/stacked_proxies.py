@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
 import random
 import threading
@@ -265,6 +266,8 @@ def timing(patterns: list[str], *, steps: int, d_model: int, data, device: torch
         raise errors[0]
     solo = {"candidate_steps_per_s": sum(rates), "wall_s": time.perf_counter() - started,
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "mamba_impl": mamba_impl}
+    del threads  # the solo models: the stack's peak is its own
+    gc.collect()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     stacked_model = StackedProxies(build(patterns, d_model, "torch", device))
