@@ -13,9 +13,11 @@ which the H200 runs (tests/gpu/test_gdn_parity.py covers those). bf16 cannot be 
 interpreter's bf16 arithmetic is wrong (fla's chunked kernel called directly, bf16 against fp32: a relative
 error of 1.6e10 under triton 3.9.0, 2026-12-05).
 
-Two adjustments the interpreter needs for fla 0.6's kernels, made here and nowhere else:
+Two adjustments the interpreter needs for fla 0.6's kernels, made here and nowhere else (checked with
+triton 3.6.0, torch 2.11's, and 3.9.0):
 - loop indices: fla casts them (`i_t.to(tl.int64)`); compiled Triton makes a loop index a tensor, the
-  interpreter leaves it a Python int, so `range` in fla's modules yields ints that have `.to`;
+  interpreter leaves it a Python int, so `range` in fla's modules yields ints that have `.to`; and a loop bound
+  that is a one-value tensor becomes an int (triton 3.6's interpreter fails at it under NumPy 2, 3.9's does not);
 - autotuning: Triton's autotuner times every configuration with a GPU driver; here each config times
   the same, so the first is taken.
 """
@@ -33,6 +35,7 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 
 import triton.language as tl  # noqa: E402
 from triton.runtime.autotuner import Autotuner  # noqa: E402
+from triton.runtime.interpreter import _LangPatchScope  # noqa: E402
 
 from primitives.gdn import GatedDeltaNetConfig  # noqa: E402
 from primitives.nn.gdn import GatedDeltaNet, _load_kernels  # noqa: E402
@@ -57,8 +60,19 @@ def _index_range(*args):
     return [_Index(i) for i in range(*args)]
 
 
+def _one_value_index(self) -> int:
+    """`tensor.__index__` for a one-value tensor kept 1-d (triton 3.6's own `int(data)` fails under NumPy 2)."""
+    return int(self.handle.data.reshape(-1)[0])
+
+
 def _adjust_interpreter() -> None:
     Autotuner.do_bench = property(lambda self: lambda fn, quantiles=None, **kwargs: [1.0, 1.0, 1.0])
+    set_attr = _LangPatchScope.set_attr  # what the interpreter patches into triton.language for each kernel call
+
+    def patch(scope, obj, name, value):
+        set_attr(scope, obj, name, _one_value_index if name == "__index__" else value)
+
+    _LangPatchScope.set_attr = patch
     for name, module in list(sys.modules.items()):
         if name.startswith("fla.") and module is not None:
             module.range = _index_range  # shadows the builtin in fla's modules only
