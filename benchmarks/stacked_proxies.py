@@ -218,7 +218,8 @@ def timing(patterns: list[str], *, steps: int, d_model: int, data, device: torch
     batches = _batches(data, 16, seed=1)
     k = len(patterns)
 
-    def graphed(opt: torch.optim.Optimizer, losses, update) -> float:
+    def graphed(opt: torch.optim.Optimizer, losses, update, barrier: threading.Barrier | None = None) -> tuple[float, float]:
+        """(start, end) of `steps` replays of the captured step, started together with the other runs' (`barrier`)."""
         def forward_backward(bs):
             (x, y), = bs
             with _autocast(device):
@@ -232,13 +233,15 @@ def timing(patterns: list[str], *, steps: int, d_model: int, data, device: torch
             opt.zero_grad(set_to_none=True)
         graph = StepGraph(opt, batches[:1], forward_backward, update)
         torch.cuda.current_stream().synchronize()
+        if barrier is not None:
+            barrier.wait()
         start = time.perf_counter()
         for i in range(steps):
             graph.run(LR, [batches[i % len(batches)]])
         torch.cuda.current_stream().synchronize()
-        return steps / (time.perf_counter() - start)
+        return start, time.perf_counter()
 
-    rates, errors = [0.0] * k, []
+    spans, errors, barrier = [(0.0, 0.0)] * k, [], threading.Barrier(k)
 
     def one(i: int, model: ComposedModel) -> None:
         try:
@@ -250,10 +253,11 @@ def timing(patterns: list[str], *, steps: int, d_model: int, data, device: torch
                     opt.step()
                     return norm
 
-                rates[i] = graphed(opt, lambda x, y: F.cross_entropy(model(x).float().flatten(0, 1), y.flatten()),
-                                   update)
+                spans[i] = graphed(opt, lambda x, y: F.cross_entropy(model(x).float().flatten(0, 1), y.flatten()),
+                                   update, barrier)
         except BaseException as exc:  # noqa: BLE001 (raised below)
             errors.append(exc)
+            barrier.abort()  # the others stop waiting
 
     torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
@@ -264,7 +268,8 @@ def timing(patterns: list[str], *, steps: int, d_model: int, data, device: torch
         t.join()
     if errors:
         raise errors[0]
-    solo = {"candidate_steps_per_s": sum(rates), "wall_s": time.perf_counter() - started,
+    window = max(end for _, end in spans) - min(start for start, _ in spans)  # every run's steps, timed together
+    solo = {"candidate_steps_per_s": k * steps / window, "wall_s": time.perf_counter() - started,
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "mamba_impl": mamba_impl}
     del threads  # the solo models: the stack's peak is its own
     gc.collect()
@@ -280,7 +285,8 @@ def timing(patterns: list[str], *, steps: int, d_model: int, data, device: torch
         return norms
 
     with own_stream(device):
-        rate = graphed(opt, stacked_model.losses, update)
+        start, end = graphed(opt, stacked_model.losses, update)
+    rate = steps / (end - start)
     stacked = {"candidate_steps_per_s": rate * k, "steps_per_s": rate, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
                "mamba_impl": "torch"}
     return {"solo": solo, "stacked": stacked, "ratio": stacked["candidate_steps_per_s"] / solo["candidate_steps_per_s"]}
