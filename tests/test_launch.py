@@ -207,6 +207,8 @@ def test_bad_input_is_one_line(tmp_path, corpus, text):
         (["pretrain", "--executor", "local", "--nodes", "2", *pretrain_args(corpus, "x")], "--nodes must be 1"),
         (["pretrain", "--executor", "local", *pretrain_args(corpus, "x"), "model.pattern=*A"],
          "unknown primitive 'A' at position 1"),
+        (["pretrain", "--executor", "local", *pretrain_args(corpus, "x"), "model.pattern=*-", "model.d_model=34"],
+         "model.attention: head size 17 (d_model 34 / 2 heads) must be even"),  # the width, before the job queues
         (["pretrain", "--executor", "local", "--config", str(tmp_path / "nope.yaml")], "no such YAML file"),
         (["fidelity", *fidelity_args(text, "x"), "rungs.0.widht=64"], "unknown config key 'rungs[0].widht'"),
         (["fidelity", *fidelity_args(text, "x"), "rungs.0.seeds=[]"], "rungs.r1.seeds must be distinct integers"),
