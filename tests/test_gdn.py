@@ -398,7 +398,7 @@ def test_kernels_requested_but_missing_fails_loudly(monkeypatch):
 
 
 def test_auto_on_cpu_runs_torch_and_says_so(caplog, monkeypatch):
-    monkeypatch.setattr(gdn_nn, "_REPORTED", set())
+    monkeypatch.setattr(once, "_RESULTS", {})  # nothing logged yet in this process
     module = GatedDeltaNet(GatedDeltaNetConfig(**{**SMALL, "impl": "auto"}), d_model=32)
     other = GatedDeltaNet(GatedDeltaNetConfig(**{**SMALL, "impl": "auto"}), d_model=32)
     assert module.describe_impl(torch.device("cpu")) == "torch (cpu)"

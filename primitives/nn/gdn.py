@@ -45,13 +45,12 @@ from torch import Tensor, nn
 from composer.errors import KernelUnavailableError
 from primitives.gdn import GatedDeltaNetConfig
 from primitives.nn.mamba2 import init_decay_, scan_dtype
-from primitives.nn.once import load_once
+from primitives.nn.once import load_once, log_once
 
 log = logging.getLogger(__name__)
 
 _NORM_EPS = 1e-5  # the gated RMSNorm
 _L2_EPS = 1e-6  # q and k L2 norms, as fla's l2norm (use_qk_l2norm_in_kernel)
-_REPORTED: set[str] = set()  # implementation choices already logged
 _INSTALL_HINT = "pip install 'composer-hybrid[fla]' (or pip install flash-linear-attention)"
 _SAFE_TRITON = (3, 7, 1)  # fla #640: Triton 3.4.0 up to here gives wrong gated backward gradients on Hopper
 _BAD_TRITON = (3, 4, 0)
@@ -276,9 +275,7 @@ class GatedDeltaNet(nn.Module):
         device = self.in_proj.weight.device
         use_kernels, description = self._resolve(device, grad=torch.is_grad_enabled())
         if not self._impl_logged:
-            if description not in _REPORTED:  # once per process and choice, not once per layer
-                log.info("gdn mixer runs %s", description)
-                _REPORTED.add(description)
+            log_once(log, "gdn mixer runs %s", description)
             self._impl_logged = True
         # Decoding with a state takes the kernels only without autograd: fla's recurrent kernel has no backward.
         if use_kernels and (state is None or not torch.is_grad_enabled()):

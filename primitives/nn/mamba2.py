@@ -26,12 +26,11 @@ from torch import Tensor, nn
 
 from composer.errors import ConfigError, KernelUnavailableError
 from primitives.mamba2 import Mamba2Config
-from primitives.nn.once import load_once
+from primitives.nn.once import load_once, log_once
 
 log = logging.getLogger(__name__)
 
 _NORM_EPS = 1e-5
-_REPORTED: set[str] = set()  # implementation choices already logged
 _INSTALL_HINT = "pip install 'composer-hybrid[cuda]' (or pip install mamba-ssm causal-conv1d --no-build-isolation)"
 
 
@@ -204,9 +203,7 @@ class Mamba2(nn.Module):
         device = self.in_proj.weight.device
         use_kernels, description = self._resolve(device)
         if not self._impl_logged:
-            if description not in _REPORTED:  # once per process and choice, not once per layer
-                log.info("mamba2 mixer runs %s", description)
-                _REPORTED.add(description)
+            log_once(log, "mamba2 mixer runs %s", description)
             self._impl_logged = True
         if use_kernels and (state is None or x.shape[1] > 1):  # a decoding step (one token) is the torch recurrence
             if device.type != "cuda":

@@ -38,11 +38,11 @@ from composer.errors import ConfigError, KernelUnavailableError
 from primitives.mlp import MLPConfig
 from primitives.moe import MoEConfig
 from primitives.nn.mlp import MLP
+from primitives.nn.once import log_once
 
 log = logging.getLogger(__name__)
 
 GROUP_ALIGN = 8  # rows per expert group are padded to this: 16-byte aligned group starts in bf16 (torchtitan's choice)
-_REPORTED: set[str] = set()  # implementation choices already logged
 
 
 # torch's grouped GEMM (`F.grouped_mm`, earlier `torch._grouped_mm`), or None when this torch lacks it
@@ -123,9 +123,7 @@ class MoE(nn.Module):
     def forward(self, x: Tensor, state: None = None) -> Tensor:
         grouped, description = self._resolve(x.device, self._compute_dtype(x))
         if not self._impl_logged:
-            if description not in _REPORTED:  # once per process and choice, not once per layer
-                log.info("moe experts run %s", description)
-                _REPORTED.add(description)
+            log_once(log, "moe experts run %s", description)
             self._impl_logged = True
         flat = x.reshape(-1, x.shape[-1])  # (N, D)
         logits, scores, gates, experts = self.route(flat)  # (N, E), (N, E), (N, k), (N, k)

@@ -7,6 +7,7 @@ entries eagerly, outside compiled code (the mixers do at construction).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -18,3 +19,9 @@ def load_once(key: Hashable, load: Callable[[], Any]) -> Any:
     if key not in _RESULTS:
         _RESULTS[key] = load()
     return _RESULTS[key]
+
+
+def log_once(log: logging.Logger, message: str, *args: object) -> None:
+    """log.info(message, *args) the first time this message with these arguments comes up in the process
+    (a mixer's implementation choice: once per process and choice, not once per layer)."""
+    load_once(("log", log.name, message, *args), lambda: log.info(message, *args))
