@@ -76,6 +76,8 @@ class StackedProxies(nn.Module):
         patterns = [m.cfg.pattern for m in models]
         if len({len(p) for p in patterns}) != 1 or any(m.head is not None for m in models):
             raise ValueError("stacked proxies need patterns of one length and tied embeddings")
+        if any("E" in p for p in patterns):  # its routing scatters by data-dependent counts, which vmap cannot batch
+            raise ValueError("stacked proxies cannot hold MoE ('E') layers: their routing does not vmap")
         self.cfg = models[0].cfg
         self.embed = nn.Parameter(torch.stack([m.embed.weight.detach() for m in models]))  # (K, V, D)
         self.norm = nn.Parameter(torch.stack([m.norm.weight.detach() for m in models]))  # (K, D)

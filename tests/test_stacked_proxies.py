@@ -64,3 +64,25 @@ def test_per_candidate_clipping_is_clip_grad_norm_of_each_alone():
     row, name = group.index.tolist().index(0), group.names[0]
     assert torch.allclose(group.weights[0].grad[row], dict(alone[0].layers[0].named_parameters())[name].grad,
                           rtol=1e-4, atol=1e-8), name
+
+
+def test_every_primitive_but_moe_stacks():
+    """Gated DeltaNet's and sliding-window attention's torch paths vmap as attention, MLP and Mamba-2's do; MoE's
+    routing does not, and is refused by name."""
+    import pytest
+
+    from composer.config import model_config_from_mapping
+    from composer.model import build_model
+
+    bench = _bench()
+    settings = {"vocab_size": 16, "d_model": 32, "gdn": {"head_dim": 8, "chunk_size": 8}, "swa": {"window": 4}}
+
+    def models(patterns):
+        return [build_model(model_config_from_mapping({**settings, "pattern": p}), seed=0) for p in patterns]
+
+    x, y = torch.randint(0, 16, (2, 24)), torch.randint(0, 16, (2, 24))
+    patterns = ["G-W-", "W-G-", "G*-G"]
+    alone = torch.stack([F.cross_entropy(m(x).flatten(0, 1), y.flatten()) for m in models(patterns)])
+    assert torch.allclose(bench.StackedProxies(models(patterns)).losses(x, y), alone, rtol=TOL)
+    with pytest.raises(ValueError, match="cannot hold MoE"):
+        bench.StackedProxies(models(["*E-E", "E*E-"]))
