@@ -214,6 +214,14 @@ def test_rows_are_ranked_and_flat(board):
     assert table[0]["aggregator"] == "N0" and table[1]["state_32k"] < table[1]["state_4k"]  # Mamba state amortises
 
 
+def test_one_seed_has_no_spread_in_any_format():
+    """A spread over one seed is undefined, not 0.000 (the HTML report's `± std` column showed 0.000)."""
+    one, two = arch("*-M-", scores={"recall": [0.5], "copy": [0.9]}), arch("M-M-")
+    table = {r["pattern"]: r for r in formats.rows([one, two])}
+    assert table["*-M-"]["n_seeds"] == 1 and table["*-M-"]["score_std"] is None
+    assert table["M-M-"]["n_seeds"] == 2 and table["M-M-"]["score_std"] == pytest.approx(0.05)
+
+
 def test_csv_has_every_column_and_row(board):
     table = formats.rows(board)
     parsed = list(csv.DictReader(io.StringIO(formats.to_csv(table))))

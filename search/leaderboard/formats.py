@@ -57,7 +57,7 @@ def rows(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "role": r["role"],
             "aggregator": r.get("aggregator"),
             "score": score.get("mean"),
-            "score_std": score.get("std"),
+            "score_std": score.get("std") if (score.get("n") or 0) > 1 else None,  # one seed has no spread
             "n_seeds": score.get("n"),
             **{f"task:{t}": r.get("tasks", {}).get(t, {}).get("mean") for t in tasks},
             **{k: _fraction(r.get(k)) for k in needles},
