@@ -13,8 +13,10 @@ tokens a step), candidate-steps per second:
 - solo: K runs at once, each in its thread on its own CUDA stream with its step captured as a graph (what
   `evaluator.parallel` does in a search), Mamba-2 on mamba-ssm's kernels where installed;
 - stacked: one model, one captured step; its Mamba-2 layers run the pure-PyTorch scan (mamba-ssm's kernels
-  are autograd Functions without a vmap rule).
+  are autograd Functions without a vmap rule) and its attention SDPA's math backend (`build`).
 On a CPU both run eagerly, one after the other (a smoke run: a CPU is not launch-bound at this size).
+Measured on an H100 (2026-12-05, fp32, K = 16): the stack made 0.52x the solo runs' candidate-steps: losing
+mamba-ssm's scan and SDPA's efficient kernel under vmap costs more than the fewer launches save (RESULTS.md).
 
     python3 benchmarks/stacked_proxies.py --k 8 --steps 100 --out $OUT/stacked.json
 """
@@ -36,7 +38,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from composer.config import model_config_from_mapping
-from composer.engine.graphs import StepGraph, own_stream
+from composer.engine.graphs import StepGraph, own_stream, thread_safe_autotuners
 from composer.engine.trainer import param_groups
 from composer.model import ComposedModel, build_model
 from composer.tasks.mad import TASKS, task_config_from_mapping
@@ -53,7 +55,7 @@ class _Group(nn.Module):
         self.names = list(params)
         self.weights = nn.ParameterList(nn.Parameter(params[n]) for n in self.names)
         self.buffers_ = {n: b for n, b in buffers.items()}
-        self.register_buffer("index", torch.tensor(index), persistent=False)
+        self.register_buffer("index", torch.tensor(index, device=next(iter(params.values())).device), persistent=False)
         self.template = [copy.deepcopy(layers[0]).to("meta")]  # a list: not a submodule, holds no weights
         unstacked = dict(layers[0].named_parameters())
         self.no_decay = [unstacked[n].ndim < 2 or getattr(unstacked[n], "_no_weight_decay", False) for n in self.names]
@@ -149,8 +151,12 @@ def _stacked_optimizer(model: StackedProxies, device: torch.device) -> torch.opt
                    {"params": [w for _, w, nd in stacks if nd], "weight_decay": 0.0}], device)
 
 
+STACK_BACKEND = "math"  # SDPA's backend in the stack (build's docstring)
+BF16 = [False]  # --precision: fp32 (TF32 matmuls), or bf16 autocast on CUDA (the search's; see --help)
+
+
 def _autocast(device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and BF16[0])
 
 
 def solo_steps(model: ComposedModel, batches: list[tuple[Tensor, Tensor]], device: torch.device) -> list[float]:
@@ -194,16 +200,19 @@ def patterns_for(k: int, length: int, seed: int) -> list[str]:
     return out
 
 
-def build(patterns: list[str], d_model: int, mamba_impl: str, device: torch.device) -> list[ComposedModel]:
+def build(patterns: list[str], d_model: int, mamba_impl: str, device: torch.device, backend: str = "auto") -> list[ComposedModel]:
+    """The candidates at the `mad` proxy's width; `backend`: SDPA's (the stack takes "math": the efficient kernel's
+    backward fails under vmap on an H100, "LSE is not correctly aligned", 2026-12-05)."""
     return [build_model(model_config_from_mapping({"pattern": p, "vocab_size": 16, "d_model": d_model,
-                                                   "mamba2": {"impl": mamba_impl}}), seed=0).to(device) for p in patterns]
+                                                   "mamba2": {"impl": mamba_impl}, "attention": {"backend": backend}}),
+                        seed=0).to(device) for p in patterns]
 
 
 def equivalence(patterns: list[str], *, steps: int, d_model: int, data, device: torch.device) -> dict:
     """Loss curves of each candidate alone and in the stack, from the same weights and batches (torch scan both)."""
     batches = _batches(data, steps, seed=0)
     solo = [solo_steps(m, batches, device) for m in build(patterns, d_model, "torch", device)]
-    stacked = stacked_steps(StackedProxies(build(patterns, d_model, "torch", device)), batches, device)
+    stacked = stacked_steps(StackedProxies(build(patterns, d_model, "torch", device, STACK_BACKEND)), batches, device)
     diff = max(abs(a - b) / abs(a) for s, t in zip(solo, stacked) for a, b in zip(s, t))
     return {"steps": steps, "max_relative_loss_difference": diff, "final_losses_solo": [c[-1] for c in solo],
             "final_losses_stacked": [c[-1] for c in stacked]}
@@ -219,6 +228,7 @@ def timing(patterns: list[str], *, steps: int, d_model: int, data, device: torch
     """Candidate-steps per second: K solo runs at once on K streams against one stacked model (CUDA graphs)."""
     batches = _batches(data, 16, seed=1)
     k = len(patterns)
+    thread_safe_autotuners()  # as the evaluator: K threads tuning mamba-ssm's kernels at once failed at K = 8 without it
 
     def graphed(opt: torch.optim.Optimizer, losses, update, barrier: threading.Barrier | None = None) -> tuple[float, float]:
         """(start, end) of `steps` replays of the captured step, started together with the other runs' (`barrier`)."""
@@ -277,7 +287,7 @@ def timing(patterns: list[str], *, steps: int, d_model: int, data, device: torch
     gc.collect()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    stacked_model = StackedProxies(build(patterns, d_model, "torch", device))
+    stacked_model = StackedProxies(build(patterns, d_model, "torch", device, STACK_BACKEND))
     opt = _stacked_optimizer(stacked_model, device)
     stacks = stacked_model.stacks()
 
@@ -302,15 +312,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100, help="timed steps (CUDA)")
     parser.add_argument("--check-steps", type=int, default=20, help="steps of the loss-curve comparison")
     parser.add_argument("--mamba-impl", default="auto", help="the solo runs' Mamba-2 (auto: mamba-ssm where installed)")
+    parser.add_argument("--precision", choices=("bf16", "fp32"), default="fp32",
+                        help="fp32: TF32 matmuls; bf16: autocast, as the search trains, which fails in the stack on CUDA "
+                             "(conv1d under vmap misses autocast: bf16 input, fp32 bias; torch 2.11, 2026-12-05)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    BF16[0] = args.precision == "bf16"
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not BF16[0]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     task_cfg = task_config_from_mapping("in_context_recall", {})
     x, y = TASKS["in_context_recall"].generate(task_cfg, n_examples=task_cfg.n_train, seed=0)
     data = (x.to(device), y.to(device))
     patterns = patterns_for(args.k, args.length, seed=0)
     results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
-               "k": args.k, "patterns": patterns, "d_model": args.d_model}
+               "precision": args.precision, "k": args.k, "patterns": patterns, "d_model": args.d_model}
     results["equivalence"] = equivalence(patterns, steps=args.check_steps, d_model=args.d_model, data=data, device=device)
     print(f"stacked vs alone, {args.check_steps} steps of {args.k} candidates: losses within "
           f"{results['equivalence']['max_relative_loss_difference']:.1e} (relative)", flush=True)
