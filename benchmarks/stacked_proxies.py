@@ -39,7 +39,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from composer.config import model_config_from_mapping
 from composer.engine.graphs import StepGraph, own_stream, thread_safe_autotuners
-from composer.engine.trainer import param_groups
+from composer.engine.trainer import decays, param_groups
 from composer.model import ComposedModel, build_model
 from composer.tasks.mad import TASKS, task_config_from_mapping
 
@@ -54,11 +54,11 @@ class _Group(nn.Module):
         params, buffers = stack_module_state(layers)  # name -> (n, ...)
         self.names = list(params)
         self.weights = nn.ParameterList(nn.Parameter(params[n]) for n in self.names)
-        self.buffers_ = {n: b for n, b in buffers.items()}
+        self.buffers_ = dict(buffers)
         self.register_buffer("index", torch.tensor(index, device=next(iter(params.values())).device), persistent=False)
         self.template = [copy.deepcopy(layers[0]).to("meta")]  # a list: not a submodule, holds no weights
         unstacked = dict(layers[0].named_parameters())
-        self.no_decay = [unstacked[n].ndim < 2 or getattr(unstacked[n], "_no_weight_decay", False) for n in self.names]
+        self.no_decay = [not decays(unstacked[n]) for n in self.names]  # the trainer's rule, on the unstacked weight
 
     def forward(self, x: Tensor) -> Tensor:  # (n, B, T, D) -> (n, B, T, D)
         template = self.template[0]

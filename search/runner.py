@@ -522,11 +522,10 @@ def evaluate_in_workers(cfg: SearchConfig, run_dir: Path, patterns: list[str], *
 def gpu_preset_on_cpu(evaluator: EvaluatorConfig) -> str | None:
     """A warning where a MAD preset sized for a GPU (its steps captured as CUDA graphs: `mad`, `mad_fast`) is
     about to train on a CPU, where a first evaluation takes tens of minutes and nothing is printed until it ends."""
-    import torch
+    from composer.engine.trainer import resolve_device
 
-    device = evaluator.trainer.device
-    if not evaluator.trainer.cuda_graph or evaluator.language_modelling or not (
-            device == "cpu" or (device == "auto" and not torch.cuda.is_available())):
+    if (not evaluator.trainer.cuda_graph or evaluator.language_modelling
+            or resolve_device(evaluator.trainer.device).type != "cpu"):
         return None
     tokens = len(evaluator.tasks) * len(evaluator.learning_rates) * evaluator.trainer.max_tokens
     return (f"evaluator={evaluator.name} is sized for a GPU and will train on the CPU: {tokens / 1e6:.1f}M tokens per "

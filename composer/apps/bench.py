@@ -65,13 +65,11 @@ CPU_SIZE = 50_000_000  # parameters above which a CPU run is hours, not minutes
 
 def _large_on_cpu(subjects: list, bench_cfg: Any) -> str | None:
     """A warning where a preset sized for a GPU is about to be measured on a CPU."""
-    import torch
-
+    from composer.evals.bench import resolve_device
     from scaling.accounting import count_parameters
 
-    on_cpu = bench_cfg.device == "cpu" or (bench_cfg.device == "auto" and not torch.cuda.is_available())
     n = max(count_parameters(s.model)["n_params"] for s in subjects)
-    if not on_cpu or n <= CPU_SIZE:
+    if resolve_device(bench_cfg.device).type != "cpu" or n <= CPU_SIZE:
         return None
     return (f"measuring {n / 1e9:.2f}B-parameter models on the CPU: training steps of {bench_cfg.train_batch} x "
             f"{bench_cfg.train_seq_len} tokens and prefills of up to {max(bench_cfg.contexts):,} tokens take hours here; "

@@ -189,13 +189,16 @@ def lr_multiplier(step: int, *, total: int, cfg: TrainerConfig) -> float:
     return 1 - (1 - cfg.min_lr_ratio) * (step - decay_start + 1) / max(1, total - decay_start)
 
 
-def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def decays(p: torch.Tensor) -> bool:
     """Weight decay on matrices only: not on norms, biases (1-D) or params flagged `_no_weight_decay`."""
-    decay, no_decay = [], []
-    for p in module.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 or getattr(p, "_no_weight_decay", False) else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return p.ndim >= 2 and not getattr(p, "_no_weight_decay", False)
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """The AdamW groups: the weights that `decays`, and the rest without weight decay."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if decays(p)], "weight_decay": weight_decay},
+            {"params": [p for p in params if not decays(p)], "weight_decay": 0.0}]
 
 
 def resolve_loss(cfg: TrainerConfig, module: Objective) -> str:
