@@ -9,7 +9,7 @@
 # results): gdn_probe.py (GDN_PROBE_S seconds, default 90: each configuration fla's first bf16 calls tune, timed),
 # the GDN parity tests (GDN_PARITY_S seconds at most, default 300; fla against the reference, values and gradients,
 # fp32 and bf16: all passed on the H200 by 2026-12-05 before the conv and gates moved into fla's kernels; to run again), then `train_bench.py` on the Qwen3-Next-style layout at 1B against fla's
-# GatedDeltaNetForCausalLM, compiled and eager (GDN_VARIANTS, default compile:full,eager:full; GDN_BENCH_ARGS more of
+# GatedDeltaNetForCausalLM, compiled and eager (GDN_VARIANTS, default compile:full,eager:full, none: no bench; GDN_BENCH_ARGS more of
 # train_bench.py's arguments, e.g. --profile). Results in $OUT.
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -50,7 +50,7 @@ P=${GDN_PARITY_S:-300}  # 0: no parity tests, the bench alone
   -k "not gradients and not auto" >> "$OUT/gdn_parity.log" 2>&1
 [ "$P" -gt 0 ] && grep -E "PASSED|FAILED|SKIPPED|ERROR|passed|failed" "$OUT/gdn_parity.log" | tail -n 20
 # SIGABRT at the limit: Python's faulthandler prints every thread's stack, so a hang says where it hangs
-timeout -s ABRT $((LIMIT - 10 - SECONDS)) python3 -X faulthandler benchmarks/train_bench.py --layouts qwen3next-1b --variants ${GDN_VARIANTS:-compile:full,eager:full} \
+[ "${GDN_VARIANTS:-}" != none ] && timeout -s ABRT $((LIMIT - 10 - SECONDS)) python3 -X faulthandler benchmarks/train_bench.py --layouts qwen3next-1b --variants ${GDN_VARIANTS:-compile:full,eager:full} \
   --budget-s $((LIMIT - 90 - SECONDS)) --out "$OUT/train_bench_gdn.json" ${GDN_BENCH_ARGS:-} > "$OUT/train_bench_gdn.log" 2>&1
-tail -n 25 "$OUT/train_bench_gdn.log"
+[ "${GDN_VARIANTS:-}" != none ] && tail -n 25 "$OUT/train_bench_gdn.log"
 return_autotune
