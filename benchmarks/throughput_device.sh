@@ -7,7 +7,8 @@
 # the "before" (the shape of the committed 167 per GPU-hour). Results come back as $OUT/throughput.tar.gz
 # (each shape's throughput.json, GPU samples and search log, each sweep's sweep.json and table; no trials).
 # TAG names this invocation's folders (/tmp/throughput/<evaluator><TAG>), so a second invocation in the same call
-# (e.g. EXTRA=evaluator.trainer.compile=true TAG=-compile) comes back beside the first, not over it.
+# (e.g. EXTRA=evaluator.trainer.compile=true TAG=-compile) comes back beside the first, not over it. SWEEP_ARGS: more of
+# search_throughput.py's arguments (e.g. --warmup-share 0.5 where compiling takes the first minute).
 set -u
 source benchmarks/device_env.sh
 wait_for_kernels || exit 1
@@ -15,7 +16,7 @@ mkdir -p /tmp/throughput
 for run in ${RUNS:-mad=3x1,1x6 mad_fast=1x6}; do
   evaluator=${run%%=*} shapes=${run#*=}
   name=$evaluator${TAG:-}
-  python3 benchmarks/search_throughput.py --sweep "$shapes" --seconds "${SECONDS_EACH:-100}" --out "/tmp/throughput/$name" \
+  python3 benchmarks/search_throughput.py --sweep "$shapes" --seconds "${SECONDS_EACH:-100}" --out "/tmp/throughput/$name" ${SWEEP_ARGS:-} \
     -- "evaluator=$evaluator" space=long ${EXTRA:-} > "/tmp/throughput/$name.log" 2>&1
   echo "== evaluator=$evaluator ${EXTRA:-}"; grep -E "^\|" "/tmp/throughput/$name.log"
 done
