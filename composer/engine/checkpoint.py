@@ -49,12 +49,6 @@ def exists(run_dir: Path) -> bool:
     return (run_dir / FILE).exists() or (run_dir / FOLDER / "state.json").exists() or (run_dir / f"{FOLDER}.old" / "state.json").exists()
 
 
-def remove(run_dir: Path) -> None:
-    (run_dir / FILE).unlink(missing_ok=True)
-    for name in (FOLDER, f"{FOLDER}.old", f"{FOLDER}.tmp"):
-        shutil.rmtree(run_dir / name, ignore_errors=True)
-
-
 # ---- random number generators ---------------------------------------------------------------
 
 def rng_state(device: torch.device) -> dict[str, Any]:
