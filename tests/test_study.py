@@ -325,7 +325,12 @@ def test_sigkill_loses_nothing_and_rerun_finishes(tmp_path):
     after = completed_results(study)
     assert all(after[p]["values"] == r["values"] and after[p]["trial"] == r["trial"] for p, r in before.items())
     assert count_evaluations(study) == 8 and sorted(after) == sorted(PATTERNS)
-    assert evaluations(tmp_path) == Counter(PATTERNS)  # each pattern trained once, across the kill
+    # each pattern trained once across the kill, but the one in flight: killed after its training, before
+    # its result was stored, it is trained again (what was stored before the kill never is)
+    trained = evaluations(tmp_path)
+    again = {p for p, n in trained.items() if n > 1}
+    assert sorted(trained) == sorted(PATTERNS) and max(trained.values()) <= 2 and len(again) <= 1
+    assert not again & set(before)
     lost = [t for t in study.get_trials() if t.state == TrialState.FAIL]
     assert len(lost) <= 1  # the trial in flight at the kill, freed by the rerun
 
