@@ -333,6 +333,7 @@ def test_sigkill_loses_nothing_and_rerun_finishes(tmp_path):
     assert not again & set(before)
     lost = [t for t in study.get_trials() if t.state == TrialState.FAIL]
     assert len(lost) <= 1  # the trial in flight at the kill, freed by the rerun
+    assert again <= {t.user_attrs.get("pattern") for t in lost}  # trained again: only that trial's pattern
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
