@@ -72,7 +72,9 @@ budget() {  # issue 17: the same 16 patterns scored at cheaper budgets of the pr
   local P="[{name:half,evaluator:{trainer:{max_tokens:1000000},$FAST}},{name:quarter,evaluator:{trainer:{max_tokens:500000},$FAST}},{name:eighth,evaluator:{trainer:{max_tokens:250000},$FAST}}]"
   # BUDGET=batch: all of mad_fast's tokens in fewer, larger steps (batch_tokens; the default is 32 sequences a step:
   # 1K-8K tokens), the lead left after fewer tokens ranked worse (2026-12-05): larger kernels for the same tokens
-  [ "${BUDGET:-tokens}" = batch ] && P="[{name:b8k,evaluator:{trainer:{batch_tokens:8192},$FAST}},{name:b16k,evaluator:{trainer:{batch_tokens:16384},$FAST}},{name:b32k,evaluator:{trainer:{batch_tokens:32768},$FAST}}]"
+  # (BATCHES: which, default "8 16 32", in K tokens; a proxy ranks only once all 16 patterns have its score)
+  [ "${BUDGET:-tokens}" = batch ] && P="[$(for k in ${BATCHES:-8 16 32}; do
+    printf '{name:b%sk,evaluator:{trainer:{batch_tokens:%s},%s}},' $k $((k * 1024)) "$FAST"; done | sed 's/,$//')]"
   timeout -k 20 -s INT $(left) python3 -m composer.apps.fidelity "${STUDY[@]}" name=issue17-budget 'rungs=[]' \
     hydra.run.dir=/tmp/budget leaderboard=/tmp/budget/leaderboard.jsonl "proxies=$P" \
     > "$LOGS/budget-$(date +%H%M%S).log" 2>&1
