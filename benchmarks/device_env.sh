@@ -16,8 +16,9 @@ python3 -m pip install -q --no-index --no-deps --target /tmp/site .device/wheels
   2>&1 | grep -v "already exists"
 export PYTHONPATH=/tmp/site:$PWD
 # Triton keeps its autotuning results on disk (its cache in ~/.triton): later processes on a warm machine skip
-# the tuning of mamba-ssm's and fla's kernels (2 minutes of a hybrid's first training steps at 1B)
-export TRITON_CACHE_AUTOTUNING=${TRITON_CACHE_AUTOTUNING:-1}
+# the tuning of mamba-ssm's and fla's kernels (2 minutes of a hybrid's first training steps at 1B), and calls
+# that carry .device/triton-autotune.tar.gz start from an earlier call's (`return_autotune DIR`)
+source benchmarks/device_autotune.sh
 carried_kernels() {  # install what .device/kernel-wheels holds (wheels, or <wheel>.xz.part-* from return_kernels); print what imports
   local dir=/tmp/kernels/carried
   rm -rf $dir && mkdir -p $dir

@@ -96,6 +96,7 @@ case "$PART" in
   budget) wait_for_kernels; budget ;;
 esac
 cp $OUT/kernels_build.log $LOGS/ 2>/dev/null
+return_autotune $LOGS  # comes back in the tarball: copy issue15-logs/triton-autotune.tar.gz to .device/
 return_kernels  # once: the built wheels in parts; copied into .device/kernel-wheels, later calls skip the build
 # no profiler traces: the device returns files of at most 16 MiB, and a trace alone can pass that (lost a call's
 # files on 2026-12-04); profile.json keeps their tables

@@ -3,7 +3,7 @@
 # delta rule's backward on Hopper with the machine's Triton 3.6 (wrong gradients, fla #640) unless tilelang
 # is installed, so composer's `impl=auto` falls back to its torch reference and fla's own model cannot train.
 # Carry [".device/wheels", ".device/gdn"] as benchmarks/device_prepare.sh makes them (.device/gdn: tilelang unpacked
-# and xz-compressed, its runtime wheels, pytest, Triton's autotune results of earlier runs; fla from .device/wheels). Needs no mamba-ssm: it can run while the kernels build
+# and xz-compressed, its runtime wheels, pytest; fla from .device/wheels; Triton's autotune results of earlier calls in .device/triton-autotune.tar.gz). Needs no mamba-ssm: it can run while the kernels build
 # (fidelity_device.sh PART=all WHILE_BUILDING="OUT=/tmp/issue15-logs/gdn GDN_LIMIT=390 bash benchmarks/gdn_device.sh").
 # Runs (about 6 minutes; GDN_LIMIT seconds at most, default 570, 10 s of it kept for returning the autotune
 # results): gdn_probe.py (GDN_PROBE_S seconds, default 90: each configuration fla's first bf16 calls tune, timed),
@@ -27,16 +27,8 @@ python3 -c "import torch, triton, tilelang, fla; print('torch', torch.__version_
 # and shape (fla 0.6.0 ships no tuned configs): 1-2 s per configuration, minutes in all on a fresh machine (read
 # as hangs on 2026-12-04; gdn_probe.py showed tuning on 2026-12-05). Each kernel's tuning result is printed
 # (TRITON_PRINT_AUTOTUNING) and every thread's stack is dumped after 100 s in one test (faulthandler_timeout).
-export TRITON_PRINT_AUTOTUNING=1 TRITON_CACHE_AUTOTUNING=1  # the second: tuning results kept on disk (carried below)
-# Tuning results travel between sessions: each run returns Triton's autotune files ($OUT/triton-autotune.tar.gz;
-# copy it to .device/gdn/ here), and a later run on the same software starts from them, tuning only what is left
-TRITON_CACHE=${TRITON_CACHE_DIR:-$HOME/.triton/cache}
-mkdir -p "$TRITON_CACHE" && [ -f .device/gdn/triton-autotune.tar.gz ] && tar xzf .device/gdn/triton-autotune.tar.gz -C "$TRITON_CACHE" \
-  && echo "autotune results carried: $(tar tzf .device/gdn/triton-autotune.tar.gz | grep -c autotune.json) kernels"
-return_autotune() {
-  (cd "$TRITON_CACHE" && find . -name '*.autotune.json' | tar czf "$OUT/triton-autotune.tar.gz" -T -)
-  echo "autotune results returned: $(tar tzf "$OUT/triton-autotune.tar.gz" | grep -c autotune.json) kernels"
-}
+export TRITON_PRINT_AUTOTUNING=1  # each kernel's tuning printed
+source benchmarks/device_autotune.sh  # tuning results of earlier calls carried (.device/triton-autotune.tar.gz), returned at the end
 # First, where fla's first bf16 calls spend their time: every autotuning configuration named before it runs,
 # stacks after 30 s without progress (GDN_PROBE_S seconds at most, default 90; 0: none)
 PROBE=${GDN_PROBE_S:-90}
@@ -53,4 +45,4 @@ P=${GDN_PARITY_S:-300}  # 0: no parity tests, the bench alone
 [ "${GDN_VARIANTS:-}" != none ] && timeout -s ABRT $((LIMIT - 10 - SECONDS)) python3 -X faulthandler benchmarks/train_bench.py --layouts qwen3next-1b --variants ${GDN_VARIANTS:-compile:full,eager:full} \
   --budget-s $((LIMIT - 90 - SECONDS)) --out "$OUT/train_bench_gdn.json" ${GDN_BENCH_ARGS:-} > "$OUT/train_bench_gdn.log" 2>&1
 [ "${GDN_VARIANTS:-}" != none ] && tail -n 25 "$OUT/train_bench_gdn.log"
-return_autotune
+return_autotune "$OUT"
