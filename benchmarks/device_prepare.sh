@@ -9,6 +9,7 @@
 #   .device/corpus-tokens.tar.xz   the rung corpus of issue 15 as a byte-token cache: four Debian documentation
 #                          packages at the versions the committed runs read (checked: token counts and the
 #                          documents' hash of every run's summary.json), 3.7 MB
+#   .device/triton-autotune.tar.gz  Triton's autotuning results (device_autotune.sh), tens of KB
 #   .device/f8/            torchao's wheel (float8 training, issue 18), 3.4 MB
 #   .device/gdn/           tilelang and its runtime wheels, with pytest (gdn_device.sh): fla 0.6.0 refuses
 #                          Gated DeltaNet's backward on Hopper with Triton 3.6 unless tilelang is installed
@@ -22,6 +23,9 @@ cd "$(dirname "$0")/.."
 SHARED=${SHARED:-../shared/device}
 [ -d "$SHARED" ] || { echo "device_prepare.sh: no $SHARED (the shared device folder; set SHARED=...)" >&2; exit 1; }
 mkdir -p .device && cp -f "$SHARED"/* .device/ && chmod u+w .device/*
+# Triton's tuning results of earlier calls (device_autotune.sh), committed so they outlive this folder: each call
+# that returns newer ones replaces benchmarks/results/triton-autotune.tar.gz (a fresh .device had lost 94 tuned kernels)
+cp -f benchmarks/results/triton-autotune.tar.gz .device/
 bash "$SHARED/fetch_wheels.sh" > /dev/null
 
 # The rungs' corpus, tokenised once here (the machine has no `datasets` to read text files)
