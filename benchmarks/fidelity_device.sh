@@ -36,7 +36,9 @@ LOGS=/tmp/issue15-logs; mkdir -p $LOGS
 [ -d /tmp/fidelity ] || { mkdir -p /tmp/fidelity && cp -r "$R/fidelity/." /tmp/fidelity/ 2>/dev/null; }
 # issue 17's budget study: the default proxy's scores of the study's 16 patterns are read from the study's own
 # database (the same `<search>.fidelity` study: its six random patterns are not retrained)
-[ -d /tmp/budget ] || { mkdir -p /tmp/budget && cp "$R/fidelity/study.db" /tmp/budget/; }
+# (BUDGET_FROM: a returned budget/ folder, committed, to resume a study an earlier call began)
+[ -d /tmp/budget ] || { mkdir -p /tmp/budget && if [ -n "${BUDGET_FROM:-}" ]; then cp -r "$BUDGET_FROM/." /tmp/budget/
+  else cp "$R/fidelity/study.db" /tmp/budget/; fi; }
 python3 -c "import scipy, matplotlib; print('scipy', scipy.__version__, 'matplotlib', matplotlib.__version__)" 2>&1 | tail -1
 search() {  # search evaluations until $1 seconds into the call, or until the kernels are built ($2=until-kernels)
   [ -f /tmp/kernels/READY ] && W=3 || W=2  # the torch scan needs far more memory per worker
