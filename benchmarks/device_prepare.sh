@@ -77,7 +77,8 @@ ls .device/f8/torchao-*.whl > /dev/null 2>&1 || python3 -m pip download -q --no-
 du -sh .device .device/gdn; du -sb .device | awk '{printf "carry: %.1f of 64 MiB\n", $1 / 1048576}'
 if [ -d .device/kernel-wheels ]; then  # too much for one carry: the two sets
   mamba=(.device/wheels .device/f8 .device/kernel-wheels .device/mamba_ssm-patched.tar.gz
-         .device/causal_conv1d-patched.tar.gz .device/corpus-tokens.tar.xz)
+         .device/causal_conv1d-patched.tar.gz .device/corpus-tokens.tar.xz .device/triton-autotune.tar.gz)
   printf 'carry for the Mamba scripts (%s MiB): ["%s"]\n' "$(du -scm "${mamba[@]}" | tail -1 | cut -f1)" "$(IFS=,; echo "${mamba[*]}" | sed 's/,/", "/g')"
-  printf 'carry for gdn_device.sh (%s MiB): [".device/wheels", ".device/gdn"]\n' "$(du -scm .device/wheels .device/gdn | tail -1 | cut -f1)"
+  printf 'carry for gdn_device.sh (%s MiB): [".device/wheels", ".device/gdn", ".device/triton-autotune.tar.gz"]\n' \
+    "$(du -scm .device/wheels .device/gdn .device/triton-autotune.tar.gz | tail -1 | cut -f1)"
 fi
