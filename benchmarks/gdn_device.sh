@@ -2,8 +2,9 @@
 # Issue 16's GPU figures for Gated DeltaNet on a lent H200, with tilelang: fla 0.6.0 refuses the gated
 # delta rule's backward on Hopper with the machine's Triton 3.6 (wrong gradients, fla #640) unless tilelang
 # is installed, so composer's `impl=auto` falls back to its torch reference and fla's own model cannot train.
-# Carry [".device/wheels", ".device/gdn", ".device/triton-autotune.tar.gz"] as benchmarks/device_prepare.sh makes them (.device/gdn: tilelang unpacked
-# and xz-compressed, its runtime wheels, pytest; fla from .device/wheels; Triton's autotune results of earlier calls in .device/triton-autotune.tar.gz). Needs no mamba-ssm: it can run while the kernels build
+# Carry [".device/wheels", ".device/gdn", ".device/triton-autotune.tar.gz"] as benchmarks/device_prepare.sh makes
+# them (.device/gdn: tilelang unpacked and xz-compressed, its runtime wheels, pytest; fla from .device/wheels; the
+# last: Triton's tuning results of earlier calls, device_autotune.sh). Needs no mamba-ssm: it can run while the kernels build
 # (fidelity_device.sh PART=all WHILE_BUILDING="OUT=/tmp/issue15-logs/gdn GDN_LIMIT=390 bash benchmarks/gdn_device.sh").
 # Runs (about 6 minutes; GDN_LIMIT seconds at most, default 570, 10 s of it kept for returning the autotune
 # results): gdn_probe.py (GDN_PROBE_S seconds, default 90: each configuration fla's first bf16 calls tune, timed),
