@@ -5,12 +5,15 @@
 # kernels are ready (returns 1 if the build failed); `return_kernels` sends the built wheels back once.
 #
 # Saving the build (341 s of a session's 1,800 s of device time; causal-conv1d alone takes 284 s):
-# `return_kernels` puts each built wheel in $OUT as xz-compressed parts of 15 MiB (the device returns
+# `return_kernels` puts each built wheel in $KERNELS_OUT as xz-compressed parts of 15 MiB (the device returns
 # files of at most 16 MiB); copy the parts of one or both wheels into .device/kernel-wheels/ here
 # (causal-conv1d's 26 MB saves the most; both and .device exceed the 64 MiB a call carries), and later
 # calls install them and build only what is missing or does not import (another torch on the machine).
 # The rungs' corpus may travel as .device/corpus-tokens.tar.xz (3.8 MB instead of 34 MB), unpacked here.
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+# The folder the device returns, fixed by the outermost script: a script run inside another's WHILE_BUILDING or
+# AFTER_BUILD with its own OUT (a folder the outer one tars) must not pack the 65 MB of wheels there (2026-12-05)
+export KERNELS_OUT=${KERNELS_OUT:-$OUT}
 [ -d .device/corpus-tokens ] || [ ! -f .device/corpus-tokens.tar.xz ] || tar xJf .device/corpus-tokens.tar.xz -C .device
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .device/wheels/*.whl $(ls .device/f8/*.whl 2> /dev/null) \
   2>&1 | grep -v "already exists"
@@ -62,11 +65,11 @@ wait_for_kernels() {
   [ -f /tmp/kernels/FAILED ] && { cat /tmp/kernels/FAILED; return 1; }
   return 0
 }
-return_kernels() {  # once per machine: each wheel built here as <wheel>.xz.part-aa, -ab, ... in $OUT (15 MiB each)
+return_kernels() {  # once per machine: each wheel built here as <wheel>.xz.part-aa, -ab, ... in $KERNELS_OUT (15 MiB each)
   [ -f /tmp/kernels/READY ] && [ ! -f /tmp/kernels/RETURNED ] && ls /tmp/kernels/wheels/*.whl > /dev/null 2>&1 || return 0
   local whl
   for whl in /tmp/kernels/wheels/*.whl; do
-    xz -T0 -6 -c "$whl" | split -b 15M - "$OUT/$(basename "$whl").xz.part-"
+    xz -T0 -6 -c "$whl" | split -b 15M - "$KERNELS_OUT/$(basename "$whl").xz.part-"
   done
-  touch /tmp/kernels/RETURNED; ls -la "$OUT"/*.whl.xz.part-*
+  touch /tmp/kernels/RETURNED; ls -la "$KERNELS_OUT"/*.whl.xz.part-*
 }

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Issue 17's search throughput on a lent H200, from the project root with `.device` carried
 # (benchmarks/device_prepare.sh; the kernels built by an earlier call on a warm machine, or carried back in
-# .device/kernel-wheels, or built here first; built wheels go back only from fidelity_device.sh's end, so run this
-# in its AFTER_BUILD on a fresh machine; Triton's tuning results come back in the tarball, for .device/). For each `evaluator=shapes` of RUNS (default
+# .device/kernel-wheels, or built here first, then returned: return_kernels; Triton's tuning results come back in
+# the tarball, for .device/). For each `evaluator=shapes` of RUNS (default
 # "mad=3x1,1x6 mad_fast=1x6"), `search_throughput.py --sweep shapes --seconds $SECONDS_EACH (100) -- evaluator=...
 # space=long $EXTRA`, in this call: the default and the fast preset side by side, the first shape of the first
 # the "before" (the shape of the committed 167 per GPU-hour). Results come back as $OUT/throughput.tar.gz
@@ -21,6 +21,7 @@ for run in ${RUNS:-mad=3x1,1x6 mad_fast=1x6}; do
     -- "evaluator=$evaluator" space=long ${EXTRA:-} > "/tmp/throughput/$name.log" 2>&1
   echo "== evaluator=$evaluator ${EXTRA:-}"; grep -E "^\|" "/tmp/throughput/$name.log"
 done
+return_kernels
 return_autotune /tmp/throughput
 cd /tmp && tar czf "$OUT/throughput.tar.gz" throughput/*.log throughput/triton-autotune.tar.gz \
   $(find throughput -maxdepth 3 \( -name '*.json' -o -name gpu.csv -o -name search.log \) -not -path '*/run/*')
