@@ -67,9 +67,10 @@ wait_for_kernels() {
 }
 return_kernels() {  # once per machine: each wheel built here as <wheel>.xz.part-aa, -ab, ... in $KERNELS_OUT (15 MiB each)
   [ -f /tmp/kernels/READY ] && [ ! -f /tmp/kernels/RETURNED ] && ls /tmp/kernels/wheels/*.whl > /dev/null 2>&1 || return 0
-  local whl
-  for whl in /tmp/kernels/wheels/*.whl; do
-    xz -T0 -6 -c "$whl" | split -b 15M - "$KERNELS_OUT/$(basename "$whl").xz.part-"
+  local whl parts=/tmp/kernels/parts
+  for whl in /tmp/kernels/wheels/*.whl; do  # a wheel's parts reach $KERNELS_OUT only whole (a call cut short mid-xz)
+    rm -rf $parts && mkdir -p $parts && xz -T0 -6 -c "$whl" | split -b 15M - "$parts/$(basename "$whl").xz.part-" \
+      && mv $parts/* "$KERNELS_OUT"/
   done
   touch /tmp/kernels/RETURNED; ls -la "$KERNELS_OUT"/*.whl.xz.part-*
 }

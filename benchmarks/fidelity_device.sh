@@ -99,7 +99,6 @@ case "$PART" in
 esac
 cp $OUT/kernels_build.log $LOGS/ 2>/dev/null
 return_autotune $LOGS  # comes back in the tarball: copy issue15-logs/triton-autotune.tar.gz to .device/
-return_kernels  # once: the built wheels in parts; copied into .device/kernel-wheels, later calls skip the build
 # no profiler traces: the device returns files of at most 16 MiB, and a trace alone can pass that (lost a call's
 # files on 2026-12-04); profile.json keeps their tables
 cd /tmp && tar czf "$OUT/issue15.tar.gz" --exclude='*.pt' --exclude='checkpoint*' --exclude='trials' \
@@ -107,5 +106,8 @@ cd /tmp && tar czf "$OUT/issue15.tar.gz" --exclude='*.pt' --exclude='checkpoint*
   search/study.db search/search.json search/result.json search/leaderboard.jsonl \
   $(cd /tmp && ls fidelity/{study.db,fidelity.json,fidelity.png,leaderboard.jsonl} budget/{study.db,fidelity.json,fidelity.png} budget/proxies/*/study.db 2>/dev/null) \
   $(cd /tmp && find fidelity -name summary.json -o -name rung.json -o -name metrics.jsonl) issue15-logs 2>/dev/null
+# after the tarball: compressing the wheels takes a minute or more, and a call cut off at 600 s returns no tarball
+# (2026-12-06); once: the built wheels in parts, copied into .device/kernel-wheels, later calls skip the build
+return_kernels
 ls -la "$OUT" /tmp/kernels/wheels 2>/dev/null; nvidia-smi --query-gpu=memory.used --format=csv,noheader
 for f in $LOGS/*.log; do echo "== $f"; tail -n 4 "$f"; done

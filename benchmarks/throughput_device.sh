@@ -21,7 +21,7 @@ for run in ${RUNS:-mad=3x1,1x6 mad_fast=1x6}; do
     -- "evaluator=$evaluator" space=long ${EXTRA:-} > "/tmp/throughput/$name.log" 2>&1
   echo "== evaluator=$evaluator ${EXTRA:-}"; grep -E "^\|" "/tmp/throughput/$name.log"
 done
-return_kernels
 return_autotune /tmp/throughput
-cd /tmp && tar czf "$OUT/throughput.tar.gz" throughput/*.log throughput/triton-autotune.tar.gz \
-  $(find throughput -maxdepth 3 \( -name '*.json' -o -name gpu.csv -o -name search.log \) -not -path '*/run/*')
+(cd /tmp && tar czf "$OUT/throughput.tar.gz" throughput/*.log throughput/triton-autotune.tar.gz \
+  $(find throughput -maxdepth 3 \( -name '*.json' -o -name gpu.csv -o -name search.log \) -not -path '*/run/*'))
+return_kernels  # after the tarball: compressing the wheels takes a minute or more
