@@ -203,6 +203,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.sweep is not None and args.gpu_counts is not None:
         parser.error("--sweep and --gpu-counts are measured in runs of their own; give one")
+    if args.out.exists() and any(args.out.iterdir()):  # its searches would resume, and count their trials again
+        parser.error(f"--out {args.out} is not empty: a measurement there would resume the searches it holds; "
+                     "give a new folder")
     if args.sweep is not None:
         sweep(parser, args)
         return

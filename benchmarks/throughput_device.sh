@@ -17,6 +17,9 @@ mkdir -p /tmp/throughput
 for run in ${RUNS:-mad=3x1,1x6 mad_fast=1x6}; do
   evaluator=${run%%=*} shapes=${run#*=}
   name=$evaluator${TAG:-}
+  # an earlier call's folder on a still-warm machine (already returned) moves aside: search_throughput.py measures
+  # into an empty folder only, as a search there would resume and count the earlier trials again
+  [ -e "/tmp/throughput/$name" ] && mkdir -p /tmp/throughput-old && mv "/tmp/throughput/$name" "/tmp/throughput-old/$name-$(date +%s)"
   python3 benchmarks/search_throughput.py --sweep "$shapes" --seconds "${SECONDS_EACH:-100}" --out "/tmp/throughput/$name" ${SWEEP_ARGS:-} \
     -- "evaluator=$evaluator" space=long ${EXTRA:-} > "/tmp/throughput/$name.log" 2>&1
   echo "== evaluator=$evaluator ${EXTRA:-}"; grep -E "^\|" "/tmp/throughput/$name.log"

@@ -132,3 +132,12 @@ def test_the_mps_daemon_starts_for_a_shape_and_quits_after(tmp_path, monkeypatch
                                                 "already running"):
         with st.mps_daemon(tmp_path / "again"):
             raise AssertionError("a daemon that failed to start must stop the measurement")
+
+
+def test_a_folder_that_holds_a_measurement_is_refused_in_one_line(tmp_path):
+    """A search in it would resume, so its completed trials would count again (a warm device machine's second call
+    measured 7 "completed" in a window of 275 s from an 87-s run, 2026-12-06)."""
+    (tmp_path / "w3e1" / "run").mkdir(parents=True)
+    proc = throughput("--sweep", "3x1", "--out", str(tmp_path))
+    assert proc.returncode == 2 and f"--out {tmp_path} is not empty: a measurement there would resume" in proc.stderr
+    assert not (tmp_path / "sweep.json").exists() and list(tmp_path.iterdir()) == [tmp_path / "w3e1"]
