@@ -36,11 +36,17 @@ PROBE=${GDN_PROBE_S:-90}
 [ "$PROBE" -gt 0 ] && timeout -s ABRT $PROBE python3 -X faulthandler benchmarks/gdn_probe.py --head-dims 64,32 --backward \
   --stall-s 30 --out "$OUT/gdn_probe.json" > "$OUT/gdn_probe.log" 2>&1; [ "$PROBE" -gt 0 ] && grep -E "^call|^\{|took [0-9.]{2,}" "$OUT/gdn_probe.log" | tail -n 12
 P=${GDN_PARITY_S:-300}  # 0: no parity tests, the bench alone
-[ "$P" -gt 0 ] && timeout $((P * 3 / 5)) python3 -m pytest -v -s --durations=0 -o faulthandler_timeout=100 tests/gpu/test_gdn_parity.py -k "gradients or auto" \
-  > "$OUT/gdn_parity.log" 2>&1
-[ "$P" -gt 0 ] && timeout $((P - SECONDS > 30 ? P - SECONDS : 30)) python3 -m pytest -v -s --durations=0 -o faulthandler_timeout=100 \
-  tests/gpu/test_gdn_parity.py \
-  -k "not gradients and not auto" >> "$OUT/gdn_parity.log" 2>&1
+# GDN_K: only the tests that pytest's -k expression selects, in one run of P seconds (e.g. GDN_K=hybrid); else two
+# groups, the gradients and `auto` tests (and the hybrid step under autocast) in 3/5 of P, the rest after
+if [ "$P" -gt 0 ] && [ -n "${GDN_K:-}" ]; then
+  timeout $P python3 -m pytest -v -s --durations=0 -o faulthandler_timeout=100 tests/gpu/test_gdn_parity.py -k "$GDN_K" \
+    > "$OUT/gdn_parity.log" 2>&1
+elif [ "$P" -gt 0 ]; then
+  timeout $((P * 3 / 5)) python3 -m pytest -v -s --durations=0 -o faulthandler_timeout=100 tests/gpu/test_gdn_parity.py \
+    -k "gradients or auto" > "$OUT/gdn_parity.log" 2>&1
+  timeout $((P - SECONDS > 30 ? P - SECONDS : 30)) python3 -m pytest -v -s --durations=0 -o faulthandler_timeout=100 \
+    tests/gpu/test_gdn_parity.py -k "not gradients and not auto" >> "$OUT/gdn_parity.log" 2>&1
+fi
 [ "$P" -gt 0 ] && grep -E "PASSED|FAILED|SKIPPED|ERROR|passed|failed" "$OUT/gdn_parity.log" | tail -n 20
 # SIGABRT at the limit: Python's faulthandler prints every thread's stack, so a hang says where it hangs
 [ "${GDN_VARIANTS:-}" != none ] && timeout -s ABRT $((LIMIT - 10 - SECONDS)) python3 -X faulthandler benchmarks/train_bench.py --layouts qwen3next-1b --variants ${GDN_VARIANTS:-compile:full,eager:full} \
