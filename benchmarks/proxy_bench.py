@@ -5,7 +5,9 @@ launches, not FLOPs. This times the shared trainer (`composer.engine.trainer.tra
 path) on in-context recall at the `mad` evaluator's settings:
 - per pattern and mode: eager, `cuda_graph` (one captured step), `compile+cuda_graph`;
 - then `--concurrency` runs at once in threads, each on its own CUDA stream (what
-  `evaluator.parallel` does), for the aggregate steps/s.
+  `evaluator.parallel` does), for the aggregate steps/s;
+- with `--batch-sizes`, one run at each larger batch: a step of 4x or 16x the sequences is what one step
+  of 4 or 16 candidates folded into one model's kernels would cost at best (issue 17's stacking lead).
 A run's speed is the median of its logged intervals after the capture (warm-up and compile
 excluded); the aggregate is the sum over runs that overlapped for their whole length. The estimate
 of evaluations per GPU-hour divides by the `mad` evaluator's steps per evaluation (all six tasks),
@@ -44,16 +46,16 @@ def steps_per_evaluation(batch_tokens: int = 0) -> int:
     return sum(2_000_000 // (batch_tokens // n * n if batch_tokens else 32 * n) for n in lengths)
 
 
-def run(pattern: str, mode: str, *, steps: int, data, folder: Path, mamba_impl: str) -> float:
+def run(pattern: str, mode: str, *, steps: int, data, folder: Path, mamba_impl: str, batch_size: int = 32) -> float:
     """Steady steps/s of one proxy run."""
     x, y = data
-    cfg = TrainerConfig(max_tokens=steps * 32 * 128, batch_size=32, lr=3e-3, log_every=10, ckpt_every=0,
+    cfg = TrainerConfig(max_tokens=steps * batch_size * 128, batch_size=batch_size, lr=3e-3, log_every=10, ckpt_every=0,
                         progress=False, **MODES[mode])
     model = build_model(model_config_from_mapping(
         {"pattern": pattern, "vocab_size": 16, "d_model": 128, "mamba2": {"impl": mamba_impl}}, where="model"), seed=0)
-    train(model.cuda(), train_batches=ArrayBatches(x, y, batch_size=32, seed=0), eval_batches=[(x[:32].cpu(), y[:32].cpu())],
+    train(model.cuda(), train_batches=ArrayBatches(x, y, batch_size=batch_size, seed=0), eval_batches=[(x[:32].cpu(), y[:32].cpu())],
           seq_len=128, cfg=cfg, run_dir=folder, signature={"pattern": pattern})
-    rates = [json.loads(line)["train/tokens_per_s"] / (32 * 128) for line in (folder / "metrics.jsonl").read_text().splitlines()
+    rates = [json.loads(line)["train/tokens_per_s"] / (batch_size * 128) for line in (folder / "metrics.jsonl").read_text().splitlines()
              if "train/tokens_per_s" in line]
     return statistics.median(rates[2:])  # the first intervals hold the warm-up, compile and capture
 
@@ -88,6 +90,9 @@ def main() -> None:
     parser.add_argument("--concurrency-mode", default="cuda_graph")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--mamba-impl", default="torch")
+    parser.add_argument("--batch-sizes", default="",
+                        help="e.g. 32,128,512: one run per pattern at each batch size in --concurrency-mode, for how a "
+                             "step's time grows with its work (what folding K candidates into one step's kernels could gain)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     task_cfg = task_config_from_mapping("in_context_recall", {})
@@ -102,6 +107,13 @@ def main() -> None:
                            mamba_impl=args.mamba_impl)
                 results["single"][f"{pattern} {mode}"] = round(rate, 1)
                 print(f"{pattern}  {mode:>20}: {rate:8.1f} steps/s", flush=True)
+            for batch in [int(b) for b in args.batch_sizes.split(",") if b]:
+                rate = run(pattern, args.concurrency_mode, steps=args.steps, data=data, batch_size=batch,
+                           folder=Path(tmp) / f"b{batch}-{pattern}", mamba_impl=args.mamba_impl)
+                results.setdefault("batch", {})[f"{pattern} {args.concurrency_mode} b{batch}"] = {
+                    "steps_per_s": round(rate, 1), "sequences_per_s": round(rate * batch)}
+                print(f"{pattern}  batch {batch:4d} ({args.concurrency_mode}): {rate:8.1f} steps/s = "
+                      f"{rate * batch / 32:8.1f} batch-32 steps/s", flush=True)
             for k in map(int, args.concurrency.split(",")):
                 rate, wall = side_by_side(pattern, args.concurrency_mode, k, steps=args.steps, data=data,
                                           folder=Path(tmp) / f"k{k}-{pattern}", mamba_impl=args.mamba_impl)
