@@ -12,11 +12,15 @@ Two runs of the same K patterns, same data (in-context recall at the `mad` setti
 tokens a step), candidate-steps per second:
 - solo: K runs at once, each in its thread on its own CUDA stream with its step captured as a graph (what
   `evaluator.parallel` does in a search), Mamba-2 on mamba-ssm's kernels where installed;
-- stacked: one model, one captured step; its Mamba-2 layers run the pure-PyTorch scan (mamba-ssm's kernels
-  are autograd Functions without a vmap rule) and its attention SDPA's math backend (`build`).
+- stacked: one model, one captured step (with `--stack vmap`, its Mamba-2 layers run the pure-PyTorch scan,
+  as mamba-ssm's kernels are autograd Functions without a vmap rule, and its attention SDPA's math backend).
 On a CPU both run eagerly, one after the other (a smoke run: a CPU is not launch-bound at this size).
 Measured on an H100 (2026-12-05, fp32, K = 16): the stack made 0.52x the solo runs' candidate-steps: losing
 mamba-ssm's scan and SDPA's efficient kernel under vmap costs more than the fewer launches save (RESULTS.md).
+So `--stack fold` (the default) keeps them: a position's attention layers run as one attention over the candidates'
+sequences side by side in the batch, its Mamba-2 layers as one layer of K x H heads (one conv, one scan of
+mamba-ssm's where the solo runs use it), and only MLP and the other letters vmap (FOLDS). `--stack vmap` is the
+2026-12-05 stack.
 
     python3 benchmarks/stacked_proxies.py --k 8 --steps 100 --out $OUT/stacked.json
 """
@@ -62,11 +66,64 @@ class _Group(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:  # (n, B, T, D) -> (n, B, T, D)
         template = self.template[0]
+        fold = FOLDS.get(template.letter) if STACK[0] == "fold" else None
+        if fold is not None and (template.letter != "*" or template.mixer.q_norm is None):
+            w = dict(zip(self.names, self.weights))
+            h = F.rms_norm(x, (x.shape[-1],), eps=template.norm.eps) * w["norm.weight"][:, None, None]
+            return x + fold(template.mixer, w, h)
 
         def layer(weights, buffers, xx):
             return functional_call(template, ({**dict(zip(self.names, weights)), **buffers}), (xx,))
 
         return vmap(layer)(tuple(self.weights), self.buffers_, x)
+
+
+def _fold_attention(mixer, w: dict[str, Tensor], h: Tensor) -> Tensor:
+    """n candidates' attention layers (same shapes, own weights) as one: their sequences side by side along the batch
+    axis, so SDPA's own kernels run once for all of them. h (n, B, T, D) normed -> (n, B, T, D)."""
+    n, b = h.shape[:2]
+    qkv = torch.einsum("nbtd,nfd->nbtf", h, w["mixer.qkv.weight"])  # (n, B, T, (H + 2 Hkv) hd)
+    y = mixer.mix(qkv.flatten(0, 1)).unflatten(0, (n, b))  # (n, B, T, H hd): the template reads no weight here
+    return torch.einsum("nbti,ndi->nbtd", y, w["mixer.out_proj.weight"])
+
+
+def _fold_mamba2(mixer, w: dict[str, Tensor], h: Tensor) -> Tensor:
+    """n candidates' Mamba-2 layers as one of n x H heads and n x G groups: one causal conv over n x conv_dim channels
+    and one scan (mamba-ssm's kernels where the template would run them, else the chunked torch scan), each candidate's
+    heads reading only its own B and C. h (n, B, T, D) normed -> (n, B, T, D)."""
+    from primitives.nn.mamba2 import _NORM_EPS, _load_kernels, scan_dtype, ssd_chunked
+
+    cfg, (n, b, t, _) = mixer.cfg, h.shape
+    kernels = mixer._resolve(h.device)[0]
+    z, xBC, dt = mixer._split(torch.einsum("nbtd,ned->btne", h, w["mixer.in_proj.weight"]))  # (B, T, n, ·) each
+    weight, bias = w["mixer.conv1d.weight"].flatten(0, 1), w["mixer.conv1d.bias"].flatten()  # (n C, 1, d_conv), (n C,)
+    xBC = xBC.flatten(2).transpose(1, 2)  # (B, n C, T)
+    if kernels:
+        conv, scan = _load_kernels()
+        xBC = conv(xBC.contiguous(), weight.squeeze(1), bias, activation="silu")
+    else:
+        xBC = F.silu(F.conv1d(F.pad(xBC, (cfg.d_conv - 1, 0)), weight, bias, groups=xBC.shape[1]))
+    xs, B, C = mixer._split_xbc(xBC.transpose(1, 2).unflatten(2, (n, -1)))  # (B, T, n, d_inner), (B, T, n, G N) x 2
+    heads, groups = n * mixer.n_heads, n * cfg.n_groups  # head j of candidate i reads group i G + j // (H / G)
+    xs, B, C = xs.reshape(b, t, heads, cfg.head_dim), B.reshape(b, t, groups, cfg.d_state), C.reshape(b, t, groups, cfg.d_state)
+    dt, A_log, dt_bias, D = dt.reshape(b, t, heads), *(w[f"mixer.{k}"].flatten() for k in ("A_log", "dt_bias", "D"))
+    if kernels:
+        y = scan(xs, dt, -torch.exp(A_log.float()), B, C, chunk_size=cfg.chunk_size, D=D, dt_bias=dt_bias, dt_softplus=True)
+    else:
+        sd = scan_dtype(h.dtype)
+        with torch.autocast(h.device.type, enabled=False):
+            xs = xs.to(sd)
+            y, _ = ssd_chunked(xs, F.softplus(dt.to(sd) + dt_bias.to(sd)), -torch.exp(A_log.to(sd)), B.to(sd), C.to(sd),
+                               chunk_size=min(cfg.chunk_size, t), initial_state=None)
+            y = y + D.to(sd)[:, None] * xs  # (B, T, n H, P)
+    sd = scan_dtype(h.dtype)  # the template's gated norm, each candidate over its own d_inner
+    y = y.reshape(b, t, n, mixer.d_inner).to(sd) * F.silu(z.to(sd))
+    y = y * torch.rsqrt(y.pow(2).mean(dim=-1, keepdim=True) + _NORM_EPS) * w["mixer.norm_weight"]
+    return torch.einsum("btni,ndi->nbtd", y.to(h.dtype), w["mixer.out_proj.weight"])
+
+
+FOLDS = {"*": _fold_attention, "W": _fold_attention, "M": _fold_mamba2}  # the others vmap (their kernels are few)
+STACK = ["fold"]  # --stack: fold (FOLDS where a letter has one) | vmap (every letter, the 2026-12-05 measurement)
 
 
 class StackedProxies(nn.Module):
@@ -151,7 +208,12 @@ def _stacked_optimizer(model: StackedProxies, device: torch.device) -> torch.opt
                    {"params": [w for _, w, nd in stacks if nd], "weight_decay": 0.0}], device)
 
 
-STACK_BACKEND = "math"  # SDPA's backend in the stack (build's docstring)
+def stack_settings(mamba_impl: str) -> tuple[str, str]:
+    """(Mamba-2 impl, SDPA backend) of the stack: folded, the solo runs' own; vmapped, the torch scan and SDPA's math
+    backend (mamba-ssm's kernels have no vmap rule; build's docstring)."""
+    return (mamba_impl, "auto") if STACK[0] == "fold" else ("torch", "math")
+
+
 BF16 = [False]  # --precision: fp32 (TF32 matmuls), or bf16 autocast on CUDA (the search's; see --help)
 
 
@@ -208,11 +270,13 @@ def build(patterns: list[str], d_model: int, mamba_impl: str, device: torch.devi
                         seed=0).to(device) for p in patterns]
 
 
-def equivalence(patterns: list[str], *, steps: int, d_model: int, data, device: torch.device) -> dict:
-    """Loss curves of each candidate alone and in the stack, from the same weights and batches (torch scan both)."""
+def equivalence(patterns: list[str], *, steps: int, d_model: int, data, device: torch.device, mamba_impl: str) -> dict:
+    """Loss curves of each candidate alone and in the stack, from the same weights and batches, both on the stack's
+    Mamba-2 path (folded: the solo runs' kernels where installed; vmapped: the torch scan)."""
     batches = _batches(data, steps, seed=0)
-    solo = [solo_steps(m, batches, device) for m in build(patterns, d_model, "torch", device)]
-    stacked = stacked_steps(StackedProxies(build(patterns, d_model, "torch", device, STACK_BACKEND)), batches, device)
+    impl, backend = stack_settings(mamba_impl)
+    solo = [solo_steps(m, batches, device) for m in build(patterns, d_model, impl, device)]
+    stacked = stacked_steps(StackedProxies(build(patterns, d_model, impl, device, backend)), batches, device)
     diff = max(abs(a - b) / abs(a) for s, t in zip(solo, stacked) for a, b in zip(s, t))
     return {"steps": steps, "max_relative_loss_difference": diff, "final_losses_solo": [c[-1] for c in solo],
             "final_losses_stacked": [c[-1] for c in stacked]}
@@ -287,7 +351,8 @@ def timing(patterns: list[str], *, steps: int, d_model: int, data, device: torch
     gc.collect()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    stacked_model = StackedProxies(build(patterns, d_model, "torch", device, STACK_BACKEND))
+    impl, backend = stack_settings(mamba_impl)
+    stacked_model = StackedProxies(build(patterns, d_model, impl, device, backend))
     opt = _stacked_optimizer(stacked_model, device)
     stacks = stacked_model.stacks()
 
@@ -300,7 +365,7 @@ def timing(patterns: list[str], *, steps: int, d_model: int, data, device: torch
         start, end = graphed(opt, stacked_model.losses, update)
     rate = steps / (end - start)
     stacked = {"candidate_steps_per_s": rate * k, "steps_per_s": rate, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
-               "mamba_impl": "torch"}
+               "stack": STACK[0], "mamba_impl": stack_settings(mamba_impl)[0]}
     return {"solo": solo, "stacked": stacked, "ratio": stacked["candidate_steps_per_s"] / solo["candidate_steps_per_s"]}
 
 
@@ -315,9 +380,14 @@ def main() -> None:
     parser.add_argument("--precision", choices=("bf16", "fp32"), default="fp32",
                         help="fp32: TF32 matmuls; bf16: autocast, as the search trains, which fails in the stack on CUDA "
                              "(conv1d under vmap misses autocast: bf16 input, fp32 bias; torch 2.11, 2026-12-05)")
+    parser.add_argument("--stack", choices=("fold", "vmap"), default="fold",
+                        help="fold: attention and Mamba-2 layers of a position as one call of their own kernels (the "
+                             "candidates side by side in the batch, or as heads), the rest vmapped; vmap: every layer "
+                             "vmapped over the torch paths (measured 0.52x on an H100, 2026-12-05)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     BF16[0] = args.precision == "bf16"
+    STACK[0] = args.stack
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not BF16[0]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     task_cfg = task_config_from_mapping("in_context_recall", {})
@@ -325,8 +395,9 @@ def main() -> None:
     data = (x.to(device), y.to(device))
     patterns = patterns_for(args.k, args.length, seed=0)
     results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
-               "precision": args.precision, "k": args.k, "patterns": patterns, "d_model": args.d_model}
-    results["equivalence"] = equivalence(patterns, steps=args.check_steps, d_model=args.d_model, data=data, device=device)
+               "precision": args.precision, "stack": args.stack, "k": args.k, "patterns": patterns, "d_model": args.d_model}
+    results["equivalence"] = equivalence(patterns, steps=args.check_steps, d_model=args.d_model, data=data, device=device,
+                                         mamba_impl=args.mamba_impl)
     print(f"stacked vs alone, {args.check_steps} steps of {args.k} candidates: losses within "
           f"{results['equivalence']['max_relative_loss_difference']:.1e} (relative)", flush=True)
     if device.type == "cuda":

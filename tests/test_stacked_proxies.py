@@ -86,3 +86,31 @@ def test_every_primitive_but_moe_stacks():
     assert torch.allclose(bench.StackedProxies(models(patterns)).losses(x, y), alone, rtol=TOL)
     with pytest.raises(ValueError, match="cannot hold MoE"):
         bench.StackedProxies(models(["*E-E", "E*E-"]))
+
+
+def test_folded_layers_equal_each_candidates_own():
+    """The fold (benchmarks/stacked_proxies.py FOLDS) runs n candidates' attention as one batch and their Mamba-2
+    layers as one layer of n x H heads and n x G groups: each candidate's output, and its weights' gradients, equal
+    its own layer's. Two groups per Mamba-2 layer, so that a head reading another candidate's B or C would show;
+    grouped-query and sliding-window attention, so that the batch fold meets both."""
+    from composer.config import model_config_from_mapping
+    from composer.model import build_model
+
+    bench = _bench()
+    settings = {"vocab_size": 16, "d_model": 32, "mamba2": {"head_dim": 8, "n_groups": 2, "chunk_size": 8},
+                "attention": {"n_heads": 4, "n_kv_heads": 2}, "swa": {"window": 4, "n_heads": 4, "n_kv_heads": 2}}
+    for letter in "M*W":
+        layers = [build_model(model_config_from_mapping({**settings, "pattern": letter}), seed=s).layers[0]
+                  for s in range(3)]
+        group = bench._Group(layers, [0, 1, 2])
+        x = torch.randn(3, 2, 24, 32, requires_grad=True)
+        folded = group(x)
+        alone = torch.stack([layer(x[i]) for i, layer in enumerate(layers)])
+        assert torch.allclose(folded, alone, rtol=1e-4, atol=1e-5), letter
+        weights = torch.randn_like(alone)  # a loss that weighs every output differently
+        (folded * weights).sum().backward()
+        (alone * weights).sum().backward()
+        for name, stacked in zip(group.names, group.weights):
+            own = torch.stack([dict(layer.named_parameters())[name].grad for layer in layers])
+            assert torch.allclose(stacked.grad, own, rtol=1e-4, atol=1e-6), (letter, name)
+        assert bench.STACK[0] == "fold" and letter in bench.FOLDS

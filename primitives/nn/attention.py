@@ -100,9 +100,14 @@ class Attention(nn.Module):
             _flash_attn_func()  # fail at build time, not mid-run
 
     def forward(self, x: torch.Tensor, state: KVCache | None = None) -> torch.Tensor:
-        B, T, _ = x.shape
+        return self.out_proj(self.mix(self.qkv(x), state))  # (B, T, D)
+
+    def mix(self, qkv: torch.Tensor, state: KVCache | None = None) -> torch.Tensor:
+        """The projected queries, keys and values (B, T, (H + 2 Hkv) hd) -> attention's output (B, T, H hd), before
+        out_proj: everything between the two projections, which reads no weight but the q/k norms'."""
+        B, T, _ = qkv.shape
         heads = [self.n_heads, self.n_kv]
-        qk, v = self.qkv(x).split([(self.n_heads + self.n_kv) * self.hd, self.n_kv * self.hd], dim=-1)
+        qk, v = qkv.split([(self.n_heads + self.n_kv) * self.hd, self.n_kv * self.hd], dim=-1)
         qk = qk.view(B, T, self.n_heads + self.n_kv, self.hd)  # (B, T, H + Hkv, hd): the queries, then the keys
         v = v.view(B, T, self.n_kv, self.hd)  # (B, T, Hkv, hd)
         if self.q_norm is not None:
@@ -113,11 +118,10 @@ class Attention(nn.Module):
             raise ValueError(f"a KV cache with a device position decodes one token per call, got {T}")
         start = state.position if on_device else state.length if state is not None else 0
         if self.cfg.rope_theta is not None:  # queries and keys turned together: one rotation's kernels, not two
-            qk = rope(qk, tables=rope_tables(T, self.hd, start=start, theta=self.cfg.rope_theta, device=x.device))
+            qk = rope(qk, tables=rope_tables(T, self.hd, start=start, theta=self.cfg.rope_theta, device=qkv.device))
         q, k = qk.split(heads, dim=2)  # (B, T, H, hd), (B, T, Hkv, hd)
         if on_device:
-            y = self._step_on_device(state, q, k, v)  # (B, 1, H, hd)
-            return self.out_proj(y.reshape(B, T, self.n_heads * self.hd))
+            return self._step_on_device(state, q, k, v).reshape(B, T, self.n_heads * self.hd)
         offset = start  # keys before this call's first query, in the keys attended
         if state is not None and state.ring:
             k, v, offset = self._through_ring(state, k, v)
@@ -128,8 +132,7 @@ class Attention(nn.Module):
             state.v[:, start : start + T] = v.to(state.v.dtype)
             state.length = start + T
             k, v = state.k[:, : start + T].to(q.dtype), state.v[:, : start + T].to(q.dtype)
-        y = self._attend(q, k, v, q_offset=offset)  # (B, T, H, hd)
-        return self.out_proj(y.reshape(B, T, self.n_heads * self.hd))
+        return self._attend(q, k, v, q_offset=offset).reshape(B, T, self.n_heads * self.hd)
 
     @staticmethod
     def _through_ring(state: KVCache, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
