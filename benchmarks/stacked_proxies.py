@@ -67,7 +67,7 @@ class _Group(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # (n, B, T, D) -> (n, B, T, D)
         template = self.template[0]
         fold = FOLDS.get(template.letter) if STACK[0] == "fold" else None
-        if fold is not None and (template.letter != "*" or template.mixer.q_norm is None):
+        if fold is not None and getattr(template.mixer, "q_norm", None) is None:  # q/k norms: per-candidate weights, vmap
             w = dict(zip(self.names, self.weights))
             h = F.rms_norm(x, (x.shape[-1],), eps=template.norm.eps) * w["norm.weight"][:, None, None]
             return x + fold(template.mixer, w, h)
