@@ -13,7 +13,7 @@ Two views, printed as tables and written to `<out>/profile.json`:
   the evaluation (past the warm-up; CUPTI sees every thread's kernels, those of captured graphs too),
   from which the share of that window any kernel runs (kernel time vs idle), the share with k kernels
   at once, each stream's busy share (one stream per task run), the kernels that take the most time, and
-  each run's kernels (by the trainer's `step <run>` ranges in the trace).
+  each run's kernels and busy share (by the OS thread that launched them, which each run's summary.json names).
 
     python benchmarks/eval_profile.py --out $OUT/profile -- evaluator=mad space=long
     python benchmarks/eval_profile.py --pattern 'M*-*' --out /tmp/p -- evaluator=mad_cpu space.length=4  # CPU
@@ -49,7 +49,7 @@ def critical_path(trials: Path, wall: float) -> dict[str, Any]:
     runs = {}
     for summary in sorted(trials.glob("*/*/summary.json")):
         s = json.loads(summary.read_text())
-        runs[summary.parent.name] = {"steps": s.get("step"), "tokens": s.get("tokens"),
+        runs[summary.parent.name] = {"steps": s.get("step"), "tokens": s.get("tokens"), "thread": s.get("thread"),
                                      "seconds": s.get("train_seconds"), "tokens_per_s": s.get("tokens_per_s")}
     seconds = [r["seconds"] for r in runs.values() if r["seconds"]]
     return {"wall_seconds": round(wall, 2), "runs": runs,
@@ -92,28 +92,24 @@ def kernel_timeline(trace: dict[str, Any], window_us: float, top: int = 12) -> d
                             for name, (c, d) in sorted(by_name.items(), key=lambda kv: -kv[1][1])[:top]]}
 
 
-def kernels_by_run(trace: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Each kernel's run: the trainer names every step in the trace (`step <run folder>`, on the thread that
-    launches it); a kernel's launch (the runtime call with its correlation id: a graph's kernels share their
-    replay's) lies inside one such range of its thread. Per run: kernels, their GPU time, their mean."""
+def kernels_by_run(trace: dict[str, Any], threads: dict[int, str], window_us: float) -> dict[str, dict[str, Any]]:
+    """Each kernel's run: a kernel's launch (the runtime call with its correlation id: a graph's kernels share their
+    replay's) was made by one OS thread, and each run's summary.json names the thread that stepped it (`threads`:
+    id -> run). (The trainer's `step <run>` ranges cannot say it here: a profiler started on this thread records no
+    ranges of the evaluator's threads.) Per run: kernels, their GPU time, their mean, and its share of the window
+    (busy: one run's kernels run on its own stream, one at a time)."""
     events = trace.get("traceEvents", [])
-    steps: dict[Any, list[tuple[float, float, str]]] = {}
-    launches: dict[Any, tuple[Any, float]] = {}
-    for e in events:
-        if e.get("cat") == "user_annotation" and str(e.get("name", "")).startswith("step ") and "dur" in e:
-            steps.setdefault(e.get("tid"), []).append((e["ts"], e["ts"] + e["dur"], e["name"][5:]))
-        elif e.get("cat") == "cuda_runtime" and "correlation" in e.get("args", {}):
-            launches[e["args"]["correlation"]] = (e.get("tid"), e["ts"])
+    launches = {e["args"]["correlation"]: e.get("tid") for e in events
+                if e.get("cat") == "cuda_runtime" and "correlation" in e.get("args", {})}
     runs: dict[str, list[float]] = {}
     for e in events:
         if e.get("cat") != "kernel" or "dur" not in e:
             continue
-        tid, ts = launches.get(e.get("args", {}).get("correlation"), (None, None))
-        name = next((n for start, end, n in steps.get(tid, []) if start <= ts <= end), "(outside a step)") \
-            if ts is not None else "(launch not traced)"
+        tid = launches.get(e.get("args", {}).get("correlation"))
+        name = "(launch not traced)" if tid is None else threads.get(tid, f"(thread {tid})")
         runs.setdefault(name, []).append(e["dur"])
-    return {name: {"kernels": len(d), "ms": round(sum(d) / 1e3, 2), "mean_us": round(sum(d) / len(d), 2)}
-            for name, d in sorted(runs.items())}
+    return {name: {"kernels": len(d), "ms": round(sum(d) / 1e3, 2), "mean_us": round(sum(d) / len(d), 2),
+                   "busy": round(sum(d) / window_us, 3)} for name, d in sorted(runs.items())}
 
 
 def profile(pattern: str, overrides: list[str], out: Path, trace_seconds: float, trace_after: float) -> dict[str, Any]:
@@ -150,7 +146,8 @@ def profile(pattern: str, overrides: list[str], out: Path, trace_seconds: float,
             trace = json.load(f)
         record["gpu"] = kernel_timeline(trace, trace_seconds * 1e6)
         record["gpu"]["trace_after_s"] = trace_after
-        record["gpu"]["runs"] = kernels_by_run(trace)
+        threads = {r["thread"]: name for name, r in record["critical_path"]["runs"].items() if r["thread"] is not None}
+        record["gpu"]["runs"] = kernels_by_run(trace, threads, record["gpu"].get("window_s", trace_seconds) * 1e6)
     return record
 
 
@@ -173,8 +170,9 @@ def markdown(record: dict[str, Any]) -> str:
                   "", "| kernel | count | ms | share of kernel time | mean us |", "| --- | ---: | ---: | ---: | ---: |"]
         lines += [f"| {k['name'][:90]} | {k['count']} | {k['ms']} | {100 * k['share']:.1f}% | {k['mean_us']} |"
                   for k in gpu["top_kernels"]]
-        lines += ["", "| run (kernels in the trace) | kernels | GPU ms | mean us |", "| --- | ---: | ---: | ---: |"]
-        lines += [f"| {name} | {r['kernels']} | {r['ms']} | {r['mean_us']} |" for name, r in gpu.get("runs", {}).items()]
+        lines += ["", "| run (kernels in the trace) | kernels | GPU ms | mean us | busy |", "| --- | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {name} | {r['kernels']} | {r['ms']} | {r['mean_us']} | {100 * r['busy']:.0f}% |"
+                  for name, r in gpu.get("runs", {}).items()]
     return "\n".join(lines)
 
 

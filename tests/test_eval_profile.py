@@ -43,10 +43,7 @@ def test_a_window_longer_than_its_kernels_is_mostly_idle():
     assert t["stream_busy"] == {"7": pytest.approx(0.08), "9": pytest.approx(0.03)}
 
 
-def test_kernels_are_charged_to_the_run_whose_step_launched_them():
-    def step(tid, ts, dur, run):
-        return {"cat": "user_annotation", "name": f"step {run}", "tid": tid, "ts": ts, "dur": dur}
-
+def test_kernels_are_charged_to_the_run_whose_thread_launched_them():
     def launch(tid, ts, corr):
         return {"cat": "cuda_runtime", "name": "cudaGraphLaunch", "tid": tid, "ts": ts, "dur": 2, "args": {"correlation": corr}}
 
@@ -54,15 +51,15 @@ def test_kernels_are_charged_to_the_run_whose_step_launched_them():
         return {"cat": "kernel", "name": "k", "ts": 0, "dur": dur, "args": {"correlation": corr, "stream": 7}}
 
     trace = {"traceEvents": [
-        step(1, 0, 100, "recall-lr0.003"), step(2, 0, 100, "copy-lr0.003"), step(1, 200, 100, "recall-lr0.003"),
-        launch(1, 10, 7), launch(2, 20, 8), launch(1, 150, 9), launch(1, 210, 10),
+        launch(101, 10, 7), launch(102, 20, 8), launch(101, 150, 9), launch(103, 210, 10),
         kern(7, 30), kern(7, 10),  # one graph replay: two kernels, one correlation
         kern(8, 5), kern(9, 4), kern(10, 6), kern(99, 1)]}
-    assert profile.kernels_by_run(trace) == {
-        "(launch not traced)": {"kernels": 1, "ms": 0.0, "mean_us": 1.0},
-        "(outside a step)": {"kernels": 1, "ms": 0.0, "mean_us": 4.0},
-        "copy-lr0.003": {"kernels": 1, "ms": 0.01, "mean_us": 5.0},
-        "recall-lr0.003": {"kernels": 3, "ms": 0.05, "mean_us": pytest.approx(15.33, abs=0.01)}}
+    threads = {101: "recall-lr0.003", 102: "copy-lr0.003"}
+    assert profile.kernels_by_run(trace, threads, window_us=100) == {
+        "(launch not traced)": {"kernels": 1, "ms": 0.0, "mean_us": 1.0, "busy": 0.01},
+        "(thread 103)": {"kernels": 1, "ms": 0.01, "mean_us": 6.0, "busy": 0.06},
+        "copy-lr0.003": {"kernels": 1, "ms": 0.01, "mean_us": 5.0, "busy": 0.05},
+        "recall-lr0.003": {"kernels": 3, "ms": 0.04, "mean_us": pytest.approx(14.67, abs=0.01), "busy": 0.44}}
 
 
 def test_a_cpu_evaluation_s_critical_path(tmp_path):
@@ -76,3 +73,6 @@ def test_a_cpu_evaluation_s_critical_path(tmp_path):
     # two runs at a time: on average between one and two busy
     assert 0.5 < cp["busy_streams"] <= 2.05 and cp["longest_over_median"] >= 1
     assert record["device"] == "cpu" and "gpu" not in record and "| compression-lr" in proc.stdout
+    # each run names the OS thread that stepped it (what a GPU trace's launches are charged by): two at a time
+    threads = {r["thread"] for r in cp["runs"].values()}
+    assert all(isinstance(t, int) for t in threads) and 1 <= len(threads) <= 2

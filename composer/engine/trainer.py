@@ -359,7 +359,8 @@ class Trainer:
     def _skeleton(self, summary: dict[str, Any] | None, flops_per_token: float | None) -> dict[str, Any]:
         """summary.json before training: the caller's keys, the signature, and how the step runs."""
         cfg, cuda = self.cfg, self.device.type == "cuda"
-        summary = {**(summary or {}), **self.signature, "world_size": self.world.world_size}
+        summary = {**(summary or {}), **self.signature, "world_size": self.world.world_size,
+                   "thread": threading.get_native_id()}  # the OS thread stepping it: whose launches in a GPU trace
         summary["impl"] = {**summary.get("impl", {}), "loss": self.module.loss_impl, "compile": cfg.compile,
                            "step": "cuda_graph" if self.graphed else "eager",
                            "float8": self.float8.describe() if self.float8 else "off",
@@ -428,8 +429,8 @@ class Trainer:
         if self.graphed and self.graph is None and self.step - self.start_step >= GRAPH_WARMUP:
             with compile_guard(self.cfg):
                 self.graph = StepGraph(self.optimizer, batches, self._forward_backward, self._update)
-        # named in a profiler's trace (the run folder's name): whose kernels are whose when runs share a GPU;
-        # only while one records (a range costs about 5 us a step, a check 0.04 us)
+        # named in a trace of the profiler this thread runs (trainer.profile_steps), by the run folder's name; only
+        # while one records (a range costs about 5 us a step, a check 0.04 us)
         with torch.profiler.record_function(self.step_name) if torch.autograd._profiler_enabled() else nullcontext():
             if self.graph is not None:
                 self.graph.run(lr, batches)
