@@ -20,7 +20,9 @@ mamba-ssm's scan and SDPA's efficient kernel under vmap costs more than the fewe
 So `--stack fold` (the default) keeps them: a position's attention layers run as one attention over the candidates'
 sequences side by side in the batch, its Mamba-2 layers as one layer of K x H heads (one conv, one scan of
 mamba-ssm's where the solo runs use it), and only MLP and the other letters vmap (FOLDS). `--stack vmap` is the
-2026-12-05 stack.
+2026-12-05 stack. Measured on an H100 (2026-12-06, bf16, K = 16): the fold made 0.86x the solo runs: at this size a
+captured step is bound by memory traffic more than by launches (one proxy at 16x the batch makes only 1.75x the
+sequences per second, `proxy_bench.py --batch-sizes`), so there is little for any fold to win (RESULTS.md).
 
     python3 benchmarks/stacked_proxies.py --k 8 --steps 100 --out $OUT/stacked.json
 """
