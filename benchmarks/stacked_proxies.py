@@ -93,9 +93,9 @@ def _fold_mamba2(mixer, w: dict[str, Tensor], h: Tensor) -> Tensor:
     """n candidates' Mamba-2 layers as one of n x H heads and n x G groups: one causal conv over n x conv_dim channels
     and one scan (mamba-ssm's kernels where the template would run them, else the chunked torch scan), each candidate's
     heads reading only its own B and C. h (n, B, T, D) normed -> (n, B, T, D)."""
-    from primitives.nn.mamba2 import _NORM_EPS, _load_kernels, scan_dtype, ssd_chunked
+    from primitives.nn.mamba2 import _load_kernels, gated_rms_norm, scan_dtype, ssd_chunked
 
-    cfg, (n, b, t, _) = mixer.cfg, h.shape
+    cfg, (n, b, t, _), sd = mixer.cfg, h.shape, scan_dtype(h.dtype)
     kernels = mixer._resolve(h.device)[0]
     z, xBC, dt = mixer._split(torch.einsum("nbtd,ned->btne", h, w["mixer.in_proj.weight"]))  # (B, T, n, ·) each
     weight, bias = w["mixer.conv1d.weight"].flatten(0, 1), w["mixer.conv1d.bias"].flatten()  # (n C, 1, d_conv), (n C,)
@@ -112,15 +112,12 @@ def _fold_mamba2(mixer, w: dict[str, Tensor], h: Tensor) -> Tensor:
     if kernels:
         y = scan(xs, dt, -torch.exp(A_log.float()), B, C, chunk_size=cfg.chunk_size, D=D, dt_bias=dt_bias, dt_softplus=True)
     else:
-        sd = scan_dtype(h.dtype)
         with torch.autocast(h.device.type, enabled=False):
             xs = xs.to(sd)
             y, _ = ssd_chunked(xs, F.softplus(dt.to(sd) + dt_bias.to(sd)), -torch.exp(A_log.to(sd)), B.to(sd), C.to(sd),
                                chunk_size=min(cfg.chunk_size, t), initial_state=None)
             y = y + D.to(sd)[:, None] * xs  # (B, T, n H, P)
-    sd = scan_dtype(h.dtype)  # the template's gated norm, each candidate over its own d_inner
-    y = y.reshape(b, t, n, mixer.d_inner).to(sd) * F.silu(z.to(sd))
-    y = y * torch.rsqrt(y.pow(2).mean(dim=-1, keepdim=True) + _NORM_EPS) * w["mixer.norm_weight"]
+    y = gated_rms_norm(y.reshape(b, t, n, mixer.d_inner), z, w["mixer.norm_weight"])  # each over its own d_inner
     return torch.einsum("btni,ndi->nbtd", y.to(h.dtype), w["mixer.out_proj.weight"])
 
 
@@ -367,7 +364,7 @@ def timing(patterns: list[str], *, steps: int, d_model: int, data, device: torch
         start, end = graphed(opt, stacked_model.losses, update)
     rate = steps / (end - start)
     stacked = {"candidate_steps_per_s": rate * k, "steps_per_s": rate, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
-               "stack": STACK[0], "mamba_impl": stack_settings(mamba_impl)[0]}
+               "stack": STACK[0], "mamba_impl": impl}
     return {"solo": solo, "stacked": stacked, "ratio": stacked["candidate_steps_per_s"] / solo["candidate_steps_per_s"]}
 
 

@@ -219,10 +219,7 @@ class Mamba2(nn.Module):
         return xBC.split([self.d_inner, bc, bc], dim=-1)
 
     def _gated_norm_out(self, y: Tensor, z: Tensor, dtype: torch.dtype) -> Tensor:
-        sdtype = scan_dtype(dtype)
-        y = y.to(sdtype) * F.silu(z.to(sdtype))  # (B, T, d_inner); gate first, then normalise
-        y = y * torch.rsqrt(y.pow(2).mean(dim=-1, keepdim=True) + _NORM_EPS) * self.norm_weight
-        return self.out_proj(y.to(dtype))  # (B, T, D)
+        return self.out_proj(gated_rms_norm(y, z, self.norm_weight).to(dtype))  # (B, T, D)
 
     def _forward_torch(self, x: Tensor, state: Mamba2State | None) -> Tensor:
         cfg, (b, t, _) = self.cfg, x.shape
@@ -307,6 +304,14 @@ def init_decay_(A_log: Tensor, dt_bias: Tensor, cfg) -> None:
     dt = torch.exp(math.log(cfg.dt_min) + u * (math.log(cfg.dt_max) - math.log(cfg.dt_min)))
     dt = dt.clamp(min=cfg.dt_init_floor)
     dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+
+def gated_rms_norm(y: Tensor, z: Tensor, weight: Tensor) -> Tensor:
+    """y (.., d_inner) gated by silu(z), then RMS-normalised over its last axis and scaled by weight (d_inner,), in the
+    scan's dtype (float32 at least)."""
+    sdtype = scan_dtype(y.dtype)
+    y = y.to(sdtype) * F.silu(z.to(sdtype))  # gate first, then normalise
+    return y * torch.rsqrt(y.pow(2).mean(dim=-1, keepdim=True) + _NORM_EPS) * weight
 
 
 def scan_dtype(dtype: torch.dtype) -> torch.dtype:
