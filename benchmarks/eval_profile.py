@@ -2,6 +2,10 @@
 
 One evaluation of `pattern` by the search's evaluator (composed from configs/search like
 `composer-search` does, with the same overrides), in a fresh folder, timed as a search times it.
+First `--warm` (1) untraced evaluations of the same pattern in this process (`<out>/warm0`), so the
+profiled one sees what a search worker sees after its first: Triton's kernels built and autotuned
+(mamba-ssm's backward kernels, whose configs carry pre-hooks, are tuned again in every process:
+Triton keeps no disk cache for them), compiled layers reused. `--warm 0` profiles a cold process.
 Two views, printed as tables and written to `<out>/profile.json`:
 
 - the critical path, from each task run's summary.json: steps, tokens, train seconds. The runs
@@ -13,7 +17,7 @@ Two views, printed as tables and written to `<out>/profile.json`:
   the evaluation (past the warm-up; CUPTI sees every thread's kernels, those of captured graphs too),
   from which the share of that window any kernel runs (kernel time vs idle), the share with k kernels
   at once, each stream's busy share (one stream per task run), the kernels that take the most time, and
-  each run's kernels and busy share (by the OS thread that launched them, which each run's summary.json names).
+  each run's kernels and busy share (by the thread that launched them, which each run's summary.json names).
 
     python benchmarks/eval_profile.py --out $OUT/profile -- evaluator=mad space=long
     python benchmarks/eval_profile.py --pattern 'M*-*' --out /tmp/p -- evaluator=mad_cpu space.length=4  # CPU
@@ -93,32 +97,43 @@ def kernel_timeline(trace: dict[str, Any], window_us: float, top: int = 12) -> d
 
 
 def kernels_by_run(trace: dict[str, Any], threads: dict[int, str], window_us: float) -> dict[str, dict[str, Any]]:
-    """Each kernel's run: a kernel's launch (the runtime call with its correlation id: a graph's kernels share their
-    replay's) was made by one OS thread, and each run's summary.json names the thread that stepped it (`threads`:
-    id -> run). (The trainer's `step <run>` ranges cannot say it here: a profiler started on this thread records no
-    ranges of the evaluator's threads.) Per run: kernels, their GPU time, their mean, and its share of the window
-    (busy: one run's kernels run on its own stream, one at a time)."""
+    """Each kernel's run: a kernel's launch (the runtime or driver call with its correlation id: a graph's kernels
+    share their replay's, Triton's kernels are driver launches) was made by one thread, and each run's summary.json
+    names the thread that stepped it (`threads`: Python thread id -> run). The trace names a thread by the low 32 bits
+    of that id (pthread_self; checked on an H100, 2026-12-06). (The trainer's `step <run>` ranges cannot say it here:
+    a profiler started on this thread records no ranges of the evaluator's threads.) Per run: kernels, their GPU
+    time, their mean, and its share of the window (busy: one run's kernels run on its own stream, one at a time)."""
     events = trace.get("traceEvents", [])
     launches = {e["args"]["correlation"]: e.get("tid") for e in events
-                if e.get("cat") == "cuda_runtime" and "correlation" in e.get("args", {})}
+                if e.get("cat") in ("cuda_runtime", "cuda_driver") and "correlation" in e.get("args", {})}
+    by_tid = {ident & 0xFFFFFFFF: name for ident, name in threads.items()}
     runs: dict[str, list[float]] = {}
     for e in events:
         if e.get("cat") != "kernel" or "dur" not in e:
             continue
         tid = launches.get(e.get("args", {}).get("correlation"))
-        name = "(launch not traced)" if tid is None else threads.get(tid, f"(thread {tid})")
+        name = ("(launch not traced)" if tid is None else
+                by_tid.get(tid & 0xFFFFFFFF if isinstance(tid, int) else tid, f"(thread {tid})"))
         runs.setdefault(name, []).append(e["dur"])
     return {name: {"kernels": len(d), "ms": round(sum(d) / 1e3, 2), "mean_us": round(sum(d) / len(d), 2),
                    "busy": round(sum(d) / window_us, 3)} for name, d in sorted(runs.items())}
 
 
-def profile(pattern: str, overrides: list[str], out: Path, trace_seconds: float, trace_after: float) -> dict[str, Any]:
+def profile(pattern: str, overrides: list[str], out: Path, trace_seconds: float, trace_after: float,
+            warm: int = 1) -> dict[str, Any]:
     import torch
 
     from search.evaluator import Evaluator
     from search.runner import worker_device
 
     cfg = evaluator_config(overrides)
+    warmed = []
+    for i in range(warm):  # a search worker's steady state: kernels built and autotuned, layers compiled
+        started = time.perf_counter()
+        Evaluator(cfg, run_dir=out / f"warm{i}", device=worker_device(0))(pattern)
+        warmed.append(round(time.perf_counter() - started, 2))
+        print(f"eval_profile.py: warm-up evaluation {i + 1}/{warm} (untraced, {out / f'warm{i}'}): {warmed[-1]:.1f} s",
+              flush=True)
     evaluator = Evaluator(cfg, run_dir=out / "run", device=worker_device(0))
     cuda = torch.cuda.is_available()
     result: dict[str, Any] = {}
@@ -139,7 +154,7 @@ def profile(pattern: str, overrides: list[str], out: Path, trace_seconds: float,
     thread.join()
     wall = time.perf_counter() - started
     record = {"pattern": pattern, "overrides": overrides, "evaluator": cfg.name, "parallel": cfg.parallel,
-              "score": result.get("score"), "device": torch.cuda.get_device_name() if cuda else "cpu",
+              "warm_up_seconds": warmed, "score": result.get("score"), "device": torch.cuda.get_device_name() if cuda else "cpu",
               "critical_path": critical_path(out / "run" / "trials", wall)}
     if traced:
         with gzip.open(out / "trace.json.gz", "rt") as f:
@@ -180,12 +195,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pattern", default="M*-*-M**M*-*M**-")  # issue 15's aggregate
     parser.add_argument("--trace-seconds", type=float, default=3.0)
-    parser.add_argument("--trace-after", type=float, default=40.0, help="seconds into the evaluation the trace starts")
+    parser.add_argument("--trace-after", type=float, default=8.0, help="seconds into the evaluation the trace starts")
+    parser.add_argument("--warm", type=int, default=1,
+                        help="untraced evaluations of the pattern first, in this process (0: profile a cold process)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    record = profile(args.pattern, args.overrides, args.out, args.trace_seconds, args.trace_after)
+    record = profile(args.pattern, args.overrides, args.out, args.trace_seconds, args.trace_after, args.warm)
     (args.out / "profile.json").write_text(json.dumps(record, indent=2) + "\n")
     print(markdown(record))
 

@@ -1,5 +1,5 @@
 """benchmarks/eval_profile.py (issue 17): the GPU timeline arithmetic by hand, and a CPU run's critical path
-read from the evaluation's own run folders (structure only: timings are not tested)."""
+read from the evaluation's own run folders, after a warm-up evaluation (structure only: timings are not tested)."""
 
 import importlib.util
 import json
@@ -50,11 +50,14 @@ def test_kernels_are_charged_to_the_run_whose_thread_launched_them():
     def kern(corr, dur):
         return {"cat": "kernel", "name": "k", "ts": 0, "dur": dur, "args": {"correlation": corr, "stream": 7}}
 
+    recall, copy = 140417200666304, 140417192273600  # Python thread ids; the trace has their low 32 bits
     trace = {"traceEvents": [
-        launch(101, 10, 7), launch(102, 20, 8), launch(101, 150, 9), launch(103, 210, 10),
+        launch(recall & 0xFFFFFFFF, 10, 7), launch(copy & 0xFFFFFFFF, 20, 8), launch(recall & 0xFFFFFFFF, 150, 9),
+        launch(103, 210, 10),
         kern(7, 30), kern(7, 10),  # one graph replay: two kernels, one correlation
         kern(8, 5), kern(9, 4), kern(10, 6), kern(99, 1)]}
-    threads = {101: "recall-lr0.003", 102: "copy-lr0.003"}
+    trace["traceEvents"][2]["cat"] = "cuda_driver"  # a Triton kernel's launch (cuLaunchKernel)
+    threads = {recall: "recall-lr0.003", copy: "copy-lr0.003"}
     assert profile.kernels_by_run(trace, threads, window_us=100) == {
         "(launch not traced)": {"kernels": 1, "ms": 0.0, "mean_us": 1.0, "busy": 0.01},
         "(thread 103)": {"kernels": 1, "ms": 0.01, "mean_us": 6.0, "busy": 0.06},
@@ -73,6 +76,9 @@ def test_a_cpu_evaluation_s_critical_path(tmp_path):
     # two runs at a time: on average between one and two busy
     assert 0.5 < cp["busy_streams"] <= 2.05 and cp["longest_over_median"] >= 1
     assert record["device"] == "cpu" and "gpu" not in record and "| compression-lr" in proc.stdout
+    # one untraced warm-up evaluation first, in its own folder: the profiled one trained its runs again
+    assert len(record["warm_up_seconds"]) == 1 and "warm-up evaluation 1/1" in proc.stdout
+    assert len(list((tmp_path / "warm0" / "trials").glob("*/*/summary.json"))) == 6
     # each run names the OS thread that stepped it (what a GPU trace's launches are charged by): two at a time
     threads = {r["thread"] for r in cp["runs"].values()}
     assert all(isinstance(t, int) for t in threads) and 1 <= len(threads) <= 2

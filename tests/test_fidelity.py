@@ -405,6 +405,12 @@ def test_another_budget_of_the_proxy_is_ranked_against_it_without_rungs(tmp_path
     x = [quarter["scores"][p] for p in proxy]
     assert against["y"] == "proxy" and against["n"] == 4
     assert against["spearman"]["value"] == pytest.approx(scipy.stats.spearmanr(x, list(proxy.values())).statistic)
+    # how far its scores lie from the proxy's, pattern by pattern
+    gaps = {p: abs(quarter["scores"][p] - proxy[p]) for p in proxy}
+    worst = max(gaps, key=gaps.get)
+    assert quarter["score_difference"] == {"n": 4, "mean_abs": pytest.approx(sum(gaps.values()) / 4),
+                                           "max_abs": pytest.approx(gaps[worst]), "max_pattern": worst}
+    assert f"quarter - proxy: |score difference| mean {sum(gaps.values()) / 4:.4f}" in proc.stdout
     # its own runs, trained at its budget: nothing read back from the proxy's runs of the same patterns
     runs = list((tmp_path / "f" / "proxies" / "quarter" / "trials").glob("*/lm-*/summary.json"))
     assert len(runs) == 4 and all(json.loads(r.read_text())["tokens"] <= 10000 for r in runs)  # the proxy: 40,000

@@ -360,7 +360,7 @@ class Trainer:
         """summary.json before training: the caller's keys, the signature, and how the step runs."""
         cfg, cuda = self.cfg, self.device.type == "cuda"
         summary = {**(summary or {}), **self.signature, "world_size": self.world.world_size,
-                   "thread": threading.get_native_id()}  # the OS thread stepping it: whose launches in a GPU trace
+                   "thread": threading.get_ident()}  # the thread stepping it (pthread id): a GPU trace's launches, low 32 bits
         summary["impl"] = {**summary.get("impl", {}), "loss": self.module.loss_impl, "compile": cfg.compile,
                            "step": "cuda_graph" if self.graphed else "eager",
                            "float8": self.float8.describe() if self.float8 else "off",

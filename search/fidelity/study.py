@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import random
 import shutil
+import statistics
 import tempfile
 import time
 from types import MappingProxyType
@@ -554,11 +555,17 @@ def fewer_tasks(points: Mapping[str, Mapping[str, Any]], known: Mapping[str, Map
 def compare_proxies(points: Mapping[str, Mapping[str, Any]], variants: Mapping[str, Mapping[str, Any]],
                     rungs: tuple[RungConfig, ...], *, bootstrap: int, seed: int) -> list[dict[str, Any]]:
     """Each other proxy against the proxy and each rung (higher is better on every axis): its ranking's
-    Spearman and Kendall with intervals, and decision accuracy, over the patterns both scored."""
+    Spearman and Kendall with intervals, and decision accuracy, over the patterns both scored; and how far its
+    scores lie from the proxy's (`score_difference`: mean and largest |difference|, the pattern of the largest),
+    which a seed of the proxy (`{name: seed1, evaluator: {seed: 1}}`) puts beside the seed spread."""
     out = []
     for name, v in variants.items():
         against = []
         axes = {"proxy": {p: pt["proxy"] for p, pt in points.items() if pt["proxy"] is not None}}
+        diffs = {p: abs(v["scores"][p] - axes["proxy"][p]) for p in v["scores"] if p in axes["proxy"]}
+        worst = max(diffs, key=diffs.get) if diffs else None
+        difference = {"n": len(diffs), "mean_abs": statistics.fmean(diffs.values()) if diffs else None,
+                      "max_abs": diffs.get(worst), "max_pattern": worst}
         for r in rungs:
             axes[r.name] = {p: -pt["rungs"][r.name]["mean"] for p, pt in points.items()
                             if pt["rungs"].get(r.name, {}).get("mean") is not None}
@@ -567,7 +574,7 @@ def compare_proxies(points: Mapping[str, Mapping[str, Any]], variants: Mapping[s
             if len(both) >= 2:
                 against.append({"y": axis, **stats.agreement([v["scores"][p] for p in both], [by[p] for p in both],
                                                    bootstrap=bootstrap, seed=seed)})
-        out.append({"name": name, **v, "correlations": against})
+        out.append({"name": name, **v, "correlations": against, "score_difference": difference})
     return out
 
 
@@ -719,6 +726,10 @@ def report(out: Mapping[str, Any], run_dir: Path) -> str:
         secs = v["seconds_per_evaluation"]
         lines.append(f"  proxy {v['name']} ({len(v['scores'])} scored, "
                      f"{'-' if secs is None else f'{secs:.1f}'} s per evaluation): {v['evaluator']}")
+        d = v["score_difference"]
+        if d["n"]:
+            lines.append(f"  {v['name']} - proxy: |score difference| mean {d['mean_abs']:.4f}, "
+                         f"largest {d['max_abs']:.4f} ({d['max_pattern']}) over {d['n']} patterns")
         lines += [_correlation_line(v["name"], c) for c in v["correlations"]]
     if out.get("task_subsets"):
         lines += subsets.report_lines(out["task_subsets"])

@@ -1,0 +1,24 @@
+"""benchmarks/eval_profile.py on a GPU: a real trace of one `mad_fast` evaluation (its three runs in threads,
+graphed steps), in which the kernels are charged to the runs that launched them, by the thread each run's
+summary.json names. (The CPU tests build the trace by hand: a CPU profiler records no other thread's ops.)"""
+
+import importlib.util
+from pathlib import Path
+
+SCRIPT = Path(__file__).parents[2] / "benchmarks/eval_profile.py"
+_spec = importlib.util.spec_from_file_location("eval_profile", SCRIPT)
+eval_profile = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(eval_profile)
+
+
+def test_a_real_trace_charges_its_kernels_to_the_runs(tmp_path):
+    overrides = ["evaluator=mad_fast", "space.length=8", "evaluator.trainer.max_tokens=1000000"]
+    record = eval_profile.profile("M*-*M-*-", overrides, tmp_path, trace_seconds=1.0, trace_after=3.0, warm=0)
+    print(eval_profile.markdown(record))
+    assert "gpu" in record, "the evaluation ended before the trace started: raise max_tokens"
+    runs = set(record["critical_path"]["runs"])
+    charged = record["gpu"]["runs"]
+    named = sum(r["ms"] for name, r in charged.items() if name in runs)
+    total = sum(r["ms"] for r in charged.values())
+    assert len(runs & set(charged)) >= 2, charged  # at least two of the three runs were stepping in the window
+    assert named >= 0.9 * total, charged  # what is not a run's: launches from before the window, none from others
