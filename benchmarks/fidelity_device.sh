@@ -19,6 +19,7 @@
 #                  three tasks (the other three rank nothing there: composer-fidelity's "fewer tasks", 2026-12-04),
 #                  each ranked against the default budget (composer-fidelity proxies=[...], rungs=[]; resumes); none ranked
 #                  as the proxy (2026-12-05). BUDGET=batch: mad_fast's full tokens at 8K, 16K, 32K tokens a step instead
+#                  (ranked worse, 2026-12-06). BUDGET=compile: the proxy compiled, and at seed 1, against its scores
 # fidelity/ starts with the proxy scores of fidelity-ceil/ (its study.db): the first study, grown by the paper's
 # ceil rule (+1 % to +40 % over the rung's size), stopped at 11 of 32 runs; this one grows by `fit` (within 2 %).
 # A cold machine starts from what $R holds (committed); a warm one keeps its /tmp state (the runs in
@@ -77,6 +78,10 @@ budget() {  # issue 17: the same 16 patterns scored at cheaper budgets of the pr
   # (BATCHES: which, default "8 16 32", in K tokens; a proxy ranks only once all 16 patterns have its score)
   [ "${BUDGET:-tokens}" = batch ] && P="[$(for k in ${BATCHES:-8 16 32}; do
     printf '{name:b%sk,evaluator:{trainer:{batch_tokens:%s},%s}},' $k $((k * 1024)) "$FAST"; done | sed 's/,$//')]"
+  # BUDGET=compile: not a cheaper budget but a faster setting, whose scores must stay within the seed spread to be a
+  # default (issue 17, item 4): the proxy's six tasks compiled, and the proxy at another seed (the yardstick), each
+  # against the default's committed scores (score_difference in fidelity.json)
+  [ "${BUDGET:-tokens}" = compile ] && P="[{name:compiled,evaluator:{trainer:{compile:true}}},{name:seed1,evaluator:{seed:1,reeval_seeds:[2]}}]"
   timeout -k 20 -s INT $(left) python3 -m composer.apps.fidelity "${STUDY[@]}" name=issue17-budget 'rungs=[]' \
     hydra.run.dir=/tmp/budget leaderboard=/tmp/budget/leaderboard.jsonl "proxies=$P" \
     > "$LOGS/budget-$(date +%H%M%S).log" 2>&1

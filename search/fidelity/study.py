@@ -557,7 +557,8 @@ def compare_proxies(points: Mapping[str, Mapping[str, Any]], variants: Mapping[s
     """Each other proxy against the proxy and each rung (higher is better on every axis): its ranking's
     Spearman and Kendall with intervals, and decision accuracy, over the patterns both scored; and how far its
     scores lie from the proxy's (`score_difference`: mean and largest |difference|, the pattern of the largest),
-    which a seed of the proxy (`{name: seed1, evaluator: {seed: 1}}`) puts beside the seed spread."""
+    which a seed of the proxy (`{name: seed1, evaluator: {seed: 1, reeval_seeds: [2]}}`) puts beside the seed
+    spread."""
     out = []
     for name, v in variants.items():
         against = []
