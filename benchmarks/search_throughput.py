@@ -19,7 +19,9 @@ instead of taking turns on the GPU. A shape given twice (`3x1,3x1`) is measured 
 Two rates: completed evaluations over the window from the first start to the last completion (what a search
 gets, setup and all; coarse in a short window), and the steady state: tokens every run trained per second
 past the warm-up (`--warmup-share` of the time, sampled from the runs' metrics.jsonl every 5 s) over one
-evaluation's tokens, which leaves out each evaluation's setup, capture and final evaluation.
+evaluation's tokens, which leaves out each evaluation's setup, capture and final evaluation. Beside them, the
+median seconds of each worker's first evaluations (which build, tune and compile what later ones reuse) and of
+the later ones.
 
 With `--gpu-counts 1,8` it runs one search on the first GPU and one on the first eight, `--workers` per GPU,
 and writes `<out>/scaling.json` with each and the speed-up in evaluations per hour against the first (issue 19).
@@ -102,6 +104,14 @@ def tokens_per_evaluation(trials: Path) -> int | None:
     return int(statistics.median(sums)) if sums else None
 
 
+def first_and_later(trials: list, slots: int) -> tuple[float | None, float | None]:
+    """Median seconds of the first evaluations (the `slots` that started first: each worker's first, which builds,
+    tunes and compiles what later ones reuse) and of the later ones; None where there are none."""
+    ordered = sorted(trials, key=lambda t: t.datetime_start)
+    first, later = ([t.duration.total_seconds() for t in part] for part in (ordered[:slots], ordered[slots:]))
+    return (round(statistics.median(first), 1) if first else None, round(statistics.median(later), 1) if later else None)
+
+
 @contextmanager
 def mps_daemon(folder: Path) -> Iterator[dict[str, str]]:
     """CUDA MPS for the processes given the returned environment: started here, quit on leaving."""
@@ -169,11 +179,14 @@ def _measure(args: argparse.Namespace, out: Path, workers: int, gpus: str | None
     per_gpu_hour = None if per_hour is None else round(per_hour / max(1, n_gpus), 1)
     steady = steady_rate(progress, warmup=args.seconds * args.warmup_share)
     per_eval = tokens_per_evaluation(out / "run" / "trials")
+    each = next((int(o.split("=", 1)[1]) for o in reversed(args.overrides) if o.startswith("evaluations_per_worker=")), 1)
+    first_s, later_s = first_and_later(trials, workers * each)
     result = {
         "workers": workers, "gpus": n_gpus, "mps": bool(mps_env), "overrides": args.overrides, "wall_s": round(wall, 1), "completed": len(trials),
         "window_s": round(last - first, 1), "evaluations_per_hour": per_hour and round(per_hour, 1),
         "evaluations_per_gpu_hour": per_gpu_hour,
         "mean_eval_s": round(statistics.mean(t.duration.total_seconds() for t in trials), 2) if trials else None,
+        "first_eval_s": first_s, "later_eval_s": later_s,  # medians: each worker's first evaluations, the rest
         # the steady state: tokens every run trained per second past the warm-up, over one evaluation's tokens
         # (no per-evaluation setup, capture or final evaluation counted; a precise figure from a short window)
         "tokens_per_s": round(steady) if steady else None, "tokens_per_evaluation": per_eval,
@@ -254,14 +267,15 @@ def sweep(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             row[f"{key}_ratio"] = round(row[key] / base, 2) if base and row.get(key) else None
     (args.out / "sweep.json").write_text(json.dumps({"overrides": overrides, "rows": rows}, indent=1) + "\n")
     print("| workers x evaluations | completed | evaluations/GPU-hour | ratio | steady: tokens/s | evaluations/GPU-hour "
-          "| ratio | GPU util | memory MiB |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "| ratio | first / later evaluation s | GPU util | memory MiB |\n"
+          "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         if "error" in r:
             print(f"| {r['shape']} | {r['error']} |")
             continue
         print(f"| {r['shape']} | {r['completed']} | {r['evaluations_per_gpu_hour']} | {r['evaluations_per_gpu_hour_ratio']} "
               f"| {r['tokens_per_s']} | {r['steady_evaluations_per_gpu_hour']} | {r['steady_evaluations_per_gpu_hour_ratio']} "
-              f"| {r['gpu_util_median_pct']} | {r['gpu_memory_max_mib']} |")
+              f"| {r['first_eval_s']} / {r['later_eval_s']} | {r['gpu_util_median_pct']} | {r['gpu_memory_max_mib']} |")
 
 
 def _gpus() -> int:

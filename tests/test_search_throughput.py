@@ -80,9 +80,25 @@ def test_a_sweep_measures_each_shape_with_a_steady_rate(tmp_path):
         runs = [json.loads(f.read_text()) for f in (out / f"w1e{each}" / "run" / "trials").glob("*/*/summary.json")]
         assert row["tokens_per_evaluation"] in {sum(s["tokens"] for s in runs[i:i + 2]) for i in range(len(runs) - 1)}
         assert row["tokens_per_s"] > 0 and row["steady_evaluations_per_gpu_hour"] > 0
+        assert row["first_eval_s"] > 0 and f"| {row['first_eval_s']} / {row['later_eval_s']} |" in proc.stdout
     first = record["rows"][0]
     assert first["evaluations_per_gpu_hour_ratio"] == 1.0 and first["steady_evaluations_per_gpu_hour_ratio"] == 1.0
     assert "| 1x2 |" in proc.stdout
+
+
+def test_first_evaluations_are_the_ones_each_worker_started_first():
+    from datetime import datetime, timedelta
+    from types import SimpleNamespace
+
+    spec = importlib.util.spec_from_file_location("search_throughput", SCRIPT)
+    st = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(st)
+    t0 = datetime(2026, 12, 6)
+    # two workers: their first evaluations start at 0 s and 1 s and take 200 s and 180 s (compiling); later ones 20-30 s
+    trials = [SimpleNamespace(datetime_start=t0 + timedelta(seconds=start), duration=timedelta(seconds=took))
+              for start, took in ((181, 20), (0, 200), (201, 30), (1, 180), (211, 25))]
+    assert st.first_and_later(trials, slots=2) == (190.0, 25.0)
+    assert st.first_and_later(trials[1:2], slots=2) == (200.0, None) and st.first_and_later([], 2) == (None, None)
 
 
 def test_the_steady_rate_skips_the_warmup_and_reads_every_run(tmp_path):
