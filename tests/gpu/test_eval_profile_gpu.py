@@ -13,7 +13,8 @@ _spec.loader.exec_module(eval_profile)
 
 def test_a_real_trace_charges_its_kernels_to_the_runs(tmp_path):
     overrides = ["evaluator=mad_fast", "space.length=8", "evaluator.trainer.max_tokens=1000000"]
-    record = eval_profile.profile("M*-*M-*-", overrides, tmp_path, trace_seconds=1.0, trace_after=3.0, warm=0)
+    # warm: in a cold process the trace would catch Triton tuning one kernel for all three runs (2026-12-06)
+    record = eval_profile.profile("M*-*M-*-", overrides, tmp_path, trace_seconds=1.0, trace_after=3.0, warm=1)
     print(eval_profile.markdown(record))
     assert "gpu" in record, "the evaluation ended before the trace started: raise max_tokens"
     runs = set(record["critical_path"]["runs"])
