@@ -533,6 +533,16 @@ def gpu_preset_on_cpu(evaluator: EvaluatorConfig) -> str | None:
             f"tokens/s on two cores, 2026-12-05); evaluator=mad_cpu is the CPU preset")
 
 
+def compile_note(evaluator: EvaluatorConfig) -> str | None:
+    """Where the proxies' layers are compiled, what the first evaluation of each worker costs (said once, up front:
+    minutes with no evaluation finished would otherwise look like a hang)."""
+    if not evaluator.trainer.compile:
+        return None
+    return ("evaluator.trainer.compile=true: each worker compiles every layer type at each task's shapes in its first "
+            "evaluation (about 3.5 minutes for evaluator=mad_fast with three workers on an H100); later evaluations "
+            "reuse the compiled code")
+
+
 def run_search(cfg: SearchConfig, *, run_dir: Path) -> dict[str, Any]:
     """Search, re-evaluate, aggregate, report; returns what `result.json` holds.
     phase=work returns after the search with {"name", "phase", "worker", "n_evaluations"} and writes nothing."""
@@ -548,6 +558,8 @@ def run_search(cfg: SearchConfig, *, run_dir: Path) -> dict[str, Any]:
     if cfg.phase != "work":
         if (note := gpu_preset_on_cpu(cfg.evaluator)) is not None:
             log.warning(note)
+        if (note := compile_note(cfg.evaluator)) is not None:
+            log.info(note)
         (run_dir / "search.json").write_text(json.dumps(plain(cfg), indent=2) + "\n")  # what composer-fidelity reads
     study = _search(cfg, run_dir)
     if cfg.phase == "work":

@@ -102,3 +102,12 @@ def test_a_gpu_preset_on_a_cpu_is_said_before_its_first_evaluation():
         "tasks": {"noisy_in_context_recall": {}, "selective_copying": {}, "compression": {}}}}).evaluator
     assert "12.0M tokens per candidate" in gpu_preset_on_cpu(fast)  # 3 tasks x 2 learning rates x 2M
     assert gpu_preset_on_cpu(_cfg("*-M").evaluator) is None  # mad_cpu: no graphs, the CPU preset
+
+
+def test_compiled_proxies_say_what_the_first_evaluation_costs():
+    from search.runner import compile_note
+
+    compiled = search_config_from_mapping({"name": "s", "evaluator": {"name": "mad_fast",
+                                                                      "trainer": {"compile": True}}}).evaluator
+    assert compile_note(compiled).startswith("evaluator.trainer.compile=true: each worker compiles every layer type")
+    assert compile_note(_cfg("*-M").evaluator) is None
