@@ -8,7 +8,7 @@
 # the "before" (the shape of the committed 167 per GPU-hour). Results come back as $OUT/throughput.tar.gz
 # (each shape's throughput.json, GPU samples and search log, each sweep's sweep.json and table; no trials).
 # TAG names this invocation's folders (/tmp/throughput/<evaluator><TAG>), so a second invocation in the same call
-# (e.g. EXTRA=evaluator.trainer.compile=true TAG=-compile) comes back beside the first, not over it. SWEEP_ARGS: more of
+# (e.g. EXTRA=evaluator.trainer.compile=false TAG=-eager: the GPU presets compile) comes back beside the first, not over it. SWEEP_ARGS: more of
 # search_throughput.py's arguments (e.g. --warmup-share 0.5 where compiling takes the first minute).
 set -u
 source benchmarks/device_env.sh

@@ -173,8 +173,11 @@ def search_config_from_mapping(data: Mapping[str, Any]) -> SearchConfig:
 
 # ----------------------------------------------------------------------------------------- settings guard
 
-# Keys that change how a study runs, not what its results mean: a resumed study may change them.
+# Keys that change how a study runs, not what its results mean: a resumed study may change them. Compiled layers
+# move scores far less than another seed does (16 patterns of `mad` on an H100: 0.005 against 0.028 mean |difference|,
+# benchmarks/RESULTS.md), so a study begun eager resumes compiled, as under `mad`'s default since 2026-12-06.
 _FREE = {"evaluator.top_k", "evaluator.reeval_seeds", "evaluator.keep_checkpoints", "evaluator.name", "evaluator.parallel",
+         "evaluator.trainer.compile",
          "evaluator.trainer.progress", "evaluator.trainer.device", "evaluator.trainer.log_every",
          "evaluator.trainer.ckpt_every", "evaluator.trainer.wandb", "evaluator.trainer.wandb_project",
          "strategy.options", "strategy.patterns"}
@@ -539,8 +542,8 @@ def compile_note(evaluator: EvaluatorConfig) -> str | None:
     if not evaluator.trainer.compile:
         return None
     return ("evaluator.trainer.compile=true: each worker compiles every layer type at each task's shapes in its first "
-            "evaluation (about 3.5 minutes for evaluator=mad_fast with three workers on an H100); later evaluations "
-            "reuse the compiled code")
+            "evaluation (2.5-3.5 minutes for evaluator=mad_fast on an H100); later evaluations reuse the compiled code. "
+            "A search of fewer than about 75 evaluations is faster with evaluator.trainer.compile=false")
 
 
 def run_search(cfg: SearchConfig, *, run_dir: Path) -> dict[str, Any]:

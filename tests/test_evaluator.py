@@ -219,6 +219,8 @@ def test_the_fast_mad_preset_is_mad_on_three_of_its_tasks():
         return yaml.safe_load(proc.stdout)["evaluator"]
 
     mad, fast = composed("mad"), composed("mad_fast")
+    # the GPU presets compile each layer (scores within the seed spread, RESULTS.md); the CPU preset does not
+    assert mad["trainer"]["compile"] is True and composed("mad_cpu")["trainer"]["compile"] is False
     cfg = evaluator_config_from_mapping(fast)
     assert list(cfg.tasks) == ["noisy_in_context_recall", "selective_copying", "compression"]
     assert cfg.name == "mad_fast" and cfg.parallel == 3

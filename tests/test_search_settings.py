@@ -47,7 +47,7 @@ def test_a_trainer_setting_added_since_the_study_counts_only_when_it_is_not_at_i
         _guard(older, now)
 
 
-def test_an_evaluator_setting_added_since_counts_only_off_its_default_and_parallel_never(tmp_path):
+def test_an_evaluator_setting_added_since_counts_only_off_its_default_and_parallel_or_compile_never(tmp_path):
     now = _settings(_cfg("*-M"))
     old = open_study(name="old", storage=None, run_dir=tmp_path, sampler=None)
     old.set_user_attr("settings", {k: v for k, v in now.items() if k != "evaluator.lrs"})  # saved before `lrs`
@@ -56,6 +56,12 @@ def test_an_evaluator_setting_added_since_counts_only_off_its_default_and_parall
         _guard(old, _settings(_cfg("*-M", {"lrs": [1e-3, 3e-3]})))
     # runs at once per evaluation change the throughput, not the scores: a study resumes with another
     assert "evaluator.parallel" not in _settings(_cfg("*-M", {"parallel": 6}))
+    # nor does compiling the layers beyond the seed spread (RESULTS.md): a study begun eager resumes compiled
+    compiled = _settings(_cfg("*-M", {"trainer": {"compile": True}}))
+    assert "evaluator.trainer.compile" not in compiled
+    eager = open_study(name="eager", storage=None, run_dir=tmp_path, sampler=None)
+    eager.set_user_attr("settings", {**now, "evaluator.trainer.compile": False})  # as studies saved it before
+    _guard(eager, compiled)
     saved_with = open_study(name="with", storage=None, run_dir=tmp_path, sampler=None)
     saved_with.set_user_attr("settings", {**now, "evaluator.parallel": 6})  # as studies saved it before
     _guard(saved_with, now)
@@ -81,6 +87,7 @@ def test_the_committed_gpu_study_resumes_under_todays_presets(tmp_path):
     assert proc.returncode == 0, proc.stderr
     job = yaml.safe_load(proc.stdout)
     job.pop("hydra", None)
+    assert job["evaluator"]["trainer"]["compile"] is True  # today's preset compiles; the study was trained eager
     now = _settings(search_config_from_mapping(job))
     assert now["evaluator.model.attention.n_heads"] == 4 and "evaluator.model.attention.n_heads" not in study.user_attrs["settings"]
     _guard(study, now)
@@ -109,5 +116,7 @@ def test_compiled_proxies_say_what_the_first_evaluation_costs():
 
     compiled = search_config_from_mapping({"name": "s", "evaluator": {"name": "mad_fast",
                                                                       "trainer": {"compile": True}}}).evaluator
-    assert compile_note(compiled).startswith("evaluator.trainer.compile=true: each worker compiles every layer type")
+    note = compile_note(compiled)
+    assert note.startswith("evaluator.trainer.compile=true: each worker compiles every layer type")
+    assert note.endswith("faster with evaluator.trainer.compile=false")  # the way out, for a short search
     assert compile_note(_cfg("*-M").evaluator) is None
