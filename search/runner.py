@@ -328,6 +328,13 @@ def gpu_share(workers: int, gpus: int) -> float | None:
     return round(0.95 / -(-workers // gpus), 3)
 
 
+def _gpus(workers: int) -> int:
+    """GPUs the workers of this machine train on (worker i on GPU i mod n): 0 without CUDA."""
+    import torch
+
+    return min(workers, torch.cuda.device_count())
+
+
 def worker_device(worker: int, workers: int = 1) -> str | None:
     """Worker i of `workers` trains on GPU i mod n when there are GPUs, held to its `gpu_share` of
     that GPU's memory (composer-fidelity's rung runs; a search's proxy workers pass workers=1: their
@@ -536,14 +543,22 @@ def gpu_preset_on_cpu(evaluator: EvaluatorConfig) -> str | None:
             f"tokens/s on two cores, 2026-12-05); evaluator=mad_cpu is the CPU preset")
 
 
-def compile_note(evaluator: EvaluatorConfig) -> str | None:
+COMPILE_PAYS_AFTER = 75  # evaluations per GPU in which compiled `mad_fast` made up its compiles on an H100 (30-75)
+
+
+def compile_note(cfg: SearchConfig, gpus: int = 1) -> tuple[int, str] | None:
     """Where the proxies' layers are compiled, what the first evaluation of each worker costs (said once, up front:
-    minutes with no evaluation finished would otherwise look like a hang)."""
-    if not evaluator.trainer.compile:
+    minutes with no evaluation finished would otherwise look like a hang), and whether the search is short
+    enough that training eagerly would finish sooner (then the note is a warning): (logging level, note)."""
+    if not cfg.evaluator.trainer.compile:
         return None
-    return ("evaluator.trainer.compile=true: each worker compiles every layer type at each task's shapes in its first "
-            "evaluation (2.5-3.5 minutes for evaluator=mad_fast on an H100); later evaluations reuse the compiled code. "
-            "A search of fewer than about 75 evaluations is faster with evaluator.trainer.compile=false")
+    note = ("evaluator.trainer.compile=true: each worker compiles every layer type at each task's shapes in its first "
+            "evaluation (2.5-3.5 minutes for evaluator=mad_fast on an H100); later evaluations reuse the compiled code")
+    per_gpu = cfg.n_trials * (cfg.strategy.rounds if cfg.strategy.incremental else 1) / max(1, gpus)
+    if per_gpu >= COMPILE_PAYS_AFTER:
+        return logging.INFO, note
+    return logging.WARNING, (f"{note}. This search trains {per_gpu:.0f} evaluations per GPU, fewer than the 30-75 in which an H100 "
+            f"made that up (benchmarks/RESULTS.md): evaluator.trainer.compile=false may finish sooner")
 
 
 def run_search(cfg: SearchConfig, *, run_dir: Path) -> dict[str, Any]:
@@ -561,8 +576,8 @@ def run_search(cfg: SearchConfig, *, run_dir: Path) -> dict[str, Any]:
     if cfg.phase != "work":
         if (note := gpu_preset_on_cpu(cfg.evaluator)) is not None:
             log.warning(note)
-        if (note := compile_note(cfg.evaluator)) is not None:
-            log.info(note)
+        if (compiled := compile_note(cfg, gpus=_gpus(cfg.workers))) is not None:
+            log.log(*compiled)
         (run_dir / "search.json").write_text(json.dumps(plain(cfg), indent=2) + "\n")  # what composer-fidelity reads
     study = _search(cfg, run_dir)
     if cfg.phase == "work":

@@ -111,12 +111,24 @@ def test_a_gpu_preset_on_a_cpu_is_said_before_its_first_evaluation():
     assert gpu_preset_on_cpu(_cfg("*-M").evaluator) is None  # mad_cpu: no graphs, the CPU preset
 
 
-def test_compiled_proxies_say_what_the_first_evaluation_costs():
+def test_compiled_proxies_say_what_the_first_evaluation_costs_and_warn_a_short_search():
+    import logging
+
     from search.runner import compile_note
 
-    compiled = search_config_from_mapping({"name": "s", "evaluator": {"name": "mad_fast",
-                                                                      "trainer": {"compile": True}}}).evaluator
-    note = compile_note(compiled)
-    assert note.startswith("evaluator.trainer.compile=true: each worker compiles every layer type")
-    assert note.endswith("faster with evaluator.trainer.compile=false")  # the way out, for a short search
-    assert compile_note(_cfg("*-M").evaluator) is None
+    def search(n_trials: int, **strategy):
+        return search_config_from_mapping({"name": "s", "n_trials": n_trials, "strategy": {"name": "random", **strategy},
+                                           "evaluator": {"name": "mad_fast", "trainer": {"compile": True}}})
+
+    level, note = compile_note(search(500), gpus=1)
+    assert level == logging.INFO and note.startswith("evaluator.trainer.compile=true: each worker compiles every layer")
+    assert "compile=false" not in note
+    # compiling pays for itself after 30-75 evaluations per GPU (H100): a shorter search is told the way out
+    level, note = compile_note(search(20), gpus=1)
+    assert level == logging.WARNING and note.endswith(
+        "This search trains 20 evaluations per GPU, fewer than the 30-75 in which an H100 made that up "
+        "(benchmarks/RESULTS.md): evaluator.trainer.compile=false may finish sooner")
+    assert compile_note(search(100), gpus=2)[0] == logging.WARNING  # 50 a GPU
+    assert compile_note(search(100), gpus=0)[0] == logging.INFO  # no GPU: counted as one
+    assert compile_note(search(40, name="end_layer", rounds=2), gpus=1)[0] == logging.INFO  # 40 a round, 2 rounds
+    assert compile_note(_cfg("*-M"), gpus=1) is None  # mad_cpu: eager
