@@ -557,8 +557,9 @@ def compile_note(cfg: SearchConfig, gpus: int = 1) -> tuple[int, str] | None:
     per_gpu = cfg.n_trials * (cfg.strategy.rounds if cfg.strategy.incremental else 1) / max(1, gpus)
     if per_gpu >= COMPILE_PAYS_AFTER:
         return logging.INFO, note
-    return logging.WARNING, (f"{note}. This search trains {per_gpu:.0f} evaluations per GPU, fewer than the 30-75 in which an H100 "
-            f"made that up (benchmarks/RESULTS.md): evaluator.trainer.compile=false may finish sooner")
+    return logging.WARNING, (f"{note}. This search trains {per_gpu:.0f} evaluations per GPU, fewer than the 30-75 "
+                             "in which an H100 made that up (benchmarks/RESULTS.md): evaluator.trainer.compile=false "
+                             "may finish sooner")
 
 
 def run_search(cfg: SearchConfig, *, run_dir: Path) -> dict[str, Any]:
