@@ -19,6 +19,10 @@ Two views, printed as tables and written to `<out>/profile.json`:
   at once, each stream's busy share (one stream per task run), the kernels that take the most time, and
   each run's kernels and busy share (by the thread that launched them, which each run's summary.json names).
 
+With `evaluator.trainer.compile=true` (the GPU presets' default) it also counts, per evaluation, what torch.compile
+did: frames traced, graphs made, graph breaks (a worker's first evaluation compiles; later ones should not). For a
+cold first evaluation, point TORCHINDUCTOR_CACHE_DIR at an empty folder.
+
     python benchmarks/eval_profile.py --out $OUT/profile -- evaluator=mad space=long
     python benchmarks/eval_profile.py --pattern 'M*-*' --out /tmp/p -- evaluator=mad_cpu space.length=4  # CPU
 
@@ -119,6 +123,16 @@ def kernels_by_run(trace: dict[str, Any], threads: dict[int, str], window_us: fl
                    "busy": round(sum(d) / window_us, 3)} for name, d in sorted(runs.items())}
 
 
+def compile_counts() -> dict[str, int]:
+    """What torch.compile did in this process since the last call: frames traced, graphs made, graph breaks."""
+    from torch._dynamo.utils import counters
+
+    counts = {"frames": counters["frames"]["total"], "graphs": counters["stats"]["unique_graphs"],
+              "graph_breaks": sum(counters["graph_break"].values())}
+    counters.clear()
+    return counts
+
+
 def profile(pattern: str, overrides: list[str], out: Path, trace_seconds: float, trace_after: float,
             warm: int = 1) -> dict[str, Any]:
     import torch
@@ -127,11 +141,13 @@ def profile(pattern: str, overrides: list[str], out: Path, trace_seconds: float,
     from search.runner import worker_device
 
     cfg = evaluator_config(overrides)
-    warmed = []
+    warmed, compiles = [], []
+    compile_counts()
     for i in range(warm):  # a search worker's steady state: kernels built and autotuned, layers compiled
         started = time.perf_counter()
         Evaluator(cfg, run_dir=out / f"warm{i}", device=worker_device(0))(pattern)
         warmed.append(round(time.perf_counter() - started, 2))
+        compiles.append(compile_counts())
         print(f"eval_profile.py: warm-up evaluation {i + 1}/{warm} (untraced, {out / f'warm{i}'}): {warmed[-1]:.1f} s",
               flush=True)
     evaluator = Evaluator(cfg, run_dir=out / "run", device=worker_device(0))
@@ -156,6 +172,8 @@ def profile(pattern: str, overrides: list[str], out: Path, trace_seconds: float,
     record = {"pattern": pattern, "overrides": overrides, "evaluator": cfg.name, "parallel": cfg.parallel,
               "warm_up_seconds": warmed, "score": result.get("score"), "device": torch.cuda.get_device_name() if cuda else "cpu",
               "critical_path": critical_path(out / "run" / "trials", wall)}
+    if cfg.trainer.compile:  # per evaluation, the warm-ups' then the profiled one's
+        record["compiles"] = [*compiles, compile_counts()]
     if traced:
         with gzip.open(out / "trace.json.gz", "rt") as f:
             trace = json.load(f)
@@ -174,6 +192,10 @@ def markdown(record: dict[str, Any]) -> str:
              "", "| run | steps | tokens | seconds | tokens/s |", "| --- | ---: | ---: | ---: | ---: |"]
     lines += [f"| {name} | {r['steps']} | {r['tokens']} | {r['seconds']:.1f} | {r['tokens_per_s']:,.0f} |"
               for name, r in cp["runs"].items()]
+    if "compiles" in record:
+        lines += ["", "compiled layers, per evaluation (warm-ups, then the profiled one): " + "; ".join(
+            f"{c['frames']} frames traced into {c['graphs']} graphs, {c['graph_breaks']} graph breaks"
+            for c in record["compiles"])]
     gpu = record.get("gpu")
     if gpu and gpu.get("kernels"):
         lines += ["", f"GPU, {gpu['window_s']} s from {gpu['trace_after_s']} s in: kernels running "

@@ -82,3 +82,22 @@ def test_a_cpu_evaluation_s_critical_path(tmp_path):
     # each run names the OS thread that stepped it (what a GPU trace's launches are charged by): two at a time
     threads = {r["thread"] for r in cp["runs"].values()}
     assert all(isinstance(t, int) for t in threads) and 1 <= len(threads) <= 2
+
+
+def test_compiled_layers_are_counted_per_evaluation_and_compile_once(tmp_path):
+    """With compiled layers the record counts what torch.compile did in each evaluation: the warm-up compiles the
+    layer types at the task's shapes, in one graph each (no breaks); the profiled evaluation, the same pattern again,
+    compiles nothing (what a search worker's later candidates see)."""
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--pattern", "M-", "--out", str(tmp_path), "--",
+                           "evaluator=mad_cpu", "space.length=2", "evaluator.trainer.max_tokens=2000",
+                           "evaluator.trainer.compile=true", *(f"evaluator.tasks.{t}=null" for t in (
+                               "in_context_recall", "fuzzy_in_context_recall", "noisy_in_context_recall",
+                               "compression", "memorization"))],
+                          capture_output=True, text=True, timeout=900, env=cli_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((tmp_path / "profile.json").read_text())
+    assert list(record["critical_path"]["runs"]) == ["selective_copying-lr0.003"]
+    warm, profiled = record["compiles"]
+    assert warm["frames"] >= 2 and warm["graph_breaks"] == 0, warm  # Mamba-2's layer and the MLP's, at least
+    assert profiled == {"frames": 0, "graphs": 0, "graph_breaks": 0}
+    assert "compiled layers, per evaluation" in proc.stdout

@@ -99,6 +99,30 @@ def test_init_weights_uses_the_output_std(letter):
     assert math.isclose(out.std().item(), 0.002, rel_tol=0.1)
 
 
+@pytest.mark.parametrize("letter", LETTERS)
+def test_a_compiled_layer_is_one_graph_compiled_once_per_shape(letter, monkeypatch):
+    """The trainer compiles each layer (`layer.compile()`; the GPU search presets' default): a layer's forward must be
+    one graph, compiled once for a shape and reused. A first-call log in the mixers' forward broke Mamba-2's graph,
+    and the flag it set recompiled the layer: every shape compiled twice (found on the CPU, 2026-12-06)."""
+    import primitives.nn.once
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(primitives.nn.once, "_RESULTS", {})  # the layer's choice not logged yet, as in a new process
+    torch._dynamo.reset()
+    counters.clear()
+    layer = _layer(letter)
+    layer.compile()
+    layer(torch.randn(2, 32, D_MODEL)).square().mean().backward()  # a training step
+    graphs = counters["stats"]["unique_graphs"]
+    layer(torch.randn(2, 32, D_MODEL)).square().mean().backward()
+    assert counters["stats"]["unique_graphs"] == graphs, "the second step recompiled"
+    breaks = dict(counters["graph_break"])
+    if letter == "E":  # the CPU's loop over experts gathers each one's tokens with nonzero (data-dependent shapes);
+        breaks = {k: n for k, n in breaks.items() if "nonzero" not in k}  # the GPU's grouped GEMMs are static
+    assert not breaks, breaks
+    assert graphs == 1 or letter == "E", dict(counters["stats"])
+
+
 def test_specs_import_no_torch():
     """Patterns, configs and analytic counts work without torch: a search can reject before it builds."""
     import subprocess

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from composer.errors import KernelUnavailableError
 from primitives.gdn import GatedDeltaNetConfig
 from primitives.nn.mamba2 import init_decay_, scan_dtype
-from primitives.nn.once import load_once, log_once
+from primitives.nn.once import load_once, log_impl_once
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,6 @@ class GatedDeltaNet(nn.Module):
             p._no_weight_decay = True  # decaying them would pull the dynamics towards A = -1, dt = log 2
         self.norm_weight = nn.Parameter(torch.empty(cfg.head_v_dim))  # one per channel, shared by the heads
         self.out_proj = nn.Linear(self.value_dim, d_model, bias=False)
-        self._impl_logged = False
         self.init_weights(std=0.02, out_std=0.02)
 
     def init_weights(self, *, std: float, out_std: float) -> None:
@@ -274,9 +273,7 @@ class GatedDeltaNet(nn.Module):
     def forward(self, x: Tensor, state: GatedDeltaNetState | None = None) -> Tensor:
         device = self.in_proj.weight.device
         use_kernels, description = self._resolve(device, grad=torch.is_grad_enabled())
-        if not self._impl_logged:
-            log_once(log, "gdn mixer runs %s", description)
-            self._impl_logged = True
+        log_impl_once(self, log, "gdn mixer runs %s", description)
         # Decoding with a state takes the kernels only without autograd: fla's recurrent kernel has no backward.
         if use_kernels and (state is None or not torch.is_grad_enabled()):
             if device.type != "cuda":

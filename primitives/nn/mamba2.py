@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from composer.errors import ConfigError, KernelUnavailableError
 from primitives.mamba2 import Mamba2Config
-from primitives.nn.once import load_once, log_once
+from primitives.nn.once import load_once, log_impl_once
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,6 @@ class Mamba2(nn.Module):
             p._no_weight_decay = True  # decaying them would pull dynamics towards A = -1, dt = log 2
         self.norm_weight = nn.Parameter(torch.empty(self.d_inner))
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
-        self._impl_logged = False
         self.init_weights(std=0.02, out_std=0.02)
 
     def init_weights(self, *, std: float, out_std: float) -> None:
@@ -202,9 +201,7 @@ class Mamba2(nn.Module):
     def forward(self, x: Tensor, state: Mamba2State | None = None) -> Tensor:
         device = self.in_proj.weight.device
         use_kernels, description = self._resolve(device)
-        if not self._impl_logged:
-            log_once(log, "mamba2 mixer runs %s", description)
-            self._impl_logged = True
+        log_impl_once(self, log, "mamba2 mixer runs %s", description)
         if use_kernels and (state is None or x.shape[1] > 1):  # a decoding step (one token) is the torch recurrence
             if device.type != "cuda":
                 raise KernelUnavailableError(f"mamba2.impl='kernels' runs on CUDA only, parameters are on {device}")

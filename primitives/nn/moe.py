@@ -38,7 +38,7 @@ from composer.errors import ConfigError, KernelUnavailableError
 from primitives.mlp import MLPConfig
 from primitives.moe import MoEConfig
 from primitives.nn.mlp import MLP
-from primitives.nn.once import log_once
+from primitives.nn.once import log_impl_once
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,6 @@ class MoE(nn.Module):
         self.shared = MLP(MLPConfig(hidden=cfg.shared_experts * self.hidden), d_model=d_model) if cfg.shared_experts else None
         self.aux_loss: Tensor | None = None  # the last training forward's balancing loss (coefficients applied)
         self.aux_stats: Tensor | None = None  # the last training forward's share of assignments per expert (E,)
-        self._impl_logged = False
         self.init_weights(std=0.02, out_std=0.02)
 
     def init_weights(self, *, std: float, out_std: float) -> None:
@@ -122,9 +121,7 @@ class MoE(nn.Module):
 
     def forward(self, x: Tensor, state: None = None) -> Tensor:
         grouped, description = self._resolve(x.device, self._compute_dtype(x))
-        if not self._impl_logged:
-            log_once(log, "moe experts run %s", description)
-            self._impl_logged = True
+        log_impl_once(self, log, "moe experts run %s", description)
         flat = x.reshape(-1, x.shape[-1])  # (N, D)
         logits, scores, gates, experts = self.route(flat)  # (N, E), (N, E), (N, k), (N, k)
         counts = torch.zeros(self.cfg.n_experts, dtype=torch.long, device=x.device)

@@ -11,6 +11,8 @@ import logging
 from collections.abc import Callable, Hashable
 from typing import Any
 
+import torch
+
 _RESULTS: dict[Hashable, Any] = {}
 
 
@@ -25,3 +27,14 @@ def log_once(log: logging.Logger, message: str, *args: object) -> None:
     """log.info(message, *args) the first time this message with these arguments comes up in the process
     (a mixer's implementation choice: once per process and choice, not once per layer)."""
     load_once(("log", log.name, message, *args), lambda: log.info(message, *args))
+
+
+def log_impl_once(module: torch.nn.Module, log: logging.Logger, message: str, *args: object) -> None:
+    """log_once from a mixer's forward, at its first call, skipped where torch.compile traces it. There, reading the
+    module's flag would guard on it, so setting it would recompile the layer, and the logging call breaks the graph:
+    a compiled proxy compiled each Mamba-2 shape twice (CPU, 2026-12-06). A compiled layer's choice is in the run
+    folder (`describe_impl`)."""
+    if torch.compiler.is_compiling() or getattr(module, "_impl_logged", False):
+        return
+    log_once(log, message, *args)
+    module._impl_logged = True
