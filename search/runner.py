@@ -88,6 +88,11 @@ class StrategyConfig:
     def incremental(self) -> bool:
         return self.name in INCREMENTAL
 
+    @property
+    def studies(self) -> int:
+        """Studies the search runs, `n_trials` evaluations each: one per round for incremental strategies."""
+        return self.rounds if self.incremental else 1
+
 
 @dataclass(frozen=True, kw_only=True)
 class SearchConfig:
@@ -554,7 +559,7 @@ def compile_note(cfg: SearchConfig, gpus: int = 1) -> tuple[int, str] | None:
         return None
     note = ("evaluator.trainer.compile=true: each worker compiles every layer type at each task's shapes in its first "
             "evaluation (2.5-3.5 minutes for evaluator=mad_fast on an H100); later evaluations reuse the compiled code")
-    per_gpu = cfg.n_trials * (cfg.strategy.rounds if cfg.strategy.incremental else 1) / max(1, gpus)
+    per_gpu = cfg.n_trials * cfg.strategy.studies / max(1, gpus)
     if per_gpu >= COMPILE_PAYS_AFTER:
         return logging.INFO, note
     return logging.WARNING, (f"{note}. This search trains {per_gpu:.0f} evaluations per GPU, fewer than the 30-75 "
@@ -568,7 +573,7 @@ def run_search(cfg: SearchConfig, *, run_dir: Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    rounds = cfg.strategy.rounds if cfg.strategy.incremental else 1
+    rounds = cfg.strategy.studies
     log.info("search %r%s: %s over %d-layer patterns of %r (%s), %d evaluations%s, %d worker(s); storage %s",
              cfg.name, "" if cfg.phase == "all" else f" (phase {cfg.phase}, worker {cfg.worker})",
              cfg.strategy.name, cfg.space.length, cfg.space.alphabet, cfg.evaluator.name, cfg.n_trials,
