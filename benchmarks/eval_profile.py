@@ -58,7 +58,8 @@ def critical_path(trials: Path, wall: float) -> dict[str, Any]:
     for summary in sorted(trials.glob("*/*/summary.json")):
         s = json.loads(summary.read_text())
         runs[summary.parent.name] = {"steps": s.get("step"), "tokens": s.get("tokens"), "thread": s.get("thread"),
-                                     "seconds": s.get("train_seconds"), "tokens_per_s": s.get("tokens_per_s")}
+                                     "seconds": s.get("train_seconds"), "tokens_per_s": s.get("tokens_per_s"),
+                                     "phases": s.get("seconds", {})}  # setup, to_graph, checkpoints, final, waiting
     seconds = [r["seconds"] for r in runs.values() if r["seconds"]]
     return {"wall_seconds": round(wall, 2), "runs": runs,
             "busy_streams": round(sum(seconds) / wall, 2) if seconds and wall else None,
@@ -189,9 +190,11 @@ def markdown(record: dict[str, Any]) -> str:
     lines = [f"{record['pattern']} ({record['evaluator']}, parallel {record['parallel']}, {record['device']}): "
              f"score {record['score']:.3f}, {cp['wall_seconds']:.1f} s, busy streams {cp['busy_streams']}, "
              f"longest run {cp['longest_over_median']}x the median",
-             "", "| run | steps | tokens | seconds | tokens/s |", "| --- | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {name} | {r['steps']} | {r['tokens']} | {r['seconds']:.1f} | {r['tokens_per_s']:,.0f} |"
-              for name, r in cp["runs"].items()]
+             "", "| run | steps | tokens | seconds | tokens/s | setup s | to graph s | checkpoints s | final s | waiting s |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {name} | {r['steps']} | {r['tokens']} | {r['seconds']:.1f} | {r['tokens_per_s']:,.0f} | "
+              + " | ".join(f"{r['phases'].get(k, 0.0):.2f}" for k in ("setup", "to_graph", "checkpoints", "final", "waiting"))
+              + " |" for name, r in cp["runs"].items()]
     if "compiles" in record:
         lines += ["", "compiled layers, per evaluation (warm-ups, then the profiled one): " + "; ".join(
             f"{c['frames']} frames traced into {c['graphs']} graphs, {c['graph_breaks']} graph breaks"

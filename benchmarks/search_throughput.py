@@ -104,6 +104,29 @@ def tokens_per_evaluation(trials: Path) -> int | None:
     return int(statistics.median(sums)) if sums else None
 
 
+PHASES = ("setup", "to_graph", "checkpoints", "final")  # summary.json's `seconds` that partition a run with its steps
+
+
+def run_phases(trials: Path) -> dict | None:
+    """Where the completed runs' time went (each summary.json's `seconds`, composer/engine/trainer.py): the median
+    seconds a run spends in each phase and the phase's share of all runs' time (setup + train_seconds); `steps` is
+    the rest, training; `waiting` (for other threads' captures and compiled layers) lies within the phases."""
+    runs = []
+    for summary in trials.glob("*/*/summary.json"):
+        s = json.loads(summary.read_text())
+        if s.get("status") == "completed" and "seconds" in s:
+            times = {phase: s["seconds"].get(phase, 0.0) for phase in (*PHASES, "waiting")}
+            times["steps"] = s["train_seconds"] - sum(times[p] for p in PHASES[1:])
+            times["run"] = times["setup"] + s["train_seconds"]
+            runs.append(times)
+    if not runs:
+        return None
+    total = sum(r["run"] for r in runs)
+    return {"runs": len(runs), **{phase: {"median_s": round(statistics.median(r[phase] for r in runs), 3),
+                                          "share": round(sum(r[phase] for r in runs) / total, 3)}
+                                  for phase in ("run", *PHASES, "steps", "waiting")}}
+
+
 def first_and_later(trials: list, slots: int) -> tuple[float | None, float | None]:
     """Median seconds of the first evaluations (the `slots` that started first: each worker's first, which builds,
     tunes and compiles what later ones reuse) and of the later ones; None where there are none."""
@@ -194,6 +217,7 @@ def _measure(args: argparse.Namespace, out: Path, workers: int, gpus: str | None
         "gpu_util_median_pct": statistics.median(util) if util else None,
         "gpu_memory_max_mib": max(sample[1] for sample in samples) if samples else None,
         "recall_of_attention_patterns": sorted(with_attention, reverse=True)[:10],
+        "run_phases": run_phases(out / "run" / "trials"),
     }
     (out / "throughput.json").write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result), flush=True)
@@ -276,6 +300,14 @@ def sweep(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         print(f"| {r['shape']} | {r['completed']} | {r['evaluations_per_gpu_hour']} | {r['evaluations_per_gpu_hour_ratio']} "
               f"| {r['tokens_per_s']} | {r['steady_evaluations_per_gpu_hour']} | {r['steady_evaluations_per_gpu_hour_ratio']} "
               f"| {r['first_eval_s']} / {r['later_eval_s']} | {r['gpu_util_median_pct']} | {r['gpu_memory_max_mib']} |")
+    print("\nwhere the runs' time went (median seconds a run, share of all runs' time):\n\n"
+          "| workers x evaluations | runs | setup | to graph | checkpoints | final | steps | waiting (within) |\n"
+          "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        if phases := r.get("run_phases"):
+            print(f"| {r['shape']} | {phases['runs']} | " + " | ".join(
+                f"{phases[k]['median_s']:.2f} s ({100 * phases[k]['share']:.0f}%)"
+                for k in (*PHASES, "steps", "waiting")) + " |")
 
 
 def _gpus() -> int:

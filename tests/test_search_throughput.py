@@ -81,6 +81,12 @@ def test_a_sweep_measures_each_shape_with_a_steady_rate(tmp_path):
         assert row["tokens_per_evaluation"] in {sum(s["tokens"] for s in runs[i:i + 2]) for i in range(len(runs) - 1)}
         assert row["tokens_per_s"] > 0 and row["steady_evaluations_per_gpu_hour"] > 0
         assert row["first_eval_s"] > 0 and f"| {row['first_eval_s']} / {row['later_eval_s']} |" in proc.stdout
+        # where the runs' time went: the phases and the steps partition it; every run sets up and evaluates
+        phases = row["run_phases"]
+        assert phases["runs"] == len([r for r in runs if r["status"] == "completed"])
+        assert abs(sum(phases[k]["share"] for k in ("setup", "to_graph", "checkpoints", "final", "steps")) - 1) < 0.01
+        assert phases["setup"]["median_s"] > 0 and phases["final"]["median_s"] > 0 and phases["steps"]["share"] > 0
+        assert f"| 1x{each} | {phases['runs']} | {phases['setup']['median_s']:.2f} s (" in proc.stdout
     first = record["rows"][0]
     assert first["evaluations_per_gpu_hour_ratio"] == 1.0 and first["steady_evaluations_per_gpu_hour_ratio"] == 1.0
     assert "| 1x2 |" in proc.stdout

@@ -129,11 +129,54 @@ def _task_losses(run_dir, **trainer) -> dict[int, float]:
 
     task = RecallConfig(n_train=256, n_test=64, length=32)
     model = ModelConfig(pattern="*-", vocab_size=task.vocab_size, d_model=32)
-    cfg = TrainerConfig(max_tokens=3 * 32 * 32, batch_size=32, log_every=1, ckpt_every=0, progress=False,
-                        device="cpu", **trainer)
+    cfg = TrainerConfig(max_tokens=3 * 32 * 32, batch_size=32, log_every=1, progress=False, device="cpu",
+                        **{"ckpt_every": 0, **trainer})
     train_on_task(model_cfg=model, task_name="in_context_recall", task_cfg=task, trainer_cfg=cfg, seed=0,
                   run_dir=run_dir)
     return _losses(run_dir)
+
+
+def test_summary_accounts_for_the_time_besides_the_steps(tmp_path):
+    """summary.json's `seconds`: setup, mid-run checkpoints (one per step here but the last) and the final
+    checkpoint and evaluation, each within the run's wall; no graph on a CPU; no wait without threads."""
+    _task_losses(tmp_path / "every", ckpt_every=1)
+    _task_losses(tmp_path / "none")
+    every, none = (json.loads((tmp_path / name / "summary.json").read_text()) for name in ("every", "none"))
+    assert set(every["seconds"]) == {"setup", "checkpoints", "final", "waiting"}, every["seconds"]
+    assert 0 < every["seconds"]["setup"] and 0 < every["seconds"]["checkpoints"] and 0 < every["seconds"]["final"]
+    assert every["seconds"]["checkpoints"] + every["seconds"]["final"] <= every["train_seconds"]
+    assert every["seconds"]["waiting"] == 0.0
+    assert "checkpoints" not in none["seconds"]  # ckpt_every=0: only the final one
+
+
+def test_a_wait_for_another_threads_compiled_layers_is_counted():
+    """`waited()`: the seconds this thread waited for the lock another thread's compiled layers hold."""
+    import threading
+
+    from composer.engine.graphs import compile_guard, waited
+
+    cfg, held, seen = TrainerConfig(compile=True), threading.Event(), []
+
+    def holder():
+        with compile_guard(cfg):
+            held.set()
+            time.sleep(0.3)
+
+    def waiter():
+        held.wait()
+        before = waited()
+        with compile_guard(cfg):
+            seen.append(waited() - before)
+
+    threads = [threading.Thread(target=holder), threading.Thread(target=waiter)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert 0.2 < seen[0] < 5, seen
+    assert waited() == 0.0  # this thread never waited
+    with compile_guard(TrainerConfig(compile=False)):  # eager layers hold no lock
+        assert waited() == 0.0
 
 
 def test_task_micro_batch_size_is_accumulation(tmp_path):

@@ -12,6 +12,7 @@ import functools
 import gc
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 
@@ -24,13 +25,29 @@ INTERRUPT = threading.Event()  # set: every training loop of this process raises
 _GROUP = threading.local()  # .stop: the event that stops the group of runs this thread trains in (one evaluation's)
 _CAPTURE = threading.Lock()  # one capture at a time in a process
 _COMPILE = threading.RLock()  # torch.compile is not thread-safe: compiled layers run eagerly in one thread at a time
+_WAITED = threading.local()  # .seconds: how long this thread has waited for _CAPTURE and _COMPILE
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
+@contextmanager
+def _held(lock: AbstractContextManager) -> Iterator[None]:
+    """`with lock`, the wait counted in this thread's `waited()`."""
+    started = time.perf_counter()
+    with lock:
+        _WAITED.seconds = waited() + time.perf_counter() - started
+        yield
+
+
+def waited() -> float:
+    """Seconds this thread has waited so far for another thread's capture or compiled layers: the cost of
+    training runs side by side in one process that a run's own time does not show."""
+    return getattr(_WAITED, "seconds", 0.0)
+
+
 def compile_guard(cfg) -> AbstractContextManager:
     """Held while compiled layers run eagerly (compiling, capturing, evaluating); a graph replays outside it."""
-    return _COMPILE if cfg.compile else nullcontext()
+    return _held(_COMPILE) if cfg.compile else nullcontext()
 
 
 @contextmanager
@@ -154,7 +171,7 @@ def release_memory(*, collect: bool = False) -> None:
     only in reference cycles, give their memory back too."""
     if collect:
         gc.collect()
-    with _CAPTURE:
+    with _held(_CAPTURE):
         torch.cuda.empty_cache()
 
 
@@ -181,7 +198,7 @@ class StepGraph:
         self.graph = torch.cuda.CUDAGraph()
         # Not torch.cuda.graph(): it synchronizes the device and empties the allocator's cache, which
         # another thread's capture forbids. Captures take turns; other threads' replays go on.
-        with _CAPTURE:
+        with _held(_CAPTURE):
             self.graph.capture_begin(capture_error_mode="thread_local")
             try:
                 self.loss = forward_backward(self.batches)

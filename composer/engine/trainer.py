@@ -18,8 +18,9 @@ import logging
 import math
 import signal
 import threading
-from collections.abc import Callable, Iterable
-from contextlib import nullcontext
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from composer.engine.auxiliary import Auxiliary
 from composer.engine.batches import IGNORE, Batches
 from composer.errors import ComposerError, ConfigError
 from composer.engine.graphs import (GRAPH_WARMUP, Batch, StepGraph, compile_guard, release_memory, side_stream,
-                                    stop_requested)
+                                    stop_requested, waited)
 from composer.engine.objective import Objective
 from composer.engine.profile import StepProfiler
 from composer.engine.meter import Meter, Records
@@ -329,6 +330,7 @@ class Trainer:
     def __init__(self, module: nn.Module, *, train_batches: Batches, eval_batches: list[Batch], seq_len: int,
                  cfg: TrainerConfig, run_dir: Path, signature: dict[str, Any], summary: dict[str, Any] | None = None,
                  flops_per_token: float | None = None) -> None:
+        self.created = time.perf_counter()
         self.module = module if isinstance(module, Objective) else Objective(module)
         self.train_batches, self.eval_batches, self.cfg = train_batches, eval_batches, cfg
         self.run_dir, self.signature = run_dir, signature
@@ -393,6 +395,8 @@ class Trainer:
         self.preemption.install()
         self.module.train()
         self.meter.start(self.step)
+        self.started, waited_before = time.perf_counter(), waited()
+        self._add_seconds("setup", self.started - self.created)
         stream = side_stream(self.device) if self.graphed else nullcontext()
         try:
             with stream:
@@ -403,7 +407,9 @@ class Trainer:
                     if self.profiler and (result := self.profiler.after(self.step)):
                         self._profiled(result)
                     self.between_steps()
-                final = self._finish()
+                with self._timed("final"):
+                    final = self._finish()
+                self._add_seconds("waiting", waited() - waited_before)
         except DivergedError as exc:
             self._write_summary({**self.summary, "status": "diverged", "error": str(exc), "step": self.step})
             raise
@@ -413,6 +419,20 @@ class Trainer:
             if self.profiler:
                 self.profiler.close()
         return self._completed(final)
+
+    def _add_seconds(self, phase: str, seconds: float) -> None:
+        """summary.json's `seconds`, where a run's time goes besides its steps (searches read it): `setup` (data,
+        model, this trainer), `to_graph` (from the first step to a captured graph: eager warm-up steps, capture),
+        `checkpoints` (before the last step), `final` (the last checkpoint and evaluation), `waiting` (for other
+        threads' captures and compiled layers, within the others)."""
+        times = self.summary["seconds"] = dict(self.summary.get("seconds", {}))  # not the caller's dict
+        times[phase] = round(times.get(phase, 0.0) + seconds, 3)
+
+    @contextmanager
+    def _timed(self, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        self._add_seconds(phase, time.perf_counter() - started)
 
     def _profiled(self, result: dict[str, Any]) -> None:
         self.summary["profile"] = result
@@ -429,6 +449,7 @@ class Trainer:
         if self.graphed and self.graph is None and self.step - self.start_step >= GRAPH_WARMUP:
             with compile_guard(self.cfg):
                 self.graph = StepGraph(self.optimizer, batches, self._forward_backward, self._update)
+            self._add_seconds("to_graph", time.perf_counter() - self.started)
         # named in a trace of the profiler this thread runs (trainer.profile_steps), by the run folder's name; only
         # while one records (a range costs about 5 us a step, a check 0.04 us)
         with torch.profiler.record_function(self.step_name) if torch.autograd._profiler_enabled() else nullcontext():
@@ -499,7 +520,8 @@ class Trainer:
         if self.preemption.requested(self.device):
             self._preempt()
         if cfg.ckpt_every and step % cfg.ckpt_every == 0 and not last:
-            self._checkpoint()
+            with self._timed("checkpoints"):
+                self._checkpoint()
 
     def _preempt(self) -> None:
         self._checkpoint()

@@ -4,9 +4,11 @@ evaluator and the pretraining job)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import platform
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -28,8 +30,10 @@ from composer.engine.objective import Objective
 from scaling.accounting import count_parameters, train_flops_per_token
 
 
+@functools.cache
 def environment() -> dict[str, Any]:
-    """Code version and environment, recorded in every run folder."""
+    """Code version and environment, recorded in every run folder: read once per process (the code a process
+    runs is the code it imported; a search's runs would otherwise start two git processes each)."""
     commit = head_commit(timeout=5)
     dirty = git("status", "--porcelain", "--untracked-files=no", timeout=5) if commit else None
     return {"git_commit": commit, "git_dirty": bool(dirty) if commit else None,
@@ -64,6 +68,7 @@ def train_on_task(
 
     The training and test sets are drawn from disjoint seed streams (2·seed and 2·seed + 1).
     """
+    started = time.perf_counter()
     task = TASKS[task_name]
     train_x, train_y = task.generate(task_cfg, n_examples=task_cfg.n_train, seed=2 * seed)
     test_x, test_y = task.generate(task_cfg, n_examples=task_cfg.n_test, seed=2 * seed + 1)
@@ -76,7 +81,9 @@ def train_on_task(
         with seeded(seed + 1):
             head = task.build_head(task_cfg, model_cfg.d_model)
     device = resolve_device(trainer_cfg.device)
+    test_x, test_y = test_x.to(device), test_y.to(device)  # once, not a blocking copy per batch at the end
     eval_batches = [(test_x[i : i + micro], test_y[i : i + micro]) for i in range(0, len(test_x), micro)]
+    summary["seconds"] = {"setup": time.perf_counter() - started}  # data and model; the trainer adds its own
     return train(
         Objective(model, head),
         train_batches=ArrayBatches(train_x.to(device), train_y.to(device), batch_size=micro, seed=seed),
@@ -116,11 +123,12 @@ def train_on_text(
                           f"({corpus.vocab_size})")
     if corpus.val.n_tokens == 0:
         raise ConfigError("the corpus has no validation split: load it with val_tokens > 0")
-    world = distributed.current()
+    started, world = time.perf_counter(), distributed.current()
     trainer_cfg = for_length(trainer_cfg, seq_len)
     micro, _ = micro_batches(trainer_cfg, world.world_size)  # ConfigError unless batch_size divides evenly
     model, signature, summary = _setup(model_cfg=model_cfg, trainer_cfg=trainer_cfg, seed=seed, summary=summary,
                                        data={"corpus": describe_corpus(corpus), "seq_len": seq_len})
+    summary["seconds"] = {"setup": time.perf_counter() - started}  # the model; the trainer adds its own
     result = train(
         Objective(model),
         train_batches=TextBatches(corpus.train, batch_size=micro, seq_len=seq_len, seed=seed, rank=world.rank,

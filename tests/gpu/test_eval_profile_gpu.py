@@ -26,4 +26,4 @@ def test_a_real_trace_charges_its_kernels_to_the_runs(tmp_path):
     total = sum(r["ms"] for r in charged.values())
     threads = {name: r["thread"] & 0xFFFFFFFF for name, r in record["critical_path"]["runs"].items()}
     assert len(runs & set(charged)) >= 2, (charged, threads)  # at least two of the three runs were stepping in the window
-    assert named >= 0.9 * total, charged  # what is not a run's: launches from before the window, none from others
+    assert named >= 0.9 * total, (charged, threads)  # what is not a run's: launches from before the window, none from others
