@@ -52,6 +52,23 @@ def test_scores_are_the_mean_of_per_task_accuracies_and_runs_are_reused(tmp_path
     assert ev("*-", seed=1)["seed"] == 1 and len(list(tmp_path.glob("trials/*/*/summary.json"))) == 4
 
 
+def test_a_tasks_data_is_made_once_per_process_and_scores_as_made_anew(tmp_path):
+    """Every candidate trains on the same training and test sets: a worker makes each task's once (at a seed),
+    and a candidate scores the same on them as on sets made anew."""
+    from composer.runs.proxy import task_data
+
+    task_data.cache_clear()
+    first = evaluator(tmp_path / "a")("*-")
+    assert task_data.cache_info().misses == 2  # two tasks
+    evaluator(tmp_path / "b")("-M")
+    assert task_data.cache_info().misses == 2 and task_data.cache_info().hits == 2
+    evaluator(tmp_path / "c")("-M", seed=1)
+    assert task_data.cache_info().misses == 4  # another seed, other sets
+    task_data.cache_clear()
+    again = evaluator(tmp_path / "d")("*-")
+    assert task_data.cache_info().misses == 2 and (again["score"], again["tasks"]) == (first["score"], first["tasks"])
+
+
 def test_learning_rate_sweep_keeps_the_best_and_skips_a_diverging_rate(tmp_path):
     ev = evaluator(tmp_path, lrs=[3e-3, 1e-5, 1e12])
     result = ev("*-")

@@ -174,9 +174,9 @@ def test_a_wait_for_another_threads_compiled_layers_is_counted():
     for t in threads:
         t.join()
     assert 0.2 < seen[0] < 5, seen
-    assert waited() == 0.0  # this thread never waited
+    before = waited()
     with compile_guard(TrainerConfig(compile=False)):  # eager layers hold no lock
-        assert waited() == 0.0
+        assert waited() == before
 
 
 def test_task_micro_batch_size_is_accumulation(tmp_path):

@@ -61,17 +61,23 @@ def _setup(
     return model, signature, summary
 
 
+@functools.lru_cache(maxsize=8)
+def task_data(task_name: str, task_cfg: Any, seed: int) -> tuple[torch.Tensor, ...]:
+    """A task's training and test sets, (train_x, train_y, test_x, test_y) on the CPU, drawn from disjoint seed
+    streams (2·seed and 2·seed + 1); made once per process, as every candidate of a search trains on the same
+    ones. Shared: read, never written."""
+    task = TASKS[task_name]
+    return (*task.generate(task_cfg, n_examples=task_cfg.n_train, seed=2 * seed),
+            *task.generate(task_cfg, n_examples=task_cfg.n_test, seed=2 * seed + 1))
+
+
 def train_on_task(
     *, model_cfg: ModelConfig, task_name: str, task_cfg: Any, trainer_cfg: TrainerConfig, seed: int, run_dir: Path
 ) -> dict[str, Any]:
-    """Build the model (deterministic for `seed`), train it on the task, return the summary.
-
-    The training and test sets are drawn from disjoint seed streams (2·seed and 2·seed + 1).
-    """
+    """Build the model (deterministic for `seed`), train it on the task (`task_data`), return the summary."""
     started = time.perf_counter()
     task = TASKS[task_name]
-    train_x, train_y = task.generate(task_cfg, n_examples=task_cfg.n_train, seed=2 * seed)
-    test_x, test_y = task.generate(task_cfg, n_examples=task_cfg.n_test, seed=2 * seed + 1)
+    train_x, train_y, test_x, test_y = task_data(task_name, task_cfg, seed)
     trainer_cfg = for_length(trainer_cfg, train_x.shape[1])
     micro, _ = micro_batches(trainer_cfg, distributed.current().world_size)  # the trainer draws as many per step
     model, signature, summary = _setup(model_cfg=model_cfg, trainer_cfg=trainer_cfg, seed=seed,
