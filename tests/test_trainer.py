@@ -179,6 +179,20 @@ def test_a_wait_for_another_threads_compiled_layers_is_counted():
         assert waited() == before
 
 
+def test_an_evaluation_in_other_batches_scores_the_same(tmp_path):
+    """trainer.eval_batch_size: the test set (64 sequences) in one batch, or in 7s with a last of one, scores as in
+    the training micro-batch (32): every sequence counted once."""
+    finals, batches = {}, {}
+    for name, size in (("micro", 0), ("whole", 64), ("sevens", 7)):
+        _task_losses(tmp_path / name, eval_batch_size=size)
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        finals[name], batches[name] = summary["final"], summary["eval_batches"]
+    assert batches == {"micro": 2, "whole": 1, "sevens": 10}
+    for name in ("whole", "sevens"):
+        assert finals[name]["accuracy"] == finals["micro"]["accuracy"]
+        assert finals[name]["loss"] == pytest.approx(finals["micro"]["loss"], rel=1e-5)
+
+
 def test_task_micro_batch_size_is_accumulation(tmp_path):
     """micro_batch_size=8 of batch_size=32 is 4 micro-batches of 8 a step: exactly grad_accum=4."""
     micro = _task_losses(tmp_path / "micro", micro_batch_size=8)
@@ -189,7 +203,7 @@ def test_task_micro_batch_size_is_accumulation(tmp_path):
 @pytest.mark.parametrize("field, value", [
     ("lr", -1.0), ("lr", 0.0), ("min_lr_ratio", 1.5), ("min_lr_ratio", -0.1), ("beta1", 1.0), ("beta2", -0.5),
     ("weight_decay", -0.1), ("grad_clip", -1.0), ("max_tokens", 0), ("batch_tokens", -1), ("micro_batch_size", -2),
-    ("eval_every", -1), ("ckpt_every", -1), ("log_every", 0), ("peak_tflops", -1.0), ("device", "gpu"),
+    ("eval_every", -1), ("eval_batch_size", -1), ("ckpt_every", -1), ("log_every", 0), ("peak_tflops", -1.0), ("device", "gpu"),
     ("device", "cuda:x"), ("warmup", 2.0),
 ])
 def test_every_trainer_field_is_checked(field, value):

@@ -84,6 +84,7 @@ class TrainerConfig:
     float8: str | None = None  # None (off) | tensorwise | rowwise: the primitives' linears in float8 (torchao)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     eval_every: int = 0  # steps between evaluations; 0: only at the end
+    eval_batch_size: int = 0  # sequences per forward of an evaluation (per rank); 0: the training micro-batch
     ckpt_every: int = 100  # steps between checkpoints; 0: only at the end
     log_every: int = 10  # steps between metrics.jsonl records
     save_on_signal: bool = False  # SIGTERM/SIGUSR1: checkpoint at the end of the step, then stop
@@ -125,6 +126,7 @@ _RANGES: tuple[tuple[str, Callable[[float], bool], str], ...] = (
     ("beta2", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("grad_clip", lambda v: v >= 0, ">= 0 (0 disables clipping)"),
     ("eval_every", lambda v: v >= 0, ">= 0 (0: only at the end)"),
+    ("eval_batch_size", lambda v: v >= 0, ">= 0 (0: the training micro-batch)"),
     ("ckpt_every", lambda v: v >= 0, ">= 0 (0: only at the end)"),
     ("log_every", lambda v: v >= 1, ">= 1"),
     ("peak_tflops", lambda v: v >= 0, ">= 0 (0: a known GPU's peak)"),
@@ -362,6 +364,7 @@ class Trainer:
         """summary.json before training: the caller's keys, the signature, and how the step runs."""
         cfg, cuda = self.cfg, self.device.type == "cuda"
         summary = {**(summary or {}), **self.signature, "world_size": self.world.world_size,
+                   "eval_batches": len(self.eval_batches),  # forwards of each evaluation (trainer.eval_batch_size)
                    "thread": threading.get_ident()}  # the thread stepping it (pthread id): a GPU trace's launches, low 32 bits
         summary["impl"] = {**summary.get("impl", {}), "loss": self.module.loss_impl, "compile": cfg.compile,
                            "step": "cuda_graph" if self.graphed else "eager",

@@ -88,7 +88,8 @@ def train_on_task(
             head = task.build_head(task_cfg, model_cfg.d_model)
     device = resolve_device(trainer_cfg.device)
     test_x, test_y = test_x.to(device), test_y.to(device)  # once, not a blocking copy per batch at the end
-    eval_batches = [(test_x[i : i + micro], test_y[i : i + micro]) for i in range(0, len(test_x), micro)]
+    size = trainer_cfg.eval_batch_size or micro
+    eval_batches = [(test_x[i : i + size], test_y[i : i + size]) for i in range(0, len(test_x), size)]
     summary["seconds"] = {"setup": time.perf_counter() - started}  # data and model; the trainer adds its own
     return train(
         Objective(model, head),
@@ -139,7 +140,7 @@ def train_on_text(
         Objective(model),
         train_batches=TextBatches(corpus.train, batch_size=micro, seq_len=seq_len, seed=seed, rank=world.rank,
                                   world_size=world.world_size),
-        eval_batches=val_batches(corpus.val, batch_size=micro, seq_len=seq_len),
+        eval_batches=val_batches(corpus.val, batch_size=trainer_cfg.eval_batch_size or micro, seq_len=seq_len),
         seq_len=seq_len,
         cfg=trainer_cfg,
         run_dir=run_dir,
