@@ -186,6 +186,8 @@ def profile(pattern: str, overrides: list[str], out: Path, trace_seconds: float,
 
 
 def markdown(record: dict[str, Any]) -> str:
+    from composer.engine.trainer import RUN_PHASES
+
     cp = record["critical_path"]
     lines = [f"{record['pattern']} ({record['evaluator']}, parallel {record['parallel']}, {record['device']}): "
              f"score {record['score']:.3f}, {cp['wall_seconds']:.1f} s, busy streams {cp['busy_streams']}, "
@@ -193,7 +195,7 @@ def markdown(record: dict[str, Any]) -> str:
              "", "| run | steps | tokens | seconds | tokens/s | setup s | to graph s | checkpoints s | final s | waiting s |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     lines += [f"| {name} | {r['steps']} | {r['tokens']} | {r['seconds']:.1f} | {r['tokens_per_s']:,.0f} | "
-              + " | ".join(f"{r['phases'].get(k, 0.0):.2f}" for k in ("setup", "to_graph", "checkpoints", "final", "waiting"))
+              + " | ".join(f"{r['phases'].get(k, 0.0):.2f}" for k in (*RUN_PHASES, "waiting"))
               + " |" for name, r in cp["runs"].items()]
     if "compiles" in record:
         lines += ["", "compiled layers, per evaluation (warm-ups, then the profiled one): " + "; ".join(

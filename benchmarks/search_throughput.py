@@ -104,13 +104,12 @@ def tokens_per_evaluation(trials: Path) -> int | None:
     return int(statistics.median(sums)) if sums else None
 
 
-PHASES = ("setup", "to_graph", "checkpoints", "final")  # summary.json's `seconds` that partition a run with its steps
-
-
 def run_phases(trials: Path) -> dict | None:
-    """Where the completed runs' time went (each summary.json's `seconds`, composer/engine/trainer.py): the median
-    seconds a run spends in each phase and the phase's share of all runs' time (setup + train_seconds); `steps` is
-    the rest, training; `waiting` (for other threads' captures and compiled layers) lies within the phases."""
+    """Where the completed runs' time went (each summary.json's `seconds`, composer/engine/trainer.py's RUN_PHASES):
+    the median seconds a run spends in each phase and the phase's share of all runs' time (setup + train_seconds);
+    `steps` is the rest, training; `waiting` (for other threads' captures and compiled layers) lies within the phases."""
+    from composer.engine.trainer import RUN_PHASES as PHASES
+
     runs = []
     for summary in trials.glob("*/*/summary.json"):
         s = json.loads(summary.read_text())
@@ -307,7 +306,7 @@ def sweep(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         if phases := r.get("run_phases"):
             print(f"| {r['shape']} | {phases['runs']} | " + " | ".join(
                 f"{phases[k]['median_s']:.2f} s ({100 * phases[k]['share']:.0f}%)"
-                for k in (*PHASES, "steps", "waiting")) + " |")
+                for k in phases if k not in ("runs", "run")) + " |")
 
 
 def _gpus() -> int:

@@ -114,6 +114,11 @@ class TrainerConfig:
             raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
 
 
+# summary.json's `seconds` that, with the steps, partition a run's time: `setup` (data, model, the trainer), `to_graph`
+# (from the first step to a captured graph: eager warm-up steps, capture), `checkpoints` (before the last step),
+# `final` (the last checkpoint and evaluation)
+RUN_PHASES = ("setup", "to_graph", "checkpoints", "final")
+
 # TrainerConfig's numeric fields: (name, check, what the check asks); NaN fails every check.
 _RANGES: tuple[tuple[str, Callable[[float], bool], str], ...] = (
     ("max_tokens", lambda v: v > 0, "> 0"),
@@ -424,10 +429,8 @@ class Trainer:
         return self._completed(final)
 
     def _add_seconds(self, phase: str, seconds: float) -> None:
-        """summary.json's `seconds`, where a run's time goes besides its steps (searches read it): `setup` (data,
-        model, this trainer), `to_graph` (from the first step to a captured graph: eager warm-up steps, capture),
-        `checkpoints` (before the last step), `final` (the last checkpoint and evaluation), `waiting` (for other
-        threads' captures and compiled layers, within the others)."""
+        """summary.json's `seconds`, where a run's time goes besides its steps (searches read it): RUN_PHASES, and
+        `waiting` (for other threads' captures and compiled layers, within them)."""
         times = self.summary["seconds"] = dict(self.summary.get("seconds", {}))  # not the caller's dict
         times[phase] = round(times.get(phase, 0.0) + seconds, 3)
 
