@@ -59,7 +59,7 @@ def critical_path(trials: Path, wall: float) -> dict[str, Any]:
         s = json.loads(summary.read_text())
         runs[summary.parent.name] = {"steps": s.get("step"), "tokens": s.get("tokens"), "thread": s.get("thread"),
                                      "seconds": s.get("train_seconds"), "tokens_per_s": s.get("tokens_per_s"),
-                                     "phases": s.get("seconds", {})}  # setup, to_graph, checkpoints, final, waiting
+                                     "phases": s.get("seconds", {})}  # RUN_PHASES, WITHIN_PHASES
     seconds = [r["seconds"] for r in runs.values() if r["seconds"]]
     return {"wall_seconds": round(wall, 2), "runs": runs,
             "busy_streams": round(sum(seconds) / wall, 2) if seconds and wall else None,
@@ -186,16 +186,16 @@ def profile(pattern: str, overrides: list[str], out: Path, trace_seconds: float,
 
 
 def markdown(record: dict[str, Any]) -> str:
-    from composer.engine.trainer import RUN_PHASES
+    from composer.engine.trainer import RUN_PHASES, WITHIN_PHASES
 
     cp = record["critical_path"]
     lines = [f"{record['pattern']} ({record['evaluator']}, parallel {record['parallel']}, {record['device']}): "
              f"score {record['score']:.3f}, {cp['wall_seconds']:.1f} s, busy streams {cp['busy_streams']}, "
              f"longest run {cp['longest_over_median']}x the median",
-             "", "| run | steps | tokens | seconds | tokens/s | setup s | to graph s | checkpoints s | final s | waiting s |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "", "| run | steps | tokens | seconds | tokens/s | setup s | to graph s | checkpoints s | final s | capture s "
+             "| waiting s |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     lines += [f"| {name} | {r['steps']} | {r['tokens']} | {r['seconds']:.1f} | {r['tokens_per_s']:,.0f} | "
-              + " | ".join(f"{r['phases'].get(k, 0.0):.2f}" for k in (*RUN_PHASES, "waiting"))
+              + " | ".join(f"{r['phases'].get(k, 0.0):.2f}" for k in (*RUN_PHASES, *WITHIN_PHASES))
               + " |" for name, r in cp["runs"].items()]
     if "compiles" in record:
         lines += ["", "compiled layers, per evaluation (warm-ups, then the profiled one): " + "; ".join(

@@ -107,14 +107,14 @@ def tokens_per_evaluation(trials: Path) -> int | None:
 def run_phases(trials: Path) -> dict | None:
     """Where the completed runs' time went (each summary.json's `seconds`, composer/engine/trainer.py's RUN_PHASES):
     the median seconds a run spends in each phase and the phase's share of all runs' time (setup + train_seconds);
-    `steps` is the rest, training; `waiting` (for other threads' captures and compiled layers) lies within the phases."""
-    from composer.engine.trainer import RUN_PHASES as PHASES
+    `steps` is the rest, training; WITHIN_PHASES (the capture, waiting for other threads) lie within the phases."""
+    from composer.engine.trainer import RUN_PHASES as PHASES, WITHIN_PHASES as WITHIN
 
     runs = []
     for summary in trials.glob("*/*/summary.json"):
         s = json.loads(summary.read_text())
         if s.get("status") == "completed" and "seconds" in s:
-            times = {phase: s["seconds"].get(phase, 0.0) for phase in (*PHASES, "waiting")}
+            times = {phase: s["seconds"].get(phase, 0.0) for phase in (*PHASES, *WITHIN)}
             times["steps"] = s["train_seconds"] - sum(times[p] for p in PHASES[1:])
             times["run"] = times["setup"] + s["train_seconds"]
             runs.append(times)
@@ -123,7 +123,7 @@ def run_phases(trials: Path) -> dict | None:
     total = sum(r["run"] for r in runs)
     return {"runs": len(runs), **{phase: {"median_s": round(statistics.median(r[phase] for r in runs), 3),
                                           "share": round(sum(r[phase] for r in runs) / total, 3)}
-                                  for phase in ("run", *PHASES, "steps", "waiting")}}
+                                  for phase in ("run", *PHASES, "steps", *WITHIN)}}
 
 
 def first_and_later(trials: list, slots: int) -> tuple[float | None, float | None]:
@@ -300,8 +300,8 @@ def sweep(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
               f"| {r['tokens_per_s']} | {r['steady_evaluations_per_gpu_hour']} | {r['steady_evaluations_per_gpu_hour_ratio']} "
               f"| {r['first_eval_s']} / {r['later_eval_s']} | {r['gpu_util_median_pct']} | {r['gpu_memory_max_mib']} |")
     print("\nwhere the runs' time went (median seconds a run, share of all runs' time):\n\n"
-          "| workers x evaluations | runs | setup | to graph | checkpoints | final | steps | waiting (within) |\n"
-          "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "| workers x evaluations | runs | setup | to graph | checkpoints | final | steps | capture (within to graph) "
+          "| waiting (within) |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         if phases := r.get("run_phases"):
             print(f"| {r['shape']} | {phases['runs']} | " + " | ".join(

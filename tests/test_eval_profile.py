@@ -84,7 +84,7 @@ def test_a_cpu_evaluation_s_critical_path(tmp_path):
     assert all(isinstance(t, int) for t in threads) and 1 <= len(threads) <= 2
     # where each run's time went besides its steps (summary.json's `seconds`), in the table too
     assert all(r["phases"]["setup"] > 0 and r["phases"]["final"] > 0 for r in cp["runs"].values())
-    assert "| setup s | to graph s | checkpoints s | final s | waiting s |" in proc.stdout
+    assert "| setup s | to graph s | checkpoints s | final s | capture s |" in proc.stdout
 
 
 def test_compiled_layers_are_counted_per_evaluation_and_compile_once(tmp_path):

@@ -118,6 +118,8 @@ class TrainerConfig:
 # (from the first step to a captured graph: eager warm-up steps, capture), `checkpoints` (before the last step),
 # `final` (the last checkpoint and evaluation)
 RUN_PHASES = ("setup", "to_graph", "checkpoints", "final")
+# and within them: `capture` (of the graph, within `to_graph`), `waiting` (for other threads' captures and compiled layers)
+WITHIN_PHASES = ("capture", "waiting")
 
 # TrainerConfig's numeric fields: (name, check, what the check asks); NaN fails every check.
 _RANGES: tuple[tuple[str, Callable[[float], bool], str], ...] = (
@@ -430,7 +432,8 @@ class Trainer:
 
     def _add_seconds(self, phase: str, seconds: float) -> None:
         """summary.json's `seconds`, where a run's time goes besides its steps (searches read it): RUN_PHASES, and
-        `waiting` (for other threads' captures and compiled layers, within them)."""
+        within them `capture` (of the graph, within `to_graph`) and `waiting` (for other threads' captures and
+        compiled layers)."""
         times = self.summary["seconds"] = dict(self.summary.get("seconds", {}))  # not the caller's dict
         times[phase] = round(times.get(phase, 0.0) + seconds, 3)
 
@@ -453,7 +456,7 @@ class Trainer:
         lr = self.cfg.lr * lr_multiplier(self.step, total=self.total_steps, cfg=self.cfg)
         batches = self._next_batches()
         if self.graphed and self.graph is None and self.step - self.start_step >= GRAPH_WARMUP:
-            with compile_guard(self.cfg):
+            with self._timed("capture"), compile_guard(self.cfg):  # within to_graph: the rest is the eager steps
                 self.graph = StepGraph(self.optimizer, batches, self._forward_backward, self._update)
             self._add_seconds("to_graph", time.perf_counter() - self.started)
         # named in a trace of the profiler this thread runs (trainer.profile_steps), by the run folder's name; only

@@ -42,6 +42,7 @@ def test_the_graphed_step_trains_as_the_eager_step(tmp_path, precision, compile,
     eager, eager_losses, eager_weights = _train(tmp_path, "eager", precision=precision)
     graph, graph_losses, graph_weights = _train(tmp_path, "graph", precision=precision, compile=compile, cuda_graph=True)
     assert eager["impl"]["step"] == "eager" and graph["impl"]["step"] == "cuda_graph"
+    assert "capture" not in eager["seconds"] and 0 < graph["seconds"]["capture"] < graph["seconds"]["to_graph"]
     assert len(graph_losses) == len(eager_losses) == 24
     err = ((graph_losses - eager_losses).abs() / eager_losses.abs()).max().item()
     print(f"{precision} compile={compile}: loss max rel err {err:.2e}, weights {norm_err(graph_weights, eager_weights):.2e}")
