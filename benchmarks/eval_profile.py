@@ -17,7 +17,8 @@ Two views, printed as tables and written to `<out>/profile.json`:
   the evaluation (past the warm-up; CUPTI sees every thread's kernels, those of captured graphs too),
   from which the share of that window any kernel runs (kernel time vs idle), the share with k kernels
   at once, each stream's busy share (one stream per task run), the kernels that take the most time, and
-  each run's kernels and busy share (by the thread that launched them, which each run's summary.json names).
+  each run's kernels and busy share (by the thread that launched them, which each run's summary.json names;
+  a thread no run names shows its Python name where it is one, from the threads alive in the window).
 
 With `evaluator.trainer.compile=true` (the GPU presets' default) it also counts, per evaluation, what torch.compile
 did: frames traced, graphs made, graph breaks (a worker's first evaluation compiles; later ones should not). For a
@@ -101,24 +102,29 @@ def kernel_timeline(trace: dict[str, Any], window_us: float, top: int = 12) -> d
                             for name, (c, d) in sorted(by_name.items(), key=lambda kv: -kv[1][1])[:top]]}
 
 
-def kernels_by_run(trace: dict[str, Any], threads: dict[int, str], window_us: float) -> dict[str, dict[str, Any]]:
+def kernels_by_run(trace: dict[str, Any], threads: dict[int, str], window_us: float,
+                   alive: dict[int, str] | None = None) -> dict[str, dict[str, Any]]:
     """Each kernel's run: a kernel's launch (the runtime or driver call with its correlation id: a graph's kernels
     share their replay's, Triton's kernels are driver launches) was made by one thread, and each run's summary.json
     names the thread that stepped it (`threads`: Python thread id -> run). The trace names a thread by the low 32 bits
     of that id (pthread_self; checked on an H100, 2026-12-06). (The trainer's `step <run>` ranges cannot say it here:
     a profiler started on this thread records no ranges of the evaluator's threads.) Per run: kernels, their GPU
-    time, their mean, and its share of the window (busy: one run's kernels run on its own stream, one at a time)."""
+    time, their mean, and its share of the window (busy: one run's kernels run on its own stream, one at a time).
+    A thread no run names is shown by its id, and by its name where it is one of the Python threads `alive` in the
+    window (id -> name: `threading.enumerate()`), as a clue to whose launches it made."""
     events = trace.get("traceEvents", [])
     launches = {e["args"]["correlation"]: e.get("tid") for e in events
                 if e.get("cat") in ("cuda_runtime", "cuda_driver") and "correlation" in e.get("args", {})}
     by_tid = {ident & 0xFFFFFFFF: name for ident, name in threads.items()}
+    alive_by_tid = {ident & 0xFFFFFFFF: name for ident, name in (alive or {}).items()}
     runs: dict[str, list[float]] = {}
     for e in events:
         if e.get("cat") != "kernel" or "dur" not in e:
             continue
         tid = launches.get(e.get("args", {}).get("correlation"))
-        name = ("(launch not traced)" if tid is None else
-                by_tid.get(tid & 0xFFFFFFFF if isinstance(tid, int) else tid, f"(thread {tid})"))
+        low = tid & 0xFFFFFFFF if isinstance(tid, int) else tid
+        name = ("(launch not traced)" if tid is None else by_tid.get(low) or
+                (f"(thread {tid}: {alive_by_tid[low]})" if low in alive_by_tid else f"(thread {tid})"))
         runs.setdefault(name, []).append(e["dur"])
     return {name: {"kernels": len(d), "ms": round(sum(d) / 1e3, 2), "mean_us": round(sum(d) / len(d), 2),
                    "busy": round(sum(d) / window_us, 3)} for name, d in sorted(runs.items())}
@@ -163,6 +169,7 @@ def profile(pattern: str, overrides: list[str], out: Path, trace_seconds: float,
         if thread.is_alive():
             activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
             with torch.profiler.profile(activities=activities) as prof:
+                alive = {t.ident: t.name for t in threading.enumerate()}  # names the trace's threads that no run names
                 thread.join(trace_seconds)
             prof.export_chrome_trace(str(out / "trace.json.gz"))  # gzipped: a few MB
             traced = True
@@ -181,7 +188,8 @@ def profile(pattern: str, overrides: list[str], out: Path, trace_seconds: float,
         record["gpu"] = kernel_timeline(trace, trace_seconds * 1e6)
         record["gpu"]["trace_after_s"] = trace_after
         threads = {r["thread"]: name for name, r in record["critical_path"]["runs"].items() if r["thread"] is not None}
-        record["gpu"]["runs"] = kernels_by_run(trace, threads, record["gpu"].get("window_s", trace_seconds) * 1e6)
+        record["gpu"]["runs"] = kernels_by_run(trace, threads, record["gpu"].get("window_s", trace_seconds) * 1e6, alive)
+        record["gpu"]["threads_alive"] = {ident & 0xFFFFFFFF: name for ident, name in alive.items()}
     return record
 
 

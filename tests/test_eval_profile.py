@@ -58,11 +58,16 @@ def test_kernels_are_charged_to_the_run_whose_thread_launched_them():
         kern(8, 5), kern(9, 4), kern(10, 6), kern(99, 1)]}
     trace["traceEvents"][2]["cat"] = "cuda_driver"  # a Triton kernel's launch (cuLaunchKernel)
     threads = {recall: "recall-lr0.003", copy: "copy-lr0.003"}
-    assert profile.kernels_by_run(trace, threads, window_us=100) == {
+    expected = {
         "(launch not traced)": {"kernels": 1, "ms": 0.0, "mean_us": 1.0, "busy": 0.01},
         "(thread 103)": {"kernels": 1, "ms": 0.01, "mean_us": 6.0, "busy": 0.06},
         "copy-lr0.003": {"kernels": 1, "ms": 0.01, "mean_us": 5.0, "busy": 0.05},
         "recall-lr0.003": {"kernels": 3, "ms": 0.04, "mean_us": pytest.approx(14.67, abs=0.01), "busy": 0.44}}
+    assert profile.kernels_by_run(trace, threads, window_us=100) == expected
+    # a thread no run names, but alive in the window, is shown with its name; a run's thread keeps the run's name
+    alive = {103: "run_4", recall: "run_0"}
+    named = profile.kernels_by_run(trace, threads, window_us=100, alive=alive)
+    assert named.pop("(thread 103: run_4)") == expected.pop("(thread 103)") and named == expected
 
 
 def test_a_cpu_evaluation_s_critical_path(tmp_path):
