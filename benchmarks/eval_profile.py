@@ -169,7 +169,7 @@ def profile(pattern: str, overrides: list[str], out: Path, trace_seconds: float,
         if thread.is_alive():
             activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
             with torch.profiler.profile(activities=activities) as prof:
-                alive = {t.ident: t.name for t in threading.enumerate()}  # names the trace's threads that no run names
+                alive = {t.ident & 0xFFFFFFFF: t.name for t in threading.enumerate()}  # names threads no run names
                 thread.join(trace_seconds)
             prof.export_chrome_trace(str(out / "trace.json.gz"))  # gzipped: a few MB
             traced = True
@@ -189,21 +189,21 @@ def profile(pattern: str, overrides: list[str], out: Path, trace_seconds: float,
         record["gpu"]["trace_after_s"] = trace_after
         threads = {r["thread"]: name for name, r in record["critical_path"]["runs"].items() if r["thread"] is not None}
         record["gpu"]["runs"] = kernels_by_run(trace, threads, record["gpu"].get("window_s", trace_seconds) * 1e6, alive)
-        record["gpu"]["threads_alive"] = {ident & 0xFFFFFFFF: name for ident, name in alive.items()}
+        record["gpu"]["threads_alive"] = alive
     return record
 
 
 def markdown(record: dict[str, Any]) -> str:
     from composer.engine.trainer import RUN_PHASES, WITHIN_PHASES
 
-    cp = record["critical_path"]
+    cp, phases = record["critical_path"], (*RUN_PHASES, *WITHIN_PHASES)
     lines = [f"{record['pattern']} ({record['evaluator']}, parallel {record['parallel']}, {record['device']}): "
              f"score {record['score']:.3f}, {cp['wall_seconds']:.1f} s, busy streams {cp['busy_streams']}, "
              f"longest run {cp['longest_over_median']}x the median",
-             "", "| run | steps | tokens | seconds | tokens/s | setup s | to graph s | checkpoints s | final s | capture s "
-             "| waiting s |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "", "| run | steps | tokens | seconds | tokens/s | " + " | ".join(f"{p.replace('_', ' ')} s" for p in phases)
+             + " |", "| --- |" + " ---: |" * (4 + len(phases))]
     lines += [f"| {name} | {r['steps']} | {r['tokens']} | {r['seconds']:.1f} | {r['tokens_per_s']:,.0f} | "
-              + " | ".join(f"{r['phases'].get(k, 0.0):.2f}" for k in (*RUN_PHASES, *WITHIN_PHASES))
+              + " | ".join(f"{r['phases'].get(k, 0.0):.2f}" for k in phases)
               + " |" for name, r in cp["runs"].items()]
     if "compiles" in record:
         lines += ["", "compiled layers, per evaluation (warm-ups, then the profiled one): " + "; ".join(

@@ -299,9 +299,11 @@ def sweep(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         print(f"| {r['shape']} | {r['completed']} | {r['evaluations_per_gpu_hour']} | {r['evaluations_per_gpu_hour_ratio']} "
               f"| {r['tokens_per_s']} | {r['steady_evaluations_per_gpu_hour']} | {r['steady_evaluations_per_gpu_hour_ratio']} "
               f"| {r['first_eval_s']} / {r['later_eval_s']} | {r['gpu_util_median_pct']} | {r['gpu_memory_max_mib']} |")
+    from composer.engine.trainer import RUN_PHASES, WITHIN_PHASES
+
+    columns = [*(p.replace("_", " ") for p in (*RUN_PHASES, "steps")), *(f"{p} (within)" for p in WITHIN_PHASES)]
     print("\nwhere the runs' time went (median seconds a run, share of all runs' time):\n\n"
-          "| workers x evaluations | runs | setup | to graph | checkpoints | final | steps | capture (within to graph) "
-          "| waiting (within) |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          f"| workers x evaluations | runs | {' | '.join(columns)} |\n| --- | ---: |{' ---: |' * len(columns)}")
     for r in rows:
         if phases := r.get("run_phases"):
             print(f"| {r['shape']} | {phases['runs']} | " + " | ".join(

@@ -432,8 +432,7 @@ class Trainer:
 
     def _add_seconds(self, phase: str, seconds: float) -> None:
         """summary.json's `seconds`, where a run's time goes besides its steps (searches read it): RUN_PHASES, and
-        within them `capture` (of the graph, within `to_graph`) and `waiting` (for other threads' captures and
-        compiled layers)."""
+        WITHIN_PHASES within them."""
         times = self.summary["seconds"] = dict(self.summary.get("seconds", {}))  # not the caller's dict
         times[phase] = round(times.get(phase, 0.0) + seconds, 3)
 
