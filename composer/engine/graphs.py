@@ -203,7 +203,7 @@ class StepGraph:
 
     def __init__(self, optimizer: torch.optim.Optimizer, batches: list[Batch],
                  forward_backward: Callable[[list[Batch]], torch.Tensor],
-                 update: Callable[[], torch.Tensor]) -> None:
+                 update: Callable[[], torch.Tensor], *, held: AbstractContextManager | None = None) -> None:
         device = batches[0][0].device
         self.optimizer = optimizer
         for group in optimizer.param_groups:
@@ -211,16 +211,18 @@ class StepGraph:
             group["lr"] = torch.tensor(float(group["lr"]), device=device)
         self.batches = [(x.clone(), y.clone()) for x, y in batches]  # the static inputs (B, T_in), (B, T_out)
         optimizer.zero_grad(set_to_none=True)  # gradients are allocated in the graph's pool
-        self.graph = torch.cuda.CUDAGraph()
+        self.graph = torch.cuda.CUDAGraph(keep_graph=True)  # instantiated below, after the locks
         # Not torch.cuda.graph(): it synchronizes the device and empties the allocator's cache, which
-        # another thread's capture forbids. Captures take turns; other threads' replays go on.
-        with _held(_CAPTURE):
+        # another thread's capture forbids. Captures take turns (and `held`, the caller's compile lock, with
+        # them); other threads' replays go on.
+        with held or nullcontext(), _held(_CAPTURE):
             self.graph.capture_begin(capture_error_mode="thread_local")
             try:
                 self.loss = forward_backward(self.batches)
                 self.grad_norm = update()
             finally:
                 self.graph.capture_end()
+        self.graph.instantiate()  # the captured graph made executable: work of this thread's alone, lock-free
 
     def run(self, lr: float, batches: list[Batch]) -> None:
         for group in self.optimizer.param_groups:

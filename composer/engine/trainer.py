@@ -456,8 +456,9 @@ class Trainer:
         lr = self.cfg.lr * lr_multiplier(self.step, total=self.total_steps, cfg=self.cfg)
         batches = self._next_batches()
         if self.graphed and self.graph is None and self.step - self.start_step >= GRAPH_WARMUP:
-            with self._timed("capture"), compile_guard(self.cfg):  # within to_graph: the rest is the eager steps
-                self.graph = StepGraph(self.optimizer, batches, self._forward_backward, self._update)
+            with self._timed("capture"):  # within to_graph: the rest is the eager steps
+                self.graph = StepGraph(self.optimizer, batches, self._forward_backward, self._update,
+                                       held=compile_guard(self.cfg))
             self._add_seconds("to_graph", time.perf_counter() - self.started)
         # named in a trace of the profiler this thread runs (trainer.profile_steps), by the run folder's name; only
         # while one records (a range costs about 5 us a step, a check 0.04 us)
