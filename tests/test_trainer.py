@@ -193,54 +193,6 @@ def test_an_evaluation_in_other_batches_scores_the_same(tmp_path):
         assert finals[name]["loss"] == pytest.approx(finals["micro"]["loss"], rel=1e-5)
 
 
-def test_an_evaluation_outside_the_compile_lock_runs_no_compiled_code(tmp_path):
-    """trainer.eval_compiled=false: a compiled run's evaluations call its layers eagerly (no eval-mode graph is
-    compiled, so no compiled code runs and the compile lock is not needed) and score as the compiled forward does
-    (fp32 on the CPU: equal to rounding); afterwards the layers are compiled again."""
-    from torch._dynamo.utils import counters
-
-    finals, graphs = {}, {}
-    for compiled in (True, False):
-        torch._dynamo.reset()
-        counters.clear()
-        name = f"compiled-{compiled}"
-        _task_losses(tmp_path / name, compile=True, eval_compiled=compiled)
-        finals[compiled] = json.loads((tmp_path / name / "summary.json").read_text())["final"]
-        graphs[compiled] = counters["stats"]["unique_graphs"]
-    assert graphs == {True: 4, False: 2}, graphs  # '*' and '-', training (and evaluating) mode
-    assert finals[False]["accuracy"] == finals[True]["accuracy"]
-    assert finals[False]["loss"] == pytest.approx(finals[True]["loss"], rel=1e-5)
-
-
-class _Doubled(torch.nn.Module):  # a module of its own: dynamo does not trace into torch.nn's own modules' frames
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return 2 * x
-
-
-def test_uncompiled_swaps_the_compiled_calls_out_and_back():
-    """`uncompiled(module)`: its compiled submodules run eagerly within (no compiled code: the backend never
-    runs), and compiled again after it, also after an error."""
-    from composer.engine.graphs import uncompiled
-
-    compiles = []
-
-    def backend(gm, example_inputs):
-        compiles.append(gm)
-        return gm.forward
-
-    model = torch.nn.Sequential(_Doubled(), torch.nn.ReLU())
-    model[0].compile(backend=backend)
-    x = torch.randn(2, 4)
-    with uncompiled(model):
-        eager = model(x)
-    assert not compiles
-    assert torch.equal(model(x), eager) and len(compiles) == 1
-    with pytest.raises(RuntimeError), uncompiled(model):  # restored after an error too
-        raise RuntimeError
-    model(x)
-    assert len(compiles) == 1 and model[0]._compiled_call_impl is not None
-
-
 def test_task_micro_batch_size_is_accumulation(tmp_path):
     """micro_batch_size=8 of batch_size=32 is 4 micro-batches of 8 a step: exactly grad_accum=4."""
     micro = _task_losses(tmp_path / "micro", micro_batch_size=8)

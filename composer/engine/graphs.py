@@ -51,22 +51,6 @@ def compile_guard(cfg) -> AbstractContextManager:
 
 
 @contextmanager
-def uncompiled(module: torch.nn.Module) -> Iterator[None]:
-    """Within it, `module`'s compiled submodules (`nn.Module.compile`) run their eager forward. No compiled code
-    runs, so it needs no compile lock: an evaluation in it does not queue behind the other runs of the process.
-    Only the run's own thread uses its module, so the swap is safe while other runs train."""
-    compiled = [m for m in module.modules() if m._compiled_call_impl is not None]
-    calls = [m._compiled_call_impl for m in compiled]
-    for m in compiled:
-        m._compiled_call_impl = None
-    try:
-        yield
-    finally:
-        for m, call in zip(compiled, calls):
-            m._compiled_call_impl = call
-
-
-@contextmanager
 def stop_group(stop: threading.Event) -> Iterator[None]:
     """This thread's training loops also stop at their next step once `stop` is set (another run of the
     same evaluation failed): evaluations side by side in one process stop only their own runs."""

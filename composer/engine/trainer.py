@@ -35,7 +35,7 @@ from composer.engine.auxiliary import Auxiliary
 from composer.engine.batches import IGNORE, Batches
 from composer.errors import ComposerError, ConfigError
 from composer.engine.graphs import (GRAPH_WARMUP, Batch, StepGraph, compile_guard, release_memory, side_stream,
-                                    stop_requested, uncompiled, waited)
+                                    stop_requested, waited)
 from composer.engine.objective import Objective
 from composer.engine.profile import StepProfiler
 from composer.engine.meter import Meter, Records
@@ -85,7 +85,6 @@ class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     eval_every: int = 0  # steps between evaluations; 0: only at the end
     eval_batch_size: int = 0  # sequences per forward of an evaluation (per rank); 0: the training micro-batch
-    eval_compiled: bool = True  # False: evaluations run compiled layers eagerly, outside the process's compile lock
     ckpt_every: int = 100  # steps between checkpoints; 0: only at the end
     log_every: int = 10  # steps between metrics.jsonl records
     save_on_signal: bool = False  # SIGTERM/SIGUSR1: checkpoint at the end of the step, then stop
@@ -547,7 +546,7 @@ class Trainer:
                   meta={"step": self.step, "data": self.train_batches.state_dict(), "signature": self.signature})
 
     def _evaluate(self) -> dict[str, float]:
-        with compile_guard(self.cfg) if self.cfg.eval_compiled else uncompiled(self.module):
+        with compile_guard(self.cfg):
             metrics = evaluate(self.module, self.eval_batches, cfg=self.cfg, device=self.device)
         self.meter.eval(self.step, metrics)
         return metrics
