@@ -20,7 +20,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-GRAPH_WARMUP = 2  # eager steps before the capture: AdamW's state, cuBLAS workspaces, Triton autotuning
+GRAPH_WARMUP = 1  # eager steps before the capture (AdamW's state, cuBLAS workspaces, Triton autotuning): one is enough
 INTERRUPT = threading.Event()  # set: every training loop of this process raises KeyboardInterrupt at its next step
 _GROUP = threading.local()  # .stop: the event that stops the group of runs this thread trains in (one evaluation's)
 _CAPTURE = threading.Lock()  # one capture at a time in a process

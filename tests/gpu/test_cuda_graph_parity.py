@@ -1,7 +1,7 @@
 """The CUDA-graph training step (`trainer.cuda_graph`) and threaded runs (`evaluator.parallel`)
 against the eager step on one GPU (collected only where a GPU is present).
 
-Tolerances, after 24 steps of a hybrid proxy (the graph starts at step 2):
+Tolerances, after 24 steps of a hybrid proxy (the graph starts at step 1):
   fp32, TF32 off: losses 1e-4 relative, weights 1e-4 norm-relative. The graph replays the eager
   step's own kernels; what differs is AdamW's learning rate (an fp32 tensor instead of a Python
   float) and the order SDPA's backward accumulates in.
