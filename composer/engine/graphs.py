@@ -195,7 +195,10 @@ class StepGraph:
             group["lr"] = torch.tensor(float(group["lr"]), device=device)
         self.batches = [(x.clone(), y.clone()) for x, y in batches]  # the static inputs (B, T_in), (B, T_out)
         optimizer.zero_grad(set_to_none=True)  # gradients are allocated in the graph's pool
-        self.graph = torch.cuda.CUDAGraph(keep_graph=True)  # instantiated below, after the locks
+        try:  # instantiated below, after the locks (torch >= 2.8); before, capture_end instantiates it
+            self.graph, deferred = torch.cuda.CUDAGraph(keep_graph=True), True
+        except TypeError:
+            self.graph, deferred = torch.cuda.CUDAGraph(), False
         # Not torch.cuda.graph(): it synchronizes the device and empties the allocator's cache, which
         # another thread's capture forbids. Captures take turns (and `held`, the caller's compile lock, with
         # them); other threads' replays go on.
@@ -206,7 +209,8 @@ class StepGraph:
                 self.grad_norm = update()
             finally:
                 self.graph.capture_end()
-        self.graph.instantiate()  # the captured graph made executable: work of this thread's alone, lock-free
+        if deferred:  # the captured graph made executable: this thread's own work, so outside the locks
+            self.graph.instantiate()
 
     def run(self, lr: float, batches: list[Batch]) -> None:
         for group in self.optimizer.param_groups:
