@@ -74,10 +74,20 @@ fi
 ls .device/f8/torchao-*.whl > /dev/null 2>&1 || python3 -m pip download -q --no-deps --only-binary=:all: \
   --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
   -d .device/f8 'torchao>=0.13'
+# BEFORE=<commit>: that commit's code in .device/before (1.6 MB), for `TREE=.device/before bash
+# benchmarks/throughput_device.sh`: the code before a change measured beside it on one lease, since machines of one
+# kind differ by about 15% and only ratios within a lease compare (used 2026-12-06)
+if [ -n "${BEFORE:-}" ]; then
+  rm -rf .device/before && mkdir -p .device/before
+  git archive "$BEFORE" composer primitives search scaling configs launch benchmarks pyproject.toml \
+    ':(exclude)benchmarks/results' | tar -x -C .device/before
+  echo "code of $(git rev-parse --short "$BEFORE") in .device/before"
+fi
 du -sh .device .device/gdn; du -sb .device | awk '{printf "carry: %.1f of 64 MiB\n", $1 / 1048576}'
 if [ -d .device/kernel-wheels ]; then  # too much for one carry: the two sets
   mamba=(.device/wheels .device/f8 .device/kernel-wheels .device/mamba_ssm-patched.tar.gz
          .device/causal_conv1d-patched.tar.gz .device/corpus-tokens.tar.xz .device/triton-autotune.tar.gz)
+  [ -d .device/before ] && mamba+=(.device/before)  # the eighth and last path a call carries
   printf 'carry for the Mamba scripts (%s MiB): ["%s"]\n' "$(du -scm "${mamba[@]}" | tail -1 | cut -f1)" "$(IFS=,; echo "${mamba[*]}" | sed 's/,/", "/g')"
   printf 'carry for gdn_device.sh (%s MiB): [".device/wheels", ".device/gdn", ".device/triton-autotune.tar.gz"]\n' \
     "$(du -scm .device/wheels .device/gdn .device/triton-autotune.tar.gz | tail -1 | cut -f1)"

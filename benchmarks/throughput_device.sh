@@ -10,7 +10,10 @@
 # TAG names this invocation's folders (/tmp/throughput/<evaluator><TAG>), so a second invocation in the same call
 # (e.g. EXTRA=evaluator.trainer.compile=false TAG=-eager: the GPU presets compile) comes back beside the first, not over it. SWEEP_ARGS: more of
 # search_throughput.py's arguments (e.g. --warmup-share 0.5 where compiling takes the first minute).
+# TREE: measure another tree of the project instead, with its own TAG (.device/before, made by `BEFORE=<commit> bash
+# benchmarks/device_prepare.sh` and carried): its folders come back beside this tree's, from the same machine.
 set -u
+if [ -n "${TREE:-}" ]; then ln -sfn "$PWD/.device" "$TREE/.device" && cd "$TREE"; fi
 source benchmarks/device_env.sh
 wait_for_kernels || exit 1
 mkdir -p /tmp/throughput
