@@ -16,8 +16,9 @@ Two views, printed as tables and written to `<out>/profile.json`:
 - the GPU (CUDA only): a torch.profiler trace of `--trace-seconds` from `--trace-after` seconds into
   the evaluation (past the warm-up; CUPTI sees every thread's kernels, those of captured graphs too),
   from which the share of that window any kernel runs (kernel time vs idle), the share with k kernels
-  at once, each stream's busy share (one stream per task run), the kernels that take the most time, and
-  each run's kernels and busy share (by the thread that launched them, which each run's summary.json names;
+  at once, each stream's busy share (one stream per task run), the kernels that take the most time, where the
+  kernels come from (compiled, eager PyTorch, GEMMs, attention, Mamba-2's kernels: the eager share is what compiling
+  more of the step could fuse), and each run's kernels and busy share (by the thread that launched them, which each run's summary.json names;
   a thread no run names shows its Python name where it is one, from the threads alive in the window).
 
 With `evaluator.trainer.compile=true` (the GPU presets' default) it also counts, per evaluation, what torch.compile
@@ -35,6 +36,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import re
 import statistics
 import threading
 import time
@@ -67,6 +69,21 @@ def critical_path(trials: Path, wall: float) -> dict[str, Any]:
             "longest_over_median": round(max(seconds) / statistics.median(seconds), 2) if seconds else None}
 
 
+# Where a kernel comes from, by its name (first match): what fusing more (compiling more of the step) could remove
+# is the eager share. Names as seen in the H100 traces of 2026-12-06.
+FAMILIES = (
+    ("compiled (inductor)", re.compile(r"^triton_")),
+    ("eager PyTorch", re.compile(r"at::native|^void at::")),
+    ("attention (cuDNN, flash)", re.compile(r"sdpa|flash|fmha", re.I)),
+    ("GEMM (cuBLAS)", re.compile(r"nvjet|gemm|xmma|cutlass|cublas", re.I)),
+    ("Mamba-2 (mamba-ssm, causal-conv1d)", re.compile(r"causal_conv1d|^_(chunk|state_passing|bmm_chunk)")),
+)
+
+
+def family(name: str) -> str:
+    return next((label for label, pattern in FAMILIES if pattern.search(name)), "other")
+
+
 def kernel_timeline(trace: dict[str, Any], window_us: float, top: int = 12) -> dict[str, Any]:
     """From a chrome trace: the share of the window with any kernel running (the rest is idle), with k at
     once, per stream, and the kernels that take the most GPU time. The window is the traced interval: at
@@ -92,6 +109,10 @@ def kernel_timeline(trace: dict[str, Any], window_us: float, top: int = 12) -> d
         n = by_name.setdefault(e.get("name", "?"), [0, 0.0])
         n[0], n[1] = n[0] + 1, n[1] + e["dur"]
     total = sum(d for _, d in by_name.values())
+    families: dict[str, list[float]] = {}
+    for name, (c, d) in by_name.items():
+        f = families.setdefault(family(name), [0, 0.0])
+        f[0], f[1] = f[0] + c, f[1] + d
     return {"kernels": len(kernels), "window_s": round(span / 1e6, 3),
             "busy": round(1 - at_once[0] / span, 3),
             "share_with_k_kernels": {k: round(v / span, 3) for k, v in sorted(at_once.items())},
@@ -99,7 +120,10 @@ def kernel_timeline(trace: dict[str, Any], window_us: float, top: int = 12) -> d
             "mean_kernel_us": round(total / len(kernels), 2),
             "top_kernels": [{"name": name, "count": c, "ms": round(d / 1e3, 2), "share": round(d / total, 3),
                              "mean_us": round(d / c, 2)}
-                            for name, (c, d) in sorted(by_name.items(), key=lambda kv: -kv[1][1])[:top]]}
+                            for name, (c, d) in sorted(by_name.items(), key=lambda kv: -kv[1][1])[:top]],
+            "families": {label: {"count": c, "count_share": round(c / len(kernels), 3), "share": round(d / total, 3),
+                                 "mean_us": round(d / c, 2)}
+                         for label, (c, d) in sorted(families.items(), key=lambda kv: -kv[1][0])}}
 
 
 def kernels_by_run(trace: dict[str, Any], threads: dict[int, str], window_us: float,
@@ -220,6 +244,10 @@ def markdown(record: dict[str, Any]) -> str:
                   "", "| kernel | count | ms | share of kernel time | mean us |", "| --- | ---: | ---: | ---: | ---: |"]
         lines += [f"| {k['name'][:90]} | {k['count']} | {k['ms']} | {100 * k['share']:.1f}% | {k['mean_us']} |"
                   for k in gpu["top_kernels"]]
+        lines += ["", "| kernels from | count | share of kernels | share of kernel time | mean us |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {label} | {f['count']} | {100 * f['count_share']:.1f}% | {100 * f['share']:.1f}% | {f['mean_us']} |"
+                  for label, f in gpu.get("families", {}).items()]
         lines += ["", "| run (kernels in the trace) | kernels | GPU ms | mean us | busy |", "| --- | ---: | ---: | ---: | ---: |"]
         lines += [f"| {name} | {r['kernels']} | {r['ms']} | {r['mean_us']} | {100 * r['busy']:.0f}% |"
                   for name, r in gpu.get("runs", {}).items()]

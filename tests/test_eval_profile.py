@@ -34,6 +34,28 @@ def test_kernel_timeline_by_hand():
     assert profile.kernel_timeline({"traceEvents": []}, window_us=10) == {"kernels": 0}
 
 
+def test_kernels_are_grouped_by_where_they_come_from():
+    """Names as the H100 traces of 2026-12-06 show them: inductor's, ATen's eager ones, cuBLAS, cuDNN's attention,
+    mamba-ssm's Triton kernels and causal-conv1d; anything else is "other"."""
+    names = ["triton_poi_fused__to_copy_0", "triton_red_fused_add_mean_1",
+             "void at::native::reduce_kernel<128, 4, at::native::ReduceOp<float>>",
+             "nvjet_sm90_tst_64x32_64x16_2x4_h_bz_splitK_NTT",
+             "cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_26_64x64x64",
+             "_chunk_state_fwd_kernel", "void causal_conv1d_bwd_kernel<Causal_conv1d_bwd_kernel_traits<128>>",
+             "chunk_gated_delta_rule_fwd_kernel_h"]
+    trace = {"traceEvents": [kernel(10 * i, 4 + i, 7, name) for i, name in enumerate(names)]}
+    families = profile.kernel_timeline(trace, window_us=100)["families"]
+    assert {label: f["count"] for label, f in families.items()} == {
+        "compiled (inductor)": 2, "Mamba-2 (mamba-ssm, causal-conv1d)": 2, "eager PyTorch": 1, "GEMM (cuBLAS)": 1,
+        "attention (cuDNN, flash)": 1, "other": 1}
+    assert families["compiled (inductor)"]["mean_us"] == 4.5 and families["compiled (inductor)"]["count_share"] == 0.25
+    assert families["other"]["share"] == pytest.approx(11 / sum(4 + i for i in range(8)), abs=1e-3)
+    assert "| eager PyTorch | 1 | 12.5% |" in profile.markdown({
+        "pattern": "*", "evaluator": "mad", "parallel": 1, "device": "cuda", "score": 0.5,
+        "critical_path": {"wall_seconds": 1.0, "busy_streams": 1.0, "longest_over_median": 1.0, "runs": {}},
+        "gpu": {**profile.kernel_timeline(trace, window_us=100), "trace_after_s": 1.0}})
+
+
 def test_a_window_longer_than_its_kernels_is_mostly_idle():
     # the same kernels in a 1,000 us window: 90 us busy, the rest (after the last kernel too) idle
     trace = {"traceEvents": [kernel(0, 40, 7), kernel(20, 30, 9), kernel(60, 40, 7)]}
