@@ -17,9 +17,10 @@ Two views, printed as tables and written to `<out>/profile.json`:
   the evaluation (past the warm-up; CUPTI sees every thread's kernels, those of captured graphs too),
   from which the share of that window any kernel runs (kernel time vs idle), the share with k kernels
   at once, each stream's busy share (one stream per task run), the kernels that take the most time, where the
-  kernels come from (compiled, eager PyTorch, GEMMs, attention, Mamba-2's kernels: the eager share is what compiling
-  more of the step could fuse), and each run's kernels and busy share (by the thread that launched them, which each run's summary.json names;
-  a thread no run names shows its Python name where it is one, from the threads alive in the window).
+  kernels come from (compiled, eager PyTorch, GEMMs, attention, Mamba-2's kernels: the eager share is what
+  compiling more of the step could fuse), and each run's kernels and busy share (by the thread that launched
+  them, which each run's summary.json names; a thread no run names shows its Python name where it is one, from
+  the threads alive in the window).
 
 With `evaluator.trainer.compile=true` (the GPU presets' default) it also counts, per evaluation, what torch.compile
 did: frames traced, graphs made, graph breaks (a worker's first evaluation compiles; later ones should not). For a

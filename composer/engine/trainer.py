@@ -118,7 +118,8 @@ class TrainerConfig:
 # (from the first step to a captured graph: eager warm-up steps, capture), `checkpoints` (before the last step),
 # `final` (the last checkpoint and evaluation)
 RUN_PHASES = ("setup", "to_graph", "checkpoints", "final")
-# and within them: `capture` (the graph captured and instantiated, within `to_graph`), `waiting` (for other threads' captures and compiled layers)
+# and within them: `capture` (the graph captured and instantiated, within `to_graph`), `waiting` (for other threads'
+# captures and compiled layers)
 WITHIN_PHASES = ("capture", "waiting")
 
 # TrainerConfig's numeric fields: (name, check, what the check asks); NaN fails every check.
