@@ -12,10 +12,12 @@
 # search_throughput.py's arguments (e.g. --warmup-share 0.5 where compiling takes the first minute).
 # TREE: measure another tree of the project instead, with its own TAG (.device/before, made by `BEFORE=<commit> bash
 # benchmarks/device_prepare.sh` and carried): its folders come back beside this tree's, from the same machine.
+# WAIT=0: measure without waiting for the kernels to build (with EXTRA=evaluator.model.mamba2.impl=torch: the build
+# window of a fresh machine put to use).
 set -u
 if [ -n "${TREE:-}" ]; then ln -sfn "$PWD/.device" "$TREE/.device" && cd "$TREE"; fi
 source benchmarks/device_env.sh
-wait_for_kernels || exit 1
+[ "${WAIT:-1}" = 0 ] || wait_for_kernels || exit 1
 mkdir -p /tmp/throughput
 for run in ${RUNS:-mad=3x1,1x6 mad_fast=1x6}; do
   evaluator=${run%%=*} shapes=${run#*=}
