@@ -58,6 +58,8 @@ class ComposedModel(nn.Module):
 
     def hidden(self, tokens: torch.Tensor, states: list | None = None) -> torch.Tensor:
         """tokens (B, T) -> final normed hidden states (B, T, D)."""
+        if states is None:
+            self.reach(tokens.shape[1], tokens.device)
         x = self.embed(tokens)  # (B, T, D)
         if self.cfg.scale_embeddings:
             x = x * self.cfg.d_model**0.5
@@ -76,9 +78,18 @@ class ComposedModel(nn.Module):
     def forward(self, tokens: torch.Tensor, states: list | None = None) -> torch.Tensor:
         return self.logits(self.hidden(tokens, states))  # (B, T, V)
 
+    def reach(self, positions: int, device: torch.device) -> None:
+        """Layers that keep tables of positions (attention's rotary embedding) make them for 0..positions-1 once,
+        here, outside their compiled code; layers of one kind share them."""
+        made: dict = {}
+        for layer in self.layers:
+            if hasattr(layer.mixer, "reach"):
+                layer.mixer.reach(positions, device, made)
+
     def allocate_states(self, *, batch_size: int, max_len: int) -> list:
         """Per-layer inference state: KV cache for attention, conv and SSM state for Mamba-2."""
         p = next(self.parameters())
+        self.reach(max_len, p.device)
         return [
             layer.mixer.allocate_state(batch_size=batch_size, max_len=max_len, device=p.device, dtype=p.dtype)
             for layer in self.layers
