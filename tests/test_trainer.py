@@ -49,8 +49,13 @@ def test_config_validation():
         TrainerConfig(schedule="linear")
 
 
-def _losses(run_dir) -> dict[int, float]:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+def _losses(run_dir, whole_lines: bool = False) -> dict[int, float]:
+    """Train losses by step; `whole_lines`: of a run still writing, only lines already ended (none yet: {})."""
+    path = run_dir / "metrics.jsonl"
+    text = path.read_text() if path.exists() else ""
+    if whole_lines:
+        text = text[:text.rfind("\n") + 1]
+    records = [json.loads(line) for line in text.splitlines()]
     return {r["step"]: r["train/loss"] for r in records if "train/loss" in r}
 
 
@@ -65,10 +70,12 @@ def test_killed_run_resumes_exactly(tmp_path, tiny):
 
     proc = subprocess.Popen([*app_argv(*args), f"hydra.run.dir={broken}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env())
+    # Kill it as soon as it has written records past its first checkpoint (step 10), which resuming must drop.
+    # Polling for that record rather than sleeping a fixed time: a fast machine finished all 80 steps in 0.5 s.
     deadline = time.time() + 120
-    while time.time() < deadline and not (broken / "checkpoint.pt").exists():
-        time.sleep(0.05)
-    time.sleep(0.5)  # let it run past the checkpoint, so records after it must be dropped
+    while time.time() < deadline and proc.poll() is None and not (
+            (broken / "checkpoint.pt").exists() and max(_losses(broken, whole_lines=True), default=0) > 10):
+        time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = max(_losses(broken))
@@ -80,6 +87,15 @@ def test_killed_run_resumes_exactly(tmp_path, tiny):
     assert _losses(broken) == expected  # exact equality, every step
     final = json.loads((broken / "summary.json").read_text())["final"]
     assert final == json.loads((whole / "summary.json").read_text())["final"]
+
+
+def test_resuming_drops_records_past_the_checkpoint_and_a_cut_line(tmp_path):
+    from composer.engine.meter import Records
+
+    lines = "".join(json.dumps({"step": s, "train/loss": 1.0 / s}) + "\n" for s in range(1, 6))
+    (tmp_path / "metrics.jsonl").write_text(lines + '{"step": 6, "train/lo')  # killed mid-write
+    Records(tmp_path, resume_step=3, cfg=TrainerConfig(), config={})
+    assert list(_losses(tmp_path)) == [1, 2, 3]
 
 
 def test_resuming_another_runs_checkpoint_is_refused(tmp_path, tiny):

@@ -31,7 +31,9 @@ class Records:
         if not enabled:
             return
         if resume_step is not None and self.path.exists():  # drop records past the checkpoint
-            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
+            text = self.path.read_text()
+            text = text[:text.rfind("\n") + 1]  # and a line a kill cut short
+            kept = [line for line in text.splitlines() if json.loads(line)["step"] <= resume_step]
             self.path.write_text("".join(line + "\n" for line in kept))
         elif resume_step is None:
             self.path.write_text("")
