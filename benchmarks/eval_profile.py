@@ -20,7 +20,11 @@ Two views, printed as tables and written to `<out>/profile.json`:
   kernels come from (compiled, eager PyTorch, GEMMs, attention, Mamba-2's kernels: the eager share is what
   compiling more of the step could fuse), and each run's kernels and busy share (by the thread that launched
   them, which each run's summary.json names; a thread no run names shows its Python name where it is one, from
-  the threads alive in the window).
+  the threads alive in the window);
+- with `--ops`, which ops launched the eager kernels: the trace then records every thread's CPU ops too
+  (torch.profiler's `profile_all_threads`, which slows the traced window's CPU side a little), and each eager kernel
+  is charged to its scope (a backward node, an autograd Function, the optimizer step) and the ATen op under it. A
+  graph replay launches its kernels as one, naming no op: add `evaluator.trainer.cuda_graph=false`.
 
 With `evaluator.trainer.compile=true` (the GPU presets' default) it also counts, per evaluation, what torch.compile
 did: frames traced, graphs made, graph breaks (a worker's first evaluation compiles; later ones should not). For a
@@ -28,6 +32,7 @@ cold first evaluation, point TORCHINDUCTOR_CACHE_DIR at an empty folder.
 
     python benchmarks/eval_profile.py --out $OUT/profile -- evaluator=mad space=long
     python benchmarks/eval_profile.py --pattern 'M*-*' --out /tmp/p -- evaluator=mad_cpu space.length=4  # CPU
+    python benchmarks/eval_profile.py --ops --out $OUT/ops -- evaluator=mad_fast space=long evaluator.trainer.cuda_graph=false
 
 Everything after `--` is a composer-search override.
 """
@@ -155,6 +160,56 @@ def kernels_by_run(trace: dict[str, Any], threads: dict[int, str], window_us: fl
                    "busy": round(sum(d) / window_us, 3)} for name, d in sorted(runs.items())}
 
 
+def _parents(ops: list[dict[str, Any]]) -> dict[int, dict[str, Any] | None]:
+    """Each CPU op's enclosing op on its thread (by id(op)), from their nesting in time: outer ones first at a tie."""
+    parent: dict[int, dict[str, Any] | None] = {}
+    by_tid: dict[Any, list[dict[str, Any]]] = {}
+    for op in ops:
+        by_tid.setdefault(op.get("tid"), []).append(op)
+    for thread_ops in by_tid.values():
+        stack: list[dict[str, Any]] = []
+        for op in sorted(thread_ops, key=lambda o: (o["ts"], -o.get("dur", 0))):
+            while stack and stack[-1]["ts"] + stack[-1].get("dur", 0) < op["ts"] + op.get("dur", 0):
+                stack.pop()  # ended before this one ends: not around it
+            parent[id(op)] = stack[-1] if stack else None
+            stack.append(op)
+    return parent
+
+
+def kernels_by_op(trace: dict[str, Any], of: str = "eager PyTorch", top: int = 15) -> list[dict[str, Any]]:
+    """Which ops launched the kernels of family `of`, from a trace that recorded every thread's CPU ops (`--ops`:
+    torch.profiler's `profile_all_threads`). A kernel names the op that launched it by its `External id`; the row is
+    that op's scope, the nearest enclosing op that is not an ATen op (a backward node such as
+    `autograd::engine::evaluate_function: MambaChunkScanCombinedFnBackward`, an autograd Function, the optimizer
+    step), and the outermost ATen op inside the scope (`aten::contiguous` rather than the `aten::copy_` it calls).
+    Kernels of a graph replay name no op: run with `evaluator.trainer.cuda_graph=false` to see them (the same
+    kernels, launched one by one). Rows by GPU time: kernels, ms, share of the family's time, mean us."""
+    events = trace.get("traceEvents", [])
+    ops = [e for e in events if e.get("cat") in ("cpu_op", "user_annotation") and "dur" in e]
+    by_ext = {e["args"]["External id"]: e for e in ops if "External id" in e.get("args", {})}
+    parent = _parents(ops)
+    rows: dict[str, list[float]] = {}
+    for e in events:
+        if e.get("cat") != "kernel" or "dur" not in e or family(e.get("name", "")) != of:
+            continue
+        op = by_ext.get(e.get("args", {}).get("External id"))
+        chain = []  # innermost first
+        while op is not None:
+            chain.append(op)
+            op = parent.get(id(op))
+        scoped = next((i for i, o in enumerate(chain) if not o["name"].startswith("aten::")), len(chain))
+        if not chain:
+            key = "(no op recorded: a graph replay, or a launch outside the trace)"
+        else:
+            scope = chain[scoped]["name"] if scoped < len(chain) else "(no enclosing op)"
+            key = f"{scope} > {chain[scoped - 1]['name']}" if scoped else scope
+        row = rows.setdefault(key, [0, 0.0])
+        row[0], row[1] = row[0] + 1, row[1] + e["dur"]
+    total = sum(d for _, d in rows.values()) or 1.0
+    return [{"op": key, "kernels": c, "ms": round(d / 1e3, 2), "share": round(d / total, 3), "mean_us": round(d / c, 2)}
+            for key, (c, d) in sorted(rows.items(), key=lambda kv: -kv[1][1])[:top]]
+
+
 def compile_counts() -> dict[str, int]:
     """What torch.compile did in this process since the last call: frames traced, graphs made, graph breaks."""
     from torch._dynamo.utils import counters
@@ -166,7 +221,7 @@ def compile_counts() -> dict[str, int]:
 
 
 def profile(pattern: str, overrides: list[str], out: Path, trace_seconds: float, trace_after: float,
-            warm: int = 1) -> dict[str, Any]:
+            warm: int = 1, ops: bool = False) -> dict[str, Any]:
     import torch
 
     from search.evaluator import Evaluator
@@ -193,7 +248,8 @@ def profile(pattern: str, overrides: list[str], out: Path, trace_seconds: float,
         thread.join(trace_after)  # past the warm-up: data, model, autotuning and graph capture
         if thread.is_alive():
             activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-            with torch.profiler.profile(activities=activities) as prof:
+            every_thread = torch.profiler._ExperimentalConfig(profile_all_threads=True) if ops else None
+            with torch.profiler.profile(activities=activities, experimental_config=every_thread) as prof:
                 alive = {t.ident & 0xFFFFFFFF: t.name for t in threading.enumerate()}  # names threads no run names
                 thread.join(trace_seconds)
             prof.export_chrome_trace(str(out / "trace.json.gz"))  # gzipped: a few MB
@@ -215,6 +271,8 @@ def profile(pattern: str, overrides: list[str], out: Path, trace_seconds: float,
         threads = {r["thread"]: name for name, r in record["critical_path"]["runs"].items() if r["thread"] is not None}
         record["gpu"]["runs"] = kernels_by_run(trace, threads, record["gpu"].get("window_s", trace_seconds) * 1e6, alive)
         record["gpu"]["threads_alive"] = alive
+        if ops:
+            record["gpu"]["eager_ops"] = kernels_by_op(trace)
     return record
 
 
@@ -252,6 +310,11 @@ def markdown(record: dict[str, Any]) -> str:
         lines += ["", "| run (kernels in the trace) | kernels | GPU ms | mean us | busy |", "| --- | ---: | ---: | ---: | ---: |"]
         lines += [f"| {name} | {r['kernels']} | {r['ms']} | {r['mean_us']} | {100 * r['busy']:.0f}% |"
                   for name, r in gpu.get("runs", {}).items()]
+        if "eager_ops" in gpu:
+            lines += ["", "| eager kernels launched by (scope > op) | kernels | GPU ms | share of eager time | mean us |",
+                      "| --- | ---: | ---: | ---: | ---: |"]
+            lines += [f"| {r['op'][:110]} | {r['kernels']} | {r['ms']} | {100 * r['share']:.1f}% | {r['mean_us']} |"
+                      for r in gpu["eager_ops"]]
     return "\n".join(lines)
 
 
@@ -262,11 +325,14 @@ def main() -> None:
     parser.add_argument("--trace-after", type=float, default=8.0, help="seconds into the evaluation the trace starts")
     parser.add_argument("--warm", type=int, default=1,
                         help="untraced evaluations of the pattern first, in this process (0: profile a cold process)")
+    parser.add_argument("--ops", action="store_true",
+                        help="record every thread's CPU ops too and name the ops that launched the eager kernels "
+                             "(with evaluator.trainer.cuda_graph=false: a graph replay's kernels name no op)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    record = profile(args.pattern, args.overrides, args.out, args.trace_seconds, args.trace_after, args.warm)
+    record = profile(args.pattern, args.overrides, args.out, args.trace_seconds, args.trace_after, args.warm, args.ops)
     (args.out / "profile.json").write_text(json.dumps(record, indent=2) + "\n")
     print(markdown(record))
 

@@ -92,6 +92,47 @@ def test_kernels_are_charged_to_the_run_whose_thread_launched_them():
     assert named.pop("(thread 103: run_4)") == expected.pop("(thread 103)") and named == expected
 
 
+def test_eager_kernels_are_charged_to_the_op_and_scope_that_launched_them():
+    """Each eager kernel names its launching op by External id; the row is the nearest enclosing non-ATen op (the
+    scope) and the outermost ATen op inside it. Two threads' ops nest independently; kernels of other families and of
+    a graph replay (no op) are counted apart or not at all."""
+    def op(name, tid, ts, dur, ext):
+        return {"cat": "cpu_op", "name": name, "tid": tid, "ts": ts, "dur": dur, "args": {"External id": ext}}
+
+    def kern(ext, dur, name="void at::native::reduce_kernel<128, 4>"):
+        return {"cat": "kernel", "name": name, "ts": 0, "dur": dur, "args": {"External id": ext, "stream": 7}}
+
+    scan_bwd = "autograd::engine::evaluate_function: MambaChunkScanCombinedFnBackward"
+    trace = {"traceEvents": [
+        # thread 1, a backward node: aten::sum calls aten::sum.IntList's kernel; aten::flip inside it too
+        op(scan_bwd, 1, 100, 50, 1), op("aten::sum", 1, 110, 10, 2), op("aten::sum", 1, 111, 5, 3),
+        op("aten::flip", 1, 130, 10, 4),
+        # thread 2 at the same times: the optimizer step, with a kernel launched by the step itself (no ATen op)
+        op("Optimizer.step#AdamW.step", 2, 100, 50, 5), op("aten::_foreach_add_", 2, 105, 5, 6),
+        # thread 2 later: an ATen op with no scope around it
+        op("aten::copy_", 2, 200, 5, 7),
+        kern(3, 6), kern(3, 4), kern(4, 5), kern(5, 2),
+        kern(6, 3, "void at::native::multi_tensor_apply_kernel<Add>"), kern(7, 1, "void at::native::copy_kernel"),
+        kern(99, 4),  # a graph replay: its External id names no op
+        kern(2, 50, "triton_poi_fused_add_0")]}  # compiled: not an eager kernel
+    rows = {r["op"]: (r["kernels"], r["share"], r["mean_us"]) for r in profile.kernels_by_op(trace)}
+    eager = 6 + 4 + 5 + 2 + 3 + 1 + 4
+    assert rows == {
+        f"{scan_bwd} > aten::sum": (2, round(10 / eager, 3), 5.0),
+        f"{scan_bwd} > aten::flip": (1, round(5 / eager, 3), 5.0),
+        "Optimizer.step#AdamW.step": (1, round(2 / eager, 3), 2.0),
+        "Optimizer.step#AdamW.step > aten::_foreach_add_": (1, round(3 / eager, 3), 3.0),
+        "(no enclosing op) > aten::copy_": (1, round(1 / eager, 3), 1.0),
+        "(no op recorded: a graph replay, or a launch outside the trace)": (1, round(4 / eager, 3), 4.0)}
+    assert [r["op"] for r in profile.kernels_by_op(trace, top=2)] == [f"{scan_bwd} > aten::sum",
+                                                                     f"{scan_bwd} > aten::flip"]
+    record = {"pattern": "*", "evaluator": "mad", "parallel": 1, "device": "cuda", "score": 0.5,
+              "critical_path": {"wall_seconds": 1.0, "busy_streams": 1.0, "longest_over_median": 1.0, "runs": {}},
+              "gpu": {**profile.kernel_timeline(trace, window_us=100), "trace_after_s": 1.0,
+                      "eager_ops": profile.kernels_by_op(trace)}}
+    assert f"| {scan_bwd} > aten::sum | 2 | 0.01 | 40.0% | 5.0 |" in profile.markdown(record)
+
+
 def test_a_cpu_evaluation_s_critical_path(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), "--pattern", "M*", "--out", str(tmp_path), "--",
                            "evaluator=mad_cpu", "space.length=2", "evaluator.trainer.max_tokens=4000",

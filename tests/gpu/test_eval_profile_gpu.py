@@ -28,3 +28,18 @@ def test_a_real_trace_charges_its_kernels_to_the_runs(tmp_path):
     threads["Python threads alive in the window"] = record["gpu"]["threads_alive"]
     assert len(runs & set(charged)) >= 2, (charged, threads)  # at least two of the three runs were stepping in the window
     assert named >= 0.9 * total, (charged, threads)  # what is not a run's: launches from before the window, none from others
+
+
+def test_eager_kernels_are_charged_to_the_ops_that_launched_them(tmp_path):
+    """--ops: every thread's CPU ops recorded, so the eager kernels of steps launched one by one (no graph) name their
+    ops; nearly all of them, since only launches from before the window name none."""
+    overrides = ["evaluator=mad_fast", "space.length=8", "evaluator.trainer.max_tokens=4000000",
+                 "evaluator.trainer.compile=false", "evaluator.trainer.cuda_graph=false"]
+    record = eval_profile.profile("M*-*M-*-", overrides, tmp_path, trace_seconds=1.0, trace_after=3.0, warm=1,
+                                  ops=True)
+    print(eval_profile.markdown(record))
+    assert "gpu" in record, "the evaluation ended before the trace started: raise max_tokens"
+    rows = record["gpu"]["eager_ops"]
+    unnamed = sum(r["share"] for r in rows if r["op"].startswith("(no op recorded"))
+    assert rows and unnamed < 0.1, rows
+    assert any(r["op"].startswith("autograd::engine::evaluate_function") for r in rows), rows  # backward's own
