@@ -54,53 +54,53 @@ class SearchSpace:
 
     def __post_init__(self) -> None:
         if not isinstance(self.alphabet, str) or not self.alphabet:
-            raise ConfigError(f"search.alphabet must be a non-empty string of letters, got {self.alphabet!r}")
+            raise ConfigError(f"space.alphabet must be a non-empty string of letters, got {self.alphabet!r}")
         for position, letter in enumerate(self.alphabet):
             if letter not in REGISTRY:
                 raise ConfigError(
-                    f"search.alphabet: unknown primitive {letter!r} at position {position} of "
+                    f"space.alphabet: unknown primitive {letter!r} at position {position} of "
                     f"{self.alphabet!r}; valid letters: {describe_alphabet()}"
                 )
             if letter in self.alphabet[:position]:
-                raise ConfigError(f"search.alphabet: letter {letter!r} appears twice in {self.alphabet!r}")
+                raise ConfigError(f"space.alphabet: letter {letter!r} appears twice in {self.alphabet!r}")
         if not _is_int(self.length) or self.length < 1:
-            raise ConfigError(f"search.length must be a positive integer, got {self.length!r}")
+            raise ConfigError(f"space.length must be a positive integer, got {self.length!r}")
         for name in ("min_share", "max_share"):
             bounds = getattr(self, name)
             if not isinstance(bounds, Mapping):
-                raise ConfigError(f"search.{name} must map letters to fractions, got {bounds!r}")
+                raise ConfigError(f"space.{name} must map letters to fractions, got {bounds!r}")
             bounds = {letter: share for letter, share in bounds.items() if share is not None}  # null: no bound
             for letter, share in bounds.items():
                 if letter not in self.alphabet:
-                    raise ConfigError(f"search.{name}: letter {letter!r} is not in the alphabet {self.alphabet!r}")
+                    raise ConfigError(f"space.{name}: letter {letter!r} is not in the alphabet {self.alphabet!r}")
                 if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
-                    raise ConfigError(f"search.{name}[{letter!r}] must be a fraction in [0, 1], got {share!r}")
+                    raise ConfigError(f"space.{name}[{letter!r}] must be a fraction in [0, 1], got {share!r}")
             object.__setattr__(self, name, MappingProxyType(dict(bounds)))
         for letter, low in self.min_share.items():
             high = self.max_share.get(letter, 1.0)
             if low > high:
-                raise ConfigError(f"search.min_share[{letter!r}] = {low} exceeds max_share[{letter!r}] = {high}")
+                raise ConfigError(f"space.min_share[{letter!r}] = {low} exceeds max_share[{letter!r}] = {high}")
         if sum(self.min_share.values()) > 1 + _SHARE_TOLERANCE:
-            raise ConfigError(f"search.min_share sums to {sum(self.min_share.values()):.3g} > 1: no pattern can meet it")
+            raise ConfigError(f"space.min_share sums to {sum(self.min_share.values()):.3g} > 1: no pattern can meet it")
         if self.require_sequence_mixer and not any(REGISTRY[c].mixes_sequence for c in self.alphabet):
             raise ConfigError(
-                f"search.require_sequence_mixer is set but the alphabet {self.alphabet!r} has no "
+                f"space.require_sequence_mixer is set but the alphabet {self.alphabet!r} has no "
                 f"sequence mixer: every pattern would be infeasible"
             )
         for name in ("max_params", "max_train_flops_per_token"):
             value = getattr(self, name)
             if value is not None and (not _is_int(value) or value < 1):
-                raise ConfigError(f"search.{name} must be a positive integer or null, got {value!r}")
+                raise ConfigError(f"space.{name} must be a positive integer or null, got {value!r}")
         for name in ("d_model", "vocab_size", "seq_len"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
-                raise ConfigError(f"search.{name} must be a positive integer, got {getattr(self, name)!r}")
+                raise ConfigError(f"space.{name} must be a positive integer, got {getattr(self, name)!r}")
         # Primitive sections may come as mappings (YAML, JSON) or as config objects.
         sections = {p.name: p for p in REGISTRY.values()}
         configs = {}
         for name, cfg in dict(self.primitives).items():
             if name not in sections:
-                raise ConfigError(f"search.primitives: no primitive named {name!r} (registered: {', '.join(sections)})")
-            configs[name] = from_mapping(sections[name].config_cls, cfg, where=f"search.{name}") if isinstance(
+                raise ConfigError(f"space.primitives: no primitive named {name!r} (registered: {', '.join(sections)})")
+            configs[name] = from_mapping(sections[name].config_cls, cfg, where=f"space.primitives.{name}") if isinstance(
                 cfg, Mapping
             ) else cfg
         object.__setattr__(self, "primitives", MappingProxyType(configs))

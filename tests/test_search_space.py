@@ -68,7 +68,7 @@ def test_bad_space_settings_are_one_line_config_errors():
         (dict(min_share={"*": 0.6}, max_share={"*": 0.5}), "exceeds"),
         (dict(min_share={"*": 0.6, "-": 0.6}), "sums to"),
         (dict(max_params=0), "max_params"),
-        (dict(primitives={"attention": {"n_heds": 2}}), "unknown key search.attention.n_heds"),
+        (dict(primitives={"attention": {"n_heds": 2}}), "unknown key space.primitives.attention.n_heds"),
         (dict(primitives={"attention": {"n_heads": 3}}), "not divisible"),  # d_model 128
         (dict(primitives={"conv": {}}), "no primitive named 'conv'"),
     ]
