@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 from composer.errors import KernelUnavailableError
 from primitives.gdn import GatedDeltaNetConfig
+from primitives.nn.conv import causal_conv_silu
 from primitives.nn.mamba2 import init_decay_, scan_dtype
 from primitives.nn.once import load_once, log_impl_once
 
@@ -290,13 +291,8 @@ class GatedDeltaNet(nn.Module):
         qkv, z, b, a = self.in_proj(x).split([self.conv1d.in_channels, self.value_dim, self.n_v_heads, self.n_v_heads], dim=-1)
         if conv is not None and state is None:
             qkv = conv(x=qkv, weight=self.conv1d.weight.squeeze(1), activation="silu")[0]  # (B, T, conv_dim)
-        else:  # causal by prepending the previous call's last d_conv - 1 inputs (zeros at the start)
-            qkv = qkv.transpose(1, 2)  # (B, conv_dim, T)
-            history = qkv.new_zeros(bsz, qkv.shape[1], cfg.d_conv - 1) if state is None else state.conv.to(qkv.dtype)
-            qkv = torch.cat([history, qkv], dim=-1)  # (B, conv_dim, d_conv - 1 + T)
-            if state is not None:
-                state.conv.copy_(qkv[..., qkv.shape[-1] - (cfg.d_conv - 1) :].detach())
-            qkv = F.silu(F.conv1d(qkv, self.conv1d.weight, groups=qkv.shape[1])).transpose(1, 2)  # (B, T, conv_dim)
+        else:
+            qkv = causal_conv_silu(qkv, self.conv1d.weight, None, None if state is None else state.conv)  # (B, T, conv_dim)
         q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
         q, k = (y.reshape(bsz, t, self.n_heads, cfg.head_dim) for y in (q, k))  # (B, T, H, d_k)
         return q, k, v.reshape(bsz, t, self.n_v_heads, cfg.head_v_dim), z, b, a

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from composer.errors import ConfigError, KernelUnavailableError
 from primitives.mamba2 import Mamba2Config
+from primitives.nn.conv import causal_conv_silu
 from primitives.nn.once import load_once, log_impl_once
 
 log = logging.getLogger(__name__)
@@ -222,17 +223,8 @@ class Mamba2(nn.Module):
         cfg, (b, t, _) = self.cfg, x.shape
         z, xBC, dt = self._split(self.in_proj(x))  # (B, T, d_inner), (B, T, conv_dim), (B, T, H)
 
-        # Causal conv: prepend the previous call's last d_conv - 1 inputs (zeros at the start).
-        xBC = xBC.transpose(1, 2)  # (B, conv_dim, T)
-        if state is None:
-            history = xBC.new_zeros(b, xBC.shape[1], cfg.d_conv - 1)
-        else:
-            history = state.conv.to(xBC.dtype)
-        xBC = torch.cat([history, xBC], dim=-1)  # (B, conv_dim, d_conv - 1 + T)
-        if state is not None:
-            state.conv.copy_(xBC[..., xBC.shape[-1] - (cfg.d_conv - 1) :].detach())
-        xBC = F.silu(F.conv1d(xBC, self.conv1d.weight, self.conv1d.bias, groups=xBC.shape[1]))  # (B, conv_dim, T)
-        xs, B, C = self._split_xbc(xBC.transpose(1, 2))  # (B, T, d_inner), (B, T, G*N), (B, T, G*N)
+        xBC = causal_conv_silu(xBC, self.conv1d.weight, self.conv1d.bias, None if state is None else state.conv)
+        xs, B, C = self._split_xbc(xBC)  # (B, T, d_inner), (B, T, G*N), (B, T, G*N)
 
         # The scan in float32 at least: decays compound over thousands of steps.
         sdtype = scan_dtype(x.dtype)
