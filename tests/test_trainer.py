@@ -152,6 +152,13 @@ def _task_losses(run_dir, **trainer) -> dict[int, float]:
     return _losses(run_dir)
 
 
+def test_checkpoints_mid_run_change_nothing_of_the_training(tmp_path):
+    """A checkpoint every step against none mid-run (the GPU search presets' setting): the same losses, bit for bit."""
+    every, none = _task_losses(tmp_path / "every", ckpt_every=1), _task_losses(tmp_path / "none")
+    assert len(every) == 3 and every == none
+    assert (tmp_path / "none" / "checkpoint.pt").exists()  # ckpt_every=0: the final one is still written
+
+
 def test_summary_accounts_for_the_time_besides_the_steps(tmp_path):
     """summary.json's `seconds`: setup, mid-run checkpoints (one per step here but the last) and the final
     checkpoint and evaluation, each within the run's wall; no graph on a CPU; no wait without threads."""
