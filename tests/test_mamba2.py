@@ -43,6 +43,24 @@ def test_chunked_scan_matches_sequential(chunk_size, t, n_groups, with_state):
     torch.testing.assert_close(final, final_ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("t", [32, 29])  # a whole chunk, and one padded to it
+def test_one_chunk_from_no_state_is_the_general_path_bit_for_bit(t):
+    """With one chunk and no initial state the scan skips the across-chunk steps (nothing enters the chunk): its
+    output and final state equal the general path's from a zero state exactly, its gradients within rounding (the
+    general path sums a gradient's terms in another order)."""
+    x, dt, A, B, C, _ = _scan_inputs(t=t, g=2, seed=t)
+    leaves = [v.clone().requires_grad_() for v in (x, dt, B, C)]
+    outs = {}
+    for name, initial in (("short", None), ("general", torch.zeros(2, 4, 3, 5))):
+        inputs = [v.detach().clone().requires_grad_() for v in leaves]
+        y, final = ssd_chunked(inputs[0], inputs[1], A, inputs[2], inputs[3], chunk_size=32, initial_state=initial)
+        (y.square().sum() + final.sum()).backward()
+        outs[name] = [y, final, *(v.grad for v in inputs)]
+    assert torch.equal(outs["short"][0], outs["general"][0]) and torch.equal(outs["short"][1], outs["general"][1])
+    for a, b in zip(outs["short"][2:], outs["general"][2:]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
 def test_scan_groups_share_b_and_c_per_contiguous_heads():
     # With 2 groups of 2 heads, heads 0-1 read group 0: zeroing group 1's B leaves them unchanged.
     x, dt, A, B, C, _ = _scan_inputs(h=4, g=2)

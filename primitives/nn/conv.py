@@ -4,8 +4,8 @@
 
 It runs as K shifted multiply-adds in the (B, T, C) layout the projections produce, not as `F.conv1d`: compiled,
 the sums fuse with their neighbours into elementwise kernels (a conv1d stays a library call that wants channel-first
-copies on both sides). Eager on a CPU it is 1.3x conv1d at the CPU preset's width, and a Mamba-2 layer as fast or
-faster (benchmarks/short_conv_bench.py, benchmarks/RESULTS.md). It sums in float32 at least, as the convolution
+copies on both sides). Eager on a CPU it is 1.3-1.4x conv1d at the CPU preset's width and half as fast at the GPU
+preset's (benchmarks/mamba2_torch_bench.py, benchmarks/RESULTS.md). It sums in float32 at least, as the convolution
 accumulates, and returns x's dtype.
 """
 
