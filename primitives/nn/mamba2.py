@@ -68,22 +68,23 @@ def ssd_chunked(
     """
     b, t, h, p = x.shape
     g, n = B.shape[-2:]
+    k = h // g  # heads per group: head i reads group i // k
     pad = -t % chunk_size  # padded steps have dt = 0: no decay, no input, so the final state is exact
     x, dt, B, C = (_pad_time(v, pad) for v in (x, dt, B, C))
     c, L = (t + pad) // chunk_size, chunk_size
-    B, C = (v.repeat_interleave(h // g, dim=2) for v in (B, C))  # (b, T, h, n): head i reads group i // (h/g)
-    x, B, C = (v.reshape(b, c, L, h, -1) for v in (x, B, C))  # (b, c, L, h, ·)
+    B, C = (v.reshape(b, c, L, g, n) for v in (B, C))  # (b, c, L, g, n)
     dt = dt.reshape(b, c, L, h)  # (b, c, L, h)
     a = (dt * A).permute(0, 3, 1, 2)  # (b, h, c, L): log-decay of each step, <= 0
-    xdt = x * dt[..., None]  # (b, c, L, h, p): what each step writes into the state
+    xdt = (x.reshape(b, c, L, h, p) * dt[..., None]).reshape(b, c, L, g, k, p)  # what each step writes into the state
 
-    # 1. Inside each chunk: the masked quadratic form, like causal attention with decaying scores.
-    decay = torch.exp(_segsum(a))  # (b, h, c, L, L): [i, j] = decay from step j to step i
-    scores = torch.einsum("bclhn,bcshn->bhcls", C, B) * decay  # (b, h, c, L, L)
-    y = torch.einsum("bhcls,bcshp->bclhp", scores, xdt)  # (b, c, L, h, p)
+    # 1. Inside each chunk: the masked quadratic form, like causal attention with decaying scores. C.B is the same for
+    # the heads of a group: computed once per group, then decayed per head.
+    decay = torch.exp(_segsum(a)).reshape(b, g, k, c, L, L)  # [.., i, j] = decay from step j to step i
+    scores = torch.einsum("bclgn,bcsgn->bgcls", C, B)[:, :, None] * decay  # (b, g, k, c, L, L)
+    y = torch.einsum("bgkcls,bcsgkp->bclgkp", scores, xdt)  # (b, c, L, g, k, p)
 
     # 2. What each chunk alone leaves in the state at its end (the last row of `decay`).
-    states = torch.einsum("bhcl,bclhn,bclhp->bchpn", decay[..., -1, :], B, xdt)  # (b, c, h, p, n)
+    states = torch.einsum("bgkcl,bclgn,bclgkp->bcgkpn", decay[..., -1, :], B, xdt).reshape(b, c, h, p, n)
     if c == 1 and initial_state is None:  # one chunk from a zero state: nothing enters it; it leaves the final state
         return y.reshape(b, L, h, p)[:, :t], states[:, 0]  # what 3 and 4 give, bit for bit, in fewer kernels
 
@@ -95,8 +96,9 @@ def ssd_chunked(
     states = torch.einsum("bhzc,bchpn->bzhpn", chunk_decay, states)  # (b, c+1, h, p, n): entering chunk z
 
     # 4. The state entering each chunk, decayed to each step and read out by C.
-    into_step = torch.exp(a.cumsum(dim=-1))  # (b, h, c, L): decay from the chunk start to step l
-    y = y + torch.einsum("bclhn,bchpn,bhcl->bclhp", C, states[:, :-1], into_step)  # (b, c, L, h, p)
+    into_step = torch.exp(a.cumsum(dim=-1)).reshape(b, g, k, c, L)  # decay from the chunk start to step l
+    entering = states[:, :-1].reshape(b, c, g, k, p, n)
+    y = y + torch.einsum("bclgn,bcgkpn,bgkcl->bclgkp", C, entering, into_step)  # (b, c, L, g, k, p)
     return y.reshape(b, c * L, h, p)[:, :t], states[:, -1]
 
 
