@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from composer.errors import KernelUnavailableError
 from primitives.gdn import GatedDeltaNetConfig
 from primitives.nn.conv import causal_conv_silu
-from primitives.nn.mamba2 import init_decay_, scan_dtype
+from primitives.nn.mamba2 import init_decay_, pad_time, scan_dtype, segsum
 from primitives.nn.once import load_once, log_impl_once
 
 log = logging.getLogger(__name__)
@@ -64,18 +64,6 @@ class GatedDeltaNetState:
 
     conv: Tensor  # (B, conv_dim, d_conv - 1): the last conv inputs
     recurrent: Tensor  # (B, H_v, d_k, d_v): the delta-rule state, float32 or wider
-
-
-def _segsum(g: Tensor) -> Tensor:
-    """S[..., i, j] = g[..., j+1] + ... + g[..., i] for i >= j (0 on the diagonal), -inf above it.
-
-    Summed directly, not as cumsum[i] - cumsum[j], so no large partial sums cancel.
-    """
-    n = g.shape[-1]
-    ones = torch.ones(n, n, dtype=torch.bool, device=g.device)
-    terms = g[..., :, None].expand(*g.shape, n)  # (..., n, n): [i, j] = g_i
-    sums = terms.masked_fill(~torch.tril(ones, diagonal=-1), 0).cumsum(dim=-2)  # sum over j < m <= i
-    return sums.masked_fill(~torch.tril(ones), float("-inf"))
 
 
 def gated_delta_rule_step(
@@ -106,10 +94,6 @@ def gated_delta_rule_sequential(
     return torch.stack(outs, dim=1), state
 
 
-def _pad_time(t: Tensor, pad: int) -> Tensor:
-    return F.pad(t, (0, 0) * (t.ndim - 2) + (0, pad)) if pad else t  # zeros after the end of dim 1
-
-
 def gated_delta_rule_chunked(
     q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, *, chunk_size: int, initial_state: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
@@ -117,12 +101,12 @@ def gated_delta_rule_chunked(
     b, t, h, dk = k.shape
     dv = v.shape[-1]
     pad = -t % chunk_size  # padded steps have g = 0 and beta = 0: no decay, no write, so the final state is exact
-    q, k, v, g, beta = (_pad_time(x, pad) for x in (q, k, v, g, beta))
+    q, k, v, g, beta = (pad_time(x, pad) for x in (q, k, v, g, beta))
     c, L = (t + pad) // chunk_size, chunk_size
     q, k, v = (x.reshape(b, c, L, h, -1).permute(0, 3, 1, 2, 4) for x in (q, k, v))  # (b, h, c, L, ·)
     g, beta = (x.reshape(b, c, L, h).permute(0, 3, 1, 2) for x in (g, beta))  # (b, h, c, L)
 
-    seg = _segsum(g)  # (b, h, c, L, L): log-decay from step j to step i
+    seg = segsum(g)  # (b, h, c, L, L): log-decay from step j to step i
     decay = torch.exp(seg)  # (b, h, c, L, L): Γ_i / Γ_j on and below the diagonal, 0 above
     into = torch.exp(g.cumsum(dim=-1))  # (b, h, c, L): Γ_i, decay from the chunk start through step i
 

@@ -43,7 +43,7 @@ class Mamba2State:
     ssm: Tensor  # (B, H, P, N): the recurrent state, float32 or wider
 
 
-def _segsum(a: Tensor) -> Tensor:
+def segsum(a: Tensor) -> Tensor:
     """S[..., i, j] = a[..., j+1] + ... + a[..., i] for i >= j, and -inf above the diagonal.
 
     The terms are summed directly, not as cumsum[i] - cumsum[j], so no large partial sums cancel.
@@ -55,7 +55,7 @@ def _segsum(a: Tensor) -> Tensor:
     return sums.masked_fill(~torch.tril(ones), float("-inf"))
 
 
-def _pad_time(t: Tensor, pad: int) -> Tensor:
+def pad_time(t: Tensor, pad: int) -> Tensor:
     return F.pad(t, (0, 0) * (t.ndim - 2) + (0, pad)) if pad else t  # zeros after the end of dim 1
 
 
@@ -70,7 +70,7 @@ def ssd_chunked(
     g, n = B.shape[-2:]
     k = h // g  # heads per group: head i reads group i // k
     pad = -t % chunk_size  # padded steps have dt = 0: no decay, no input, so the final state is exact
-    x, dt, B, C = (_pad_time(v, pad) for v in (x, dt, B, C))
+    x, dt, B, C = (pad_time(v, pad) for v in (x, dt, B, C))
     c, L = (t + pad) // chunk_size, chunk_size
     B, C = (v.reshape(b, c, L, g, n) for v in (B, C))  # (b, c, L, g, n)
     dt = dt.reshape(b, c, L, h)  # (b, c, L, h)
@@ -79,7 +79,7 @@ def ssd_chunked(
 
     # 1. Inside each chunk: the masked quadratic form, like causal attention with decaying scores. C.B is the same for
     # the heads of a group: computed once per group, then decayed per head.
-    decay = torch.exp(_segsum(a)).reshape(b, g, k, c, L, L)  # [.., i, j] = decay from step j to step i
+    decay = torch.exp(segsum(a)).reshape(b, g, k, c, L, L)  # [.., i, j] = decay from step j to step i
     scores = torch.einsum("bclgn,bcsgn->bgcls", C, B)[:, :, None] * decay  # (b, g, k, c, L, L)
     y = torch.einsum("bgkcls,bcsgkp->bclgkp", scores, xdt)  # (b, c, L, g, k, p)
 
@@ -92,7 +92,7 @@ def ssd_chunked(
     if initial_state is None:
         initial_state = x.new_zeros(b, h, p, n)
     states = torch.cat([initial_state[:, None].to(states.dtype), states], dim=1)  # (b, c+1, h, p, n)
-    chunk_decay = torch.exp(_segsum(F.pad(a.sum(dim=-1), (1, 0))))  # (b, h, c+1, c+1)
+    chunk_decay = torch.exp(segsum(F.pad(a.sum(dim=-1), (1, 0))))  # (b, h, c+1, c+1)
     states = torch.einsum("bhzc,bchpn->bzhpn", chunk_decay, states)  # (b, c+1, h, p, n): entering chunk z
 
     # 4. The state entering each chunk, decayed to each step and read out by C.
