@@ -121,6 +121,30 @@ def test_torch_compile_trains_like_eager(tmp_path, tiny):
     assert all(abs(compiled[s] - eager[s]) < 1e-4 for s in eager)
 
 
+def test_compile_also_compiles_the_loss_into_one_graph():
+    """trainer.compile: the full loss (casts, cross-entropy, accuracy counts) is one compiled graph, not a dozen eager
+    ops, and gives what the eager loss gives (ignored positions included)."""
+    from torch._dynamo.utils import counters
+
+    from composer.engine.objective import Objective, loss_and_correct
+    from composer.engine.trainer import prepare
+
+    torch.manual_seed(0)
+    module = Objective(build_model(ModelConfig(pattern="*-", vocab_size=16, d_model=32)))
+    prepare(module, TrainerConfig(compile=True, device="cpu"), torch.device("cpu"))
+    logits, targets = torch.randn(4, 9, 16), torch.randint(0, 16, (4, 9))
+    targets[0, :3] = -100  # IGNORE
+    counters.clear()
+    compiled = module.full_loss(logits, targets)
+    assert counters["stats"]["unique_graphs"] == 1 and sum(counters["graph_break"].values()) == 0
+    eager = loss_and_correct(logits, targets)
+    torch.testing.assert_close(compiled[0], eager[0], rtol=1e-5, atol=1e-5)
+    assert compiled[1:] == eager[1:] and eager[2] == 33
+    plain = Objective(build_model(ModelConfig(pattern="*-", vocab_size=16, d_model=32)))
+    prepare(plain, TrainerConfig(device="cpu"), torch.device("cpu"))
+    assert plain.full_loss is loss_and_correct  # without compile, the eager function itself
+
+
 def test_ctrl_c_prints_the_command_that_resumes(tmp_path, tiny):
     args = [*tiny, "model.pattern=*-M-", "trainer.max_tokens=40960", "trainer.log_every=1", "trainer.ckpt_every=10"]
     proc = subprocess.Popen([*app_argv(*args), f"hydra.run.dir={tmp_path}"],

@@ -17,11 +17,14 @@ class Objective(nn.Module):
     forward(tokens) gives the logits; forward(tokens, targets) the summed loss, correct predictions
     and counted positions (`loss_and_correct`). The loss runs inside forward because that is where
     FSDP2 has gathered the head weight; `loss_impl` ("full" or "chunked", set by the trainer from
-    `trainer.loss`) says whether it materialises the full logits."""
+    `trainer.loss`) says whether it materialises the full logits. The full path's loss is
+    `full_loss`: `loss_and_correct`, compiled by the trainer with the layers (`trainer.compile`), where
+    its casts, softmax, gather and counts would otherwise be a dozen small kernels a step."""
 
     def __init__(self, model: nn.Module, head: nn.Module | None = None, *, loss_impl: str = "full") -> None:
         super().__init__()
         self.model, self.head, self.loss_impl = model, head, loss_impl
+        self.full_loss = loss_and_correct
 
     def forward(
         self, tokens: torch.Tensor, targets: torch.Tensor | None = None
@@ -30,7 +33,7 @@ class Objective(nn.Module):
             return self._logits(tokens)
         if self.loss_impl == "chunked":
             return chunked_loss_and_correct(self.model.hidden(tokens), self.model.head_weight, targets)
-        return loss_and_correct(self._logits(tokens), targets)
+        return self.full_loss(self._logits(tokens), targets)
 
     def _logits(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.head is None:

@@ -36,7 +36,7 @@ from composer.engine.batches import IGNORE, Batches
 from composer.errors import ComposerError, ConfigError
 from composer.engine.graphs import (GRAPH_WARMUP, Batch, StepGraph, compile_guard, release_memory, side_stream,
                                     stop_requested, waited)
-from composer.engine.objective import Objective
+from composer.engine.objective import Objective, loss_and_correct
 from composer.engine.profile import StepProfiler
 from composer.engine.meter import Meter, Records
 from composer.records import write_json
@@ -298,6 +298,8 @@ def prepare(module: Objective, cfg: TrainerConfig, device: torch.device) -> floa
         layer.checkpoint = cfg.activation_checkpointing
         if cfg.compile:
             layer.compile()
+    if cfg.compile:
+        module.full_loss = torch.compile(loss_and_correct)  # one graph per task's shapes, like a layer
     module.to(device)
     if sharded:
         distributed.shard(module, layers, bf16=_bf16(cfg, device))
