@@ -60,6 +60,16 @@ def test_chunked_matches_sequential(dtype, chunk_size, t, with_state):
     torch.testing.assert_close(final, final_ref, atol=TOL[dtype], rtol=TOL[dtype])
 
 
+@pytest.mark.parametrize("chunk_size", [8, 64])  # several chunks, and one
+def test_no_initial_state_is_a_zero_state_bit_for_bit(chunk_size):
+    """Without an initial state the first chunk leaves out the entering state's terms: the same output and final
+    state as from a zero state, exactly."""
+    q, k, v, g, beta, state0 = _rule_inputs(t=37, dtype=torch.float32)
+    skipped = gated_delta_rule_chunked(q, k, v, g, beta, chunk_size=chunk_size)
+    zero = gated_delta_rule_chunked(q, k, v, g, beta, chunk_size=chunk_size, initial_state=torch.zeros_like(state0))
+    assert torch.equal(skipped[0], zero[0]) and torch.equal(skipped[1], zero[1])
+
+
 def test_chunked_gradients_match_sequential():
     inputs = [x.requires_grad_() for x in _rule_inputs(t=21, dtype=torch.float64)]
     weights = torch.randn(2, 21, 3, 4, dtype=torch.float64)
