@@ -185,7 +185,9 @@ def kernels_by_op(trace: dict[str, Any], of: str = "eager PyTorch", top: int = 1
     Kernels of a graph replay name no op: run with `evaluator.trainer.cuda_graph=false` to see them (the same
     kernels, launched one by one). Rows by GPU time: kernels, ms, share of the family's time, mean us."""
     events = trace.get("traceEvents", [])
-    ops = [e for e in events if e.get("cat") in ("cpu_op", "user_annotation") and "dur" in e]
+    # ops and ranges, but the trainer's `step <run>` range: it names a run (the runs table's business), not a scope
+    ops = [e for e in events if e.get("cat") in ("cpu_op", "user_annotation") and "dur" in e
+           and not e.get("name", "").startswith("step ")]
     by_ext = {e["args"]["External id"]: e for e in ops if "External id" in e.get("args", {})}
     parent = _parents(ops)
     rows: dict[str, list[float]] = {}

@@ -109,8 +109,8 @@ def test_eager_kernels_are_charged_to_the_op_and_scope_that_launched_them():
         op("aten::flip", 1, 130, 10, 4),
         # thread 2 at the same times: the optimizer step, with a kernel launched by the step itself (no ATen op)
         op("Optimizer.step#AdamW.step", 2, 100, 50, 5), op("aten::_foreach_add_", 2, 105, 5, 6),
-        # thread 2 later: an ATen op with no scope around it
-        op("aten::copy_", 2, 200, 5, 7),
+        # thread 2 later: an ATen op with no scope around it but the trainer's range, which names a run, not a scope
+        {**op("step compression-lr0.003", 2, 190, 30, 8), "cat": "user_annotation"}, op("aten::copy_", 2, 200, 5, 7),
         kern(3, 6), kern(3, 4), kern(4, 5), kern(5, 2),
         kern(6, 3, "void at::native::multi_tensor_apply_kernel<Add>"), kern(7, 1, "void at::native::copy_kernel"),
         kern(99, 4),  # a graph replay: its External id names no op
