@@ -95,13 +95,16 @@ class GatedDeltaNetConfig:
                                        (I + A)⁻¹ [βV | βΓK]     (Lc − 1) · (d_v + d_k)  (unit lower triangular solve)
           across chunks, one by one:   the entering state read by the keys and the queries, and
                                        the chunk's writes added to it   3 · 2 · d_k · d_v  per padded token
+                                       (the first chunk has no entering state to read: 2 · 2 · d_k · d_v
+                                       per token of it fewer)
                                        the within-chunk outputs         2 · Lc · d_v  per padded token
         plus the projections and the conv (2 · conv_dim · d_conv) per real token."""
         h, dk, dv = self.n_v_heads(d_model), self.head_dim, self.head_v_dim
         lc = min(self.chunk_size, seq_len)
         padded = -(-seq_len // lc) * lc
         per_padded_token = 4 * lc * dk + (lc - 1) * (dv + dk) + 6 * dk * dv + 2 * lc * dv
-        return seq_len * self._projection_flops_per_token(d_model) + padded * h * per_padded_token
+        first_chunk_reads = lc * 4 * dk * dv
+        return seq_len * self._projection_flops_per_token(d_model) + h * (padded * per_padded_token - first_chunk_reads)
 
     def forward_flops_per_token(self, d_model: int, *, seq_len: int) -> int:
         """forward_flops_per_sequence / seq_len, rounded to the nearest integer (exact when seq_len is

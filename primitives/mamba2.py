@@ -73,9 +73,10 @@ class Mamba2Config:
         """Forward FLOPs of one training sequence through the chunked SSD scan of
         primitives/nn/mamba2.py (`ssd_chunked`), einsum by einsum. The scan runs in chunks of
         Lc = min(chunk_size, seq_len) over the sequence padded to c · Lc, c = ceil(seq_len / Lc):
-          within-chunk scores C·Bᵀ      2 · H · Lc · N  per padded token
+          within-chunk scores C·Bᵀ      2 · G · Lc · N  per padded token (once per group of heads)
           within-chunk outputs          2 · H · Lc · P  per padded token
           chunk states (B ⊗ x summed)   2 · H · P · N   per padded token
+        and with more than one chunk (one chunk starts from nothing and its state is the final one)
           state passing across chunks   2 · H · (c + 1)² · P · N  per sequence
           state readout C · state       2 · H · P · N   per padded token
         plus the projections and the conv (2 · conv_dim · d_conv) per real token."""
@@ -83,7 +84,9 @@ class Mamba2Config:
         lc = min(self.chunk_size, seq_len)
         chunks = -(-seq_len // lc)
         padded = chunks * lc
-        scan = padded * 2 * n_heads * (lc * n + lc * p + 2 * p * n) + 2 * n_heads * (chunks + 1) ** 2 * p * n
+        scan = padded * 2 * (self.n_groups * lc * n + n_heads * lc * p + n_heads * p * n)
+        if chunks > 1:
+            scan += 2 * n_heads * (chunks + 1) ** 2 * p * n + padded * 2 * n_heads * p * n
         return seq_len * self._projection_flops_per_token(d_model) + scan
 
     def forward_flops_per_token(self, d_model: int, *, seq_len: int) -> int:
