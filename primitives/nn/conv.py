@@ -26,8 +26,8 @@ def causal_conv_silu(x: Tensor, weight: Tensor, bias: Tensor | None = None, stat
     if state is not None:
         state.copy_(padded[:, padded.shape[1] - (k - 1) :].transpose(1, 2).detach())
     dtype = torch.promote_types(x.dtype, torch.float32)
-    w = weight.squeeze(1).to(dtype).t()  # (K, C)
-    y = padded[:, :t].to(dtype) * w[0] if bias is None else torch.addcmul(bias.to(dtype), padded[:, :t].to(dtype), w[0])
+    padded, w = padded.to(dtype), weight.squeeze(1).to(dtype).t()  # (B, K - 1 + T, C), (K, C)
+    y = padded[:, :t] * w[0] if bias is None else torch.addcmul(bias.to(dtype), padded[:, :t], w[0])
     for i in range(1, k):
-        y = torch.addcmul(y, padded[:, i : i + t].to(dtype), w[i])  # (B, T, C)
+        y = torch.addcmul(y, padded[:, i : i + t], w[i])  # (B, T, C)
     return F.silu(y).to(x.dtype)

@@ -125,14 +125,11 @@ def gated_delta_rule_chunked(
     state = None if initial_state is None else initial_state.to(k.dtype)
     outs = []
     for i in range(c):
-        if state is None:
-            w = u[:, :, i]  # (b, h, L, d_v)
-            outs.append(scores[:, :, i] @ w)
-            state = k_out[:, :, i].transpose(-1, -2) @ w  # (b, h, d_k, d_v)
-            continue
-        w = u[:, :, i] - w_k[:, :, i] @ state  # (b, h, L, d_v): the chunk's writes, given the entering state
-        outs.append(q_in[:, :, i] @ state + scores[:, :, i] @ w)  # (b, h, L, d_v)
-        state = state * chunk_decay[:, :, i, None, None] + k_out[:, :, i].transpose(-1, -2) @ w  # (b, h, d_k, d_v)
+        w = u[:, :, i] if state is None else u[:, :, i] - w_k[:, :, i] @ state  # (b, h, L, d_v): the chunk's writes
+        within = scores[:, :, i] @ w  # (b, h, L, d_v)
+        outs.append(within if state is None else q_in[:, :, i] @ state + within)
+        written = k_out[:, :, i].transpose(-1, -2) @ w  # (b, h, d_k, d_v)
+        state = written if state is None else state * chunk_decay[:, :, i, None, None] + written
     o = torch.stack(outs, dim=2)  # (b, h, c, L, d_v)
     return o.permute(0, 2, 3, 1, 4).reshape(b, c * L, h, dv)[:, :t], state
 
