@@ -87,6 +87,9 @@ def test_a_sweep_measures_each_shape_with_a_steady_rate(tmp_path):
         assert abs(sum(phases[k]["share"] for k in ("setup", "to_graph", "checkpoints", "final", "steps")) - 1) < 0.01
         assert phases["setup"]["median_s"] > 0 and phases["final"]["median_s"] > 0 and phases["steps"]["share"] > 0
         assert f"| 1x{each} | {phases['runs']} | {phases['setup']['median_s']:.2f} s (" in proc.stdout
+        # the budget check reads the searched recall task from the completed patterns (space `*-M`, length 5)
+        check = row["recall_of_attention_patterns"]
+        assert set(check) == {"in_context_recall"} and check["in_context_recall"]["patterns"] > 0
     first = record["rows"][0]
     assert first["evaluations_per_gpu_hour_ratio"] == 1.0 and first["steady_evaluations_per_gpu_hour_ratio"] == 1.0
     assert "| 1x2 |" in proc.stdout
@@ -105,6 +108,18 @@ def test_first_evaluations_are_the_ones_each_worker_started_first():
               for start, took in ((181, 20), (0, 200), (201, 30), (1, 180), (211, 25))]
     assert st.first_and_later(trials, slots=2) == (190.0, 25.0)
     assert st.first_and_later(trials[1:2], slots=2) == (200.0, None) and st.first_and_later([], 2) == (None, None)
+
+
+def test_the_budget_check_counts_attention_patterns_per_recall_task():
+    spec = importlib.util.spec_from_file_location("search_throughput", SCRIPT)
+    st = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(st)
+    # mad_fast's tasks: only the noisy recall task; patterns without attention are left out of the check
+    scores = {"*-M": {"noisy_in_context_recall": 1.0, "compression": 0.3}, "M*-": {"noisy_in_context_recall": 0.19},
+              "-*-": {"noisy_in_context_recall": 0.9}, "M-M": {"noisy_in_context_recall": 1.0}, "*--": {"compression": 0.2}}
+    assert st.recall_of_attention_patterns(scores) == {
+        "noisy_in_context_recall": {"patterns": 3, "at_least_0.9": 2, "best": [1.0, 0.9, 0.19]}}
+    assert st.recall_of_attention_patterns({"*-M": {"compression": 0.3}}) == {}
 
 
 def test_the_steady_rate_skips_the_warmup_and_reads_every_run(tmp_path):
