@@ -19,6 +19,7 @@ from pathlib import Path
 from scipy.stats import fisher_exact
 
 MIXERS = "*WMG"  # token mixers; '-' (MLP) and 'E' (MoE) act per position
+RECALL = ("recall", "fuzzy", "noisy")  # the recall tasks as the search's log names them (search.runner._short)
 LINE = re.compile(r"\[\d+/\d+\] (?P<pattern>\S+)\s+[\d.]+ \((?P<tasks>[^)]*)\)")
 
 
@@ -39,7 +40,7 @@ def first_mixer(pattern: str) -> str | None:
 def tally(scores: dict[str, dict[str, float]], threshold: float = 0.9) -> dict[str, dict]:
     """For each recall task: per first mixer, patterns with attention and how many reach `threshold`; with the
     odds ratio and p-value of Fisher's exact test between the two largest groups."""
-    tasks = sorted({task for accuracies in scores.values() for task in accuracies if task in ("recall", "fuzzy", "noisy")})
+    tasks = sorted({task for accuracies in scores.values() for task in accuracies if task in RECALL})
     out = {}
     for task in tasks:
         groups: dict[str, list[int]] = {}
