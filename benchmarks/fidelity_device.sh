@@ -20,6 +20,7 @@
 #                  each ranked against the default budget (composer-fidelity proxies=[...], rungs=[]; resumes); none ranked
 #                  as the proxy (2026-12-05). BUDGET=batch: mad_fast's full tokens at 8K, 16K, 32K tokens a step instead
 #                  (ranked worse, 2026-12-06). BUDGET=compile: the proxy compiled, and at seed 1, against its scores
+#                  (within the seed spread, 2026-12-06). BUDGET=setting: $SETTING (an evaluator dict) the same way
 # fidelity/ starts with the proxy scores of fidelity-ceil/ (its study.db): the first study, grown by the paper's
 # ceil rule (+1 % to +40 % over the rung's size), stopped at 11 of 32 runs; this one grows by `fit` (within 2 %).
 # A cold machine starts from what $R holds (committed); a warm one keeps its /tmp state (the runs in
