@@ -46,13 +46,14 @@ def steps_per_evaluation(batch_tokens: int = 0) -> int:
     return sum(2_000_000 // (batch_tokens // n * n if batch_tokens else 32 * n) for n in lengths)
 
 
-def run(pattern: str, mode: str, *, steps: int, data, folder: Path, mamba_impl: str, batch_size: int = 32) -> float:
+def run(pattern: str, mode: str, *, steps: int, data, folder: Path, mamba_impl: str, mamba_chunk_size: int = 64,
+        batch_size: int = 32) -> float:
     """Steady steps/s of one proxy run."""
     x, y = data
     cfg = TrainerConfig(max_tokens=steps * batch_size * 128, batch_size=batch_size, lr=3e-3, log_every=10, ckpt_every=0,
                         progress=False, **MODES[mode])
     model = build_model(model_config_from_mapping(
-        {"pattern": pattern, "vocab_size": 16, "d_model": 128, "mamba2": {"impl": mamba_impl}}, where="model"), seed=0)
+        {"pattern": pattern, "vocab_size": 16, "d_model": 128, "mamba2": {"impl": mamba_impl, "chunk_size": mamba_chunk_size}}, where="model"), seed=0)
     train(model.cuda(), train_batches=ArrayBatches(x, y, batch_size=batch_size, seed=0), eval_batches=[(x[:32].cpu(), y[:32].cpu())],
           seq_len=128, cfg=cfg, run_dir=folder, signature={"pattern": pattern})
     rates = [json.loads(line)["train/tokens_per_s"] / (batch_size * 128) for line in (folder / "metrics.jsonl").read_text().splitlines()
@@ -90,6 +91,8 @@ def main() -> None:
     parser.add_argument("--concurrency-mode", default="cuda_graph")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--mamba-impl", default="torch")
+    parser.add_argument("--mamba-chunk-size", type=int, default=64,
+                        help="Mamba-2's chunk_size (the sequences are 128 tokens: 128 is one chunk of the torch scan)")
     parser.add_argument("--batch-sizes", default="",
                         help="e.g. 32,128,512: one run per pattern at each batch size in --concurrency-mode, for how a "
                              "step's time grows with its work (what folding K candidates into one step's kernels could gain)")
@@ -99,24 +102,26 @@ def main() -> None:
     x, y = TASKS["in_context_recall"].generate(task_cfg, n_examples=task_cfg.n_train, seed=0)
     data = (x.cuda(), y.cuda())
     results = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "steps": args.steps,
-               "mamba_impl": args.mamba_impl, "single": {}, "side_by_side": {}}
+               "mamba_impl": args.mamba_impl, "mamba_chunk_size": args.mamba_chunk_size, "single": {}, "side_by_side": {}}
     with TemporaryDirectory() as tmp:
         for pattern in args.patterns.split(","):
             for mode in args.modes.split(","):
                 rate = run(pattern, mode, steps=args.steps, data=data, folder=Path(tmp) / f"{mode}-{pattern}",
-                           mamba_impl=args.mamba_impl)
+                           mamba_impl=args.mamba_impl, mamba_chunk_size=args.mamba_chunk_size)
                 results["single"][f"{pattern} {mode}"] = round(rate, 1)
                 print(f"{pattern}  {mode:>20}: {rate:8.1f} steps/s", flush=True)
             for batch in [int(b) for b in args.batch_sizes.split(",") if b]:
                 rate = run(pattern, args.concurrency_mode, steps=args.steps, data=data, batch_size=batch,
-                           folder=Path(tmp) / f"b{batch}-{pattern}", mamba_impl=args.mamba_impl)
+                           folder=Path(tmp) / f"b{batch}-{pattern}", mamba_impl=args.mamba_impl,
+                           mamba_chunk_size=args.mamba_chunk_size)
                 results.setdefault("batch", {})[f"{pattern} {args.concurrency_mode} b{batch}"] = {
                     "steps_per_s": round(rate, 1), "sequences_per_s": round(rate * batch)}
                 print(f"{pattern}  batch {batch:4d} ({args.concurrency_mode}): {rate:8.1f} steps/s = "
                       f"{rate * batch / 32:8.1f} batch-32 steps/s", flush=True)
             for k in map(int, args.concurrency.split(",")):
                 rate, wall = side_by_side(pattern, args.concurrency_mode, k, steps=args.steps, data=data,
-                                          folder=Path(tmp) / f"k{k}-{pattern}", mamba_impl=args.mamba_impl)
+                                          folder=Path(tmp) / f"k{k}-{pattern}", mamba_impl=args.mamba_impl,
+                                          mamba_chunk_size=args.mamba_chunk_size)
                 per_hour = rate * 3600 / steps_per_evaluation()
                 results["side_by_side"][f"{pattern} {args.concurrency_mode} x{k}"] = {
                     "steps_per_s": round(rate, 1), "wall_s": round(wall, 1), "evaluations_per_gpu_hour_est": round(per_hour),
