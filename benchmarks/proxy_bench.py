@@ -1,8 +1,9 @@
 """Proxy training speed on one GPU: steps/s of a 16-layer MAD proxy per step mode, then with runs side by side.
 
 A search's proxies are tiny (width 128, 32 x 128 tokens per step): their steps are bound by kernel
-launches, not FLOPs. This times the shared trainer (`composer.engine.trainer.train`, the search's own
-path) on in-context recall at the `mad` evaluator's settings:
+launches, not FLOPs. This times the search's own path (`composer.runs.proxy.train_on_task`, the shared
+trainer) on one MAD task at its baseline setting (`--task`, in-context recall by default) at the `mad` evaluator's
+width and batch:
 - per pattern and mode: eager, `cuda_graph` (one captured step), `compile+cuda_graph`;
 - then `--concurrency` runs at once in threads, each on its own CUDA stream (what
   `evaluator.parallel` does), for the aggregate steps/s;
@@ -29,11 +30,10 @@ from tempfile import TemporaryDirectory
 import torch
 
 from composer.config import model_config_from_mapping
-from composer.engine.batches import ArrayBatches
 from composer.engine.graphs import own_stream
-from composer.model import build_model
+from composer.engine.trainer import TrainerConfig
+from composer.runs.proxy import task_data, train_on_task
 from composer.tasks.mad import TASKS, task_config_from_mapping
-from composer.engine.trainer import TrainerConfig, train
 
 PATTERNS = ("*-*-*-*-*-*-*-*-", "*-M-*-M-*-M-*-M-", "MMMMMMMMMMMMMMMM")
 MODES = {"eager": {}, "cuda_graph": {"cuda_graph": True}, "compile+cuda_graph": {"cuda_graph": True, "compile": True}}
@@ -46,18 +46,18 @@ def steps_per_evaluation(batch_tokens: int = 0) -> int:
     return sum(2_000_000 // (batch_tokens // n * n if batch_tokens else 32 * n) for n in lengths)
 
 
-def run(pattern: str, mode: str, *, steps: int, data, folder: Path, mamba_impl: str, mamba_chunk_size: int = 64,
+def run(pattern: str, mode: str, *, steps: int, task: str, folder: Path, mamba_impl: str, mamba_chunk_size: int = 64,
         batch_size: int = 32) -> float:
-    """Steady steps/s of one proxy run."""
-    x, y = data
-    cfg = TrainerConfig(max_tokens=steps * batch_size * 128, batch_size=batch_size, lr=3e-3, log_every=10, ckpt_every=0,
-                        progress=False, **MODES[mode])
-    model = build_model(model_config_from_mapping(
-        {"pattern": pattern, "vocab_size": 16, "d_model": 128, "mamba2": {"impl": mamba_impl, "chunk_size": mamba_chunk_size}}, where="model"), seed=0)
-    train(model.cuda(), train_batches=ArrayBatches(x, y, batch_size=batch_size, seed=0), eval_batches=[(x[:32].cpu(), y[:32].cpu())],
-          seq_len=128, cfg=cfg, run_dir=folder, signature={"pattern": pattern})
-    rates = [json.loads(line)["train/tokens_per_s"] / (batch_size * 128) for line in (folder / "metrics.jsonl").read_text().splitlines()
-             if "train/tokens_per_s" in line]
+    """Steady steps/s of one proxy run on `task` at its baseline setting, through the search's own path."""
+    task_cfg = task_config_from_mapping(task, {})
+    seq_len = task_data(task, task_cfg, 0)[0].shape[1]  # the tokens a sequence feeds in (compression: 33)
+    cfg = TrainerConfig(max_tokens=steps * batch_size * seq_len, batch_size=batch_size, lr=3e-3, log_every=10,
+                        ckpt_every=0, progress=False, **MODES[mode])
+    model_cfg = model_config_from_mapping({"pattern": pattern, "vocab_size": task_cfg.vocab_size, "d_model": 128,
+                                           "mamba2": {"impl": mamba_impl, "chunk_size": mamba_chunk_size}}, where="model")
+    train_on_task(model_cfg=model_cfg, task_name=task, task_cfg=task_cfg, trainer_cfg=cfg, seed=0, run_dir=folder)
+    rates = [json.loads(line)["train/tokens_per_s"] / (batch_size * seq_len)
+             for line in (folder / "metrics.jsonl").read_text().splitlines() if "train/tokens_per_s" in line]
     return statistics.median(rates[2:])  # the first intervals hold the warm-up, compile and capture
 
 
@@ -96,22 +96,21 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="",
                         help="e.g. 32,128,512: one run per pattern at each batch size in --concurrency-mode, for how a "
                              "step's time grows with its work (what folding K candidates into one step's kernels could gain)")
+    parser.add_argument("--task", default="in_context_recall", choices=sorted(TASKS),
+                        help="the MAD task at its baseline setting (compression: 32 tokens, selective copying: 256)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    task_cfg = task_config_from_mapping("in_context_recall", {})
-    x, y = TASKS["in_context_recall"].generate(task_cfg, n_examples=task_cfg.n_train, seed=0)
-    data = (x.cuda(), y.cuda())
-    results = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "steps": args.steps,
-               "mamba_impl": args.mamba_impl, "mamba_chunk_size": args.mamba_chunk_size, "single": {}, "side_by_side": {}}
+    results = {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "none (CPU)", "torch": torch.__version__, "steps": args.steps,
+               "task": args.task, "mamba_impl": args.mamba_impl, "mamba_chunk_size": args.mamba_chunk_size, "single": {}, "side_by_side": {}}
     with TemporaryDirectory() as tmp:
         for pattern in args.patterns.split(","):
             for mode in args.modes.split(","):
-                rate = run(pattern, mode, steps=args.steps, data=data, folder=Path(tmp) / f"{mode}-{pattern}",
+                rate = run(pattern, mode, steps=args.steps, task=args.task, folder=Path(tmp) / f"{mode}-{pattern}",
                            mamba_impl=args.mamba_impl, mamba_chunk_size=args.mamba_chunk_size)
                 results["single"][f"{pattern} {mode}"] = round(rate, 1)
                 print(f"{pattern}  {mode:>20}: {rate:8.1f} steps/s", flush=True)
             for batch in [int(b) for b in args.batch_sizes.split(",") if b]:
-                rate = run(pattern, args.concurrency_mode, steps=args.steps, data=data, batch_size=batch,
+                rate = run(pattern, args.concurrency_mode, steps=args.steps, task=args.task, batch_size=batch,
                            folder=Path(tmp) / f"b{batch}-{pattern}", mamba_impl=args.mamba_impl,
                            mamba_chunk_size=args.mamba_chunk_size)
                 results.setdefault("batch", {})[f"{pattern} {args.concurrency_mode} b{batch}"] = {
@@ -119,7 +118,7 @@ def main() -> None:
                 print(f"{pattern}  batch {batch:4d} ({args.concurrency_mode}): {rate:8.1f} steps/s = "
                       f"{rate * batch / 32:8.1f} batch-32 steps/s", flush=True)
             for k in map(int, args.concurrency.split(",")):
-                rate, wall = side_by_side(pattern, args.concurrency_mode, k, steps=args.steps, data=data,
+                rate, wall = side_by_side(pattern, args.concurrency_mode, k, steps=args.steps, task=args.task,
                                           folder=Path(tmp) / f"k{k}-{pattern}", mamba_impl=args.mamba_impl,
                                           mamba_chunk_size=args.mamba_chunk_size)
                 per_hour = rate * 3600 / steps_per_evaluation()
