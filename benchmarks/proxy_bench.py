@@ -92,16 +92,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--mamba-impl", default="torch")
     parser.add_argument("--mamba-chunk-size", type=int, default=64,
-                        help="Mamba-2's chunk_size (the sequences are 128 tokens: 128 is one chunk of the torch scan)")
+                        help="Mamba-2's chunk_size (a recall task's 128 tokens are one chunk of the torch scan at 128)")
     parser.add_argument("--batch-sizes", default="",
                         help="e.g. 32,128,512: one run per pattern at each batch size in --concurrency-mode, for how a "
                              "step's time grows with its work (what folding K candidates into one step's kernels could gain)")
     parser.add_argument("--task", default="in_context_recall", choices=sorted(TASKS),
-                        help="the MAD task at its baseline setting (compression: 32 tokens, selective copying: 256)")
+                        help="the MAD task at its baseline setting (recall: 128 tokens, selective copying: 256, compression: 33)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    results = {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "none (CPU)", "torch": torch.__version__, "steps": args.steps,
-               "task": args.task, "mamba_impl": args.mamba_impl, "mamba_chunk_size": args.mamba_chunk_size, "single": {}, "side_by_side": {}}
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none (CPU)"
+    results = {"gpu": gpu, "torch": torch.__version__, "steps": args.steps, "task": args.task,
+               "mamba_impl": args.mamba_impl, "mamba_chunk_size": args.mamba_chunk_size, "single": {}, "side_by_side": {}}
     with TemporaryDirectory() as tmp:
         for pattern in args.patterns.split(","):
             for mode in args.modes.split(","):
