@@ -29,11 +29,12 @@ from tempfile import TemporaryDirectory
 
 import torch
 
-from composer.config import model_config_from_mapping
 from composer.engine.graphs import own_stream
 from composer.engine.trainer import TrainerConfig
 from composer.runs.proxy import task_data, train_on_task
 from composer.tasks.mad import TASKS, task_config_from_mapping
+from eval_profile import evaluator_config  # benchmarks/, first on the path of a script run from it
+from search.evaluator import EvaluatorConfig
 
 PATTERNS = ("*-*-*-*-*-*-*-*-", "*-M-*-M-*-M-*-M-", "MMMMMMMMMMMMMMMM")
 MODES = {"eager": {}, "cuda_graph": {"cuda_graph": True}, "compile+cuda_graph": {"cuda_graph": True, "compile": True}}
@@ -46,16 +47,22 @@ def steps_per_evaluation(batch_tokens: int = 0) -> int:
     return sum(2_000_000 // (batch_tokens // n * n if batch_tokens else 32 * n) for n in lengths)
 
 
-def run(pattern: str, mode: str, *, steps: int, task: str, folder: Path, mamba_impl: str, mamba_chunk_size: int = 64,
+def proxy_settings(mamba_impl: str, mamba_chunk_size: int) -> EvaluatorConfig:
+    """The `mad` evaluator as a search composes it (its proxy's width and primitive settings), Mamba-2's as asked."""
+    return evaluator_config(["evaluator=mad", f"evaluator.model.mamba2.impl={mamba_impl}",
+                             f"evaluator.model.mamba2.chunk_size={mamba_chunk_size}"])
+
+
+def run(pattern: str, mode: str, *, steps: int, task: str, folder: Path, evaluator: EvaluatorConfig,
         batch_size: int = 32) -> float:
-    """Steady steps/s of one proxy run on `task` at its baseline setting, through the search's own path."""
+    """Steady steps/s of one run of `evaluator`'s proxy on `task` at its baseline setting, through the search's own
+    path."""
     task_cfg = task_config_from_mapping(task, {})
     seq_len = task_data(task, task_cfg, 0)[0].shape[1]  # the tokens a sequence feeds in (compression: 33)
     cfg = TrainerConfig(max_tokens=steps * batch_size * seq_len, batch_size=batch_size, lr=3e-3, log_every=10,
                         ckpt_every=0, progress=False, **MODES[mode])
-    model_cfg = model_config_from_mapping({"pattern": pattern, "vocab_size": task_cfg.vocab_size, "d_model": 128,
-                                           "mamba2": {"impl": mamba_impl, "chunk_size": mamba_chunk_size}}, where="model")
-    train_on_task(model_cfg=model_cfg, task_name=task, task_cfg=task_cfg, trainer_cfg=cfg, seed=0, run_dir=folder)
+    train_on_task(model_cfg=evaluator.proxy(pattern, vocab_size=task_cfg.vocab_size), task_name=task, task_cfg=task_cfg,
+                  trainer_cfg=cfg, seed=0, run_dir=folder)
     rates = [json.loads(line)["train/tokens_per_s"] / (batch_size * seq_len)
              for line in (folder / "metrics.jsonl").read_text().splitlines() if "train/tokens_per_s" in line]
     return statistics.median(rates[2:])  # the first intervals hold the warm-up, compile and capture
@@ -100,6 +107,7 @@ def main() -> None:
                         help="the MAD task at its baseline setting (recall: 128 tokens, selective copying: 256, compression: 33)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    evaluator = proxy_settings(args.mamba_impl, args.mamba_chunk_size)  # composed once, not in the runs' threads
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none (CPU)"
     results = {"gpu": gpu, "torch": torch.__version__, "steps": args.steps, "task": args.task,
                "mamba_impl": args.mamba_impl, "mamba_chunk_size": args.mamba_chunk_size, "single": {}, "side_by_side": {}}
@@ -107,21 +115,19 @@ def main() -> None:
         for pattern in args.patterns.split(","):
             for mode in args.modes.split(","):
                 rate = run(pattern, mode, steps=args.steps, task=args.task, folder=Path(tmp) / f"{mode}-{pattern}",
-                           mamba_impl=args.mamba_impl, mamba_chunk_size=args.mamba_chunk_size)
+                           evaluator=evaluator)
                 results["single"][f"{pattern} {mode}"] = round(rate, 1)
                 print(f"{pattern}  {mode:>20}: {rate:8.1f} steps/s", flush=True)
             for batch in [int(b) for b in args.batch_sizes.split(",") if b]:
                 rate = run(pattern, args.concurrency_mode, steps=args.steps, task=args.task, batch_size=batch,
-                           folder=Path(tmp) / f"b{batch}-{pattern}", mamba_impl=args.mamba_impl,
-                           mamba_chunk_size=args.mamba_chunk_size)
+                           folder=Path(tmp) / f"b{batch}-{pattern}", evaluator=evaluator)
                 results.setdefault("batch", {})[f"{pattern} {args.concurrency_mode} b{batch}"] = {
                     "steps_per_s": round(rate, 1), "sequences_per_s": round(rate * batch)}
                 print(f"{pattern}  batch {batch:4d} ({args.concurrency_mode}): {rate:8.1f} steps/s = "
                       f"{rate * batch / 32:8.1f} batch-32 steps/s", flush=True)
             for k in map(int, args.concurrency.split(",")):
                 rate, wall = side_by_side(pattern, args.concurrency_mode, k, steps=args.steps, task=args.task,
-                                          folder=Path(tmp) / f"k{k}-{pattern}", mamba_impl=args.mamba_impl,
-                                          mamba_chunk_size=args.mamba_chunk_size)
+                                          folder=Path(tmp) / f"k{k}-{pattern}", evaluator=evaluator)
                 per_hour = rate * 3600 / steps_per_evaluation()
                 results["side_by_side"][f"{pattern} {args.concurrency_mode} x{k}"] = {
                     "steps_per_s": round(rate, 1), "wall_s": round(wall, 1), "evaluations_per_gpu_hour_est": round(per_hour),

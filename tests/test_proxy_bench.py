@@ -1,19 +1,22 @@
-"""benchmarks/proxy_bench.py off the GPU: one run trains the task asked for through the search's own path
-(`train_on_task`, compression's head included), at the Mamba-2 chunk size asked for, for the steps asked for.
+"""benchmarks/proxy_bench.py off the GPU: one run trains the `mad` evaluator's proxy on the task asked for through the
+search's own path (`train_on_task`, compression's head included), at the Mamba-2 chunk size asked for, for the steps asked for.
 Timings are not tested."""
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))  # as a script run from there finds eval_profile
 _spec = importlib.util.spec_from_file_location("proxy_bench", Path(__file__).parents[1] / "benchmarks/proxy_bench.py")
 bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)
 
 
 def test_a_run_trains_the_task_at_the_chunk_size_for_the_steps_asked(tmp_path):
-    rate = bench.run("M-", "eager", steps=30, task="compression", folder=tmp_path / "run", mamba_impl="torch",
-                     mamba_chunk_size=16)
+    evaluator = bench.proxy_settings("torch", 16)
+    assert evaluator.proxy("M", vocab_size=16).d_model == 128  # the `mad` evaluator's proxy, as a search builds it
+    rate = bench.run("M-", "eager", steps=30, task="compression", folder=tmp_path / "run", evaluator=evaluator)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["task"] == "compression" and summary["step"] == 30
     assert summary["model"]["primitives"]["mamba2"]["chunk_size"] == 16
