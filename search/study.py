@@ -284,6 +284,7 @@ def _decide(study: optuna.Study, trial: optuna.Trial, pattern: str, *, max_trial
                 undecided = True
             lower_running.append(t)
         if undecided:
+            _stop_if_interrupted()
             time.sleep(poll_s)
             continue
         cutoff = retry_cutoff(study)
@@ -310,6 +311,7 @@ def run_trials(study: optuna.Study, *, propose: Callable[[optuna.Trial], str], e
     `evaluate(pattern)` returns {"score": float, or a sequence for a multi-objective study, **metrics}.
     An exception from evaluate (divergence, CUDA OOM, a bug) fails that trial with a one-line reason
     and the loop goes on; KeyboardInterrupt fails the trial in flight as "interrupted", then propagates.
+    A Ctrl-C in the main thread raises it at the training loop's next step, not where it lands (`_ctrl_c_noted`).
     """
     if n_trials < 0 or (max_trials is not None and max_trials < 0):
         raise ConfigError(f"n_trials={n_trials} and max_trials={max_trials} must be >= 0")
@@ -323,24 +325,53 @@ _CTRL_C = threading.Event()  # a Ctrl-C reached this process during run_trials
 
 @contextmanager
 def _ctrl_c_noted() -> Iterator[None]:
-    """SIGINT still raises KeyboardInterrupt, and is also noted: one that lands in a weakref callback or a
-    __del__ is printed and dropped by Python ("Exception ignored in ..."), seen 2026-12-04 in a search
-    answering cached trials, which then ran on; the loop checks the note before each trial."""
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield  # another thread, or a handler someone installed: left as it is
+    """The first SIGINT is noted, not raised where it lands: every training loop of the process raises
+    KeyboardInterrupt at its next step (its trial: "interrupted"), the loops check the note between and
+    before trials, and it is raised as run_trials returns. Raised where it lands, it could leave a lock
+    held that another thread needs to finish (after an acquire, before its `try`: concurrent.futures.wait
+    in evaluator.parallel's wait for its runs, logging.Handler.handle beside a second evaluation's
+    thread), and the main thread then joined that thread forever (a search hung after Ctrl-C on a loaded
+    2-core machine). A second SIGINT raises at once (a long compile or final evaluation). The note also
+    outlives a KeyboardInterrupt that Python drops in a weakref callback or __del__ (seen 2026-12-04)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # another thread: the main thread's note stops it too
         return
-    _CTRL_C.clear()
-    signal.signal(signal.SIGINT, _note_ctrl_c)
+    _CTRL_C.clear()  # a note of an earlier call
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield  # a handler someone installed, or SIGINT ignored: left as it is
+        return
+    from composer.engine.graphs import INTERRUPT  # here, not in the handler: it runs between any two bytecodes
+
+    signal.signal(signal.SIGINT, _NoteCtrlC(INTERRUPT))
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        if _CTRL_C.is_set():
+            INTERRUPT.clear()  # a caller that runs threads sets it again while it joins them (search.runner)
+    _stop_if_interrupted()  # noted during the last trial: the command still ends
 
 
-def _note_ctrl_c(signum: int, frame: Any) -> None:
-    _CTRL_C.set()
-    signal.default_int_handler(signum, frame)
+class _NoteCtrlC:
+    """run_trials' SIGINT handler in the main thread: the first Ctrl-C is noted, a second raises at once."""
+
+    def __init__(self, interrupt: threading.Event) -> None:
+        self.interrupt = interrupt  # composer.engine.graphs.INTERRUPT: every training loop stops at its next step
+
+    def note(self) -> None:
+        _CTRL_C.set()
+        self.interrupt.set()
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if _CTRL_C.is_set():
+            signal.default_int_handler(signum, frame)
+        self.note()  # os.write, not logging: its lock may be held by the frame this interrupts
+        os.write(2, b"Ctrl-C: the evaluations in flight stop at their next training step (Ctrl-C again: at once)\n")
+
+
+def _stop_if_interrupted() -> None:
+    if _CTRL_C.is_set():
+        raise KeyboardInterrupt
 
 
 def _run_trials(study: optuna.Study, *, propose: Callable[[optuna.Trial], str], evaluate: Callable[[str], dict],
@@ -348,8 +379,7 @@ def _run_trials(study: optuna.Study, *, propose: Callable[[optuna.Trial], str], 
                 poll_s: float) -> list[FrozenTrial]:
     finished: list[FrozenTrial] = []
     for _ in range(n_trials):
-        if _CTRL_C.is_set():
-            raise KeyboardInterrupt
+        _stop_if_interrupted()
         if max_trials is not None and count_evaluations(study) >= max_trials:
             log.info("study %s has %d evaluations (max_trials=%d): done", study.study_name, max_trials, max_trials)
             break
@@ -383,12 +413,13 @@ def _claim(study: optuna.Study, heartbeat_s: float) -> tuple[optuna.Trial, _Hear
 
     `ask` commits the RUNNING trial before it returns: an interrupt in between would leave a trial
     no worker owns (other workers would wait UNCLAIMED_GRACE_S for it). Held only where SIGINT
-    raises KeyboardInterrupt (Python's handler, main thread): an ignored SIGINT stays ignored.
+    raises KeyboardInterrupt (Python's handler, or run_trials' at a second Ctrl-C; main thread): an
+    ignored SIGINT stays ignored. run_trials' handler notes a held one as it would have.
     """
     held: list[int] = []
     previous = signal.getsignal(signal.SIGINT)
     hold = threading.current_thread() is threading.main_thread() and (  # else Ctrl-C raises nothing here
-        previous is signal.default_int_handler or previous is _note_ctrl_c)
+        previous is signal.default_int_handler or isinstance(previous, _NoteCtrlC))
     if hold:
         signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
     try:
@@ -397,6 +428,8 @@ def _claim(study: optuna.Study, heartbeat_s: float) -> tuple[optuna.Trial, _Hear
     finally:
         if hold:
             signal.signal(signal.SIGINT, previous)
+    if held and isinstance(previous, _NoteCtrlC):
+        previous.note()
     return trial, heartbeat, bool(held)
 
 
@@ -435,6 +468,7 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, *, propose: Callable[[opt
         trial.set_user_attr("reason", f"max_trials={max_trials} reached counting evaluations in flight")
         heartbeat.stop()
         return study.tell(trial, state=TrialState.PRUNED), role
+    _stop_if_interrupted()  # before an evaluation's setup
     try:
         result = evaluate(pattern)
         values, metrics = _check_result(result, n_objectives=len(study.directions))

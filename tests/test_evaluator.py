@@ -384,7 +384,9 @@ def test_runs_beyond_the_stream_pool_wait_for_a_stream_and_never_share_one(caplo
             return types.SimpleNamespace(stream_id=next(pool))
 
     leases, holding, clashes, most = StreamLeases(new_stream), {}, [], [0]
-    state = threading.Lock()
+    state, full, waiting = threading.Lock(), threading.Event(), threading.Event()
+    said = logging.Handler()  # the lease says so once a run finds all 32 streams held
+    said.emit = lambda record: waiting.set()
 
     def run(i):
         with leases.lease("cuda:0") as stream:
@@ -393,16 +395,25 @@ def test_runs_beyond_the_stream_pool_wait_for_a_stream_and_never_share_one(caplo
                     clashes.append((i, stream.stream_id))
                 holding[i] = stream.stream_id
                 most[0] = max(most[0], len(holding))
-            time.sleep(0.05)
+                if len(holding) == StreamLeases.POOL_STREAMS:
+                    full.set()
+            # held until 32 are held at once and a 33rd run waits: not a fixed sleep, after which the first
+            # runs had ended before the 32nd began on a loaded machine
+            full.wait(timeout=60) and waiting.wait(timeout=60)
             with state:
                 del holding[i]
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(40)]
-    with caplog.at_level(logging.WARNING, logger="composer.engine.graphs"):
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+    graphs_log = logging.getLogger("composer.engine.graphs")
+    graphs_log.addHandler(said)
+    try:
+        with caplog.at_level(logging.WARNING, logger="composer.engine.graphs"):
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+    finally:
+        graphs_log.removeHandler(said)
     assert clashes == [] and most[0] == StreamLeases.POOL_STREAMS
     assert "the others wait for a stream" in caplog.text
     with leases.lease("cuda:1") as other:  # another device's pool is its own

@@ -376,3 +376,30 @@ def test_a_ctrl_c_that_python_drops_still_stops_the_loop_before_the_next_trial(t
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     # the next call starts afresh
     assert len(run_trials(study, propose=lambda trial: PATTERNS[trial.number], evaluate=evaluate, n_trials=1)) == 1
+
+
+def test_a_first_ctrl_c_stops_training_loops_at_their_next_step_and_a_second_at_once(tmp_path):
+    # Raised where it landed, a Ctrl-C could leave a lock held (after an acquire, before its `try`) that a
+    # thread the main one then joins needs: a search hung after Ctrl-C on a loaded machine (2026-12-07)
+    from composer.engine.graphs import stop_requested
+
+    study = open_study(name="s", storage=None, run_dir=tmp_path, sampler=None)
+    seen: list[bool] = []
+
+    def evaluate(pattern: str) -> dict:
+        signal.raise_signal(signal.SIGINT)  # noted, not raised: the training loops see it at their next step
+        seen.append(stop_requested())
+        if pattern == PATTERNS[1]:
+            signal.raise_signal(signal.SIGINT)  # a second one: at once
+            seen.append(False)
+        return {"score": score(pattern)}
+
+    with pytest.raises(KeyboardInterrupt):
+        run_trials(study, propose=lambda trial: PATTERNS[trial.number], evaluate=evaluate, n_trials=5)
+    (trial,) = study.get_trials()  # no trial after the one in flight
+    assert trial.state == TrialState.COMPLETE and seen == [True]
+    assert not stop_requested()  # the next call's training runs
+    with pytest.raises(KeyboardInterrupt):
+        run_trials(study, propose=lambda trial: PATTERNS[1], evaluate=evaluate, n_trials=5)
+    assert study.get_trials()[-1].state == TrialState.FAIL and study.get_trials()[-1].user_attrs["error"] == "interrupted"
+    assert seen == [True, True] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
