@@ -365,7 +365,7 @@ class _NoteCtrlC:
     def __call__(self, signum: int, frame: Any) -> None:
         if _CTRL_C.is_set():
             signal.default_int_handler(signum, frame)
-        self.note()  # os.write, not logging: its lock may be held by the frame this interrupts
+        self.note()  # then said with os.write, not logging: the frame interrupted may hold logging's lock
         os.write(2, b"Ctrl-C: the evaluations in flight stop at their next training step (Ctrl-C again: at once)\n")
 
 
