@@ -47,7 +47,7 @@ from search.space import SearchSpace, pattern_hash
 from search.strategies import (STRATEGIES, Strategy, end_layer, make_strategy, middle_layer, read_patterns,
                                run_incremental)
 from search.study import (completed_results, count_evaluations, failed_patterns, open_study, retry_failures, run_trials,
-                          running_alive)
+                          running_alive, stop_at_next_step)
 
 log = logging.getLogger("composer.search")
 
@@ -419,6 +419,7 @@ def plain(cfg: Any) -> dict[str, Any]:
 def _worker_main(config: dict[str, Any], run_dir: Path, worker: int, study_name: str, seed: int, current: str,
                  label: str) -> None:
     """A spawned worker: the same study as worker 0, its own sampler seed."""
+    signal.signal(signal.SIGTERM, stop_at_next_step)  # the parent's stop
     cfg = search_config_from_mapping(config)  # a plain mapping crosses the process boundary
     logging.basicConfig(level=logging.INFO, format=f"[%(asctime)s][worker {worker}] %(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -445,9 +446,9 @@ def _run_workers(cfg: SearchConfig, run_dir: Path, study: optuna.Study, strategy
     try:
         _run_round(cfg, run_dir, study, strategy, worker=0, label=label)
     except BaseException:  # Ctrl-C or an error here: stop the children too, each marking its trial
-        for child in children:
+        for child in children:  # SIGTERM, not SIGINT: after the terminal's Ctrl-C, a second one would stop at once
             if child.is_alive():
-                os.kill(child.pid, signal.SIGINT)
+                os.kill(child.pid, signal.SIGTERM)
         raise
     finally:
         for child in children:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
 import os
 import re
 import signal
@@ -342,7 +343,7 @@ def _ctrl_c_noted() -> Iterator[None]:
         return
     from composer.engine.graphs import INTERRUPT  # here, not in the handler: it runs between any two bytecodes
 
-    signal.signal(signal.SIGINT, _NoteCtrlC(INTERRUPT))
+    signal.signal(signal.SIGINT, _NoteCtrlC(INTERRUPT, say=multiprocessing.parent_process() is None))
     try:
         yield
     finally:
@@ -355,8 +356,9 @@ def _ctrl_c_noted() -> Iterator[None]:
 class _NoteCtrlC:
     """run_trials' SIGINT handler in the main thread: the first Ctrl-C is noted, a second raises at once."""
 
-    def __init__(self, interrupt: threading.Event) -> None:
+    def __init__(self, interrupt: threading.Event, *, say: bool) -> None:
         self.interrupt = interrupt  # composer.engine.graphs.INTERRUPT: every training loop stops at its next step
+        self.say = say  # a spawned worker's Ctrl-C (the terminal's, beside its parent's) goes unsaid
 
     def note(self) -> None:
         _CTRL_C.set()
@@ -366,7 +368,17 @@ class _NoteCtrlC:
         if _CTRL_C.is_set():
             signal.default_int_handler(signum, frame)
         self.note()  # then said with os.write, not logging: the frame interrupted may hold logging's lock
-        os.write(2, b"Ctrl-C: the evaluations in flight stop at their next training step (Ctrl-C again: at once)\n")
+        if self.say:
+            os.write(2, b"Ctrl-C: the evaluations in flight stop at their next training step (Ctrl-C again: at once)\n")
+
+
+def stop_at_next_step(signum: int, frame: Any) -> None:
+    """A signal handler for a spawned worker's stop (its parent's Ctrl-C, forwarded): within run_trials, noted
+    as a first Ctrl-C is, however many came (the terminal's Ctrl-C reached the worker too); else raised."""
+    handler = signal.getsignal(signal.SIGINT)
+    if not isinstance(handler, _NoteCtrlC):
+        raise KeyboardInterrupt
+    handler.note()
 
 
 def _stop_if_interrupted() -> None:

@@ -162,17 +162,18 @@ def test_two_evaluations_per_worker_train_side_by_side_each_pattern_once(tmp_pat
     assert json.loads((tmp_path / "t" / "result.json").read_text())["n_evaluations"] == 6
 
 
-@pytest.mark.parametrize("parallel, workers", [  # parallel 2: each evaluation's two task runs in threads
-    (1, ["workers=2"]), (2, ["workers=2"]),
-    (2, ["workers=1", "evaluations_per_worker=2"]),  # two evaluations in threads of one process
+@pytest.mark.parametrize("parallel, workers, group", [  # parallel 2: each evaluation's two task runs in threads
+    (1, ["workers=2"], False), (2, ["workers=2"], False),
+    (1, ["workers=2"], True),  # the terminal's Ctrl-C: to every process of the group, the worker's too
+    (2, ["workers=1", "evaluations_per_worker=2"], False),  # two evaluations in threads of one process
 ])
-def test_sigint_stops_every_worker_and_keeps_completed_trials(tmp_path, parallel, workers):
+def test_sigint_stops_every_worker_and_keeps_completed_trials(tmp_path, parallel, workers, group):
     # 4x the tiny budget: a trial trains for seconds, so the signal lands while two of them train (with
     # the tiny one, both could finish between the poll that saw them and the signal, on a loaded machine)
     args = search_args(tmp_path, *workers, "n_trials=20", "strategy=random", "space.length=4",
                        f"evaluator.parallel={parallel}", "evaluator.trainer.max_tokens=16384", name="i")
-    proc = subprocess.Popen(app_argv(*args), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=cli_env())
+    proc = subprocess.Popen(app_argv(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(),
+                            start_new_session=group)
     deadline = time.time() + 240
     while time.time() < deadline:
         time.sleep(0.1)
@@ -184,10 +185,14 @@ def test_sigint_stops_every_worker_and_keeps_completed_trials(tmp_path, parallel
                 sum(t.state == TrialState.RUNNING and t.user_attrs.get("role") == "evaluate" for t in trials) == 2:
             break
     before = {t.number: t.values for t in load(tmp_path, "i").get_trials() if t.state == TrialState.COMPLETE}
-    proc.send_signal(signal.SIGINT)  # to the parent only, as `kill -INT` does
+    if group:
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGINT)  # to the parent only, as `kill -INT` does
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-2000:]
     assert "Resume with: composer-search" in err
+    assert err.count("Ctrl-C: the evaluations in flight stop") == 1  # said once, by the parent
     study = load(tmp_path, "i")
     assert not [t for t in study.get_trials() if t.state == TrialState.RUNNING]  # both workers' trials closed
     interrupted = [t for t in study.get_trials() if t.user_attrs.get("failure") == "interrupted"]

@@ -403,3 +403,26 @@ def test_a_first_ctrl_c_stops_training_loops_at_their_next_step_and_a_second_at_
         run_trials(study, propose=lambda trial: PATTERNS[1], evaluate=evaluate, n_trials=5)
     assert study.get_trials()[-1].state == TrialState.FAIL and study.get_trials()[-1].user_attrs["error"] == "interrupted"
     assert seen == [True, True] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_workers_stop_from_its_parent_is_a_first_ctrl_c_however_many_arrive(tmp_path):
+    # after the terminal's Ctrl-C (to every process of the group), the parent's forwarded stop must not be a
+    # second Ctrl-C: that raises where it lands
+    from composer.engine.graphs import stop_requested
+    from search.study import stop_at_next_step
+
+    study = open_study(name="s", storage=None, run_dir=tmp_path, sampler=None)
+    seen: list[bool] = []
+
+    def evaluate(pattern: str) -> dict:
+        signal.raise_signal(signal.SIGINT)  # the terminal's
+        for _ in range(2):
+            stop_at_next_step(signal.SIGTERM, None)  # the parent's, twice: noted, not raised
+        seen.append(stop_requested())
+        return {"score": score(pattern)}
+
+    with pytest.raises(KeyboardInterrupt):
+        run_trials(study, propose=lambda trial: PATTERNS[trial.number], evaluate=evaluate, n_trials=5)
+    assert seen == [True] and [t.state for t in study.get_trials()] == [TrialState.COMPLETE]
+    with pytest.raises(KeyboardInterrupt):  # outside run_trials: at once
+        stop_at_next_step(signal.SIGTERM, None)
