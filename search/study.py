@@ -376,9 +376,12 @@ def stop_at_next_step(signum: int, frame: Any) -> None:
     """A signal handler for a spawned worker's stop (its parent's Ctrl-C, forwarded): within run_trials, noted
     as a first Ctrl-C is, however many came (the terminal's Ctrl-C reached the worker too); else raised."""
     handler = signal.getsignal(signal.SIGINT)
-    if not isinstance(handler, _NoteCtrlC):
-        raise KeyboardInterrupt
-    handler.note()
+    if isinstance(handler, _NoteCtrlC):
+        handler.note()
+    elif callable(handler):
+        handler(signal.SIGINT, frame)  # as a Ctrl-C: Python's raises, _claim's holds it until `ask` returns
+    else:
+        raise KeyboardInterrupt  # SIGINT ignored (`nohup`): the parent's stop is still one
 
 
 def _stop_if_interrupted() -> None:
