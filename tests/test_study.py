@@ -198,15 +198,23 @@ def test_keyboard_interrupt_fails_the_trial_in_flight_and_propagates(tmp_path):
 
 
 class InterruptedAsk(optuna.samplers.RandomSampler):
-    """Ctrl-C lands inside `ask`, after the RUNNING trial is committed (before_trial runs then)."""
+    """Ctrl-C (or `stop`) lands inside `ask`, after the RUNNING trial is committed (before_trial runs then)."""
+
+    def __init__(self, *args, stop=lambda: signal.raise_signal(signal.SIGINT), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.stop = stop
 
     def before_trial(self, study, trial):
         super().before_trial(study, trial)
-        signal.raise_signal(signal.SIGINT)
+        self.stop()
 
 
-def test_ctrl_c_during_ask_still_fails_the_new_trial(tmp_path):
-    study = open_study(name="s", storage=None, run_dir=tmp_path, sampler=InterruptedAsk(seed=0))
+@pytest.mark.parametrize("stop", [
+    lambda: signal.raise_signal(signal.SIGINT),
+    lambda: search.study.stop_at_next_step(signal.SIGTERM, None),  # a spawned worker's parent's stop
+])
+def test_ctrl_c_during_ask_still_fails_the_new_trial(tmp_path, stop):
+    study = open_study(name="s", storage=None, run_dir=tmp_path, sampler=InterruptedAsk(seed=0, stop=stop))
     evaluate = Counting()
     with pytest.raises(KeyboardInterrupt):
         run_trials(study, propose=lambda trial: "*-", evaluate=evaluate, n_trials=2)
@@ -427,22 +435,3 @@ def test_a_workers_stop_from_its_parent_is_a_first_ctrl_c_however_many_arrive(tm
     with pytest.raises(KeyboardInterrupt):  # outside run_trials: at once
         stop_at_next_step(signal.SIGTERM, None)
 
-
-class StoppedDuringAsk(optuna.samplers.RandomSampler):
-    """The parent's stop lands inside `ask`, after the RUNNING trial is committed."""
-
-    def before_trial(self, study, trial):
-        super().before_trial(study, trial)
-        from search.study import stop_at_next_step
-
-        stop_at_next_step(signal.SIGTERM, None)
-
-
-def test_a_workers_stop_during_ask_still_fails_the_new_trial(tmp_path):
-    study = open_study(name="s", storage=None, run_dir=tmp_path, sampler=StoppedDuringAsk(seed=0))
-    evaluate = Counting()
-    with pytest.raises(KeyboardInterrupt):
-        run_trials(study, propose=lambda trial: "*-", evaluate=evaluate, n_trials=2)
-    (trial,) = study.get_trials()  # not left RUNNING without a worker
-    assert trial.state == TrialState.FAIL and trial.user_attrs["error"] == "interrupted"
-    assert evaluate.calls == {}
