@@ -85,7 +85,7 @@ budget() {  # issue 17: the same 16 patterns scored at cheaper budgets of the pr
   # when those scores were made (compile became `mad`'s default after this check, 2026-12-06)
   [ "${BUDGET:-tokens}" = compile ] && P="[{name:compiled,evaluator:{trainer:{compile:true}}},{name:seed1,evaluator:{seed:1,reeval_seeds:[2],trainer:{compile:false}}}]"
   # BUDGET=setting: one faster setting of the evaluator, $SETTING (a Hydra dict, e.g.
-  # '{model:{mamba2:{impl:torch,chunk_size:256}}}'), named $NAME, against the default's committed scores as above
+  # '{model:{mamba2:{impl:torch,chunk_size:128}}}'), named $NAME, against the default's committed scores as above
   [ "${BUDGET:-tokens}" = setting ] && P="[{name:${NAME:-setting},evaluator:${SETTING:?BUDGET=setting needs SETTING}}]"
   timeout -k 20 -s INT $(left) python3 -m composer.apps.fidelity "${STUDY[@]}" name=issue17-budget 'rungs=[]' \
     hydra.run.dir=/tmp/budget leaderboard=/tmp/budget/leaderboard.jsonl "proxies=$P" \
