@@ -9,6 +9,8 @@ width and batch:
   `evaluator.parallel` does), for the aggregate steps/s;
 - with `--batch-sizes`, one run at each larger batch: a step of 4x or 16x the sequences is what one step
   of 4 or 16 candidates folded into one model's kernels would cost at best (issue 17's stacking lead).
+`--inductor name=value,...` sets torch._inductor.config for the compiled modes (e.g. `combo_kernels=True`: whether the
+compiler's horizontal fusion makes a step's ~900 small kernels fewer and the step faster; one setting per process).
 A run's speed is the median of its logged intervals after the capture (warm-up and compile
 excluded); the aggregate is the sum over runs that overlapped for their whole length. The estimate
 of evaluations per GPU-hour divides by the `mad` evaluator's steps per evaluation (all six tasks),
@@ -20,6 +22,7 @@ counting every task's step as one 128-token step: the search itself is measured 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import statistics
 import threading
@@ -51,6 +54,24 @@ def proxy_settings(mamba_impl: str, mamba_chunk_size: int) -> EvaluatorConfig:
     """The `mad` evaluator as a search composes it (its proxy's width and primitive settings), Mamba-2's as asked."""
     return evaluator_config(["evaluator=mad", f"evaluator.model.mamba2.impl={mamba_impl}",
                              f"evaluator.model.mamba2.chunk_size={mamba_chunk_size}"])
+
+
+def inductor_settings(spec: str) -> dict[str, object]:
+    """`--inductor`'s "name=value,..." as torch._inductor.config settings (values as Python literals), set in this
+    process before anything compiles; an unknown name is refused in one line."""
+    import torch._inductor.config as inductor
+
+    settings: dict[str, object] = {}
+    for item in filter(None, spec.split(",")):
+        name, sep, value = item.partition("=")
+        if not sep or not hasattr(inductor, name):
+            raise SystemExit(f"--inductor: {item!r} is not name=value of a torch._inductor.config setting")
+        try:
+            settings[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise SystemExit(f"--inductor: {name}'s value {value!r} is not a Python literal (True, 2, 'name')") from None
+        setattr(inductor, name, settings[name])
+    return settings
 
 
 def run(pattern: str, mode: str, *, steps: int, task: str, folder: Path, evaluator: EvaluatorConfig,
@@ -105,12 +126,17 @@ def main() -> None:
                              "step's time grows with its work (what folding K candidates into one step's kernels could gain)")
     parser.add_argument("--task", default="in_context_recall", choices=sorted(TASKS),
                         help="the MAD task at its baseline setting (recall: 128 tokens, selective copying: 256, compression: 33)")
+    parser.add_argument("--inductor", default="",
+                        help="torch._inductor.config settings for the compiled modes, e.g. combo_kernels=True (one "
+                             "launch for independent kernels) or aggressive_fusion=True: kernels a step, fewer or not")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    inductor = inductor_settings(args.inductor)
     evaluator = proxy_settings(args.mamba_impl, args.mamba_chunk_size)  # composed once, not in the runs' threads
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none (CPU)"
     results = {"gpu": gpu, "torch": torch.__version__, "steps": args.steps, "task": args.task,
-               "mamba_impl": args.mamba_impl, "mamba_chunk_size": args.mamba_chunk_size, "single": {}, "side_by_side": {}}
+               "mamba_impl": args.mamba_impl, "mamba_chunk_size": args.mamba_chunk_size, "inductor": inductor,
+               "single": {}, "side_by_side": {}}
     with TemporaryDirectory() as tmp:
         for pattern in args.patterns.split(","):
             for mode in args.modes.split(","):

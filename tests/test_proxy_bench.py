@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))  # as a script run from there finds eval_profile
 _spec = importlib.util.spec_from_file_location("proxy_bench", Path(__file__).parents[1] / "benchmarks/proxy_bench.py")
 bench = importlib.util.module_from_spec(_spec)
@@ -22,3 +24,17 @@ def test_a_run_trains_the_task_at_the_chunk_size_for_the_steps_asked(tmp_path):
     assert summary["model"]["primitives"]["mamba2"]["chunk_size"] == 16
     assert summary["impl"]["M"] == "torch (impl='torch')"
     assert rate > 0
+
+
+def test_inductor_settings_are_set_for_the_compiled_modes_and_bad_ones_refused_in_one_line(monkeypatch):
+    import torch._inductor.config as inductor
+
+    monkeypatch.setattr(inductor, "combo_kernels", False)
+    monkeypatch.setattr(inductor, "max_fusion_size", 64)
+    assert bench.inductor_settings("combo_kernels=True,max_fusion_size=128") == {"combo_kernels": True, "max_fusion_size": 128}
+    assert inductor.combo_kernels is True and inductor.max_fusion_size == 128
+    assert bench.inductor_settings("") == {}
+    with pytest.raises(SystemExit, match="'combo_kernel=True' is not name=value of a torch._inductor.config setting"):
+        bench.inductor_settings("combo_kernel=True")
+    with pytest.raises(SystemExit, match="combo_kernels's value 'yes' is not a Python literal"):
+        bench.inductor_settings("combo_kernels=yes")
