@@ -10,7 +10,9 @@ width and batch:
 - with `--batch-sizes`, one run at each larger batch: a step of 4x or 16x the sequences is what one step
   of 4 or 16 candidates folded into one model's kernels would cost at best (issue 17's stacking lead).
 `--inductor name=value,...` sets torch._inductor.config for the compiled modes (e.g. `combo_kernels=True`: whether the
-compiler's horizontal fusion makes a step's ~900 small kernels fewer and the step faster; one setting per process).
+compiler's horizontal fusion makes a step's ~900 small kernels fewer and the step faster; one setting per process);
+`--precision fp32` (with `--tf32`) trains without bf16 autocast. Side by side, the process's CPU seconds are reported
+beside the wall's: near the wall's with several runs, one thread's worth of host work would be the bound.
 A run's speed is the median of its logged intervals after the capture (warm-up and compile
 excluded); the aggregate is the sum over runs that overlapped for their whole length. The estimate
 of evaluations per GPU-hour divides by the `mad` evaluator's steps per evaluation (all six tasks),
@@ -75,13 +77,13 @@ def inductor_settings(spec: str) -> dict[str, object]:
 
 
 def run(pattern: str, mode: str, *, steps: int, task: str, folder: Path, evaluator: EvaluatorConfig,
-        batch_size: int = 32) -> float:
+        batch_size: int = 32, precision: str = "auto") -> float:
     """Steady steps/s of one run of `evaluator`'s proxy on `task` at its baseline setting, through the search's own
     path."""
     task_cfg = task_config_from_mapping(task, {})
     seq_len = task_data(task, task_cfg, 0)[0].shape[1]  # the tokens a sequence feeds in (compression: 33)
     cfg = TrainerConfig(max_tokens=steps * batch_size * seq_len, batch_size=batch_size, lr=3e-3, log_every=10,
-                        ckpt_every=0, progress=False, **MODES[mode])
+                        ckpt_every=0, progress=False, precision=precision, **MODES[mode])
     train_on_task(model_cfg=evaluator.proxy(pattern, vocab_size=task_cfg.vocab_size), task_name=task, task_cfg=task_cfg,
                   trainer_cfg=cfg, seed=0, run_dir=folder)
     rates = [json.loads(line)["train/tokens_per_s"] / (batch_size * seq_len)
@@ -89,8 +91,10 @@ def run(pattern: str, mode: str, *, steps: int, task: str, folder: Path, evaluat
     return statistics.median(rates[2:])  # the first intervals hold the warm-up, compile and capture
 
 
-def side_by_side(pattern: str, mode: str, k: int, **kwargs) -> tuple[float, float]:
-    """(aggregate steps/s, wall seconds) of k runs in threads on their own streams."""
+def side_by_side(pattern: str, mode: str, k: int, **kwargs) -> tuple[float, float, float]:
+    """(aggregate steps/s, wall seconds, this process's CPU seconds over them) of k runs in threads on their own
+    streams. CPU seconds near the wall's with k > 1 say one thread's worth of host work (the GIL, the driver's launch
+    lock) is the bound, not the GPU."""
     rates, errors = [0.0] * k, []
 
     def one(i: int) -> None:
@@ -100,7 +104,7 @@ def side_by_side(pattern: str, mode: str, k: int, **kwargs) -> tuple[float, floa
         except BaseException as exc:  # noqa: BLE001 (reported below)
             errors.append(exc)
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     threads = [threading.Thread(target=one, args=(i,)) for i in range(k)]
     for t in threads:
         t.start()
@@ -108,7 +112,7 @@ def side_by_side(pattern: str, mode: str, k: int, **kwargs) -> tuple[float, floa
         t.join()
     if errors:
         raise errors[0]
-    return sum(rates), time.perf_counter() - started
+    return sum(rates), time.perf_counter() - started, time.process_time() - cpu
 
 
 def main() -> None:
@@ -129,37 +133,43 @@ def main() -> None:
     parser.add_argument("--inductor", default="",
                         help="torch._inductor.config settings for the compiled modes, e.g. combo_kernels=True (one "
                              "launch for independent kernels) or aggressive_fusion=True: kernels a step, fewer or not")
+    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+                        help="the trainer's precision (auto: bf16 autocast on a GPU); fp32 has no weight casts a step")
+    parser.add_argument("--tf32", action="store_true", help="fp32 matmuls and convolutions on TF32 tensor cores")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     inductor = inductor_settings(args.inductor)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
     evaluator = proxy_settings(args.mamba_impl, args.mamba_chunk_size)  # composed once, not in the runs' threads
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none (CPU)"
     results = {"gpu": gpu, "torch": torch.__version__, "steps": args.steps, "task": args.task,
                "mamba_impl": args.mamba_impl, "mamba_chunk_size": args.mamba_chunk_size, "inductor": inductor,
+               "precision": args.precision, "tf32": args.tf32,
                "single": {}, "side_by_side": {}}
     with TemporaryDirectory() as tmp:
         for pattern in args.patterns.split(","):
             for mode in args.modes.split(","):
                 rate = run(pattern, mode, steps=args.steps, task=args.task, folder=Path(tmp) / f"{mode}-{pattern}",
-                           evaluator=evaluator)
+                           evaluator=evaluator, precision=args.precision)
                 results["single"][f"{pattern} {mode}"] = round(rate, 1)
                 print(f"{pattern}  {mode:>20}: {rate:8.1f} steps/s", flush=True)
             for batch in [int(b) for b in args.batch_sizes.split(",") if b]:
                 rate = run(pattern, args.concurrency_mode, steps=args.steps, task=args.task, batch_size=batch,
-                           folder=Path(tmp) / f"b{batch}-{pattern}", evaluator=evaluator)
+                           folder=Path(tmp) / f"b{batch}-{pattern}", evaluator=evaluator, precision=args.precision)
                 results.setdefault("batch", {})[f"{pattern} {args.concurrency_mode} b{batch}"] = {
                     "steps_per_s": round(rate, 1), "sequences_per_s": round(rate * batch)}
                 print(f"{pattern}  batch {batch:4d} ({args.concurrency_mode}): {rate:8.1f} steps/s = "
                       f"{rate * batch / 32:8.1f} batch-32 steps/s", flush=True)
             for k in map(int, args.concurrency.split(",")):
-                rate, wall = side_by_side(pattern, args.concurrency_mode, k, steps=args.steps, task=args.task,
-                                          folder=Path(tmp) / f"k{k}-{pattern}", evaluator=evaluator)
+                rate, wall, cpu = side_by_side(pattern, args.concurrency_mode, k, steps=args.steps, task=args.task,
+                                          folder=Path(tmp) / f"k{k}-{pattern}", evaluator=evaluator,
+                                          precision=args.precision)
                 per_hour = rate * 3600 / steps_per_evaluation()
                 results["side_by_side"][f"{pattern} {args.concurrency_mode} x{k}"] = {
-                    "steps_per_s": round(rate, 1), "wall_s": round(wall, 1), "evaluations_per_gpu_hour_est": round(per_hour),
+                    "steps_per_s": round(rate, 1), "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "evaluations_per_gpu_hour_est": round(per_hour),
                     "evaluations_per_gpu_hour_est_batch_tokens_4096": round(rate * 3600 / steps_per_evaluation(4096))}
                 print(f"{pattern}  {k:3d} runs side by side ({args.concurrency_mode}): {rate:8.1f} steps/s "
-                      f"-> ~{per_hour:.0f} evaluations/GPU-hour ({wall:.0f} s wall)", flush=True)
+                      f"-> ~{per_hour:.0f} evaluations/GPU-hour ({wall:.0f} s wall, {cpu:.0f} CPU-s)", flush=True)
             args.out.write_text(json.dumps(results, indent=2) + "\n")
 
 

@@ -15,15 +15,25 @@ bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)
 
 
-def test_a_run_trains_the_task_at_the_chunk_size_for_the_steps_asked(tmp_path):
+def test_a_run_trains_the_task_at_the_chunk_size_precision_and_steps_asked(tmp_path):
     evaluator = bench.proxy_settings("torch", 16)
     assert evaluator.proxy("M", vocab_size=16).d_model == 128  # the `mad` evaluator's proxy, as a search builds it
-    rate = bench.run("M-", "eager", steps=30, task="compression", folder=tmp_path / "run", evaluator=evaluator)
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["task"] == "compression" and summary["step"] == 30
-    assert summary["model"]["primitives"]["mamba2"]["chunk_size"] == 16
-    assert summary["impl"]["M"] == "torch (impl='torch')"
-    assert rate > 0
+    for precision, recorded in (("auto", "fp32"), ("bf16", "bf16 autocast")):  # auto: fp32 on a CPU
+        rate = bench.run("M-", "eager", steps=30, task="compression", folder=tmp_path / precision, evaluator=evaluator,
+                         precision=precision)
+        summary = json.loads((tmp_path / precision / "summary.json").read_text())
+        assert summary["task"] == "compression" and summary["step"] == 30
+        assert summary["model"]["primitives"]["mamba2"]["chunk_size"] == 16
+        assert summary["impl"]["M"] == "torch (impl='torch')" and summary["impl"]["precision"] == recorded
+        assert rate > 0
+
+
+def test_runs_side_by_side_each_train_in_their_own_folder_and_report_the_cpu_seconds(tmp_path):
+    rate, wall, cpu = bench.side_by_side("*-", "eager", 2, steps=30, task="in_context_recall", folder=tmp_path,
+                                         evaluator=bench.proxy_settings("torch", 64))
+    for i in range(2):
+        assert json.loads((tmp_path / f"r{i}" / "summary.json").read_text())["step"] == 30
+    assert rate > 0 and wall > 0 and cpu > 0
 
 
 def test_inductor_settings_are_set_for_the_compiled_modes_and_bad_ones_refused_in_one_line(monkeypatch):

@@ -378,6 +378,7 @@ class Trainer:
                    "thread": threading.get_ident()}  # the thread stepping it (pthread id): a GPU trace's launches, low 32 bits
         summary["impl"] = {**summary.get("impl", {}), "loss": self.module.loss_impl, "compile": cfg.compile,
                            "step": "cuda_graph" if self.graphed else "eager",
+                           "precision": "bf16 autocast" if _bf16(cfg, self.device) else "fp32",
                            "float8": self.float8.describe() if self.float8 else "off",
                            "optimizer": "AdamW (fused)" if cuda else "AdamW"}
         if flops_per_token:
