@@ -162,11 +162,12 @@ def main() -> None:
                       f"{rate * batch / 32:8.1f} batch-32 steps/s", flush=True)
             for k in map(int, args.concurrency.split(",")):
                 rate, wall, cpu = side_by_side(pattern, args.concurrency_mode, k, steps=args.steps, task=args.task,
-                                          folder=Path(tmp) / f"k{k}-{pattern}", evaluator=evaluator,
-                                          precision=args.precision)
+                                               folder=Path(tmp) / f"k{k}-{pattern}", evaluator=evaluator,
+                                               precision=args.precision)
                 per_hour = rate * 3600 / steps_per_evaluation()
                 results["side_by_side"][f"{pattern} {args.concurrency_mode} x{k}"] = {
-                    "steps_per_s": round(rate, 1), "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "evaluations_per_gpu_hour_est": round(per_hour),
+                    "steps_per_s": round(rate, 1), "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+                    "evaluations_per_gpu_hour_est": round(per_hour),
                     "evaluations_per_gpu_hour_est_batch_tokens_4096": round(rate * 3600 / steps_per_evaluation(4096))}
                 print(f"{pattern}  {k:3d} runs side by side ({args.concurrency_mode}): {rate:8.1f} steps/s "
                       f"-> ~{per_hour:.0f} evaluations/GPU-hour ({wall:.0f} s wall, {cpu:.0f} CPU-s)", flush=True)
