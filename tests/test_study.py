@@ -19,7 +19,8 @@ import search.study
 from optuna.trial import TrialState
 
 from composer.errors import ConfigError
-from search.study import completed_results, count_evaluations, failed_patterns, open_study, run_trials
+from search.study import (completed_results, count_evaluations, failed_patterns, open_study, run_trials,
+                          stop_at_next_step)
 
 REPO = Path(__file__).parents[1]
 PATTERNS = ["".join(p) for p in itertools.product("*-", repeat=3)]  # 8 patterns
@@ -211,7 +212,7 @@ class InterruptedAsk(optuna.samplers.RandomSampler):
 
 @pytest.mark.parametrize("stop", [
     lambda: signal.raise_signal(signal.SIGINT),
-    lambda: search.study.stop_at_next_step(signal.SIGTERM, None),  # a spawned worker's parent's stop
+    lambda: stop_at_next_step(signal.SIGTERM, None),  # a spawned worker's parent's stop
 ])
 def test_ctrl_c_during_ask_still_fails_the_new_trial(tmp_path, stop):
     study = open_study(name="s", storage=None, run_dir=tmp_path, sampler=InterruptedAsk(seed=0, stop=stop))
@@ -417,7 +418,6 @@ def test_a_workers_stop_from_its_parent_is_a_first_ctrl_c_however_many_arrive(tm
     # after the terminal's Ctrl-C (to every process of the group), the parent's forwarded stop must not be a
     # second Ctrl-C: that raises where it lands
     from composer.engine.graphs import stop_requested
-    from search.study import stop_at_next_step
 
     study = open_study(name="s", storage=None, run_dir=tmp_path, sampler=None)
     seen: list[bool] = []
