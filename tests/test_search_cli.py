@@ -1,7 +1,7 @@
 """`composer-search` as a user runs it: a real subprocess on real SQLite storage, tiny proxies.
 
 End to end with two worker processes, SIGKILL mid-trial then resume, the settings guard, and the
-one-line errors. Each search trains 3-layer, 16-wide proxies on two tiny MAD tasks (~1 s a trial).
+one-line errors. Each search trains 3-layer, 16-wide proxies on two tiny MAD tasks (~0.2 s a trial).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.trial import TrialState
 
 from tests.conftest import app_argv, cli_env, run_cli
@@ -41,6 +42,16 @@ def search_args(tmp_path: Path, *extra: str, name: str = "t") -> list[str]:
 
 def load(tmp_path: Path, name: str = "t", study: str | None = None) -> optuna.Study:
     return optuna.load_study(study_name=study or name, storage=f"sqlite:///{tmp_path / name / 'study.db'}")
+
+
+def observe(tmp_path: Path, name: str) -> list[optuna.trial.FrozenTrial] | None:
+    """The trials of a search still running, read-only (the observer never writes to the search's
+    storage); None while its storage or study is not there yet."""
+    url = f"sqlite:///file:{tmp_path / name / 'study.db'}?mode=ro&uri=true"
+    try:
+        return optuna.load_study(study_name=name, storage=url).get_trials()
+    except (KeyError, sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError):
+        return None
 
 
 def evaluated(study: optuna.Study) -> list[str]:
@@ -98,25 +109,33 @@ def test_two_workers_search_aggregate_and_leaderboard(tmp_path):
 
 
 def test_sigkill_mid_trial_then_the_same_command_finishes(tmp_path):
-    args = search_args(tmp_path, "workers=1", "n_trials=6", "strategy=random", name="k")
-    proc = subprocess.Popen(app_argv(*args), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=cli_env())
-    deadline, before = time.time() + 240, {}
+    # 8x the tiny budget: a trial trains for ~2 s rather than ~0.2 s, so a poll of the study (~0.3 s
+    # here, more on a loaded machine) cannot miss every trial in flight.
+    args = search_args(tmp_path, "workers=1", "n_trials=6", "strategy=random", "evaluator.trainer.max_tokens=32768",
+                       name="k")
+    log = tmp_path / "search.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(app_argv(*args), stdout=out, stderr=subprocess.STDOUT, env=cli_env())
+    deadline, states = time.time() + 240, []
     try:
         while time.time() < deadline:
             time.sleep(0.1)
-            try:
-                trials = load(tmp_path, "k").get_trials()
-            except Exception:  # not created yet
+            if proc.poll() is not None:
+                raise AssertionError(f"the search exited ({proc.returncode}) before the kill; trials {states}; "
+                                     f"its output ends: {log.read_text()[-3000:]}")
+            if (trials := observe(tmp_path, "k")) is None:
                 continue
+            states = [(t.number, t.state.name, t.user_attrs.get("role")) for t in trials]
             done = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("role") == "evaluate"]
             running = [t for t in trials if t.state == TrialState.RUNNING and t.user_attrs.get("role") == "evaluate"]
             if len(done) >= 2 and running:
                 os.kill(proc.pid, signal.SIGKILL)
                 break
         else:
-            raise AssertionError("the search never had two completed trials and one in flight")
+            raise AssertionError(f"the search never had two completed trials and one in flight; trials {states}; "
+                                 f"its output ends: {log.read_text()[-3000:]}")
     finally:
+        proc.kill()
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     before = {t.number: (t.user_attrs["pattern"], t.values) for t in load(tmp_path, "k").get_trials()
@@ -177,9 +196,7 @@ def test_sigint_stops_every_worker_and_keeps_completed_trials(tmp_path, parallel
     deadline = time.time() + 240
     while time.time() < deadline:
         time.sleep(0.1)
-        try:
-            trials = load(tmp_path, "i").get_trials()
-        except Exception:
+        if (trials := observe(tmp_path, "i")) is None:
             continue
         if sum(t.state == TrialState.COMPLETE for t in trials) >= 2 and \
                 sum(t.state == TrialState.RUNNING and t.user_attrs.get("role") == "evaluate" for t in trials) == 2:
