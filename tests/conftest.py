@@ -3,7 +3,9 @@ import signal
 import subprocess
 import sys
 
+import optuna
 import pytest
+import sqlalchemy
 import torch
 
 pytest_plugins = ["tests.slurm"]  # the `slurm` fixture: one single-node SLURM cluster per session
@@ -35,6 +37,15 @@ def app_argv(*args: str) -> list[str]:
     if args and args[0] in ("search", "extrapolate", "pretrain"):
         return [sys.executable, "-m", f"composer.apps.{args[0]}", *args[1:]]
     return [sys.executable, "-m", "composer.apps.train", *args]
+
+
+def observe(db: os.PathLike, study: str) -> list[optuna.trial.FrozenTrial] | None:
+    """The trials of a study that another process is writing, read-only (an observer that opened it
+    read-write could create its tables beside the process starting it); None while it is not there yet."""
+    try:
+        return optuna.load_study(study_name=study, storage=f"sqlite:///file:{db}?mode=ro&uri=true").get_trials()
+    except (KeyError, sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError):
+        return None
 
 
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import optuna
 import pytest
-import sqlalchemy
 from optuna.trial import TrialState
 
-from tests.conftest import app_argv, cli_env, run_cli
+from tests.conftest import app_argv, cli_env, observe, run_cli
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -42,16 +41,6 @@ def search_args(tmp_path: Path, *extra: str, name: str = "t") -> list[str]:
 
 def load(tmp_path: Path, name: str = "t", study: str | None = None) -> optuna.Study:
     return optuna.load_study(study_name=study or name, storage=f"sqlite:///{tmp_path / name / 'study.db'}")
-
-
-def observe(tmp_path: Path, name: str) -> list[optuna.trial.FrozenTrial] | None:
-    """The trials of a search still running, read-only (the observer never writes to the search's
-    storage); None while its storage or study is not there yet."""
-    url = f"sqlite:///file:{tmp_path / name / 'study.db'}?mode=ro&uri=true"
-    try:
-        return optuna.load_study(study_name=name, storage=url).get_trials()
-    except (KeyError, sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError):
-        return None
 
 
 def evaluated(study: optuna.Study) -> list[str]:
@@ -123,7 +112,7 @@ def test_sigkill_mid_trial_then_the_same_command_finishes(tmp_path):
             if proc.poll() is not None:
                 raise AssertionError(f"the search exited ({proc.returncode}) before the kill; trials {states}; "
                                      f"its output ends: {log.read_text()[-3000:]}")
-            if (trials := observe(tmp_path, "k")) is None:
+            if (trials := observe(tmp_path / "k" / "study.db", "k")) is None:
                 continue
             states = [(t.number, t.state.name, t.user_attrs.get("role")) for t in trials]
             done = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("role") == "evaluate"]
@@ -196,7 +185,7 @@ def test_sigint_stops_every_worker_and_keeps_completed_trials(tmp_path, parallel
     deadline = time.time() + 240
     while time.time() < deadline:
         time.sleep(0.1)
-        if (trials := observe(tmp_path, "i")) is None:
+        if (trials := observe(tmp_path / "i" / "study.db", "i")) is None:
             continue
         if sum(t.state == TrialState.COMPLETE for t in trials) >= 2 and \
                 sum(t.state == TrialState.RUNNING and t.user_attrs.get("role") == "evaluate" for t in trials) == 2:

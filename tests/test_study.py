@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from composer.errors import ConfigError
 from search.study import (completed_results, count_evaluations, failed_patterns, open_study, run_trials,
                           stop_at_next_step)
+from tests.conftest import observe
 
 REPO = Path(__file__).parents[1]
 PATTERNS = ["".join(p) for p in itertools.product("*-", repeat=3)]  # 8 patterns
@@ -312,16 +313,15 @@ def load(storage: str, tmp_path: Path) -> optuna.Study:
 
 def test_sigkill_loses_nothing_and_rerun_finishes(tmp_path):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    worker = start_worker(tmp_path, storage)
-    deadline = time.time() + 30
-    while time.time() < deadline:
+    # 1 s a trial: the kill lands between the third and the eighth evaluation, a window of 5 s, however
+    # long one poll of the study takes on a loaded machine
+    worker = start_worker(tmp_path, storage, sleep_s=1.0)
+    deadline, done = time.time() + 120, 0
+    while time.time() < deadline and done < 3:
         time.sleep(0.05)
-        if (tmp_path / "study.db").exists():
-            try:
-                if len(completed_results(load(storage, tmp_path))) >= 3:
-                    break
-            except Exception:  # the worker is still creating the tables
-                pass
+        trials = observe(tmp_path / "study.db", "search") or []
+        done = sum(t.state == TrialState.COMPLETE and t.user_attrs.get("role") == "evaluate" for t in trials)
+    assert worker.poll() is None and done >= 3, f"the worker never had three evaluations (exit code {worker.poll()})"
     worker.send_signal(signal.SIGKILL)
     worker.wait(timeout=10)
     before = completed_results(load(storage, tmp_path))
