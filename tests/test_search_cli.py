@@ -51,9 +51,9 @@ def evaluated(study: optuna.Study) -> list[str]:
 
 
 def test_two_workers_search_aggregate_and_leaderboard(tmp_path):
-    # 3x the tiny budget: on an idle machine worker 0 (this process) could otherwise finish all 8
-    # trials while worker 1 is still importing torch.
-    budget = "evaluator.trainer.max_tokens=12288"
+    # 8x the tiny budget (~1 s a trial): worker 1, a spawned process, starts ~2 s after worker 0 (this
+    # process) and more on a loaded machine; at 3x worker 0 had done 5 of the 8 trials by then.
+    budget = "evaluator.trainer.max_tokens=32768"
     settings = ["workers=2", "n_trials=8", "strategy=random", "evaluator.top_k=2", "evaluator.reeval_seeds=[1]", budget,
                 "baselines=[]"]  # top 8 of 8: no candidate set aside as a baseline (test_search_baselines.py)
     proc = run_cli(*search_args(tmp_path, *settings), timeout=600)
