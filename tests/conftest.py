@@ -39,11 +39,11 @@ def app_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "composer.apps.train", *args]
 
 
-def observe(db: os.PathLike, study: str) -> list[optuna.trial.FrozenTrial] | None:
-    """The trials of a study that another process is writing, read-only (an observer that opened it
-    read-write could create its tables beside the process starting it); None while it is not there yet."""
+def observe(db: os.PathLike, study: str) -> optuna.Study | None:
+    """A study that another process is writing, opened read-only (an observer that opened it read-write
+    could create its tables beside the process starting it); None while it is not there yet."""
     try:
-        return optuna.load_study(study_name=study, storage=f"sqlite:///file:{db}?mode=ro&uri=true").get_trials()
+        return optuna.load_study(study_name=study, storage=f"sqlite:///file:{db}?mode=ro&uri=true")
     except (KeyError, sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError):
         return None
 

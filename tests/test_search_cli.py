@@ -106,14 +106,18 @@ def test_sigkill_mid_trial_then_the_same_command_finishes(tmp_path):
     with log.open("w") as out:
         proc = subprocess.Popen(app_argv(*args), stdout=out, stderr=subprocess.STDOUT, env=cli_env())
     deadline, states = time.time() + 240, []
+
+    def stuck(why: str) -> AssertionError:
+        return AssertionError(f"the search {why}; trials {states}; its output ends: {log.read_text()[-3000:]}")
+
     try:
         while time.time() < deadline:
             time.sleep(0.1)
             if proc.poll() is not None:
-                raise AssertionError(f"the search exited ({proc.returncode}) before the kill; trials {states}; "
-                                     f"its output ends: {log.read_text()[-3000:]}")
-            if (trials := observe(tmp_path / "k" / "study.db", "k")) is None:
+                raise stuck(f"exited ({proc.returncode}) before the kill")
+            if (study := observe(tmp_path / "k" / "study.db", "k")) is None:
                 continue
+            trials = study.get_trials()
             states = [(t.number, t.state.name, t.user_attrs.get("role")) for t in trials]
             done = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("role") == "evaluate"]
             running = [t for t in trials if t.state == TrialState.RUNNING and t.user_attrs.get("role") == "evaluate"]
@@ -121,8 +125,7 @@ def test_sigkill_mid_trial_then_the_same_command_finishes(tmp_path):
                 os.kill(proc.pid, signal.SIGKILL)
                 break
         else:
-            raise AssertionError(f"the search never had two completed trials and one in flight; trials {states}; "
-                                 f"its output ends: {log.read_text()[-3000:]}")
+            raise stuck("never had two completed trials and one in flight")
     finally:
         proc.kill()
         proc.wait(timeout=30)
@@ -185,8 +188,9 @@ def test_sigint_stops_every_worker_and_keeps_completed_trials(tmp_path, parallel
     deadline = time.time() + 240
     while time.time() < deadline:
         time.sleep(0.1)
-        if (trials := observe(tmp_path / "i" / "study.db", "i")) is None:
+        if (study := observe(tmp_path / "i" / "study.db", "i")) is None:
             continue
+        trials = study.get_trials()
         if sum(t.state == TrialState.COMPLETE for t in trials) >= 2 and \
                 sum(t.state == TrialState.RUNNING and t.user_attrs.get("role") == "evaluate" for t in trials) == 2:
             break

@@ -319,8 +319,8 @@ def test_sigkill_loses_nothing_and_rerun_finishes(tmp_path):
     deadline, done = time.time() + 120, 0
     while time.time() < deadline and done < 3:
         time.sleep(0.05)
-        trials = observe(tmp_path / "study.db", "search") or []
-        done = sum(t.state == TrialState.COMPLETE and t.user_attrs.get("role") == "evaluate" for t in trials)
+        study = observe(tmp_path / "study.db", "search")
+        done = len(completed_results(study)) if study else 0
     assert worker.poll() is None and done >= 3, f"the worker never had three evaluations (exit code {worker.poll()})"
     worker.send_signal(signal.SIGKILL)
     worker.wait(timeout=10)
