@@ -58,6 +58,8 @@ class EvaluatorConfig:
     # task name -> overrides of its baseline setting (composer/tasks/mad.py); {} keeps the baseline, null leaves it out.
     # None: all six MAD tasks, or none when `corpus` is set
     tasks: Mapping[str, Any] | None = None
+    # task name -> its own training budget in input tokens, in place of trainer.max_tokens (a task not named trains that)
+    task_tokens: Mapping[str, int] = field(default_factory=dict)
     # Language modelling instead of MAD tasks (evaluator=lm): set `corpus`; the next three apply to it only.
     corpus: Mapping[str, Any] | None = None  # composer.data.text.TextSource fields; path null: the default corpus
     tokenizer: str | None = None  # "bytes" (the default with a corpus) or a tokenizer.json path
@@ -119,10 +121,22 @@ class EvaluatorConfig:
         if not tasks:
             raise ConfigError(f"evaluator.tasks: every task is left out (null), got {dict(given)!r}")
         object.__setattr__(self, "tasks", MappingProxyType(tasks))
+        budgets = self.task_tokens
+        if not isinstance(budgets, Mapping):
+            raise ConfigError(f"evaluator.task_tokens must map task names to token budgets, got {budgets!r}")
+        for name, tokens in budgets.items():
+            if name not in tasks:
+                raise ConfigError(f"evaluator.task_tokens: {name!r} is not one of this evaluator's tasks "
+                                  f"({', '.join(tasks)})")
+            if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+                raise ConfigError(f"evaluator.task_tokens.{name} must be a positive number of tokens, got {tokens!r}")
+        object.__setattr__(self, "task_tokens", MappingProxyType(dict(budgets)))
 
     def _check_language_modelling(self) -> None:
         from composer.data.text import TextSource
 
+        if self.task_tokens:
+            raise ConfigError("evaluator.task_tokens is a MAD setting: with a corpus, set evaluator.trainer.max_tokens")
         if self.tasks:
             raise ConfigError("evaluator.tasks and evaluator.corpus exclude each other: a search scores MAD tasks "
                               "or language modelling, not both")
@@ -276,7 +290,8 @@ class Evaluator:
         folder = self.run_dir / "trials" / pattern_hash(pattern, seed=seed) / f"{job.name}-lr{lr:g}"
         for attempt in range(AUTOTUNER_RETRIES + 1):
             try:
-                return self._run(job, replace(self.trainer, lr=lr), folder)
+                budget = {"max_tokens": self.cfg.task_tokens[job.name]} if job.name in self.cfg.task_tokens else {}
+                return self._run(job, replace(self.trainer, lr=lr, **budget), folder)
             except DivergedError as exc:
                 return f"lr {lr:g}: {exc}"
             except TypeError as exc:

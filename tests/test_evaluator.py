@@ -110,6 +110,13 @@ def test_batch_tokens_give_every_task_the_same_tokens_per_step(tmp_path):
         evaluator(tmp_path / "bad", tasks=tasks, trainer={**EVALUATOR["trainer"], "batch_tokens": 8})("*-")
 
 
+def test_a_task_trains_its_own_token_budget_and_the_others_the_trainers(tmp_path):
+    evaluator(tmp_path, task_tokens={"memorization": 1024})("*-")
+    steps = {task: json.loads(next(tmp_path.glob(f"trials/*/{task}-*/summary.json")).read_text())["step"]
+             for task in ("in_context_recall", "memorization")}
+    assert steps == {"in_context_recall": 4096 // (16 * 16), "memorization": 1024 // (16 * 16)}
+
+
 def test_a_failing_parallel_run_stops_the_others_and_raises(tmp_path, monkeypatch):
     """The first error stops the runs still going (at their next step) and is the evaluation's error."""
     import composer.runs.proxy
@@ -207,6 +214,11 @@ def test_a_failed_evaluation_is_freed_before_the_next_one_trains(tmp_path, monke
     ({"model": {"d_model": 30, "attention": {"n_heads": 4}}}, "attention"),
     ({"reeval_seeds": [0]}, "reeval_seeds"),
     ({"parallel": 0}, "evaluator.parallel must be an integer >= 1"),
+    ({"task_tokens": {"compression": 1000}}, "'compression' is not one of this evaluator's tasks"),
+    ({"task_tokens": {"memorization": 0}}, "task_tokens.memorization must be a positive number of tokens, got 0"),
+    ({"task_tokens": {"memorization": 1e6}}, "task_tokens.memorization must be a positive number of tokens"),
+    ({"tasks": None, "corpus": {"path": None}, "seq_len": 32, "val_tokens": 64, "task_tokens": {"lm": 10}},
+     "task_tokens is a MAD setting"),
 ])
 def test_bad_evaluator_settings_fail_before_training(bad, message):
     with pytest.raises(ConfigError, match=message):
