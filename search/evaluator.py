@@ -125,12 +125,12 @@ class EvaluatorConfig:
         if not isinstance(budgets, Mapping):
             raise ConfigError(f"evaluator.task_tokens must map task names to token budgets, got {budgets!r}")
         for name, tokens in budgets.items():
-            if name not in tasks:
-                raise ConfigError(f"evaluator.task_tokens: {name!r} is not one of this evaluator's tasks "
-                                  f"({', '.join(tasks)})")
+            if name not in TASKS:
+                raise ConfigError(f"evaluator.task_tokens: unknown task {name!r} (valid tasks: {', '.join(TASKS)})")
             if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
                 raise ConfigError(f"evaluator.task_tokens.{name} must be a positive number of tokens, got {tokens!r}")
-        object.__setattr__(self, "task_tokens", MappingProxyType(dict(budgets)))
+        # a task left out (null) keeps no budget: a preset built on another may drop the tasks it set
+        object.__setattr__(self, "task_tokens", MappingProxyType({n: t for n, t in budgets.items() if n in tasks}))
 
     def _check_language_modelling(self) -> None:
         from composer.data.text import TextSource

@@ -214,7 +214,7 @@ def test_a_failed_evaluation_is_freed_before_the_next_one_trains(tmp_path, monke
     ({"model": {"d_model": 30, "attention": {"n_heads": 4}}}, "attention"),
     ({"reeval_seeds": [0]}, "reeval_seeds"),
     ({"parallel": 0}, "evaluator.parallel must be an integer >= 1"),
-    ({"task_tokens": {"compression": 1000}}, "'compression' is not one of this evaluator's tasks"),
+    ({"task_tokens": {"sorting": 1000}}, "task_tokens: unknown task 'sorting'"),
     ({"task_tokens": {"memorization": 0}}, "task_tokens.memorization must be a positive number of tokens, got 0"),
     ({"task_tokens": {"memorization": 1e6}}, "task_tokens.memorization must be a positive number of tokens"),
     ({"tasks": None, "corpus": {"path": None}, "seq_len": 32, "val_tokens": 64, "task_tokens": {"lm": 10}},
@@ -226,8 +226,9 @@ def test_bad_evaluator_settings_fail_before_training(bad, message):
 
 
 def test_a_task_set_to_null_is_left_out_and_all_left_out_is_refused():
-    cfg = evaluator_config_from_mapping({**EVALUATOR, "tasks": {**EVALUATOR["tasks"], "memorization": None}})
-    assert set(cfg.tasks) == {"in_context_recall"}
+    cfg = evaluator_config_from_mapping({**EVALUATOR, "tasks": {**EVALUATOR["tasks"], "memorization": None},
+                                         "task_tokens": {"memorization": 1024, "in_context_recall": 2048}})
+    assert set(cfg.tasks) == {"in_context_recall"} and dict(cfg.task_tokens) == {"in_context_recall": 2048}
     with pytest.raises(ConfigError, match=r"evaluator.tasks: every task is left out \(null\)") as info:
         evaluator_config_from_mapping({**EVALUATOR, "tasks": {name: None for name in EVALUATOR["tasks"]}})
     assert "\n" not in str(info.value)
