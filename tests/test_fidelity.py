@@ -383,6 +383,29 @@ def test_a_run_that_runs_out_of_memory_is_freed_before_the_next_starts(tmp_path,
     assert len(alive) == 3 and not any(ref() for ref in alive)
 
 
+def test_a_budget_of_fewer_tasks_is_also_read_against_the_proxy_on_those_tasks():
+    from search.fidelity.study import SAME_TASKS, compare_proxies
+
+    proxy = {"a": {"noisy": 0.9, "copy": 0.1}, "b": {"noisy": 0.5, "copy": 0.5}, "c": {"noisy": 0.2, "copy": 0.6},
+             "d": {"noisy": 0.1, "copy": 0.2}}
+    points = {p: {"proxy": (t["noisy"] + t["copy"]) / 2, "tasks": t, "rungs": {}} for p, t in proxy.items()}
+    noisy = {"a": 0.8, "b": 0.6, "c": 0.3, "d": 0.2}  # noisy recall alone at a cheaper budget
+    variant = {"evaluator": {}, "scores": noisy, "tasks": {p: {"noisy": v} for p, v in noisy.items()},
+               "seconds_per_evaluation": 1.0}
+    (out,) = compare_proxies(points, {"noisy_half": variant}, (), bootstrap=50, seed=0)
+    by_axis = {c["y"]: c for c in out["correlations"]}
+    assert by_axis[SAME_TASKS]["spearman"]["value"] == pytest.approx(1.0)  # as noisy recall ranks at full
+    full = scipy.stats.spearmanr(list(noisy.values()), [points[p]["proxy"] for p in noisy]).statistic
+    assert by_axis["proxy"]["spearman"]["value"] == pytest.approx(full) and full < 0.99  # the two-task mean
+    gaps = {p: abs(noisy[p] - proxy[p]["noisy"]) for p in proxy}
+    assert out["score_difference"]["tasks"] == ["noisy"]
+    assert out["score_difference"]["mean_abs"] == pytest.approx(sum(gaps.values()) / 4)
+    # a budget of the same tasks is read against the proxy as before
+    same = {**variant, "tasks": {p: {"noisy": 0.0, "copy": 0.0} for p in noisy}}
+    (out,) = compare_proxies(points, {"s": same}, (), bootstrap=50, seed=0)
+    assert out["score_difference"]["tasks"] is None and [c["y"] for c in out["correlations"]] == ["proxy"]
+
+
 @pytest.mark.parametrize("workers, gpus, share", [(1, 1, None), (2, 2, None), (1, 0, None), (3, 0, None),
                                                   (2, 1, 0.475), (5, 1, 0.19), (3, 2, 0.475), (8, 2, 0.237)])
 def test_workers_sharing_a_gpu_each_get_a_bounded_share_of_its_memory(workers, gpus, share):
@@ -409,7 +432,7 @@ def test_another_budget_of_the_proxy_is_ranked_against_it_without_rungs(tmp_path
     gaps = {p: abs(quarter["scores"][p] - proxy[p]) for p in proxy}
     worst = max(gaps, key=gaps.get)
     assert quarter["score_difference"] == {"n": 4, "mean_abs": pytest.approx(sum(gaps.values()) / 4),
-                                           "max_abs": pytest.approx(gaps[worst]), "max_pattern": worst}
+                                           "max_abs": pytest.approx(gaps[worst]), "max_pattern": worst, "tasks": None}
     assert f"quarter - proxy: |score difference| mean {sum(gaps.values()) / 4:.4f}" in proc.stdout
     # its own runs, trained at its budget: nothing read back from the proxy's runs of the same patterns
     runs = list((tmp_path / "f" / "proxies" / "quarter" / "trials").glob("*/lm-*/summary.json"))

@@ -552,21 +552,39 @@ def fewer_tasks(points: Mapping[str, Mapping[str, Any]], known: Mapping[str, Map
     return out
 
 
+SAME_TASKS = "proxy on its tasks"  # the axis of a budget that trains fewer tasks: the proxy's mean over those tasks
+
+
+def _fewer_tasks(points: Mapping[str, Mapping[str, Any]], tasks: Mapping[str, Mapping[str, float]]) -> list[str] | None:
+    """The tasks a budget trained, where they are fewer than the proxy's for every pattern it scored; else None."""
+    kept = {frozenset(t) for t in tasks.values()}
+    if len(kept) != 1:
+        return None
+    (names,) = kept
+    proxy = [set((points.get(p) or {}).get("tasks") or {}) for p in tasks]
+    return sorted(names) if names and all(names < have for have in proxy) else None
+
+
 def compare_proxies(points: Mapping[str, Mapping[str, Any]], variants: Mapping[str, Mapping[str, Any]],
                     rungs: tuple[RungConfig, ...], *, bootstrap: int, seed: int) -> list[dict[str, Any]]:
     """Each other proxy against the proxy and each rung (higher is better on every axis): its ranking's
     Spearman and Kendall with intervals, and decision accuracy, over the patterns both scored; and how far its
-    scores lie from the proxy's (`score_difference`: mean and largest |difference|, the pattern of the largest),
-    which a seed of the proxy (`{name: seed1, evaluator: {seed: 1, reeval_seeds: [2]}}`) puts beside the seed
+    scores lie from the proxy's (`score_difference`: mean and largest |difference|, the pattern of the largest;
+    for a budget that trains fewer of the proxy's tasks, against the proxy's mean over those tasks, named in its
+    `tasks`, also an axis of its correlations), which a seed of the proxy (`{name: seed1, evaluator: {seed: 1, reeval_seeds: [2]}}`) puts beside the seed
     spread."""
     out = []
     for name, v in variants.items():
         against = []
         axes = {"proxy": {p: pt["proxy"] for p, pt in points.items() if pt["proxy"] is not None}}
-        diffs = {p: abs(v["scores"][p] - axes["proxy"][p]) for p in v["scores"] if p in axes["proxy"]}
+        kept = _fewer_tasks(points, v.get("tasks") or {})
+        if kept:  # a budget that trains fewer tasks: also against the proxy over those tasks, its scores beside them
+            axes[SAME_TASKS] = {p: subsets.subset_score(points[p]["tasks"], kept) for p in v["scores"] if p in points}
+        reference = axes[SAME_TASKS if kept else "proxy"]
+        diffs = {p: abs(v["scores"][p] - reference[p]) for p in v["scores"] if p in reference}
         worst = max(diffs, key=diffs.get) if diffs else None
         difference = {"n": len(diffs), "mean_abs": statistics.fmean(diffs.values()) if diffs else None,
-                      "max_abs": diffs.get(worst), "max_pattern": worst}
+                      "max_abs": diffs.get(worst), "max_pattern": worst, "tasks": kept}
         for r in rungs:
             axes[r.name] = {p: -pt["rungs"][r.name]["mean"] for p, pt in points.items()
                             if pt["rungs"].get(r.name, {}).get("mean") is not None}
@@ -729,7 +747,8 @@ def report(out: Mapping[str, Any], run_dir: Path) -> str:
                      f"{'-' if secs is None else f'{secs:.1f}'} s per evaluation): {v['evaluator']}")
         d = v["score_difference"]
         if d["n"]:
-            lines.append(f"  {v['name']} - proxy: |score difference| mean {d['mean_abs']:.4f}, "
+            over = f" on {', '.join(d['tasks'])}" if d.get("tasks") else ""
+            lines.append(f"  {v['name']} - proxy{over}: |score difference| mean {d['mean_abs']:.4f}, "
                          f"largest {d['max_abs']:.4f} ({d['max_pattern']}) over {d['n']} patterns")
         lines += [_correlation_line(v["name"], c) for c in v["correlations"]]
     if out.get("task_subsets"):
