@@ -288,9 +288,9 @@ class Evaluator:
         from composer.engine.trainer import DivergedError
 
         folder = self.run_dir / "trials" / pattern_hash(pattern, seed=seed) / f"{job.name}-lr{lr:g}"
+        budget = {"max_tokens": self.cfg.task_tokens[job.name]} if job.name in self.cfg.task_tokens else {}
         for attempt in range(AUTOTUNER_RETRIES + 1):
             try:
-                budget = {"max_tokens": self.cfg.task_tokens[job.name]} if job.name in self.cfg.task_tokens else {}
                 return self._run(job, replace(self.trainer, lr=lr, **budget), folder)
             except DivergedError as exc:
                 return f"lr {lr:g}: {exc}"

@@ -569,10 +569,10 @@ def compare_proxies(points: Mapping[str, Mapping[str, Any]], variants: Mapping[s
                     rungs: tuple[RungConfig, ...], *, bootstrap: int, seed: int) -> list[dict[str, Any]]:
     """Each other proxy against the proxy and each rung (higher is better on every axis): its ranking's
     Spearman and Kendall with intervals, and decision accuracy, over the patterns both scored; and how far its
-    scores lie from the proxy's (`score_difference`: mean and largest |difference|, the pattern of the largest;
-    for a budget that trains fewer of the proxy's tasks, against the proxy's mean over those tasks, named in its
-    `tasks`, also an axis of its correlations), which a seed of the proxy (`{name: seed1, evaluator: {seed: 1, reeval_seeds: [2]}}`) puts beside the seed
-    spread."""
+    scores lie from the proxy's (`score_difference`: mean and largest |difference|, the pattern of the largest),
+    which a seed of the proxy (`{name: seed1, evaluator: {seed: 1, reeval_seeds: [2]}}`) puts beside the seed
+    spread. A budget that trains fewer of the proxy's tasks is read against the proxy's mean over those tasks too
+    (the axis SAME_TASKS), and its score difference there (`score_difference["tasks"]` names them)."""
     out = []
     for name, v in variants.items():
         against = []
