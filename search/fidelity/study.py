@@ -555,7 +555,7 @@ def fewer_tasks(points: Mapping[str, Mapping[str, Any]], known: Mapping[str, Map
 SAME_TASKS = "proxy on its tasks"  # the axis of a budget that trains fewer tasks: the proxy's mean over those tasks
 
 
-def _fewer_tasks(points: Mapping[str, Mapping[str, Any]], tasks: Mapping[str, Mapping[str, float]]) -> list[str] | None:
+def _tasks_kept(points: Mapping[str, Mapping[str, Any]], tasks: Mapping[str, Mapping[str, float]]) -> list[str] | None:
     """The tasks a budget trained, where they are fewer than the proxy's for every pattern it scored; else None."""
     kept = {frozenset(t) for t in tasks.values()}
     if len(kept) != 1:
@@ -577,9 +577,9 @@ def compare_proxies(points: Mapping[str, Mapping[str, Any]], variants: Mapping[s
     for name, v in variants.items():
         against = []
         axes = {"proxy": {p: pt["proxy"] for p, pt in points.items() if pt["proxy"] is not None}}
-        kept = _fewer_tasks(points, v.get("tasks") or {})
+        kept = _tasks_kept(points, v.get("tasks") or {})
         if kept:  # a budget that trains fewer tasks: also against the proxy over those tasks, its scores beside them
-            axes[SAME_TASKS] = {p: subsets.subset_score(points[p]["tasks"], kept) for p in v["scores"] if p in points}
+            axes[SAME_TASKS] = {p: subsets.subset_score(points[p]["tasks"], kept) for p in v["tasks"]}
         reference = axes[SAME_TASKS if kept else "proxy"]
         diffs = {p: abs(v["scores"][p] - reference[p]) for p in v["scores"] if p in reference}
         worst = max(diffs, key=diffs.get) if diffs else None
