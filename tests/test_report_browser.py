@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from primitives.registry import REGISTRY
 from search.leaderboard import formats, records as rec
 from search.leaderboard import html as report
 
@@ -111,6 +112,8 @@ def test_table_has_one_row_per_architecture(opened, records):
     searches = opened.column("search")
     assert searches.count(ODD_SEARCH) == 3  # escaped in the HTML, read back as the original text
     assert opened.page.locator("#leaderboard b").count() == 0
+    hint = opened.page.get_attribute("#leaderboard th[data-key=pattern]", "title")  # every letter of the registry
+    assert all(f"'{p.letter}' ({p.name})" in hint for p in REGISTRY.values()), hint
 
 
 def test_clicking_headers_sorts(opened):

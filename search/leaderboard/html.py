@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from composer.errors import ConfigError
+from primitives.registry import describe_alphabet
 from search.leaderboard.formats import (
     correlation_text,
     fidelity_records,
@@ -86,7 +87,7 @@ def _columns(tasks: Sequence[str], needles: Sequence[str] = ()) -> list[_Column]
     return [
         _Column(key="rank", label="#", numeric=True, show=plain),
         _Column(key="pattern", label="pattern", numeric=False, show=plain,
-                hint="one letter per layer: * attention, - MLP, M Mamba-2"),
+                hint=f"one letter per layer: {describe_alphabet()}"),
         _Column(key="score", label="score", numeric=True, show=format_score,
                 hint="mean over tasks of the mean accuracy over seeds"),
         _Column(key="score_std", label="± std", numeric=True, show=format_score,
