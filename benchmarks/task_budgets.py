@@ -32,7 +32,6 @@ from pathlib import Path
 import optuna
 
 from search.fidelity import stats
-from search.fidelity.subsets import _spearman
 from search.study import completed_results
 
 FULL = "full"
@@ -70,13 +69,13 @@ def mixes(full: dict[str, dict[str, float]], budgets: dict[str, tuple[float, dic
         for name in options[task]:
             values = [levels[name][1][p][task] for p in patterns]
             per_task.append({"task": task, "budget": name, "spread": statistics.pstdev(values),
-                             "mean": statistics.fmean(values), "spearman_own_full": _spearman(values, own)})
+                             "mean": statistics.fmean(values), "spearman_own_full": stats.spearman(values, own)})
     spread = {(r["task"], r["budget"]): r["spread"] for r in per_task}
     flat = {key for key, s in spread.items() if s < FLAT * spread[(key[0], FULL)]}
     found = []
     for combo in itertools.product(*(options[t] for t in tasks)):
         scores = [statistics.fmean(levels[b][1][p][t] for t, b in zip(tasks, combo)) for p in patterns]
-        rho = _spearman(scores, reference)
+        rho = stats.spearman(scores, reference)
         if rho is not None and rho >= agreement:
             found.append({"mix": dict(zip(tasks, combo)), "cost": sum(levels[b][0] for b in combo) / len(tasks),
                           "flat": [t for t, b in zip(tasks, combo) if (t, b) in flat],

@@ -7,7 +7,7 @@ import pytest
 import scipy.stats
 
 from composer.errors import ConfigError
-from search.fidelity.stats import correlation, decision_accuracy, noise_floor, ranks
+from search.fidelity.stats import correlation, decision_accuracy, noise_floor, ranks, spearman
 
 R = 500  # resamples: enough for a stable interval, fast enough for the suite
 
@@ -92,6 +92,14 @@ def test_fewer_than_four_points_give_a_value_but_no_interval(n):
 def test_constant_input_is_undefined_not_nan(method):
     for x, y in [([2.0] * 6, XS[:6]), (XS[:6], [1.5] * 6)]:
         assert correlation(x, y, method=method, n_resamples=R) == {"value": None, "low": None, "high": None, "n": 6}
+
+
+def test_the_point_spearman_is_scipys_and_none_where_undefined():
+    ys = [x * x - 3 * x for x in XS]
+    assert spearman(XS, ys) == pytest.approx(scipy.stats.spearmanr(XS, ys).statistic) and abs(spearman(XS, ys)) < 1
+    assert spearman([2.0] * 6, XS[:6]) is None
+    with pytest.raises(ConfigError, match="differ in length"):
+        spearman(XS, XS[:-1])
 
 
 def test_constant_resamples_count_zero_and_do_not_crash():

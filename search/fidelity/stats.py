@@ -72,6 +72,13 @@ def _statistic(x: np.ndarray, y: np.ndarray, method: str) -> float:
     return float(result.statistic)
 
 
+def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Spearman's rho of paired scores without an interval (a point estimate, for ranking many candidates); None
+    where it is undefined (a constant input)."""
+    value = _statistic(*_check_pair(x, y), "spearman")
+    return None if math.isnan(value) else value
+
+
 def correlation(
     x: Sequence[float],
     y: Sequence[float],

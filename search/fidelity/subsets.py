@@ -16,7 +16,6 @@ beside each task left out alone. Higher is better everywhere (stats.py).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from itertools import combinations
 from typing import Any
@@ -29,11 +28,6 @@ MAX_EXHAUSTIVE = 10  # 1,023 subsets: point estimates only, so this is cheap
 def subset_score(tasks: Mapping[str, float], keep: Sequence[str]) -> float:
     """The score of an evaluator that runs only `keep`: the mean of those tasks' scores."""
     return sum(tasks[t] for t in keep) / len(keep)
-
-
-def _spearman(x: list[float], y: list[float]) -> float | None:
-    value = stats._statistic(*stats._check_pair(x, y), "spearman")
-    return None if math.isnan(value) else value
 
 
 def against(keep: Sequence[str], tasks: Mapping[str, Mapping[str, float]], axes: Mapping[str, Mapping[str, float]], *,
@@ -62,7 +56,7 @@ def task_subsets(tasks: Mapping[str, Mapping[str, float]], reference: Mapping[st
     ref = [reference[p] for p in scored]
 
     def agreeing(keep: tuple[str, ...]) -> float | None:
-        return _spearman([subset_score(t, keep) for t in scored.values()], ref)
+        return stats.spearman([subset_score(t, keep) for t in scored.values()], ref)
 
     smallest = None
     if len(names) <= MAX_EXHAUSTIVE:
