@@ -132,12 +132,21 @@ def kernel_timeline(trace: dict[str, Any], window_us: float, top: int = 12) -> d
                          for label, (c, d) in sorted(families.items(), key=lambda kv: -kv[1][0])}}
 
 
+def trace_tid(ident: int) -> int:
+    """A thread as a GPU trace names it: the low 32 bits of its pthread id read as a signed 32-bit number, without
+    the sign. So an id whose bit 31 is set appears as 2**32 minus its low bits: every run that went unnamed in the
+    H100 traces of 2026-12-06 and 2026-12-07 had bit 31 set (e.g. 0x94ff96c0 as 0x6b006940), every named run had it
+    clear. Applied to a trace's own tid, it leaves it as it is (and would turn a negative one into the same form)."""
+    low = ident & 0xFFFFFFFF
+    return 2**32 - low if low >= 2**31 else low
+
+
 def kernels_by_run(trace: dict[str, Any], threads: dict[int, str], window_us: float,
                    alive: dict[int, str] | None = None) -> dict[str, dict[str, Any]]:
     """Each kernel's run: a kernel's launch (the runtime or driver call with its correlation id: a graph's kernels
     share their replay's, Triton's kernels are driver launches) was made by one thread, and each run's summary.json
     names the thread that stepped it (`threads`: Python thread id -> run). The trace names a thread by the low 32 bits
-    of that id (pthread_self; checked on an H100, 2026-12-06). (The trainer's `step <run>` ranges cannot say it here:
+    of that id (pthread_self), unsigned (`trace_tid`). (The trainer's `step <run>` ranges cannot say it here:
     a profiler started on this thread records no ranges of the evaluator's threads.) Per run: kernels, their GPU
     time, their mean, and its share of the window (busy: one run's kernels run on its own stream, one at a time).
     A thread no run names is shown by its id, and by its name where it is one of the Python threads `alive` in the
@@ -145,14 +154,14 @@ def kernels_by_run(trace: dict[str, Any], threads: dict[int, str], window_us: fl
     events = trace.get("traceEvents", [])
     launches = {e["args"]["correlation"]: e.get("tid") for e in events
                 if e.get("cat") in ("cuda_runtime", "cuda_driver") and "correlation" in e.get("args", {})}
-    by_tid = {ident & 0xFFFFFFFF: name for ident, name in threads.items()}
-    alive_by_tid = {ident & 0xFFFFFFFF: name for ident, name in (alive or {}).items()}
+    by_tid = {trace_tid(ident): name for ident, name in threads.items()}
+    alive_by_tid = {trace_tid(ident): name for ident, name in (alive or {}).items()}
     runs: dict[str, list[float]] = {}
     for e in events:
         if e.get("cat") != "kernel" or "dur" not in e:
             continue
         tid = launches.get(e.get("args", {}).get("correlation"))
-        low = tid & 0xFFFFFFFF if isinstance(tid, int) else tid
+        low = trace_tid(tid) if isinstance(tid, int) else tid
         name = ("(launch not traced)" if tid is None else by_tid.get(low) or
                 (f"(thread {tid}: {alive_by_tid[low]})" if low in alive_by_tid else f"(thread {tid})"))
         runs.setdefault(name, []).append(e["dur"])

@@ -73,16 +73,19 @@ def test_kernels_are_charged_to_the_run_whose_thread_launched_them():
         return {"cat": "kernel", "name": "k", "ts": 0, "dur": dur, "args": {"correlation": corr, "stream": 7}}
 
     recall, copy = 140417200666304, 140417192273600  # Python thread ids; the trace has their low 32 bits
+    # bit 31 of its low 32 set (0x94ff96c0): the trace has 2**32 minus them, 0x6b006940 (an H100's trace, 2026-12-06)
+    compression = 0x7F2A94FF96C0
     trace = {"traceEvents": [
         launch(recall & 0xFFFFFFFF, 10, 7), launch(copy & 0xFFFFFFFF, 20, 8), launch(recall & 0xFFFFFFFF, 150, 9),
-        launch(103, 210, 10),
+        launch(103, 210, 10), launch(0x6B006940, 230, 11),
         kern(7, 30), kern(7, 10),  # one graph replay: two kernels, one correlation
-        kern(8, 5), kern(9, 4), kern(10, 6), kern(99, 1)]}
+        kern(8, 5), kern(9, 4), kern(10, 6), kern(99, 1), kern(11, 2)]}
     trace["traceEvents"][2]["cat"] = "cuda_driver"  # a Triton kernel's launch (cuLaunchKernel)
-    threads = {recall: "recall-lr0.003", copy: "copy-lr0.003"}
+    threads = {recall: "recall-lr0.003", copy: "copy-lr0.003", compression: "compression-lr0.003"}
     expected = {
         "(launch not traced)": {"kernels": 1, "ms": 0.0, "mean_us": 1.0, "busy": 0.01},
         "(thread 103)": {"kernels": 1, "ms": 0.01, "mean_us": 6.0, "busy": 0.06},
+        "compression-lr0.003": {"kernels": 1, "ms": 0.0, "mean_us": 2.0, "busy": 0.02},
         "copy-lr0.003": {"kernels": 1, "ms": 0.01, "mean_us": 5.0, "busy": 0.05},
         "recall-lr0.003": {"kernels": 3, "ms": 0.04, "mean_us": pytest.approx(14.67, abs=0.01), "busy": 0.44}}
     assert profile.kernels_by_run(trace, threads, window_us=100) == expected
