@@ -21,7 +21,7 @@ export PYTHONPATH=/tmp/site:$PWD
 # Triton keeps its autotuning results on disk (its cache in ~/.triton): later processes on a warm machine skip
 # the tuning of mamba-ssm's and fla's kernels (2 minutes of a hybrid's first training steps at 1B), and calls
 # that carry .device/triton-autotune.tar.gz start from an earlier call's (`return_autotune DIR`)
-source benchmarks/device_autotune.sh
+source "$(dirname "${BASH_SOURCE[0]}")/device_autotune.sh"  # beside this file: also when sourced from another tree
 carried_kernels() {  # install what .device/kernel-wheels holds (wheels, or <wheel>.xz.part-* from return_kernels); print what imports
   local dir=/tmp/kernels/carried
   rm -rf $dir && mkdir -p $dir

@@ -15,6 +15,9 @@ A shape ending in `m` (`3x1m`) runs under CUDA MPS: the script starts `nvidia-cu
 (pipe and log under its folder) and quits it after, so the worker processes' kernels can run side by side
 instead of taking turns on the GPU. A shape given twice (`3x1,3x1`) is measured twice, in folders of its own
 (`w3e1`, `w3e1-1`): the first warms the machine's caches (compiled layers with `evaluator.trainer.compile=true`).
+A search that exits with an error (a setting the tree measured lacks) is one line, naming the search's own; in a
+sweep that shape's row says it and the other shapes are measured. A shape of one evaluation per worker leaves
+`evaluations_per_worker` unsaid, so the script also measures a tree from before that setting.
 
 Two rates: completed evaluations over the window from the first start to the last completion (what a search
 gets, setup and all; coarse in a short window), and the steady state: tokens every run trained per second
@@ -51,8 +54,16 @@ from pathlib import Path
 MPS_CONTROL = "nvidia-cuda-mps-control"
 
 
-class MPSUnavailable(RuntimeError):
-    """CUDA MPS could not be started here: the measurement of that shape is skipped, the sweep goes on."""
+class ShapeFailed(RuntimeError):
+    """One measurement could not be made: a sweep records why in that shape's row and goes on."""
+
+
+class MPSUnavailable(ShapeFailed):
+    """CUDA MPS could not be started here."""
+
+
+class SearchFailed(ShapeFailed):
+    """The search exited with an error before its window ended (e.g. a setting the measured tree lacks)."""
 
 
 def sample_gpu(out: Path, gpus: str | None = None) -> subprocess.Popen | None:
@@ -105,12 +116,22 @@ def tokens_per_evaluation(trials: Path) -> int | None:
     return int(statistics.median(sums)) if sums else None
 
 
+def phase_names() -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """The trainer's RUN_PHASES and WITHIN_PHASES; None for a tree whose runs record no phases (measured as TREE)."""
+    try:
+        from composer.engine.trainer import RUN_PHASES, WITHIN_PHASES
+    except ImportError:
+        return None
+    return RUN_PHASES, WITHIN_PHASES
+
+
 def run_phases(trials: Path) -> dict | None:
     """Where the completed runs' time went (each summary.json's `seconds`, composer/engine/trainer.py's RUN_PHASES):
     the median seconds a run spends in each phase and the phase's share of all runs' time (setup + train_seconds);
     `steps` is the rest, training; WITHIN_PHASES (the capture, waiting for other threads) lie within the phases."""
-    from composer.engine.trainer import RUN_PHASES as PHASES, WITHIN_PHASES as WITHIN
-
+    if (names := phase_names()) is None:
+        return None
+    PHASES, WITHIN = names
     runs = []
     for summary in trials.glob("*/*/summary.json"):
         s = json.loads(summary.read_text())
@@ -186,6 +207,7 @@ def _measure(args: argparse.Namespace, out: Path, workers: int, gpus: str | None
         while proc.poll() is None and time.time() - started < args.seconds:
             time.sleep(min(5.0, max(0.1, args.seconds - (time.time() - started))))
             progress.append((time.time() - started, tokens_trained(out / "run" / "trials")))
+        exited = proc.poll()  # on its own, within the window: None while it runs
         for _ in range(3):  # Ctrl-C, as a user stops a search; again if it has not stopped a minute later
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
@@ -199,6 +221,10 @@ def _measure(args: argparse.Namespace, out: Path, workers: int, gpus: str | None
     wall = time.time() - started
     if gpu:
         gpu.terminate()
+    if exited:
+        said = [line for line in (out / "search.log").read_text().splitlines() if line.strip()]
+        raise SearchFailed(f"search_throughput.py: the search exited with code {exited} after {wall:.0f} s: "
+                           f"{said[-1].strip() if said else '(no output)'} (see {out / 'search.log'})")
     trials = completed(out / "run", name)
     if not trials and not getattr(args, "sweep", None):  # a sweep goes on: its steady rate may still say much
         sys.exit(f"no evaluation completed in {wall:.0f} s; see {out / 'search.log'}")
@@ -254,12 +280,19 @@ def main(argv: list[str] | None = None) -> None:
     if args.out.exists() and any(args.out.iterdir()):  # its searches would resume, and count their trials again
         parser.error(f"--out {args.out} is not empty: a measurement there would resume the searches it holds; "
                      "give a new folder")
-    if args.sweep is not None:
-        sweep(parser, args)
-        return
-    if args.gpu_counts is None:
-        measure(args, args.out, args.workers, None)
-        return
+    try:
+        if args.sweep is not None:
+            sweep(parser, args)
+        elif args.gpu_counts is None:
+            measure(args, args.out, args.workers, None)
+        else:
+            scale(parser, args)
+    except ShapeFailed as failed:
+        sys.exit(str(failed))
+
+
+def scale(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--gpu-counts: one search on the first k GPUs for each k, and the speed-up against the first."""
     try:
         counts = [int(k) for k in args.gpu_counts.split(",")]
     except ValueError:
@@ -285,7 +318,10 @@ def sweep(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     overrides = [o for o in args.overrides if not o.startswith("evaluations_per_worker=")]
     rows, repeats = [], {}
     for workers, each, mps in shapes:
-        run = argparse.Namespace(**{**vars(args), "overrides": [*overrides, f"evaluations_per_worker={each}"]})
+        # 1 is the search's default, left unsaid: so the same script measures a tree from before the setting
+        # (`throughput_device.sh`'s TREE, the "before" of issue 17)
+        shaped = [*overrides, f"evaluations_per_worker={each}"] if each > 1 else overrides
+        run = argparse.Namespace(**{**vars(args), "overrides": shaped})
         shape = f"{workers}x{each}" + ("m" if mps else "")
         # a shape given again is measured again in a folder of its own: the first warms what the machine caches
         # (compiled kernels, autotuning; `evaluator.trainer.compile=true` compiles each layer type once per shape)
@@ -293,7 +329,7 @@ def sweep(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         folder = f"w{workers}e{each}{'mps' if mps else ''}" + (f"-{repeat}" if repeat else "")
         try:
             rows.append({"shape": shape, **measure(run, args.out / folder, workers, None, mps=mps)})
-        except MPSUnavailable as stop:  # the other shapes are still measured
+        except ShapeFailed as stop:  # the other shapes are still measured
             print(stop, flush=True)
             rows.append({"shape": shape, "error": str(stop)})
     for key in ("evaluations_per_gpu_hour", "steady_evaluations_per_gpu_hour"):
@@ -311,8 +347,9 @@ def sweep(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         print(f"| {r['shape']} | {r['completed']} | {r['evaluations_per_gpu_hour']} | {r['evaluations_per_gpu_hour_ratio']} "
               f"| {r['tokens_per_s']} | {r['steady_evaluations_per_gpu_hour']} | {r['steady_evaluations_per_gpu_hour_ratio']} "
               f"| {r['first_eval_s']} / {r['later_eval_s']} | {r['gpu_util_median_pct']} | {r['gpu_memory_max_mib']} |")
-    from composer.engine.trainer import RUN_PHASES, WITHIN_PHASES
-
+    if not any(r.get("run_phases") for r in rows):
+        return
+    RUN_PHASES, WITHIN_PHASES = phase_names()
     columns = [*(p.replace("_", " ") for p in (*RUN_PHASES, "steps")), *(f"{p} (within)" for p in WITHIN_PHASES)]
     print("\nwhere the runs' time went (median seconds a run, share of all runs' time):\n\n"
           f"| workers x evaluations | runs | {' | '.join(columns)} |\n| --- | ---: |{' ---: |' * len(columns)}")

@@ -11,12 +11,15 @@
 # (e.g. EXTRA=evaluator.trainer.compile=false TAG=-eager: the GPU presets compile) comes back beside the first, not over it. SWEEP_ARGS: more of
 # search_throughput.py's arguments (e.g. --warmup-share 0.5 where compiling takes the first minute).
 # TREE: measure another tree of the project instead, with its own TAG (.device/before, made by `BEFORE=<commit> bash
-# benchmarks/device_prepare.sh` and carried): its folders come back beside this tree's, from the same machine.
+# benchmarks/device_prepare.sh` and carried): its folders come back beside this tree's, from the same machine. This
+# tree's search_throughput.py and device_env.sh measure it (the same script for both sides), so a tree from before
+# either works: e.g. BEFORE=a058a31, the last commit before issue 17's first change, with RUNS=mad=3x1 (its shape).
 # WAIT=0: measure without waiting for the kernels to build (with EXTRA=evaluator.model.mamba2.impl=torch: the build
 # window of a fresh machine put to use).
 set -u
+here=$PWD
 if [ -n "${TREE:-}" ]; then ln -sfn "$PWD/.device" "$TREE/.device" && cd "$TREE"; fi
-source benchmarks/device_env.sh
+source "$here/benchmarks/device_env.sh"
 [ "${WAIT:-1}" = 0 ] || wait_for_kernels || exit 1
 mkdir -p /tmp/throughput
 for run in ${RUNS:-mad=3x1,1x6 mad_fast=1x6}; do
@@ -25,7 +28,7 @@ for run in ${RUNS:-mad=3x1,1x6 mad_fast=1x6}; do
   # an earlier call's folder on a still-warm machine (already returned) moves aside: search_throughput.py measures
   # into an empty folder only, as a search there would resume and count the earlier trials again
   [ -e "/tmp/throughput/$name" ] && mkdir -p /tmp/throughput-old && mv "/tmp/throughput/$name" "/tmp/throughput-old/$name-$(date +%s)"
-  python3 benchmarks/search_throughput.py --sweep "$shapes" --seconds "${SECONDS_EACH:-100}" --out "/tmp/throughput/$name" ${SWEEP_ARGS:-} \
+  python3 "$here/benchmarks/search_throughput.py" --sweep "$shapes" --seconds "${SECONDS_EACH:-100}" --out "/tmp/throughput/$name" ${SWEEP_ARGS:-} \
     -- "evaluator=$evaluator" space=long ${EXTRA:-} > "/tmp/throughput/$name.log" 2>&1
   echo "== evaluator=$evaluator ${EXTRA:-}"; grep -E "^\|" "/tmp/throughput/$name.log"
 done

@@ -56,6 +56,22 @@ def test_bad_counts_are_refused_in_one_line(tmp_path):
     assert proc.returncode == 2 and "--gpu-counts must be positive, got '0,8'" in proc.stderr
 
 
+def test_a_search_that_fails_is_one_line_and_a_sweep_goes_on(tmp_path):
+    """A search that exits with an error (a key the measured tree lacks, as a tree from before a setting would):
+    alone, one line naming the search's own error and a non-zero exit; in a sweep, that shape's row says it."""
+    proc = throughput("--seconds", "60", "--out", str(tmp_path / "one"), "--", *TINY_SEARCH, "evaluator=mad_cpu",
+                      "evaluator.no_such_key=1")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("search_throughput.py: the search exited with code 2 after ") and "no_such_key" in line
+    assert line.endswith(f"(see {tmp_path / 'one' / 'search.log'})")
+    proc = throughput("--sweep", "1x1,1x1", "--seconds", "60", "--out", str(tmp_path / "sweep"), "--", *TINY_SEARCH,
+                      "evaluator=mad_cpu", "evaluator.no_such_key=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "sweep" / "sweep.json").read_text())["rows"]
+    assert len(rows) == 2 and all("no_such_key" in row["error"] for row in rows)
+
+
 def test_a_sweep_measures_each_shape_with_a_steady_rate(tmp_path):
     out = tmp_path / "sweep"
     proc = throughput("--sweep", "1x1,1x2,1x1m,1x1", "--seconds", "20", "--warmup-share", "0.2", "--out", str(out), "--",
@@ -75,7 +91,9 @@ def test_a_sweep_measures_each_shape_with_a_steady_rate(tmp_path):
     record["rows"] = record["rows"][:2]
     assert "evaluations_per_worker=5" not in record["overrides"]
     for row, each in zip(record["rows"], (1, 2)):
-        assert row["overrides"][-1] == f"evaluations_per_worker={each}" and row["workers"] == 1
+        # 1 is the search's default and left unsaid (a tree from before the setting is measured the same way)
+        shaped = [o for o in row["overrides"] if o.startswith("evaluations_per_worker=")]
+        assert shaped == ([f"evaluations_per_worker={each}"] if each > 1 else []) and row["workers"] == 1
         # one evaluation's tokens: both tasks' runs, read from their summaries
         runs = [json.loads(f.read_text()) for f in (out / f"w1e{each}" / "run" / "trials").glob("*/*/summary.json")]
         assert row["tokens_per_evaluation"] in {sum(s["tokens"] for s in runs[i:i + 2]) for i in range(len(runs) - 1)}
