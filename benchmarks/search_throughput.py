@@ -3,7 +3,9 @@
 Runs `composer-search` (random strategy, so proposal cost is nil) with `--workers` processes on the
 visible GPUs for `--seconds`, stops it with SIGINT (the search's own Ctrl-C path: running trials are
 marked failed, completed ones kept), then counts the evaluations the study completed between the
-first trial's start and the last completion. `nvidia-smi` is sampled every second meanwhile.
+first trial's start and the last completion. `nvidia-smi` is sampled every second meanwhile: the median
+utilisation, the peak memory, and the share of samples past the warm-up under 30% busy (the gaps between waves of
+evaluations, which the median hides).
 
     python benchmarks/search_throughput.py --workers 8 --seconds 240 --out $OUT/search_w8 -- evaluator=mad space=long
     python benchmarks/search_throughput.py --gpu-counts 1,8 --workers 3 --out $OUT/scale -- evaluator=mad space=long
@@ -103,6 +105,17 @@ def steady_rate(progress: list[tuple[float, int]], *, warmup: float) -> float | 
     if len(window) < 2 or window[-1][0] <= window[0][0]:
         return None
     return (window[-1][1] - window[0][1]) / (window[-1][0] - window[0][0])
+
+
+IDLE_PCT = 30  # a one-second GPU sample under this utilisation counts as idle
+
+
+def idle_share(util: list[float], *, warmup: float, end: float) -> float | None:
+    """The share of nvidia-smi's one-second samples from `warmup` to `end` seconds (the window, before the search
+    is stopped) under IDLE_PCT busy: the gaps between waves of evaluations (each run's start and end), which the
+    median utilisation hides."""
+    steady = util[int(warmup):int(end)]
+    return round(sum(u < IDLE_PCT for u in steady) / len(steady), 3) if steady else None
 
 
 def tokens_per_evaluation(trials: Path) -> int | None:
@@ -251,6 +264,7 @@ def _measure(args: argparse.Namespace, out: Path, workers: int, gpus: str | None
         "tokens_per_s": round(steady) if steady else None, "tokens_per_evaluation": per_eval,
         "steady_evaluations_per_gpu_hour": round(steady / per_eval * 3600 / max(1, n_gpus), 1) if steady and per_eval else None,
         "gpu_util_median_pct": statistics.median(util) if util else None,
+        "gpu_idle_share": idle_share(util, warmup=args.seconds * args.warmup_share, end=args.seconds),
         "gpu_memory_max_mib": max(sample[1] for sample in samples) if samples else None,
         "recall_of_attention_patterns": recall_of_attention_patterns(
             {t.user_attrs["pattern"]: t.user_attrs.get("tasks") or {} for t in trials}),
@@ -338,15 +352,16 @@ def sweep(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             row[f"{key}_ratio"] = round(row[key] / base, 2) if base and row.get(key) else None
     (args.out / "sweep.json").write_text(json.dumps({"overrides": overrides, "rows": rows}, indent=1) + "\n")
     print("| workers x evaluations | completed | evaluations/GPU-hour | ratio | steady: tokens/s | evaluations/GPU-hour "
-          "| ratio | first / later evaluation s | GPU util | memory MiB |\n"
-          "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          f"| ratio | first / later evaluation s | GPU util | idle past warm-up (< {IDLE_PCT}%) | memory MiB |\n"
+          "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         if "error" in r:
             print(f"| {r['shape']} | {r['error']} |")
             continue
         print(f"| {r['shape']} | {r['completed']} | {r['evaluations_per_gpu_hour']} | {r['evaluations_per_gpu_hour_ratio']} "
               f"| {r['tokens_per_s']} | {r['steady_evaluations_per_gpu_hour']} | {r['steady_evaluations_per_gpu_hour_ratio']} "
-              f"| {r['first_eval_s']} / {r['later_eval_s']} | {r['gpu_util_median_pct']} | {r['gpu_memory_max_mib']} |")
+              f"| {r['first_eval_s']} / {r['later_eval_s']} | {r['gpu_util_median_pct']} | {r['gpu_idle_share']} "
+              f"| {r['gpu_memory_max_mib']} |")
     if not any(r.get("run_phases") for r in rows):
         return
     RUN_PHASES, WITHIN_PHASES = phase_names()

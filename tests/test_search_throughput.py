@@ -113,6 +113,19 @@ def test_a_sweep_measures_each_shape_with_a_steady_rate(tmp_path):
     assert "| 1x2 |" in proc.stdout
 
 
+def test_idle_samples_are_counted_past_the_warm_up_only():
+    spec = importlib.util.spec_from_file_location("search_throughput", SCRIPT)
+    st = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(st)
+    # ten seconds of warm-up (idle while compiling: not counted), a window of five samples, two of them under 30%
+    # busy, then the search stopping (idle: not counted either)
+    util = [0.0] * 10 + [5.0, 50.0, 29.0, 30.0, 100.0] + [0.0] * 3
+    assert st.idle_share(util, warmup=10, end=15) == 0.4  # 5 and 29 of the five
+    assert st.idle_share(util, warmup=0, end=15) == pytest.approx(12 / 15, abs=1e-3)
+    assert st.idle_share(util, warmup=10, end=30) == pytest.approx(5 / 8, abs=1e-3)  # a window cut short: all there is
+    assert st.idle_share(util, warmup=30, end=40) is None and st.idle_share([], warmup=0, end=10) is None  # no GPU
+
+
 def test_first_evaluations_are_the_ones_each_worker_started_first():
     from datetime import datetime, timedelta
     from types import SimpleNamespace
