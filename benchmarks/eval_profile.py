@@ -261,7 +261,7 @@ def profile(pattern: str, overrides: list[str], out: Path, trace_seconds: float,
             activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
             every_thread = torch.profiler._ExperimentalConfig(profile_all_threads=True) if ops else None
             with torch.profiler.profile(activities=activities, experimental_config=every_thread) as prof:
-                alive = {t.ident & 0xFFFFFFFF: t.name for t in threading.enumerate()}  # names threads no run names
+                alive = {trace_tid(t.ident): t.name for t in threading.enumerate()}  # as the trace names them
                 thread.join(trace_seconds)
             prof.export_chrome_trace(str(out / "trace.json.gz"))  # gzipped: a few MB
             traced = True

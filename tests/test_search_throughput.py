@@ -14,6 +14,9 @@ from tests.conftest import cli_env
 from tests.test_search_cli import TINY_SEARCH
 
 SCRIPT = Path(__file__).parents[1] / "benchmarks/search_throughput.py"
+_spec = importlib.util.spec_from_file_location("search_throughput", SCRIPT)
+st = importlib.util.module_from_spec(_spec)  # the script's functions, for the tests that call them directly
+_spec.loader.exec_module(st)
 
 
 def throughput(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -114,9 +117,6 @@ def test_a_sweep_measures_each_shape_with_a_steady_rate(tmp_path):
 
 
 def test_idle_samples_are_counted_past_the_warm_up_only():
-    spec = importlib.util.spec_from_file_location("search_throughput", SCRIPT)
-    st = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(st)
     # ten seconds of warm-up (idle while compiling: not counted), a window of five samples, two of them under 30%
     # busy, then the search stopping (idle: not counted either)
     util = [0.0] * 10 + [5.0, 50.0, 29.0, 30.0, 100.0] + [0.0] * 3
@@ -130,9 +130,6 @@ def test_first_evaluations_are_the_ones_each_worker_started_first():
     from datetime import datetime, timedelta
     from types import SimpleNamespace
 
-    spec = importlib.util.spec_from_file_location("search_throughput", SCRIPT)
-    st = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(st)
     t0 = datetime(2026, 12, 6)
     # two workers: their first evaluations start at 0 s and 1 s and take 200 s and 180 s (compiling); later ones 20-30 s
     trials = [SimpleNamespace(datetime_start=t0 + timedelta(seconds=start), duration=timedelta(seconds=took))
@@ -142,9 +139,6 @@ def test_first_evaluations_are_the_ones_each_worker_started_first():
 
 
 def test_the_budget_check_counts_attention_patterns_per_recall_task():
-    spec = importlib.util.spec_from_file_location("search_throughput", SCRIPT)
-    st = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(st)
     # mad_fast's tasks: only the noisy recall task; patterns without attention are left out of the check
     scores = {"*-M": {"noisy_in_context_recall": 1.0, "compression": 0.3}, "M*-": {"noisy_in_context_recall": 0.19},
               "-*-": {"noisy_in_context_recall": 0.9}, "M-M": {"noisy_in_context_recall": 1.0}, "*--": {"compression": 0.2}}
@@ -154,9 +148,6 @@ def test_the_budget_check_counts_attention_patterns_per_recall_task():
 
 
 def test_the_steady_rate_skips_the_warmup_and_reads_every_run(tmp_path):
-    spec = importlib.util.spec_from_file_location("search_throughput", SCRIPT)
-    st = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(st)
     # 100 tokens/s during the warm-up, then 1,000 tokens/s
     progress = [(5, 500), (10, 1000), (15, 6000), (20, 11000), (25, 16000)]
     assert st.steady_rate(progress, warmup=12) == 1000
@@ -183,9 +174,6 @@ def test_an_mps_shape_without_mps_is_refused_in_one_line(tmp_path):
 def test_the_mps_daemon_starts_for_a_shape_and_quits_after(tmp_path, monkeypatch):
     """The start and stop sequence of CUDA MPS (`-d`, then `quit` on its stdin), with the pipe folder the search
     processes are given; a stand-in control program records what it was asked, as the real one takes no GPU here."""
-    spec = importlib.util.spec_from_file_location("search_throughput", SCRIPT)
-    st = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(st)
     calls = tmp_path / "calls.txt"
     bin_dir = mps_control(tmp_path, f'if [ "$1" = -d ]; then echo "start $CUDA_MPS_PIPE_DIRECTORY" >> {calls}; '
                                     f'else read line; echo "$line $CUDA_MPS_PIPE_DIRECTORY" >> {calls}; fi')
