@@ -10,6 +10,7 @@
 #                          packages at the versions the committed runs read (checked: token counts and the
 #                          documents' hash of every run's summary.json), 3.7 MB
 #   .device/triton-autotune.tar.gz  Triton's autotuning results (device_autotune.sh), tens of KB
+#   .device/pt/            pytest and its three wheels from .device/gdn (GPU tests with the Mamba set), 0.6 MB
 #   .device/f8/            torchao's wheel (float8 training, issue 18), 3.4 MB
 #   .device/gdn/           tilelang and its runtime wheels, with pytest (gdn_device.sh): fla 0.6.0 refuses
 #                          Gated DeltaNet's backward on Hopper with Triton 3.6 unless tilelang is installed
@@ -70,6 +71,9 @@ if [ ! -f .device/gdn/tilelang-z3.tar.xz ]; then
   tar cf - -C "$work/tl" . | xz -T0 -6 > .device/gdn/tilelang-z3.tar.xz  # installed by unpacking (gdn_device.sh)
   mv "$work"/*.whl .device/gdn/ && rm -rf "$work"
 fi
+# pytest alone (.device/pt, 0.6 MB), for the GPU tests in a call that carries the Mamba set rather than .device/gdn:
+# `python3 -m pytest --version || python3 -m pip install -q --no-index --no-deps --target /tmp/site .device/pt/*.whl`
+mkdir -p .device/pt && cp -f .device/gdn/{pytest,pluggy,iniconfig,packaging}-*.whl .device/pt/
 # torchao for float8 training (the `float8` extra; installed by device_env.sh): the machine has none (seen 2026-12-04)
 ls .device/f8/torchao-*.whl > /dev/null 2>&1 || python3 -m pip download -q --no-deps --only-binary=:all: \
   --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
