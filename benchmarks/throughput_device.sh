@@ -22,6 +22,11 @@ if [ -n "${TREE:-}" ]; then ln -sfn "$PWD/.device" "$TREE/.device" && cd "$TREE"
 source "$here/benchmarks/device_env.sh"
 [ "${WAIT:-1}" = 0 ] || wait_for_kernels || exit 1
 mkdir -p /tmp/throughput
+pack() {  # $OUT/throughput.tar.gz replaced whole after each sweep: a call cut at its limit still returns the sweeps done
+  (cd /tmp && tar czf "$OUT/.throughput.tar.gz" throughput/*.log $(ls throughput/triton-autotune.tar.gz 2> /dev/null) \
+    $(find throughput -maxdepth 3 \( -name '*.json' -o -name gpu.csv -o -name search.log \) -not -path '*/run/*')) \
+    && mv "$OUT/.throughput.tar.gz" "$OUT/throughput.tar.gz"
+}
 for run in ${RUNS:-mad=3x1,1x6 mad_fast=1x6}; do
   evaluator=${run%%=*} shapes=${run#*=}
   name=$evaluator${TAG:-}
@@ -31,8 +36,8 @@ for run in ${RUNS:-mad=3x1,1x6 mad_fast=1x6}; do
   python3 "$here/benchmarks/search_throughput.py" --sweep "$shapes" --seconds "${SECONDS_EACH:-100}" --out "/tmp/throughput/$name" ${SWEEP_ARGS:-} \
     -- "evaluator=$evaluator" space=long ${EXTRA:-} > "/tmp/throughput/$name.log" 2>&1
   echo "== evaluator=$evaluator ${EXTRA:-}"; grep -E "^\|" "/tmp/throughput/$name.log"
+  pack
 done
 return_autotune /tmp/throughput
-(cd /tmp && tar czf "$OUT/throughput.tar.gz" throughput/*.log throughput/triton-autotune.tar.gz \
-  $(find throughput -maxdepth 3 \( -name '*.json' -o -name gpu.csv -o -name search.log \) -not -path '*/run/*'))
+pack
 return_kernels  # after the tarball: compressing the wheels takes a minute or more
